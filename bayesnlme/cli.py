@@ -1,0 +1,127 @@
+"""The ``bayesnlme`` command line.
+
+Exit status: 0 success, 1 bad input (a one-line message naming the file, row,
+column or parameter), 2 internal error (a bug: run again with ``--debug`` for
+the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+EXAMPLES = """examples:
+  bayesnlme fit --model pk_1cmt_oral --data theophylline.csv --out fits/theo
+  bayesnlme fit --model my_model.toml --data study.csv --out fits/run2 --chains 4 --draws 2000 --seed 7
+  bayesnlme library                 list the model library
+  bayesnlme library pk_1cmt_oral    show one entry (its TOML, with the reasoning behind its priors)
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bayesnlme", description="Bayesian nonlinear mixed-effects "
+                                "(population PK/PD) models on PyMC.", epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    sub = p.add_subparsers(dest="command", required=True)
+    f = sub.add_parser("fit", help="fit a model to NONMEM-format data with NUTS",
+                       description="Fit MODEL to DATA and write OUT/fit.nc (posterior, log-likelihood, "
+                       "spec, data, seed, versions) and OUT/summary.csv.",
+                       epilog="example:\n  bayesnlme fit --model pk_1cmt_oral --data theophylline.csv --out fits/theo",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    f.add_argument("--model", required=True, help="a .toml spec file or a model_library entry name")
+    f.add_argument("--data", required=True, help="NONMEM-format CSV file")
+    f.add_argument("--out", default="bayesnlme_fit", help="output folder (default: %(default)s)")
+    f.add_argument("--chains", type=int, default=4, help="number of chains (default: %(default)s)")
+    f.add_argument("--draws", type=int, default=1000, help="draws per chain after warm-up (default: %(default)s)")
+    f.add_argument("--tune", type=int, default=1000, help="warm-up draws per chain (default: %(default)s)")
+    f.add_argument("--seed", type=int, default=1, help="random seed (default: %(default)s)")
+    f.add_argument("--sampler", choices=["nutpie", "pymc"], default="nutpie", help="NUTS implementation (default: %(default)s)")
+    f.add_argument("--no-progress", action="store_true", help="no progress bar")
+    lib = sub.add_parser("library", help="list model_library entries or show one")
+    lib.add_argument("name", nargs="?", help="entry to show")
+    return p
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _fit(args) -> int:
+    import pandas as pd
+
+    from .fit import SUMMARY_COLUMNS, fit_model
+    from .spec import load_spec
+
+    spec = load_spec(args.model)
+    result = fit_model(spec, args.data, chains=args.chains, draws=args.draws, tune=args.tune,
+                       seed=args.seed, sampler=args.sampler, progress=not args.no_progress)
+    result.metadata["command"] = " ".join(["bayesnlme"] + sys.argv[1:])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result.save(out / "fit.nc")
+    table = result.summary()
+    _write_text_atomic(out / "summary.csv", table.reset_index()[SUMMARY_COLUMNS].to_csv(index=False))
+    with pd.option_context("display.width", 120, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
+        print(f"{spec.name} on {result.data.source}: {result.data.n_subjects} subjects, "
+              f"{result.data.n_obs} observations; {args.chains} chains x {args.draws} draws")
+        print(table.to_string())
+    if result.problems:
+        print("\nconvergence problems:")
+        for p in result.problems:
+            print(f"  - {p}")
+    else:
+        print("\nconvergence: no problems found (R-hat <= 1.01, bulk ESS >= 400, no divergences)")
+    print(f"\nwrote {out / 'fit.nc'} and {out / 'summary.csv'}")
+    return 0
+
+
+def _library(args) -> int:
+    from .spec import library_names, library_path, load_spec
+
+    if args.name:
+        print(library_path(args.name).read_text(), end="")
+        return 0
+    for name in library_names():
+        print(f"{name:22s} {load_spec(name).description}")
+    return 0
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``bayesnlme`` command; returns the exit status."""
+    import warnings
+
+    from .errors import BayesNLMEInputError, ConvergenceWarning
+
+    args = _parser().parse_args(argv)
+    warnings.simplefilter("ignore", ConvergenceWarning)  # printed in plain words after the summary
+    try:
+        return {"fit": _fit, "library": _library}[args.command](args)
+    except BayesNLMEInputError as exc:
+        if args.debug:
+            raise
+        print(f"bayesnlme: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bayesnlme: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - anything else is a bug; say so in one line
+        if args.debug:
+            raise
+        print(f"bayesnlme: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,409 @@
+"""Read, validate and vectorise NONMEM-format event data.
+
+A data set is a table with one event per row (NONMEM's ``$INPUT`` layout):
+
+========  ==============================================================  =========================
+column    meaning                                                         default when absent
+========  ==============================================================  =========================
+ID        subject identifier (records of one subject must be contiguous)  required
+TIME      event time (h in the bundled data sets)                         required
+DV        observed value on observation rows                              required
+AMT       dose amount on dose rows                                        0
+EVID      0 observation, 1 dose, 2 other, 3 reset, 4 reset and dose       1 if AMT > 0 else 0
+MDV       1 = no observation on this row                                  1 if EVID != 0 else 0
+CMT       compartment (0 = the model's default)                           0
+RATE      infusion rate (amount/time); 0 = bolus                          0
+DUR       infusion duration (time), alternative to RATE                   0
+II        interdose interval for ADDL                                     0
+ADDL      number of additional doses like this one, every II             0
+SS        steady-state flag                                               0
+========  ==============================================================  =========================
+
+Column names are matched case-insensitively and ``.`` or an empty cell is read
+as missing.  Every other column is a covariate; covariates are carried forward
+within a subject (last observation carried forward), and values missing before
+a subject's first recorded value are filled backwards from it.
+
+Rows in error messages are data records counted from 1 (the header is not a
+record), followed by the file line where the data came from a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError
+
+NUMERIC_COLUMNS = ("TIME", "DV", "AMT", "EVID", "MDV", "CMT", "RATE", "DUR", "II", "ADDL", "SS")
+REQUIRED_COLUMNS = ("ID", "TIME", "DV")
+#: Columns with a meaning of their own: never treated as covariates.
+RESERVED_COLUMNS = ("ID",) + NUMERIC_COLUMNS + ("DVID", "DVNAME", "CENS", "LIMIT", "BLQ", "LLOQ", "OCC", "C")
+_MISSING = {"", ".", "NA", "NaN", "nan"}
+
+
+@dataclass(frozen=True)
+class NMData:
+    """A validated NONMEM-format data set and the dense arrays a likelihood needs.
+
+    Subjects are indexed ``0..n_subjects-1`` in order of first appearance.
+    Doses are the explicit dose records plus the additional doses implied by
+    ADDL/II, sorted in event order and padded per subject to ``n_dose_max``.
+
+    Attributes
+    ----------
+    frame : pandas.DataFrame
+        The records with upper-case standard columns, NONMEM defaults filled,
+        covariates carried forward, and ``ROW`` (1-based record number).
+    ids : numpy.ndarray, shape (n_subjects,)
+        Original ID values.
+    obs_subject : numpy.ndarray of int, shape (n_obs,)
+        Subject index of each observation.
+    obs_time, obs_dv : numpy.ndarray of float, shape (n_obs,)
+        Observation time and observed value.
+    obs_cmt : numpy.ndarray of int, shape (n_obs,)
+        Observation compartment (0 = model default).
+    obs_row : numpy.ndarray of int, shape (n_obs,)
+        Record number of each observation, for messages.
+    dose_time, dose_amt, dose_rate : numpy.ndarray of float, shape (n_subjects, n_dose_max)
+        Dose times, amounts and infusion rates (0 = bolus); 0 in padding.
+    dose_cmt : numpy.ndarray of int, shape (n_subjects, n_dose_max)
+        Dose compartment (0 = model default).
+    dose_valid : numpy.ndarray of bool, shape (n_subjects, n_dose_max)
+        False for padding.
+    dose_applies : numpy.ndarray of bool, shape (n_obs, n_dose_max)
+        Whether dose ``d`` of the observation's subject is given before the
+        observation (earlier in event order, and not wiped out by a reset).
+    covariate_names : tuple of str
+    source : str
+        File name or ``"<DataFrame>"``.
+    sha256 : str
+        SHA-256 of the file bytes, or of the DataFrame written as CSV.
+    """
+
+    frame: pd.DataFrame
+    ids: np.ndarray
+    obs_subject: np.ndarray
+    obs_time: np.ndarray
+    obs_dv: np.ndarray
+    obs_cmt: np.ndarray
+    obs_row: np.ndarray
+    dose_time: np.ndarray
+    dose_amt: np.ndarray
+    dose_rate: np.ndarray
+    dose_cmt: np.ndarray
+    dose_valid: np.ndarray
+    dose_applies: np.ndarray
+    covariate_names: tuple[str, ...]
+    source: str
+    sha256: str
+    _first_row: dict = field(repr=False, default_factory=dict)
+
+    @property
+    def n_subjects(self) -> int:
+        return len(self.ids)
+
+    @property
+    def n_obs(self) -> int:
+        return len(self.obs_time)
+
+    @property
+    def n_dose_max(self) -> int:
+        return self.dose_time.shape[1]
+
+    def error(self, message: str, *, row: int | None = None, column: str | None = None) -> DataError:
+        """A :class:`DataError` located in this data set."""
+        return DataError(message, source=self.source, row=row, column=column)
+
+    def require_covariates(self, names) -> None:
+        """Check that every subject has a value of each covariate in ``names``.
+
+        Raises
+        ------
+        DataError
+            Naming the covariate and the first record of a subject without any value.
+        """
+        for name in names:
+            if name not in self.frame.columns:
+                raise self.error(f"covariate {name!r} is not a column of the data "
+                                 f"(columns: {', '.join(c for c in self.frame.columns if c[0] != '_' and c != 'ROW')})")
+            missing = self.frame.groupby("_SUBJ", sort=False)[name].apply(lambda s: s.isna().all())
+            if missing.any():
+                subj = int(missing.index[missing.values][0])
+                raise self.error(f"covariate {name} is missing for every record of ID "
+                                 f"{self.ids[subj]} (the model needs it)",
+                                 row=self._first_row[subj], column=name)
+
+    def baseline_covariates(self, names=None) -> pd.DataFrame:
+        """Covariate values at each subject's first record, one row per subject (index ID)."""
+        names = list(self.covariate_names if names is None else names)
+        first = self.frame.groupby("_SUBJ", sort=True)[names].first()
+        first.index = pd.Index(self.ids, name="ID")
+        return first
+
+    def observation_covariates(self, names=None) -> pd.DataFrame:
+        """Time-varying covariates (carried forward) at each observation, shape (n_obs, k)."""
+        names = list(self.covariate_names if names is None else names)
+        obs = self.frame[self.frame["_OBS"]]
+        return obs[names].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_nonmem(source, *, name: str | None = None) -> NMData:
+    """Read and validate NONMEM-format data.
+
+    Parameters
+    ----------
+    source : str, os.PathLike or pandas.DataFrame
+        A CSV file (comma separated, header row) or a DataFrame.
+    name : str, optional
+        Name used in messages for a DataFrame source.
+
+    Returns
+    -------
+    NMData
+
+    Raises
+    ------
+    DataError
+        With the record number, column and problem for the first error found.
+    """
+    if isinstance(source, NMData):
+        return source
+    if isinstance(source, pd.DataFrame):
+        label = name or "<DataFrame>"
+        raw = source.astype(str).where(source.notna(), "")
+        digest = hashlib.sha256(source.to_csv(index=False).encode()).hexdigest()
+        line_offset = None
+    else:
+        path = Path(source)
+        label = name or path.name
+        if not path.is_file():
+            raise DataError("file not found", source=str(path))
+        content = path.read_bytes()
+        digest = hashlib.sha256(content).hexdigest()
+        try:
+            raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True,
+                              header=None)
+            text_lines = content.decode().splitlines()
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise DataError(f"not a readable CSV file ({str(exc).strip().splitlines()[-1]})",
+                            source=label) from None
+        # header=None keeps repeated names (pandas would rename a second TIME to TIME.1)
+        raw, raw.columns = raw.iloc[1:].reset_index(drop=True), list(raw.iloc[0])
+        # pandas skips blank lines: map data records to the file lines they came from
+        line_offset = [i + 1 for i, line in enumerate(text_lines) if line.strip()][1:]
+    return _from_strings(raw, label, digest, line_offset)
+
+
+def _from_strings(raw: pd.DataFrame, label: str, digest: str, line_offset) -> NMData:
+    def err(msg, row=None, column=None):
+        if row is not None and line_offset is not None and row <= len(line_offset):
+            msg = f"{msg} (file line {line_offset[row - 1]})"
+        return DataError(msg, source=label, row=row, column=column)
+
+    raw = raw.copy()
+    raw.columns = [str(c).strip() for c in raw.columns]
+    upper = [c.upper() for c in raw.columns]
+    dupes = sorted({c for c in upper if upper.count(c) > 1})
+    if dupes:
+        raise err(f"duplicate column name(s) {', '.join(dupes)} (names are case-insensitive)")
+    standard = set(NUMERIC_COLUMNS) | {"ID"} | set(RESERVED_COLUMNS)
+    raw.columns = [u if u in standard else c for c, u in zip(raw.columns, upper)]
+    for col in REQUIRED_COLUMNS:
+        if col not in raw.columns:
+            raise err(f"required column {col} is missing (columns: {', '.join(raw.columns)})")
+    if len(raw) == 0:
+        raise err("no data records")
+
+    raw = raw.apply(lambda s: s.str.strip())
+    df = pd.DataFrame(index=raw.index)
+    df["ROW"] = np.arange(1, len(raw) + 1)
+    ids = raw["ID"]
+    if ids.isin(_MISSING).any():
+        raise err("ID is missing", row=int(np.flatnonzero(ids.isin(_MISSING))[0]) + 1, column="ID")
+    df["ID"] = ids
+    for col in NUMERIC_COLUMNS:
+        if col in raw.columns:
+            df[col] = _to_number(raw[col], col, err)
+    for col in raw.columns:
+        if col in df.columns:
+            continue
+        values = raw[col].where(~raw[col].isin(_MISSING))
+        numeric = pd.to_numeric(values, errors="coerce")
+        df[col] = numeric if numeric.notna().sum() == values.notna().sum() else values
+    _fill_defaults(df)
+    _validate(df, err)
+    covariates = tuple(c for c in df.columns
+                       if c not in RESERVED_COLUMNS and c != "ROW" and not c.startswith("_"))
+    return _vectorise(df, covariates, label, digest)
+
+
+def _to_number(col: pd.Series, name: str, err) -> pd.Series:
+    missing = col.isin(_MISSING)
+    values = pd.to_numeric(col.where(~missing), errors="coerce")
+    bad = values.isna() & ~missing
+    if bad.any():
+        i = int(np.flatnonzero(bad.values)[0])
+        raise err(f"non-numeric value {col.iloc[i]!r}", row=i + 1, column=name)
+    return values.astype(float)
+
+
+def _fill_defaults(df: pd.DataFrame) -> None:
+    if "AMT" not in df:
+        df["AMT"] = 0.0
+    if "EVID" not in df:
+        df["EVID"] = np.where(df["AMT"].fillna(0) > 0, 1.0, 0.0)
+    df["EVID"] = df["EVID"].fillna(0.0)
+    if "MDV" not in df:
+        df["MDV"] = np.where(df["EVID"] != 0, 1.0, 0.0)
+    df["MDV"] = df["MDV"].fillna(pd.Series(np.where(df["EVID"] != 0, 1.0, 0.0), index=df.index))
+    for col in ("CMT", "RATE", "DUR", "II", "ADDL", "SS"):
+        df[col] = df[col].fillna(0.0) if col in df else 0.0
+    df["AMT"] = df["AMT"].fillna(0.0)
+
+
+def _first_bad(mask) -> int:
+    return int(np.flatnonzero(np.asarray(mask))[0]) + 1
+
+
+def _validate(df: pd.DataFrame, err) -> None:
+    checks = [
+        (df["TIME"].isna(), "TIME", "TIME is missing"),
+        (~df["EVID"].isin([0, 1, 2, 3, 4]), "EVID", "EVID must be 0, 1, 2, 3 or 4"),
+        (~df["MDV"].isin([0, 1]), "MDV", "MDV must be 0 or 1"),
+        (df["AMT"] < 0, "AMT", "negative dose amount"),
+        (df["RATE"] < 0, "RATE",
+         "negative RATE (modelled rate/duration, RATE=-1/-2, is not supported; give RATE or DUR)"),
+        (df["DUR"] < 0, "DUR", "negative infusion duration"),
+        ((df["RATE"] > 0) & (df["DUR"] > 0), "DUR", "both RATE and DUR given; give one of them"),
+        (df["II"] < 0, "II", "negative interdose interval"),
+        ((df["ADDL"] < 0) | (df["ADDL"] != np.round(df["ADDL"])), "ADDL",
+         "ADDL must be a whole number >= 0"),
+        ((df["ADDL"] > 0) & ~(df["II"] > 0), "II", "ADDL > 0 needs a positive II"),
+        (df["CMT"] != np.round(df["CMT"]), "CMT", "CMT must be a whole number"),
+        (df["CMT"] < 0, "CMT", "negative CMT (turning compartments off is not supported)"),
+        (df["SS"] != 0, "SS", "steady-state doses (SS != 0) are not supported yet; "
+         "give the doses explicitly or with ADDL/II"),
+    ]
+    dose = df["EVID"].isin([1, 4])
+    obs = (df["EVID"] == 0) & (df["MDV"] == 0)
+    checks += [
+        (obs & df["DV"].isna(), "DV", "observation record (EVID=0, MDV=0) without a DV value"),
+        (dose & (df["AMT"] <= 0), "AMT", "dose record (EVID 1 or 4) needs AMT > 0"),
+        ((df["AMT"] > 0) & ~dose, "AMT", "AMT > 0 on a record that is not a dose (EVID is not 1 or 4)"),
+        (((df["RATE"] > 0) | (df["DUR"] > 0)) & ~dose, "RATE", "RATE/DUR given on a record that is not a dose"),
+        ((df["ADDL"] > 0) & ~dose, "ADDL", "ADDL given on a record that is not a dose"),
+    ]
+    for bad, column, message in checks:
+        if bad.any():
+            raise err(message, row=_first_bad(bad), column=column)
+
+    change = df["ID"] != df["ID"].shift()
+    block = change.cumsum()
+    seen = {}
+    for i in np.flatnonzero(change.values):
+        ident = df["ID"].iat[i]
+        if ident in seen:
+            raise err(f"records of ID {ident} are not contiguous (it appears again after other IDs; "
+                      f"first block starts at row {seen[ident]})", row=i + 1, column="ID")
+        seen[ident] = i + 1
+    back = (df["TIME"].diff() < 0) & ~change
+    if back.any():
+        i = _first_bad(back)
+        raise err(f"TIME decreases within ID {df['ID'].iat[i - 1]} "
+                  f"({df['TIME'].iat[i - 2]:g} then {df['TIME'].iat[i - 1]:g})", row=i, column="TIME")
+    df["_SUBJ"] = block - 1
+    if not obs.any():
+        raise err("no observation records (EVID=0 with MDV=0)")
+
+
+# --------------------------------------------------------------------------- events → arrays
+
+
+def _vectorise(df: pd.DataFrame, covariates, label: str, digest: str) -> NMData:
+    ids = df.drop_duplicates("_SUBJ")["ID"].to_numpy()
+    if covariates:
+        filled = df.groupby("_SUBJ", sort=False)[list(covariates)].transform(lambda s: s.ffill().bfill())
+        df[list(covariates)] = filled
+    df["_OBS"] = (df["EVID"] == 0) & (df["MDV"] == 0)
+    events = _expand_events(df)
+
+    n_sub = len(ids)
+    doses = events[events["is_dose"]]
+    counts = doses.groupby("subj").size().reindex(range(n_sub), fill_value=0).to_numpy()
+    n_dose = max(int(counts.max()), 1)
+    slot = doses.groupby("subj").cumcount().to_numpy()
+    subj = doses["subj"].to_numpy()
+
+    def dense(values, dtype=float):
+        out = np.zeros((n_sub, n_dose), dtype=dtype)
+        out[subj, slot] = values
+        return out
+
+    rate = np.where(doses["DUR"].to_numpy() > 0, doses["AMT"].to_numpy() / np.where(
+        doses["DUR"].to_numpy() > 0, doses["DUR"].to_numpy(), 1.0), doses["RATE"].to_numpy())
+    dose_order = dense(doses["order"].to_numpy(), int)
+    dose_epoch = dense(doses["epoch"].to_numpy(), int)
+    valid = dense(True, bool)
+
+    obs = events[events["is_obs"]]
+    o_subj = obs["subj"].to_numpy()
+    applies = (valid[o_subj]
+               & (dose_order[o_subj] < obs["order"].to_numpy()[:, None])
+               & (dose_epoch[o_subj] == obs["epoch"].to_numpy()[:, None]))
+    first_row = df.groupby("_SUBJ")["ROW"].first().to_dict()
+    frame = df.reset_index(drop=True)
+    return NMData(
+        frame=frame, ids=ids,
+        obs_subject=o_subj.astype(int), obs_time=obs["TIME"].to_numpy(float),
+        obs_dv=obs["DV"].to_numpy(float), obs_cmt=obs["CMT"].to_numpy(int),
+        obs_row=obs["ROW"].to_numpy(int),
+        dose_time=dense(doses["TIME"].to_numpy()), dose_amt=dense(doses["AMT"].to_numpy()),
+        dose_rate=dense(rate), dose_cmt=dense(doses["CMT"].to_numpy(), int),
+        dose_valid=valid, dose_applies=applies,
+        covariate_names=tuple(covariates), source=label, sha256=digest,
+        _first_row={int(k): int(v) for k, v in first_row.items()},
+    )
+
+
+def _expand_events(df: pd.DataFrame) -> pd.DataFrame:
+    """Explicit records plus ADDL-implied doses, in event order per subject.
+
+    An implied dose at the same time as a record is placed after that record
+    (an observation recorded at a dosing time is the trough).  A reset (EVID 3
+    or 4) cancels the implied doses of earlier records that fall after it.
+    """
+    base = pd.DataFrame({
+        "subj": df["_SUBJ"].to_numpy(), "TIME": df["TIME"].to_numpy(), "ROW": df["ROW"].to_numpy(),
+        "AMT": df["AMT"].to_numpy(), "RATE": df["RATE"].to_numpy(), "DUR": df["DUR"].to_numpy(),
+        "CMT": df["CMT"].to_numpy(), "DV": df["DV"].to_numpy(),
+        "is_dose": df["EVID"].isin([1, 4]).to_numpy(), "is_obs": df["_OBS"].to_numpy(),
+        "reset": df["EVID"].isin([3, 4]).to_numpy(), "implied": False,
+    })
+    src = base[(df["ADDL"] > 0).to_numpy()]
+    if len(src):
+        n_add = df.loc[df["ADDL"] > 0, "ADDL"].to_numpy(int)
+        ii = df.loc[df["ADDL"] > 0, "II"].to_numpy(float)
+        rep = src.loc[src.index.repeat(n_add)].copy()
+        k = np.concatenate([np.arange(1, n + 1) for n in n_add])
+        rep["TIME"] = rep["TIME"].to_numpy() + k * np.repeat(ii, n_add)
+        rep["implied"] = True
+        rep["is_obs"] = False
+        rep["reset"] = False
+        base = pd.concat([base, rep], ignore_index=True)
+    events = base.sort_values(["subj", "TIME", "implied", "ROW"], kind="stable").reset_index(drop=True)
+    events["epoch"] = events.groupby("subj")["reset"].cumsum()
+    if events["implied"].any():
+        # an implied dose from epoch e that falls after the next reset is cancelled
+        origin_epoch = events.loc[~events["implied"]].set_index(["subj", "ROW"])["epoch"]
+        src_epoch = origin_epoch.reindex(pd.MultiIndex.from_arrays([events["subj"], events["ROW"]])).to_numpy()
+        events = events[~events["implied"] | (events["epoch"].to_numpy() == src_epoch)].reset_index(drop=True)
+    events["order"] = events.groupby("subj").cumcount()
+    return events

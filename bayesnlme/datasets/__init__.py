@@ -1,0 +1,96 @@
+"""Public pharmacokinetic data sets shipped with bayesnlme, in NONMEM event format.
+
+Each loader returns a :class:`pandas.DataFrame` with the columns of the file
+(ID, TIME, DV, AMT, EVID, MDV, CMT and covariates).  Pass it to
+:func:`bayesnlme.data.read_nonmem` or to :func:`bayesnlme.fit.fit_model`.
+:func:`dataset_path` gives the CSV file itself, e.g. for the command line.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+
+_FILES = {
+    "theophylline": "theophylline.csv",
+    "indometacin": "indometacin.csv",
+    "phenobarbital": "phenobarbital_neonates.csv",
+    "warfarin": "warfarin_pkpd.csv",
+}
+
+__all__ = ["dataset_path", "load_theophylline", "load_indometacin",
+           "load_phenobarbital", "load_warfarin", "DATASETS"]
+
+DATASETS = tuple(_FILES)
+
+
+def dataset_path(name: str) -> Path:
+    """Path of a bundled data set's CSV file.
+
+    Parameters
+    ----------
+    name : {"theophylline", "indometacin", "phenobarbital", "warfarin"}
+    """
+    if name not in _FILES:
+        raise KeyError(f"unknown data set {name!r}; available: {', '.join(_FILES)}")
+    return Path(str(resources.files(__name__).joinpath(_FILES[name])))
+
+
+def _load(name: str) -> pd.DataFrame:
+    return pd.read_csv(dataset_path(name))
+
+
+def load_theophylline() -> pd.DataFrame:
+    """Theophylline, single oral dose, 12 subjects (144 rows).
+
+    Origin: R ``datasets::Theoph`` (Boeckmann, Sheiner & Beal, NONMEM Users
+    Guide Part V; Pinheiro & Bates 2000, sec. 8.2).  Identical observations to
+    ``nlmixr2data::theo_sd``.
+
+    Units and columns: TIME in h after the dose; AMT in mg (dose in mg/kg times
+    WT), given into CMT 1 (depot); DV serum concentration in mg/L observed in
+    CMT 2 (11 per subject, 0-24.65 h; the time-0 samples are kept and several
+    are non-zero pre-dose residuals); WT body weight in kg; DOSE_MGKG dose in
+    mg/kg.  Published population estimates: CL about 2.8 L/h, V about 32 L,
+    KA about 1.5 /h.
+    """
+    return _load("theophylline")
+
+
+def load_indometacin() -> pd.DataFrame:
+    """Indometacin, 25 mg IV bolus, 6 subjects (72 rows).
+
+    Origin: R ``datasets::Indometh`` (Kwan et al. 1976; Pinheiro & Bates 2000,
+    sec. 6.2).  TIME in h; AMT 25 mg at TIME 0 into CMT 1; DV plasma
+    concentration in mcg/mL (= mg/L), observed in CMT 1, 11 samples per
+    subject from 0.25 to 8 h.  No covariates.  A 2-compartment model is
+    usually fitted to these data.
+    """
+    return _load("indometacin")
+
+
+def load_phenobarbital() -> pd.DataFrame:
+    """Phenobarbital in neonates, repeated IV doses, 59 subjects (744 rows).
+
+    Origin: ``nlmixr2data::pheno_sd`` (same values as R ``nlme::Phenobarb``
+    and NONMEM's ``pheno`` example), Grasela & Donn (1985).  TIME in h; AMT
+    read as mg (IV bolus, CMT 1); DV concentration read as mg/L (CMT 1, 1-6
+    per subject); WT body weight in kg (0.6-3.6); APGR 5-minute Apgar score
+    (1-10).  Published NONMEM estimates: CL about 0.0047 L/h/kg, V about
+    0.98 L/kg.
+    """
+    return _load("phenobarbital")
+
+
+def load_warfarin() -> pd.DataFrame:
+    """Warfarin PK and PD (prothrombin complex activity), 32 subjects (515 rows).
+
+    Origin: ``nlmixr2data::warfarin`` (O'Reilly et al. 1963/1968, prepared by
+    Funaki, Holford & Fujita 2018).  Single oral dose; TIME in h; AMT in mg
+    (CMT 1, depot).  DVID 1 = warfarin plasma concentration in mg/L (CMT 2),
+    DVID 2 = PCA in % of normal (CMT 3).  Covariates WT (kg), AGE (years),
+    SEX (1 = male, 0 = female).
+    """
+    return _load("warfarin")

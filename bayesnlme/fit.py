@@ -1,0 +1,320 @@
+"""Sample an NLME model with NUTS and hold the result.
+
+:func:`fit_model` builds the PyMC model, samples it with nutpie (default) or
+PyMC's NUTS, adds the pointwise log-likelihood, checks convergence and returns
+a :class:`FitResult`, which wraps an :class:`arviz.InferenceData`, knows its
+spec and data, gives a pharmacometric :meth:`~FitResult.summary` and saves
+to / loads from a single netCDF file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import pymc as pm
+import xarray as xr
+
+from .build import build_model
+from .data import NMData, read_nonmem
+from .errors import BayesNLMEInputError, ConvergenceWarning
+from .spec import ModelSpec
+
+SAMPLERS = ("nutpie", "pymc")
+SUMMARY_COLUMNS = ["parameter", "mean", "sd", "q5", "q50", "q95", "r_hat", "ess_bulk", "ess_tail"]
+_PACKAGES = ("bayesnlme", "pymc", "pytensor", "arviz", "nutpie", "numpy", "pandas", "xarray", "scipy")
+R_HAT_MAX = 1.01
+ESS_MIN = 400
+
+
+def package_versions() -> dict:
+    """Versions of bayesnlme and the packages its results depend on."""
+    out = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+@dataclass
+class FitResult:
+    """A sampled NLME model.
+
+    Attributes
+    ----------
+    idata : arviz.InferenceData
+        Groups ``posterior``, ``sample_stats``, ``log_likelihood`` (variable
+        ``DV``, dims chain, draw, obs), ``observed_data``, ``constant_data``
+        (``ID`` and ``TIME`` of each observation) and ``nonmem_data`` (the data
+        records as read).
+    spec : ModelSpec
+        The spec bound to the data.
+    data : NMData
+    settings : dict
+        Sampler, chains, draws, tune and seed.
+    problems : list of str
+        Convergence problems in plain words (empty when none was found).
+    """
+
+    idata: az.InferenceData
+    spec: ModelSpec
+    data: NMData
+    settings: dict
+    problems: list = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ tables
+    def parameter_names(self) -> list[str]:
+        """Population parameters in summary order: THETA, covariate effects, OMEGA, correlations, SIGMA."""
+        s = self.spec
+        names = [p for p, par in s.parameters.items() if par.fixed is None]
+        names += [n for eff in s.covariates if eff.fixed is None for n in eff.effect_names()]
+        names += [f"omega_{p}" for p in s.eta_parameters if s.parameters[p].omega_fixed is None]
+        for block in s.omega_blocks:
+            names += [f"corr_{a}_{b}" for i, a in enumerate(block) for b in block[i + 1:]]
+        names += list(s.residual.sigma_names())
+        return names
+
+    def summary(self) -> pd.DataFrame:
+        """Posterior summary of the population parameters.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per parameter (index ``parameter``) with columns ``mean``,
+            ``sd``, ``q5``, ``q50``, ``q95``, ``r_hat`` (rank-normalised split
+            R-hat), ``ess_bulk``, ``ess_tail`` and ``cv_percent`` (for OMEGA of
+            log-normal parameters: the posterior median of
+            ``100 sqrt(exp(omega^2) - 1)``; for logit/normal IIV empty).
+            Typical values are in the parameters' natural units; ``omega_<P>``
+            is the SD of ETA on P.
+        """
+        names = self.parameter_names()
+        post = self.idata.posterior
+        draws = {n: post[n].values.reshape(post[n].shape[0], post[n].shape[1]) for n in names}
+        diag = az.summary(self.idata, var_names=names, kind="diagnostics", round_to="none")
+        rows = []
+        for n in names:
+            x = draws[n].ravel()
+            q5, q50, q95 = np.quantile(x, [0.05, 0.5, 0.95])
+            cv = np.nan
+            if n.startswith("omega_") and self.spec.parameters[n[6:]].iiv == "lognormal":
+                cv = float(np.median(100 * np.sqrt(np.expm1(x ** 2))))
+            rows.append({"parameter": n, "mean": x.mean(), "sd": x.std(ddof=1), "q5": q5, "q50": q50,
+                         "q95": q95, "r_hat": diag.loc[n, "r_hat"], "ess_bulk": diag.loc[n, "ess_bulk"],
+                         "ess_tail": diag.loc[n, "ess_tail"], "cv_percent": cv})
+        return pd.DataFrame(rows).set_index("parameter")
+
+    def posterior_draws(self, name: str) -> np.ndarray:
+        """All draws of a parameter, chains concatenated."""
+        return self.idata.posterior[name].values.reshape(-1, *self.idata.posterior[name].shape[2:])
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path) -> Path:
+        """Write the fit to one netCDF file, atomically.
+
+        The file is written to a temporary name in the same folder and renamed
+        over ``path`` only when complete, so an interrupted save never leaves a
+        truncated file and never destroys an earlier good one.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        self.idata.posterior.attrs["bayesnlme_metadata"] = json.dumps(self.metadata)
+        try:
+            self.idata.to_netcdf(tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path, *, structural=None) -> "FitResult":
+        """Read a fit written by :meth:`save`.
+
+        Parameters
+        ----------
+        structural : StructuralModel, optional
+            Needed only when the fit used a user-written structural function
+            (functions are not stored in the file).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise BayesNLMEInputError(f"{path}: no such fit file")
+        idata = az.from_netcdf(path)
+        attrs = dict(idata.posterior.attrs)
+        if "bayesnlme_spec" not in attrs:
+            raise BayesNLMEInputError(f"{path}: not a bayesnlme fit (no bayesnlme_spec attribute)")
+        meta = json.loads(attrs["bayesnlme_metadata"])
+        spec = ModelSpec.from_dict(json.loads(attrs["bayesnlme_spec"]), structural=structural,
+                                   source=str(path))
+        frame = idata["nonmem_data"].to_dataframe().reset_index(drop=True)
+        data = read_nonmem(frame, name=meta["data_source"])
+        return cls(idata=idata, spec=spec.bind(data), data=data, settings=meta["settings"],
+                   problems=meta.get("problems", []), metadata=meta)
+
+
+# ---------------------------------------------------------------------- sampling
+
+
+def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune: int = 1000,
+              seed: int = 1, sampler: str = "nutpie", progress: bool = True,
+              target_accept: float = 0.8) -> FitResult:
+    """Fit an NLME model with NUTS.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+    data : NMData, path or pandas.DataFrame
+    chains, draws, tune : int
+        Number of chains, kept draws per chain and warm-up draws per chain.
+    seed : int
+        Random seed; the same data, spec, sampler and seed give the same draws.
+    sampler : {"nutpie", "pymc"}
+    progress : bool
+        Show a progress bar.
+    target_accept : float
+        NUTS target acceptance rate (PyMC sampler; nutpie adapts its own).
+
+    Returns
+    -------
+    FitResult
+    """
+    if sampler not in SAMPLERS:
+        raise BayesNLMEInputError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    for name, value, low in (("chains", chains, 1), ("draws", draws, 1), ("tune", tune, 0)):
+        if not isinstance(value, (int, np.integer)) or value < low:
+            raise BayesNLMEInputError(f"{name} must be an integer >= {low}, got {value!r}")
+    data = read_nonmem(data)
+    built = build_model(spec, data)
+    model, init = built.model, built.initial_point
+    if sampler == "nutpie":
+        import nutpie
+
+        jitter = {v for v in model.free_RVs if v.name == "eta_z" or v.name.startswith(("omega_", "sigma_"))}
+        compiled = nutpie.compile_pymc_model(model, initial_points=init, jitter_rvs=jitter)
+        idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,
+                              progress_bar=progress, save_warmup=False, cores=min(chains, os.cpu_count() or 1))
+    else:
+        with model:
+            idata = pm.sample(draws=draws, tune=tune, chains=chains, random_seed=seed, initvals=init,
+                              init="adapt_diag", progressbar=progress, target_accept=target_accept,
+                              cores=min(chains, os.cpu_count() or 1), compute_convergence_checks=False)
+    with model:
+        pm.compute_log_likelihood(idata, extend_inferencedata=True, progressbar=False)
+    _add_data_groups(idata, built.data)
+    settings = {"sampler": sampler, "chains": chains, "draws": draws, "tune": tune, "seed": seed}
+    result = FitResult(idata=idata, spec=built.spec, data=built.data, settings=settings)
+    result.problems = convergence_problems(result)
+    for p in result.problems:
+        warnings.warn(p, ConvergenceWarning, stacklevel=2)
+    result.metadata = {
+        "data_source": data.source, "data_sha256": data.sha256, "settings": settings,
+        "versions": package_versions(), "problems": result.problems,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    idata.posterior.attrs["bayesnlme_spec"] = json.dumps(built.spec.to_dict())
+    idata.posterior.attrs["bayesnlme_metadata"] = json.dumps(result.metadata)
+    idata.posterior.attrs["data_sha256"] = data.sha256
+    idata.posterior.attrs["seed"] = seed
+    return result
+
+
+def _add_data_groups(idata: az.InferenceData, data: NMData) -> None:
+    obs = {"obs": data.obs_row}
+    ids = np.array([str(i) for i in data.ids])
+    groups = {}
+    if "observed_data" not in idata.groups():
+        groups["observed_data"] = xr.Dataset({"DV": ("obs", data.obs_dv)}, coords=obs)
+    groups["constant_data"] = xr.Dataset({"ID": ("obs", ids[data.obs_subject]), "TIME": ("obs", data.obs_time)},
+                                         coords=obs)
+    frame = data.frame[[c for c in data.frame.columns if not c.startswith("_") and c != "ROW"]]
+    table = {}
+    for c in frame.columns:
+        col = frame[c]
+        table[c] = ("record", col.to_numpy(float) if pd.api.types.is_numeric_dtype(col)
+                    else col.astype(str).where(col.notna(), ".").to_numpy(dtype=str))
+    groups["nonmem_data"] = xr.Dataset(table, coords={"record": data.frame["ROW"].to_numpy()})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "nonmem_data" is not an ArviZ schema group
+        idata.add_groups(groups)
+
+
+# ---------------------------------------------------------------------- convergence
+
+
+def convergence_problems(result: FitResult) -> list[str]:
+    """Convergence problems of a fit, each in plain words.
+
+    Checks divergent transitions, rank-normalised R-hat above 1.01 and bulk
+    ESS below 400 for the population parameters (and the worst ETA), and
+    chains that settled in different modes (for oral models, the flip-flop
+    swap of KA and the elimination rate constant CL/V).
+    """
+    idata, out = result.idata, []
+    n_chain = idata.posterior.sizes["chain"]
+    div = int(idata.sample_stats["diverging"].sum()) if "diverging" in idata.sample_stats else 0
+    if div:
+        total = idata.sample_stats["diverging"].size
+        out.append(f"{div} of {total} post-warm-up transitions diverged: the posterior has regions the "
+                   f"sampler cannot explore; treat the estimates with caution (reparameterise, tighten "
+                   f"priors or simplify the random effects)")
+    summ = result.summary()
+    bad_rhat = summ[summ["r_hat"] > R_HAT_MAX]
+    if len(bad_rhat) and n_chain > 1:
+        worst = bad_rhat["r_hat"].idxmax()
+        out.append(f"R-hat above {R_HAT_MAX} for {', '.join(bad_rhat.index)} (worst {worst}: "
+                   f"{bad_rhat.loc[worst, 'r_hat']:.3f}): the chains have not mixed; run longer chains")
+    if "ETA" in idata.posterior and n_chain > 1:
+        eta_rhat = az.rhat(idata, var_names=["ETA"])["ETA"]
+        if float(eta_rhat.max()) > R_HAT_MAX:
+            pos = np.unravel_index(int(np.argmax(eta_rhat.values)), eta_rhat.shape)
+            out.append(f"R-hat {float(eta_rhat.max()):.3f} for ETA of {eta_rhat['eta_parameter'].values[pos[1]]} "
+                       f"in ID {eta_rhat['ID'].values[pos[0]]}: individual estimates have not converged")
+    low_ess = summ[summ["ess_bulk"] < ESS_MIN]
+    if len(low_ess):
+        worst = low_ess["ess_bulk"].idxmin()
+        out.append(f"bulk ESS below {ESS_MIN} for {', '.join(low_ess.index)} (lowest {worst}: "
+                   f"{low_ess.loc[worst, 'ess_bulk']:.0f}): too few effective draws for reliable "
+                   f"90% intervals; run more draws")
+    out += _mode_problems(result)
+    return out
+
+
+def _mode_problems(result: FitResult) -> list[str]:
+    post = result.idata.posterior
+    if post.sizes["chain"] < 2:
+        return []
+    out = []
+    if {"KA", "CL", "V"} <= set(post.data_vars) and result.spec.structural.depot_cmt is not None:
+        ka_above = (post["KA"] > post["CL"] / post["V"]).mean("draw").values
+        if (ka_above > 0.5).any() and (ka_above < 0.5).any():
+            flip = [str(c) for c, a in zip(post["chain"].values, ka_above) if a < 0.5]
+            out.append(f"chains disagree on a mode: in chain(s) {', '.join(flip)} absorption is slower "
+                       f"than elimination (KA < CL/V, the flip-flop mode) and in the others faster; the "
+                       f"estimates mix two different solutions; give KA an informative prior or fix "
+                       f"its relation to CL/V")
+            return out
+    for name in result.parameter_names():
+        x = post[name].values.reshape(post.sizes["chain"], -1)
+        med = np.median(x, axis=1)
+        within = np.mean(np.std(x, axis=1))
+        if within > 0 and (med.max() - med.min()) > 4 * within:
+            lo, hi = int(np.argmin(med)), int(np.argmax(med))
+            out.append(f"chains disagree on a mode for {name}: chain {post['chain'].values[lo]} is centred "
+                       f"at {med[lo]:.4g} and chain {post['chain'].values[hi]} at {med[hi]:.4g}; the "
+                       f"posterior is multimodal or some chains are stuck")
+    return out

@@ -1,0 +1,191 @@
+"""Structural models: what the model predicts for a subject, given its parameters and doses.
+
+A :class:`StructuralModel` names its parameters and maps data compartments
+(``CMT``) to its own; its ``function(params, doses)`` returns the prediction
+at each observation as a pytensor expression, vectorised over observations
+(``params`` values have shape ``(n_obs,)``; see :class:`~bayesnlme.structural.pk.DoseEvents`).
+
+The built-in closed forms are listed in :data:`LIBRARY`.  A user model is a
+Python function written with ``pytensor.tensor`` operations, wrapped with
+:meth:`StructuralModel.custom`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable
+
+from .pk import DoseEvents, one_compartment, two_compartment
+
+__all__ = ["StructuralModel", "LIBRARY", "DoseEvents", "get_structural"]
+
+
+@dataclass(frozen=True)
+class StructuralModel:
+    """A structural model and its compartment layout.
+
+    Attributes
+    ----------
+    name : str
+    parameters : tuple of str
+        Required individual parameters, e.g. ``("CL", "V", "KA")``.
+    optional : dict
+        Optional parameters and the value used when the spec does not define
+        them (``{"F": 1.0, "ALAG": 0.0}`` for oral models).
+    function : callable
+        ``function(params: dict[str, tensor (n_obs,)], doses: DoseEvents) -> tensor (n_obs,)``.
+    depot_cmt : int or None
+        Data compartment number of the absorption depot (doses there are
+        absorbed first-order); None for models without absorption.
+    central_cmt : int
+        Data compartment number of the central (observed) compartment.
+    description : str
+    """
+
+    name: str
+    parameters: tuple[str, ...]
+    function: Callable
+    optional: dict = field(default_factory=dict)
+    depot_cmt: int | None = None
+    central_cmt: int = 1
+    description: str = ""
+
+    @property
+    def all_parameters(self) -> tuple[str, ...]:
+        return self.parameters + tuple(self.optional)
+
+    @property
+    def default_dose_cmt(self) -> int:
+        return self.depot_cmt if self.depot_cmt is not None else self.central_cmt
+
+    @classmethod
+    def custom(cls, function: Callable, parameters, *, name: str | None = None,
+               optional: dict | None = None, depot_cmt: int | None = None,
+               central_cmt: int = 1, description: str = "") -> "StructuralModel":
+        """Wrap a user function of individual parameters and doses.
+
+        Parameters
+        ----------
+        function : callable
+            ``function(params, doses)`` returning predictions of shape (n_obs,),
+            written with ``pytensor.tensor`` operations.  ``params[name]`` has
+            shape (n_obs,); ``doses`` is a :class:`DoseEvents`.
+        parameters : sequence of str
+            Names of the parameters the function reads.
+        """
+        return cls(name=name or getattr(function, "__name__", "custom"),
+                   parameters=tuple(parameters), function=function,
+                   optional=dict(optional or {}), depot_cmt=depot_cmt,
+                   central_cmt=central_cmt, description=description or "user-supplied function")
+
+
+_ORAL_OPTIONAL = {"F": 1.0, "ALAG": 0.0}
+
+LIBRARY: dict[str, StructuralModel] = {
+    "1cmt_iv": StructuralModel(
+        "1cmt_iv", ("CL", "V"), partial(one_compartment, oral=False), central_cmt=1,
+        description="one compartment, IV bolus and/or zero-order infusion (RATE or DUR), "
+                    "linear elimination; CMT 1 = central"),
+    "1cmt_oral": StructuralModel(
+        "1cmt_oral", ("CL", "V", "KA"), partial(one_compartment, oral=True),
+        optional=_ORAL_OPTIONAL, depot_cmt=1, central_cmt=2,
+        description="one compartment, first-order absorption with bioavailability F and lag "
+                    "ALAG, linear elimination; CMT 1 = depot, CMT 2 = central"),
+    "2cmt_iv": StructuralModel(
+        "2cmt_iv", ("CL", "V", "Q", "V2"), partial(two_compartment, oral=False), central_cmt=1,
+        description="two compartments (central V, peripheral V2, intercompartmental clearance "
+                    "Q), IV bolus and/or infusion; CMT 1 = central"),
+    "2cmt_oral": StructuralModel(
+        "2cmt_oral", ("CL", "V", "Q", "V2", "KA"), partial(two_compartment, oral=True),
+        optional=_ORAL_OPTIONAL, depot_cmt=1, central_cmt=2,
+        description="two compartments with first-order absorption (F, ALAG); CMT 1 = depot, "
+                    "CMT 2 = central"),
+}
+# infusion models are the IV models: whether a dose is a bolus or an infusion is data (RATE/DUR)
+LIBRARY["1cmt_infusion"] = LIBRARY["1cmt_iv"]
+LIBRARY["2cmt_infusion"] = LIBRARY["2cmt_iv"]
+
+
+def get_structural(name: str) -> StructuralModel:
+    """The library structural model called ``name``.
+
+    Raises
+    ------
+    KeyError
+        With the list of known names.
+    """
+    try:
+        return LIBRARY[name]
+    except KeyError:
+        raise KeyError(f"unknown structural model {name!r}; known: {', '.join(sorted(LIBRARY))}") from None
+
+
+def dose_events(data, model: StructuralModel, dt=None) -> DoseEvents:
+    """Gather each observation's subject's doses into (n_obs, n_dose_max) arrays.
+
+    Parameters
+    ----------
+    data : bayesnlme.data.NMData
+    model : StructuralModel
+        Its compartment layout decides which doses go to the depot; a dose
+        into a compartment the model does not have is an error.
+    dt : optional
+        Replaces ``obs_time - dose_time`` (used by the simulator).
+    """
+    import numpy as np
+
+    from ..errors import DataError
+
+    s = data.obs_subject
+    cmt = np.where(data.dose_cmt == 0, model.default_dose_cmt, data.dose_cmt)
+    allowed = {model.central_cmt} | ({model.depot_cmt} if model.depot_cmt is not None else set())
+    bad = data.dose_valid & ~np.isin(cmt, list(allowed))
+    if bad.any():
+        subj, slot = map(int, np.argwhere(bad)[0])
+        rows = data.frame.loc[(data.frame["_SUBJ"] == subj) & data.frame["EVID"].isin([1, 4]), "ROW"]
+        raise DataError(f"dose into CMT {int(cmt[subj, slot])}, but model {model.name} takes doses "
+                        f"only into CMT {sorted(allowed)}", source=data.source,
+                        row=int(rows.iloc[min(slot, len(rows) - 1)]), column="CMT")
+    obs_cmt = np.where(data.obs_cmt == 0, model.central_cmt, data.obs_cmt)
+    if (obs_cmt != model.central_cmt).any():
+        i = int(np.flatnonzero(obs_cmt != model.central_cmt)[0])
+        raise DataError(f"observation in CMT {int(obs_cmt[i])}, but model {model.name} observes "
+                        f"CMT {model.central_cmt} (central)", source=data.source,
+                        row=int(data.obs_row[i]), column="CMT")
+    depot = (cmt == model.depot_cmt) if model.depot_cmt is not None else np.zeros_like(cmt, bool)
+    if (depot & (data.dose_rate > 0) & data.dose_valid).any():
+        subj = int(np.argwhere(depot & (data.dose_rate > 0))[0][0])
+        raise DataError(f"infusion (RATE/DUR) into the depot (CMT {model.depot_cmt}) of model "
+                        f"{model.name} is not supported; give infusions into CMT {model.central_cmt}",
+                        source=data.source, row=data._first_row[subj], column="RATE")
+    if dt is None:
+        dt = data.obs_time[:, None] - data.dose_time[s]
+    return DoseEvents(dt=dt, amt=data.dose_amt[s], rate=data.dose_rate[s], depot=depot[s],
+                      applies=data.dose_applies, time=data.obs_time)
+
+
+def evaluate(model: StructuralModel, params: dict, data) -> "np.ndarray":
+    """Evaluate a structural model numerically at the data's observations.
+
+    Parameters
+    ----------
+    model : StructuralModel
+    params : dict of str -> float or array of shape (n_subjects,)
+        Individual parameters (natural units).
+    data : bayesnlme.data.NMData
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_obs,)
+        Predictions (concentrations) at each observation.
+    """
+    import numpy as np
+    import pytensor
+
+    doses = dose_events(data, model)
+    full = {**model.optional, **params}
+    by_obs = {k: np.broadcast_to(np.asarray(v, float), (data.n_subjects,))[data.obs_subject]
+              for k, v in full.items()}
+    out = model.function({k: pytensor.tensor.as_tensor_variable(v) for k, v in by_obs.items()}, doses)
+    return np.asarray(pytensor.function([], out)(), dtype=float)
