@@ -1,0 +1,50 @@
+"""Execute every case-study notebook (case_studies/*.ipynb) end to end.
+
+Each notebook runs in a fresh kernel of this interpreter, with short sampler
+settings (BAYESNLME_DRAWS/TUNE/CHAINS) so the suite stays quick; the
+notebooks' own ``assert`` cells check that their narrative matches the
+outputs.  Any cell that raises fails the test.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+CASE_STUDIES = Path(__file__).resolve().parents[1] / "case_studies"
+NOTEBOOKS = sorted(CASE_STUDIES.glob("*.ipynb"))
+SETTINGS = {"BAYESNLME_DRAWS": "300", "BAYESNLME_TUNE": "300", "BAYESNLME_CHAINS": "2"}
+
+# appended to the executed copy: the kernel must be this interpreter and see the settings
+_CHECK_KERNEL = """
+import json, os, sys
+print(json.dumps({"prefix": sys.prefix, "env": {k: os.environ.get(k) for k in %r}}))
+""" % sorted(SETTINGS)
+
+
+def test_case_studies_exist():
+    assert NOTEBOOKS, f"no notebooks in {CASE_STUDIES}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_case_study_runs(path, monkeypatch):
+    for key, value in SETTINGS.items():
+        monkeypatch.setenv(key, value)  # the kernel inherits the environment
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(_CHECK_KERNEL))
+    client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
+                                     resources={"metadata": {"path": str(path.parent)}})
+    client.execute()  # raises CellExecutionError if any cell raises
+
+    out = [o for o in nb.cells[-1].outputs if o.get("output_type") == "stream" and o.get("name") == "stdout"]
+    info = json.loads("".join(o["text"] for o in out))
+    assert Path(info["prefix"]).resolve() == Path(sys.prefix).resolve(), \
+        f"kernel runs {info['prefix']}, not this environment ({sys.prefix})"
+    assert info["env"] == SETTINGS
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.get("output_type") == "error"]
+    assert not errors
