@@ -57,29 +57,29 @@ class BuiltModel:
     initial_point: dict
 
 
-def _prior_rv(name: str, prior: Prior, dims=None, **kw):
-    a = prior.args
-    d = prior.dist
-    if d == "lognormal":
-        return pm.LogNormal(name, mu=np.log(a["median"]), sigma=a["sigma"], dims=dims, **kw)
-    if d == "normal":
-        return pm.Normal(name, mu=a["mu"], sigma=a["sigma"], dims=dims, **kw)
-    if d == "halfnormal":
-        return pm.HalfNormal(name, sigma=a["sigma"], dims=dims, **kw)
-    if d == "halfcauchy":
-        return pm.HalfCauchy(name, beta=a["beta"], dims=dims, **kw)
-    if d == "halfstudentt":
-        return pm.HalfStudentT(name, nu=a["nu"], sigma=a["sigma"], dims=dims, **kw)
-    if d == "exponential":
-        return pm.Exponential(name, lam=a["lam"], dims=dims, **kw)
-    if d == "uniform":
-        return pm.Uniform(name, lower=a["lower"], upper=a["upper"], dims=dims, **kw)
-    if d == "truncatednormal":
-        return pm.TruncatedNormal(name, mu=a["mu"], sigma=a["sigma"], lower=a["lower"],
-                                  upper=a["upper"], dims=dims, **kw)
-    if d == "beta":
-        return pm.Beta(name, alpha=a["alpha"], beta=a["beta"], dims=dims, **kw)
-    raise AssertionError(d)  # Prior.from_dict only admits the names above
+_DIST_ARGS = {
+    "lognormal": (pm.LogNormal, lambda a: {"mu": np.log(a["median"]), "sigma": a["sigma"]}),
+    "normal": (pm.Normal, lambda a: {"mu": a["mu"], "sigma": a["sigma"]}),
+    "halfnormal": (pm.HalfNormal, lambda a: {"sigma": a["sigma"]}),
+    "halfcauchy": (pm.HalfCauchy, lambda a: {"beta": a["beta"]}),
+    "halfstudentt": (pm.HalfStudentT, lambda a: {"nu": a["nu"], "sigma": a["sigma"]}),
+    "exponential": (pm.Exponential, lambda a: {"lam": a["lam"]}),
+    "uniform": (pm.Uniform, lambda a: {"lower": a["lower"], "upper": a["upper"]}),
+    "truncatednormal": (pm.TruncatedNormal, lambda a: dict(a)),
+    "beta": (pm.Beta, lambda a: {"alpha": a["alpha"], "beta": a["beta"]}),
+}
+
+
+def _prior_rv(name: str, prior: Prior, dims=None):
+    cls, args = _DIST_ARGS[prior.dist]
+    return cls(name, **args(prior.args), dims=dims)
+
+
+def _prior_dist(priors: list):
+    """One vector-valued ``.dist`` for priors of the same family (an OMEGA block's SDs)."""
+    cls, args = _DIST_ARGS[priors[0].dist]
+    kw = [args(p.args) for p in priors]
+    return cls.dist(**{k: np.array([d[k] for d in kw], float) for k in kw[0]}, shape=len(priors))
 
 
 def _estimate(name, prior, fixed, init):
@@ -118,32 +118,44 @@ def _covariate_log_factor(spec: ModelSpec, data: NMData, init: dict) -> dict:
 
 
 def _random_effects(spec: ModelSpec, n_sub: int, init: dict):
-    """ETA matrix (n_subjects, n_eta), non-centred, with diagonal or block OMEGA."""
+    """ETA per parameter, shape (n_subjects,): non-centred, diagonal or block OMEGA.
+
+    ``ETA = z * omega`` for a diagonal element; for a block, ``ETA = z @ L.T``
+    with ``L`` the Cholesky factor of OMEGA (LKJ prior on the correlations,
+    the members' omega priors on the SDs, via ``pm.LKJCholeskyCov``).
+    """
     names = spec.eta_parameters
     if not names:
         return {}
-    omegas = {}
-    for p in names:
-        par = spec.parameters[p]
-        if par.omega_fixed is not None:
-            omegas[p] = pt.as_tensor_variable(par.omega_fixed)
-        else:
-            omegas[p] = _prior_rv(f"omega_{p}", par.omega)
-            init[f"omega_{p}"] = min(par.omega.median(), 0.3)
     z = pm.Normal("eta_z", 0.0, 1.0, dims=("ID", "eta_parameter"))
     init["eta_z"] = np.zeros((n_sub, len(names)))
     col = {p: z[:, i] for i, p in enumerate(names)}
-    eta = {p: col[p] * omegas[p] for p in names}
+    eta = {}
+    in_block = {p for block in spec.omega_blocks for p in block}
+    for p in names:
+        if p in in_block:
+            continue
+        par = spec.parameters[p]
+        if par.omega_fixed is not None:
+            omega = pt.as_tensor_variable(par.omega_fixed)
+        else:
+            omega = _prior_rv(f"omega_{p}", par.omega)
+            init[f"omega_{p}"] = min(par.omega.median(), 0.3)
+        eta[p] = col[p] * omega
     for block in spec.omega_blocks:
         k = len(block)
-        label = "_".join(block)
-        corr = pm.LKJCorr(f"lkj_corr_{label}", n=k, eta=spec.lkj_eta, return_matrix=True)
-        chol = pt.linalg.cholesky(corr)
-        zb = pt.stack([col[p] for p in block], axis=1)          # (n_sub, k)
-        correlated = zb @ chol.T                                  # rows ~ N(0, corr)
+        packed = np.zeros(k * (k + 1) // 2)   # start at OMEGA = diag(omega0^2), no correlation
+        packed[[i * (i + 1) // 2 + i for i in range(k)]] = [
+            min(spec.parameters[p].omega.median(), 0.3) for p in block]
+        init[f"chol_{'_'.join(block)}"] = packed
+        chol, corr, sds = pm.LKJCholeskyCov(
+            f"chol_{'_'.join(block)}", n=len(block), eta=spec.lkj_eta, compute_corr=True,
+            sd_dist=_prior_dist([spec.parameters[p].omega for p in block]))
+        correlated = pt.stack([col[p] for p in block], axis=1) @ chol.T   # rows ~ N(0, OMEGA)
         for i, p in enumerate(block):
-            eta[p] = correlated[:, i] * omegas[p]
-            for j in range(i + 1, k):
+            pm.Deterministic(f"omega_{p}", sds[i])
+            eta[p] = correlated[:, i]
+            for j in range(i + 1, len(block)):
                 pm.Deterministic(f"corr_{p}_{block[j]}", corr[i, j])
     pm.Deterministic("ETA", pt.stack([eta[p] for p in names], axis=1), dims=("ID", "eta_parameter"))
     return eta

@@ -547,6 +547,10 @@ def _validate_spec(spec: ModelSpec) -> None:
                                 f"block members need an omega prior")
             if p in seen:
                 raise SpecError(f"parameter {p} appears in more than one OMEGA block")
+            if spec.parameters[p].omega.dist != spec.parameters[block[0]].omega.dist:
+                raise SpecError(f"OMEGA block {list(block)}: the omega priors of a block must be of one "
+                                f"family ({block[0]}: {spec.parameters[block[0]].omega.dist}, "
+                                f"{p}: {spec.parameters[p].omega.dist})")
             seen.add(p)
     names = set()
     for eff in spec.covariates:

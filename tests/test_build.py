@@ -98,17 +98,20 @@ def test_block_omega_correlates_etas():
     built = build_model(spec, load_theophylline())
     m = built.model
     assert "corr_CL_V" in m.named_vars and "corr_CL_KA" not in m.named_vars
+    assert "omega_CL" in m.named_vars and "omega_CL" not in {v.name for v in m.free_RVs}
     with m:
-        prior = pm.sample_prior_predictive(draws=300, random_seed=1,
-                                           var_names=["ETA", "eta_z", "omega_CL", "omega_V", "corr_CL_V"]).prior
+        prior = pm.sample_prior_predictive(draws=300, random_seed=1, var_names=[
+            "ETA", "eta_z", "omega_CL", "omega_V", "omega_KA", "corr_CL_V"]).prior
     eta, z = prior["ETA"].values[0], prior["eta_z"].values[0]
     r = prior["corr_CL_V"].values[0]
     om_cl, om_v = prior["omega_CL"].values[0], prior["omega_V"].values[0]
-    # ETA = omega * (L z) with L the Cholesky factor of [[1, r], [r, 1]]
-    np.testing.assert_allclose(eta[:, :, 0], om_cl[:, None] * z[:, :, 0], rtol=1e-10)
+    # ETA = L z with L the Cholesky factor of OMEGA = diag(omega) [[1, r], [r, 1]] diag(omega)
+    np.testing.assert_allclose(eta[:, :, 0], om_cl[:, None] * z[:, :, 0], rtol=1e-8)
     expected_v = om_v[:, None] * (r[:, None] * z[:, :, 0] + np.sqrt(1 - r[:, None] ** 2) * z[:, :, 1])
-    np.testing.assert_allclose(eta[:, :, 1], expected_v, rtol=1e-8, atol=1e-12)
-    np.testing.assert_allclose(eta[:, :, 2], prior["eta_z"].values[0][:, :, 2] * 0 + eta[:, :, 2])
+    np.testing.assert_allclose(eta[:, :, 1], expected_v, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(eta[:, :, 2], prior["omega_KA"].values[0][:, None] * z[:, :, 2], rtol=1e-10)
+    # the LKJ(2) prior on a 2x2 correlation is Beta(2, 2) on (r + 1) / 2: mean 0, SD 1/sqrt(5)
+    assert abs(r.mean()) < 3 * 0.447 / np.sqrt(300) and abs(r.std() - 0.447) < 0.06
 
 
 def test_graph_size_does_not_grow_with_subjects():
