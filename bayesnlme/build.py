@@ -55,6 +55,10 @@ class BuiltModel:
     spec: ModelSpec
     data: NMData
     initial_point: dict
+    ipred: object = None
+    pred: object = None
+    residual_sd: object = None
+    individual: dict = None
 
 
 _DIST_ARGS = {
@@ -161,23 +165,32 @@ def _random_effects(spec: ModelSpec, n_sub: int, init: dict):
     return eta
 
 
-def individual_parameters(spec: ModelSpec, data: NMData, init: dict) -> dict:
-    """Typical values, covariate effects and ETAs combined; each of shape (n_subjects,)."""
+def individual_parameters(spec: ModelSpec, data: NMData, init: dict) -> tuple[dict, dict]:
+    """Individual and typical-subject parameters, each of shape (n_subjects,).
+
+    Returns
+    -------
+    individual : dict
+        Typical values, covariate effects and ETAs combined.
+    typical : dict
+        The same with ETA = 0 (each subject's covariates kept): the parameters behind PRED.
+    """
     cov = _covariate_log_factor(spec, data, init)
     eta = _random_effects(spec, data.n_subjects, init)
     ones = np.ones(data.n_subjects)
-    params = {}
+    individual, typical = {}, {}
     for p, par in spec.parameters.items():
         tv = _estimate(p, par.prior, par.fixed, init)
-        if par.iiv == "lognormal" or (par.iiv == "none" and p in cov):
-            params[p] = pt.exp(pt.log(tv) + cov.get(p, 0.0) + eta.get(p, 0.0)) * ones
-        elif par.iiv == "normal":
-            params[p] = tv * pt.exp(cov.get(p, 0.0)) + eta[p]
-        elif par.iiv == "logit":
-            params[p] = pm.math.invlogit(pt.log(tv) - pt.log1p(-tv) + eta[p])
-        else:
-            params[p] = tv * ones
-    return params
+        for out, e in ((individual, eta.get(p, 0.0)), (typical, 0.0)):
+            if par.iiv == "lognormal" or (par.iiv == "none" and p in cov):
+                out[p] = pt.exp(pt.log(tv) + cov.get(p, 0.0) + e) * ones
+            elif par.iiv == "normal":
+                out[p] = tv * pt.exp(cov.get(p, 0.0)) + e
+            elif par.iiv == "logit":
+                out[p] = pm.math.invlogit(pt.log(tv) - pt.log1p(-tv) + e)
+            else:
+                out[p] = tv * ones
+    return individual, typical
 
 
 def _check_residual(spec: ModelSpec, data: NMData, doses: DoseEvents) -> None:
@@ -200,20 +213,26 @@ def _check_residual(spec: ModelSpec, data: NMData, doses: DoseEvents) -> None:
                             row=int(data.obs_row[i]), column="DV")
 
 
-def _likelihood(spec: ModelSpec, ipred, dv, init: dict):
+def _residual_sd(spec: ModelSpec, ipred, init: dict):
+    """Residual SD at each observation (on the log scale for exponential error)."""
     r = spec.residual
     sig = {}
     for s in r.sigma_names():
         sig[s] = _prior_rv(s, r.priors[s])
         init[s] = r.priors[s].median()
     if r.kind == "additive":
-        return pm.Normal("DV", mu=ipred, sigma=sig["sigma_add"], observed=dv, dims="obs")
+        return sig["sigma_add"] * pt.ones_like(ipred)
     if r.kind == "proportional":
-        return pm.Normal("DV", mu=ipred, sigma=sig["sigma_prop"] * ipred, observed=dv, dims="obs")
+        return sig["sigma_prop"] * ipred
     if r.kind == "combined":
-        sd = pt.sqrt(sig["sigma_add"] ** 2 + (sig["sigma_prop"] * ipred) ** 2)
-        return pm.Normal("DV", mu=ipred, sigma=sd, observed=dv, dims="obs")
-    return pm.LogNormal("DV", mu=pt.log(ipred), sigma=sig["sigma_exp"], observed=dv, dims="obs")
+        return pt.sqrt(sig["sigma_add"] ** 2 + (sig["sigma_prop"] * ipred) ** 2)
+    return sig["sigma_exp"] * pt.ones_like(ipred)
+
+
+def _likelihood(spec: ModelSpec, ipred, sd, dv):
+    if spec.residual.kind == "exponential":
+        return pm.LogNormal("DV", mu=pt.log(ipred), sigma=sd, observed=dv, dims="obs")
+    return pm.Normal("DV", mu=ipred, sigma=sd, observed=dv, dims="obs")
 
 
 def build_model(spec: ModelSpec, data) -> BuiltModel:
@@ -243,10 +262,16 @@ def build_model(spec: ModelSpec, data) -> BuiltModel:
               "eta_parameter": spec.eta_parameters}
     init: dict = {}
     with pm.Model(coords=coords) as model:
-        params = individual_parameters(spec, data, init)
-        by_obs = {p: v[data.obs_subject] for p, v in params.items()}
-        for p, default in spec.structural.optional.items():
-            by_obs.setdefault(p, pt.as_tensor_variable(np.full(data.n_obs, float(default))))
-        ipred = spec.structural.function(by_obs, doses)
-        _likelihood(spec, ipred, data.obs_dv, init)
-    return BuiltModel(model=model, spec=spec, data=data, initial_point=init)
+        individual, typical = individual_parameters(spec, data, init)
+        ipred, pred = (_predict(spec, data, doses, params) for params in (individual, typical))
+        sd = _residual_sd(spec, ipred, init)
+        _likelihood(spec, ipred, sd, data.obs_dv)
+    return BuiltModel(model=model, spec=spec, data=data, initial_point=init,
+                      ipred=ipred, pred=pred, residual_sd=sd, individual=individual)
+
+
+def _predict(spec: ModelSpec, data: NMData, doses: DoseEvents, params: dict):
+    by_obs = {p: v[data.obs_subject] for p, v in params.items()}
+    for p, default in spec.structural.optional.items():
+        by_obs.setdefault(p, pt.as_tensor_variable(np.full(data.n_obs, float(default))))
+    return spec.structural.function(by_obs, doses)

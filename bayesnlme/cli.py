@@ -16,6 +16,7 @@ from pathlib import Path
 EXAMPLES = """examples:
   bayesnlme fit --model pk_1cmt_oral --data theophylline.csv --out fits/theo
   bayesnlme fit --model my_model.toml --data study.csv --out fits/run2 --chains 4 --draws 2000 --seed 7
+  bayesnlme diagnose fits/theo      convergence, GOF, residual and ETA plots into fits/theo/diagnostics/
   bayesnlme library                 list the model library
   bayesnlme library pk_1cmt_oral    show one entry (its TOML, with the reasoning behind its priors)
 """
@@ -41,6 +42,15 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=1, help="random seed (default: %(default)s)")
     f.add_argument("--sampler", choices=["nutpie", "pymc"], default="nutpie", help="NUTS implementation (default: %(default)s)")
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d = sub.add_parser("diagnose", help="convergence report, goodness-of-fit and ETA plots and tables",
+                       description="Read DIR/fit.nc and write into DIR/diagnostics/: convergence.txt and "
+                       "convergence.csv, gof.csv (DV, PRED, IPRED, IWRES, CWRES, NPDE per observation), "
+                       "eta.csv, shrinkage.csv, eta_correlation.csv and PNG plots.",
+                       epilog="example:\n  bayesnlme diagnose fits/theo",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("dir", help="fit folder (containing fit.nc)")
+    d.add_argument("--npde-sims", type=int, default=1000, help="simulated data sets for NPDE (default: %(default)s)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the NPDE/CWRES simulations (default: %(default)s)")
     lib = sub.add_parser("library", help="list model_library entries or show one")
     lib.add_argument("name", nargs="?", help="entry to show")
     return p
@@ -86,6 +96,46 @@ def _fit(args) -> int:
     return 0
 
 
+def _diagnose(args) -> int:
+    import matplotlib.pyplot as plt
+
+    from . import diagnostics, plots
+    from .errors import BayesNLMEInputError
+    from .fit import FitResult
+
+    folder = Path(args.dir)
+    result = FitResult.load(folder / "fit.nc")
+    if args.npde_sims < 10:
+        raise BayesNLMEInputError(f"--npde-sims must be at least 10, got {args.npde_sims}")
+    out = folder / "diagnostics"
+    out.mkdir(exist_ok=True)
+    table, verdict = diagnostics.convergence_report(result)
+    gof = diagnostics.gof_table(result, n_npde=args.npde_sims, seed=args.seed)
+    etas = diagnostics.eta_table(result)
+    shrink = diagnostics.shrinkage(result)
+    tables = {"convergence.csv": table, "gof.csv": gof, "eta.csv": etas,
+              "shrinkage.csv": shrink.to_frame(), "eta_correlation.csv": diagnostics.eta_correlation(result)}
+    for name, df in tables.items():
+        _write_text_atomic(out / name, df.to_csv(index=name != "gof.csv"))
+    _write_text_atomic(out / "convergence.txt", verdict + "\n")
+    figures = {"gof_observed_vs_predicted.png": plots.plot_observed_vs_predicted(gof),
+               "gof_residuals.png": plots.plot_residuals(gof), "gof_qq.png": plots.plot_qq(gof),
+               "individual_fits.png": plots.plot_individual_fits(gof),
+               "eta_vs_covariates.png": plots.plot_eta_covariates(etas),
+               "eta_correlation.png": plots.plot_eta_correlation(etas), "trace_rank.png": plots.plot_trace(result)}
+    for name, (fig, _) in figures.items():
+        tmp = out / f".{name}.tmp.png"
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, out / name)
+        plt.close(fig)
+    print(verdict)
+    print("\nETA shrinkage (SD-based): " + ", ".join(f"{p} {100 * v:.0f}%" for p, v in shrink.items()))
+    print(f"CWRES mean {gof['CWRES'].mean():.2f}, SD {gof['CWRES'].std():.2f}; "
+          f"NPDE mean {gof['NPDE'].mean():.2f}, SD {gof['NPDE'].std():.2f} (expected 0 and 1)")
+    print(f"\nwrote {len(tables) + 1} tables and {len(figures)} plots to {out}")
+    return 0
+
+
 def _library(args) -> int:
     from .spec import library_names, library_path, load_spec
 
@@ -106,7 +156,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     warnings.simplefilter("ignore", ConvergenceWarning)  # printed in plain words after the summary
     try:
-        return {"fit": _fit, "library": _library}[args.command](args)
+        return {"fit": _fit, "diagnose": _diagnose, "library": _library}[args.command](args)
     except BayesNLMEInputError as exc:
         if args.debug:
             raise

@@ -74,6 +74,13 @@ class FitResult:
     problems: list = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
 
+    @property
+    def built(self):
+        """The PyMC model of this fit (rebuilt from spec and data on first use)."""
+        if "_built" not in self.__dict__:
+            self.__dict__["_built"] = build_model(self.spec, self.data)
+        return self.__dict__["_built"]
+
     # ------------------------------------------------------------------ tables
     def parameter_names(self) -> list[str]:
         """Population parameters in summary order: THETA, covariate effects, OMEGA, correlations, SIGMA."""

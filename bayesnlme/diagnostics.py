@@ -1,0 +1,222 @@
+"""Diagnostics of a fit, as tables: convergence, goodness of fit, residuals, ETAs, shrinkage.
+
+Plots of these tables are in :mod:`bayesnlme.plots`; every plot draws one of
+the DataFrames returned here.
+
+Residual definitions (per observation record):
+
+IWRES
+    Individual weighted residual, the posterior mean of
+    ``(DV - IPRED) / RES_SD`` (for exponential error, of
+    ``(log DV - log IPRED) / sigma_exp``).
+CWRES
+    Conditional weighted residual, the Bayesian counterpart of NONMEM's CWRES:
+    ``(DV - E[y_rep]) / SD[y_rep]`` where ``y_rep`` is the posterior
+    predictive distribution of the observation *conditional on the subject's
+    own ETA posterior* (population parameters and ETAs from each draw, plus
+    residual error).  Approximately N(0, 1) under a correct model.
+NPDE
+    Normalised prediction distribution error (Brendel et al. 2006; Comets,
+    Brendel & Mentre 2008): for each subject, ``K`` data sets of *new*
+    subjects (ETA drawn from OMEGA of each posterior draw, same design and
+    covariates, residual error added) give the mean vector ``E`` and
+    covariance ``V`` of the subject's observations; observed and simulated
+    vectors are decorrelated with the inverse Cholesky factor of ``V``; the
+    prediction discrepancy ``pde`` is the share of simulated decorrelated
+    values below the observed one (bounded to ``[1/(2K), 1 - 1/(2K)]``) and
+    ``NPDE = Phi^-1(pde)``.  N(0, 1) under the model.
+
+Shrinkage is NONMEM's SD-based ETA shrinkage, ``1 - SD(ETA means) / OMEGA``,
+with ETA means the per-subject posterior means and OMEGA the posterior median
+of the SD of ETA.
+"""
+
+from __future__ import annotations
+
+import arviz as az
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .predict import posterior_predictions, simulate_replicates
+
+R_HAT_MAX, ESS_MIN, BFMI_MIN = 1.01, 400, 0.3
+
+
+# ---------------------------------------------------------------------- convergence
+
+
+def convergence_report(result) -> tuple[pd.DataFrame, str]:
+    """Per-parameter convergence diagnostics and a plain-words verdict.
+
+    Returns
+    -------
+    table : pandas.DataFrame
+        Index parameter; columns ``r_hat`` (rank-normalised split R-hat),
+        ``ess_bulk``, ``ess_tail``, ``ok``.
+    verdict : str
+        One paragraph: converged or not, and why; divergences (count and the
+        parameters where divergent draws cluster), tree-depth saturation,
+        E-BFMI per chain, and chains in different modes.
+    """
+    summ = result.summary()
+    table = summ[["r_hat", "ess_bulk", "ess_tail"]].copy()
+    table["ok"] = (table["r_hat"] <= R_HAT_MAX) & (table["ess_bulk"] >= ESS_MIN) & (table["ess_tail"] >= ESS_MIN)
+    ss = result.idata.sample_stats
+    lines = []
+    n_div = int(ss["diverging"].sum()) if "diverging" in ss else 0
+    if n_div:
+        lines.append(f"{n_div} divergent transitions; {divergence_location(result)}.")
+    if "maxdepth_reached" in ss:
+        sat = float(ss["maxdepth_reached"].mean())
+        if sat > 0.01:
+            lines.append(f"{100 * sat:.1f}% of transitions hit the maximum tree depth: the sampler is "
+                         f"inefficient (strong correlations or very different scales).")
+    if "energy" in ss:
+        bfmi = az.bfmi(result.idata)
+        low = [str(c) for c, b in zip(result.idata.posterior["chain"].values, bfmi) if b < BFMI_MIN]
+        if low:
+            lines.append(f"E-BFMI below {BFMI_MIN} in chain(s) {', '.join(low)} "
+                         f"({', '.join(f'{b:.2f}' for b in bfmi)}): heavy-tailed energy, poor exploration.")
+    bad = table[~table["ok"]]
+    if len(bad):
+        lines.append(f"R-hat/ESS not acceptable for {', '.join(bad.index)} (need R-hat <= {R_HAT_MAX}, "
+                     f"bulk and tail ESS >= {ESS_MIN}).")
+    modes = [p for p in result.problems if p.startswith("chains disagree")]
+    lines += modes
+    if not lines:
+        verdict = (f"Converged: all {len(table)} population parameters have R-hat <= {R_HAT_MAX} and bulk/tail "
+                   f"ESS >= {ESS_MIN}; no divergences, no tree-depth saturation, E-BFMI fine.")
+    else:
+        verdict = "Not converged, or not reliably: " + " ".join(lines)
+    return table, verdict
+
+
+def divergence_location(result) -> str:
+    """Where divergent draws cluster: the parameters whose divergent draws sit furthest from the rest."""
+    ss, post = result.idata.sample_stats, result.idata.posterior
+    div = ss["diverging"].values.ravel().astype(bool)
+    if not div.any():
+        return "no divergences"
+    shifts = {}
+    for name in result.parameter_names():
+        x = post[name].values.ravel()
+        sd = x[~div].std() if (~div).sum() > 1 else x.std()
+        shifts[name] = (np.median(x[div]) - np.median(x[~div])) / sd if sd > 0 else 0.0
+    top = sorted(shifts, key=lambda k: -abs(shifts[k]))[:3]
+    return "they cluster at " + ", ".join(
+        f"{'low' if shifts[k] < 0 else 'high'} {k} ({shifts[k]:+.1f} SD from the other draws)" for k in top)
+
+
+# ---------------------------------------------------------------------- goodness of fit
+
+
+def gof_table(result, *, n_npde: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """One row per observation: DV, PRED, IPRED (with 90% band), IWRES, CWRES and NPDE.
+
+    Parameters
+    ----------
+    n_npde : int
+        Number of simulated new-subject data sets for NPDE (posterior draws
+        are thinned evenly to this number).
+    seed : int
+        Seed of the simulations (CWRES replicates and NPDE).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``ROW, ID, TIME, DV, PRED, IPRED, IPRED_q5, IPRED_q95, IWRES,
+        CWRES, NPDE`` (PRED and IPRED are posterior medians, in DV units).
+    """
+    data = result.data
+    pp = posterior_predictions(result)
+    n_obs = data.n_obs
+    ipred = pp["IPRED"].values.reshape(-1, n_obs)
+    pred = pp["PRED"].values.reshape(-1, n_obs)
+    sd = pp["RES_SD"].values.reshape(-1, n_obs)
+    dv = data.obs_dv
+    rng = np.random.default_rng(seed)
+    eps = rng.standard_normal(ipred.shape)
+    if result.spec.residual.kind == "exponential":
+        iwres = ((np.log(dv) - np.log(ipred)) / sd).mean(0)
+        yrep = ipred * np.exp(sd * eps)
+    else:
+        iwres = ((dv - ipred) / sd).mean(0)
+        yrep = ipred + sd * eps
+    cwres = (dv - yrep.mean(0)) / yrep.std(0, ddof=1)
+    ids = np.array([str(i) for i in data.ids])
+    table = pd.DataFrame({
+        "ROW": data.obs_row, "ID": ids[data.obs_subject], "TIME": data.obs_time, "DV": dv,
+        "PRED": np.median(pred, 0), "IPRED": np.median(ipred, 0),
+        "IPRED_q5": np.quantile(ipred, 0.05, 0), "IPRED_q95": np.quantile(ipred, 0.95, 0),
+        "IWRES": iwres, "CWRES": cwres,
+    })
+    table["NPDE"] = npde(dv, data.obs_subject, simulate_replicates(result, n_npde, seed=seed + 1))
+    return table
+
+
+def npde(dv: np.ndarray, subject: np.ndarray, sims: np.ndarray) -> np.ndarray:
+    """NPDE with decorrelation (Brendel/Comets) from simulated new-subject data.
+
+    Parameters
+    ----------
+    dv : numpy.ndarray, shape (n_obs,)
+    subject : numpy.ndarray of int, shape (n_obs,)
+    sims : numpy.ndarray, shape (K, n_obs)
+        Simulated data sets of new subjects under the model.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_obs,)
+    """
+    k = sims.shape[0]
+    out = np.empty(len(dv))
+    for s in np.unique(subject):          # per-subject linear algebra on a handful of observations
+        idx = np.flatnonzero(subject == s)
+        ys = sims[:, idx]
+        mean = ys.mean(0)
+        cov = np.atleast_2d(np.cov(ys, rowvar=False))
+        cov = cov + np.eye(len(idx)) * 1e-10 * max(np.trace(cov) / len(idx), 1e-300)
+        chol = np.linalg.cholesky(cov)
+        obs_dec = np.linalg.solve(chol, dv[idx] - mean)
+        sim_dec = np.linalg.solve(chol, (ys - mean).T).T
+        pde = (sim_dec < obs_dec).mean(0)
+        pde = np.clip(pde, 1 / (2 * k), 1 - 1 / (2 * k))
+        out[idx] = stats.norm.ppf(pde)
+    return out
+
+
+# ---------------------------------------------------------------------- random effects
+
+
+def eta_table(result) -> pd.DataFrame:
+    """Posterior mean of each subject's ETAs (columns ``ETA_<P>``) with the subject's baseline covariates."""
+    post = result.idata.posterior
+    if "ETA" not in post:
+        return pd.DataFrame(index=pd.Index([str(i) for i in result.data.ids], name="ID"))
+    means = post["ETA"].mean(("chain", "draw")).to_pandas()
+    means.columns = [f"ETA_{c}" for c in means.columns]
+    means.index.name = "ID"
+    cov = result.data.baseline_covariates()
+    cov.index = cov.index.astype(str)
+    return means.join(cov)
+
+
+def shrinkage(result) -> pd.Series:
+    """SD-based ETA shrinkage per parameter (fraction; NONMEM's ETAshrinkSD)."""
+    etas = eta_table(result)
+    out = {}
+    for p in result.spec.eta_parameters:
+        omega_name = f"omega_{p}"
+        if omega_name in result.idata.posterior:
+            omega = float(result.idata.posterior[omega_name].median())
+        else:
+            omega = result.spec.parameters[p].omega_fixed
+        out[p] = 1.0 - etas[f"ETA_{p}"].std(ddof=1) / omega
+    return pd.Series(out, name="shrinkage", dtype=float)
+
+
+def eta_correlation(result) -> pd.DataFrame:
+    """Correlation matrix of the per-subject ETA posterior means."""
+    etas = eta_table(result)
+    return etas[[c for c in etas.columns if c.startswith("ETA_")]].corr()
