@@ -271,7 +271,5 @@ def build_model(spec: ModelSpec, data) -> BuiltModel:
 
 
 def _predict(spec: ModelSpec, data: NMData, doses: DoseEvents, params: dict):
-    by_obs = {p: v[data.obs_subject] for p, v in params.items()}
-    for p, default in spec.structural.optional.items():
-        by_obs.setdefault(p, pt.as_tensor_variable(np.full(data.n_obs, float(default))))
-    return spec.structural.function(by_obs, doses)
+    # optional parameters the spec leaves out are absent: functions use params.get(name, default)
+    return spec.structural.function({p: v[data.obs_subject] for p, v in params.items()}, doses)

@@ -17,6 +17,7 @@ EXAMPLES = """examples:
   bayesnlme fit --model pk_1cmt_oral --data theophylline.csv --out fits/theo
   bayesnlme fit --model my_model.toml --data study.csv --out fits/run2 --chains 4 --draws 2000 --seed 7
   bayesnlme diagnose fits/theo      convergence, GOF, residual and ETA plots into fits/theo/diagnostics/
+  bayesnlme compare fits/1cmt fits/2cmt --level subject    rank models by PSIS-LOO
   bayesnlme library                 list the model library
   bayesnlme library pk_1cmt_oral    show one entry (its TOML, with the reasoning behind its priors)
 """
@@ -51,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("dir", help="fit folder (containing fit.nc)")
     d.add_argument("--npde-sims", type=int, default=1000, help="simulated data sets for NPDE (default: %(default)s)")
     d.add_argument("--seed", type=int, default=0, help="seed of the NPDE/CWRES simulations (default: %(default)s)")
+    from .compare import add_compare_parser
+
+    add_compare_parser(sub)
     lib = sub.add_parser("library", help="list model_library entries or show one")
     lib.add_argument("name", nargs="?", help="entry to show")
     return p
@@ -156,6 +160,9 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     warnings.simplefilter("ignore", ConvergenceWarning)  # printed in plain words after the summary
     try:
+        if args.command == "compare":
+            from .compare import run_compare
+            return run_compare(args)
         return {"fit": _fit, "diagnose": _diagnose, "library": _library}[args.command](args)
     except BayesNLMEInputError as exc:
         if args.debug:

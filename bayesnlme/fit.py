@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -161,15 +161,19 @@ class FitResult:
         path = Path(path)
         if not path.is_file():
             raise BayesNLMEInputError(f"{path}: no such fit file")
-        idata = az.from_netcdf(path)
-        attrs = dict(idata.posterior.attrs)
-        if "bayesnlme_spec" not in attrs:
-            raise BayesNLMEInputError(f"{path}: not a bayesnlme fit (no bayesnlme_spec attribute)")
+        try:
+            idata = az.from_netcdf(path)
+            attrs = dict(idata.posterior.attrs)
+        except (OSError, ValueError, KeyError, AttributeError) as exc:
+            raise BayesNLMEInputError(f"{path}: not a readable fit file ({type(exc).__name__}: {exc})") from None
+        if "bayesnlme_spec" not in attrs or "bayesnlme_metadata" not in attrs or "nonmem_data" not in idata.groups():
+            raise BayesNLMEInputError(f"{path}: not a bayesnlme fit (no bayesnlme_spec/metadata or data)")
         meta = json.loads(attrs["bayesnlme_metadata"])
         spec = ModelSpec.from_dict(json.loads(attrs["bayesnlme_spec"]), structural=structural,
                                    source=str(path))
         frame = idata["nonmem_data"].to_dataframe().reset_index(drop=True)
-        data = read_nonmem(frame, name=meta["data_source"])
+        # the records are stored, not the file: keep the original file's SHA-256
+        data = replace(read_nonmem(frame, name=meta["data_source"]), sha256=meta["data_sha256"])
         return cls(idata=idata, spec=spec.bind(data), data=data, settings=meta["settings"],
                    problems=meta.get("problems", []), metadata=meta)
 
@@ -212,7 +216,8 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
         import nutpie
 
         jitter = {v for v in model.free_RVs if v.name == "eta_z" or v.name.startswith(("omega_", "sigma_"))}
-        compiled = nutpie.compile_pymc_model(model, initial_points=init, jitter_rvs=jitter)
+        keep = [v.name for v in model.free_RVs + model.deterministics]   # not the *_log__ copies
+        compiled = nutpie.compile_pymc_model(model, initial_points=init, jitter_rvs=jitter, var_names=keep)
         idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,
                               progress_bar=progress, save_warmup=False, cores=min(chains, os.cpu_count() or 1))
     else:

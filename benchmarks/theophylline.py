@@ -88,10 +88,10 @@ def handwritten_model(data):
     coords = {"ID": [str(i) for i in ids], "eta_parameter": ["CL", "V", "KA"], "obs": np.arange(len(obs))}
     with pm.Model(coords=coords) as model:
         # declared in build_model's order, so nutpie lays out the parameter vector identically
+        eta_z = pm.Normal("eta_z", 0.0, 1.0, dims=("ID", "eta_parameter"))
         omega_CL = pm.HalfNormal("omega_CL", 0.5)
         omega_V = pm.HalfNormal("omega_V", 0.5)
         omega_KA = pm.HalfNormal("omega_KA", 0.5)
-        eta_z = pm.Normal("eta_z", 0.0, 1.0, dims=("ID", "eta_parameter"))
         CL = pm.LogNormal("CL", np.log(5.0), 2.0)
         V = pm.LogNormal("V", np.log(50.0), 2.0)
         KA = pm.LogNormal("KA", 0.0, 1.0)
@@ -105,7 +105,7 @@ def handwritten_model(data):
         conc = amt * ka / (v * (ka - k)) * (pt.exp(-k * t) - pt.exp(-ka * t))
         sd = pt.sqrt(sigma_add**2 + (sigma_prop * conc) ** 2)
         pm.Normal("DV", mu=conc, sigma=sd, observed=obs["DV"].to_numpy(float), dims="obs")
-    init = {"omega_CL": 0.3, "omega_V": 0.3, "omega_KA": 0.3, "eta_z": np.zeros((len(ids), 3)),
+    init = {"eta_z": np.zeros((len(ids), 3)), "omega_CL": 0.3, "omega_V": 0.3, "omega_KA": 0.3,
             "CL": 5.0, "V": 50.0, "KA": 1.0,
             "sigma_add": 1.0 * HALFNORMAL_MEDIAN, "sigma_prop": 0.3 * HALFNORMAL_MEDIAN}
     return model, init

@@ -31,8 +31,9 @@ class StructuralModel:
     parameters : tuple of str
         Required individual parameters, e.g. ``("CL", "V", "KA")``.
     optional : dict
-        Optional parameters and the value used when the spec does not define
-        them (``{"F": 1.0, "ALAG": 0.0}`` for oral models).
+        Optional parameters and their default values (``{"F": 1.0, "ALAG": 0.0}``
+        for oral models).  A parameter the spec does not define is absent from
+        ``params``: the function uses ``params.get(name, default)``.
     function : callable
         ``function(params: dict[str, tensor (n_obs,)], doses: DoseEvents) -> tensor (n_obs,)``.
     depot_cmt : int or None
@@ -184,7 +185,7 @@ def evaluate(model: StructuralModel, params: dict, data) -> "np.ndarray":
     import pytensor
 
     doses = dose_events(data, model)
-    full = {**model.optional, **params}
+    full = dict(params)
     by_obs = {k: np.broadcast_to(np.asarray(v, float), (data.n_subjects,))[data.obs_subject]
               for k, v in full.items()}
     out = model.function({k: pytensor.tensor.as_tensor_variable(v) for k, v in by_obs.items()}, doses)

@@ -1,0 +1,188 @@
+"""Marginal likelihood by importance sampling: exact Gaussian case, R nlme reference, MC error."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytensor
+import pytensor.tensor as pt
+import pytest
+from scipy import optimize, stats
+
+from bayesnlme.build import build_model
+from bayesnlme.datasets import dataset_path, load_theophylline
+from bayesnlme.errors import BayesNLMEInputError
+from bayesnlme.fit import fit_model
+from bayesnlme.likelihood import (MarginalLik, _conditional_loglik, _population, marginal_loglik,
+                                  population_mode)
+from bayesnlme.spec import ModelSpec, load_spec
+from bayesnlme.structural import StructuralModel
+
+# R 4.2.2, nlme 3.1-162: nlme(..., method = "ML") of the 1-compartment oral model with additive
+# error and diagonal OMEGA on the 132 theophylline observations (code in docs/likelihood.md).
+NLME_LOGLIK = -179.7362
+NLME_AIC, NLME_BIC = 373.4725, 393.6521
+NLME_THETA = {"CL": math.exp(1.018530), "V": math.exp(3.449222), "KA": math.exp(0.446522),
+              "omega_CL": 0.2647301, "omega_V": 0.1349591, "omega_KA": 0.6220764, "sigma_add": 0.6966863}
+# The exact marginal log-likelihood at NLME_THETA by adaptive Gauss-Hermite quadrature in R
+# (20^3 and 30^3 nodes agree to 1e-4; code in docs/likelihood.md).  nlme's own logLik is the
+# Lindstrom-Bates linearisation, an approximation of this integral.
+AGQ_LOGLIK_AT_NLME = -180.3641
+
+
+def theophylline_additive_spec():
+    d = load_spec("pk_1cmt_oral").to_dict()
+    d["residual"] = {"type": "additive"}
+    return ModelSpec.from_dict(d)
+
+
+@pytest.fixture(scope="module")
+def theo_fit():
+    return fit_model(theophylline_additive_spec(), dataset_path("theophylline"), chains=2, draws=500,
+                     tune=500, seed=1, progress=False)
+
+
+# ---------------------------------------------------------------------- exact: Gaussian random intercept
+
+_N_SUB, _N_PER = 8, 5
+
+
+def _level(params, doses):
+    # log B_i = log TV(B) + ETA_i, so y_ij = log TV(B) + ETA_i + eps_ij: linear in ETA
+    return pt.log(params["B"])
+
+
+def _linear_data():
+    rng = np.random.default_rng(3)
+    eta = rng.normal(0.0, 1.5, _N_SUB)
+    rows = [(i + 1, float(j), 10.0 + eta[i] + rng.normal(0.0, 0.8)) for i in range(_N_SUB) for j in range(_N_PER)]
+    return pd.DataFrame(rows, columns=["ID", "TIME", "DV"])
+
+
+def _exact_loglik(df, theta):
+    """log p(y | theta) of y_i ~ MVN(log B * 1, omega^2 J + sigma^2 I), summed over subjects."""
+    cov = theta["omega_B"] ** 2 * np.ones((_N_PER, _N_PER)) + theta["sigma_add"] ** 2 * np.eye(_N_PER)
+    mvn = stats.multivariate_normal(np.full(_N_PER, math.log(theta["B"])), cov)
+    return float(sum(mvn.logpdf(df.DV[df.ID == i].to_numpy()) for i in df.ID.unique()))
+
+
+@pytest.fixture(scope="module")
+def linear_fit():
+    spec = ModelSpec.from_dict(
+        {"name": "level", "parameters": {"B": {"prior": {"dist": "lognormal", "median": 1000.0, "sigma": 10.0},
+                                               "iiv": "lognormal",
+                                               "omega": {"dist": "halfnormal", "sigma": 3.0}}},
+         "residual": {"type": "additive", "sigma_add": {"dist": "halfnormal", "sigma": 3.0}}},
+        structural=StructuralModel.custom(_level, ["B"]))
+    df = _linear_data()
+    return fit_model(spec, df, chains=2, draws=300, tune=300, seed=2, progress=False), df
+
+
+@pytest.mark.slow
+def test_exact_gaussian_marginal_likelihood(linear_fit):
+    fit, df = linear_fit
+    theta = {"B": math.exp(9.5), "omega_B": 1.2, "sigma_add": 0.9}
+    m = marginal_loglik(fit, theta=theta, n_samples=2000, seed=4)
+    exact = _exact_loglik(df, theta)
+    assert isinstance(m, MarginalLik)
+    assert m.mc_se < 0.05
+    assert abs(m.loglik - exact) < 3 * m.mc_se + 1e-3
+    assert m.n_parameters == 3 and m.n_obs == _N_SUB * _N_PER
+    assert m.minus2ll == pytest.approx(-2 * m.loglik)
+    assert len(m.per_subject) == _N_SUB and m.per_subject["loglik"].sum() == pytest.approx(m.loglik)
+    assert (m.per_subject["ess"] > 1000).all()
+    # the MLE found with importance sampling reaches the exact maximum of the likelihood
+    mle = population_mode(fit, prior=False, n_samples=1000, seed=1)
+    best = optimize.minimize(lambda v: -_exact_loglik(df, {"B": math.exp(v[0]), "omega_B": math.exp(v[1]),
+                                                           "sigma_add": math.exp(v[2])}), [9.0, 0.0, 0.0])
+    at_mle = _exact_loglik(df, {k: float(v) for k, v in mle.items()})
+    assert at_mle > -best.fun - 0.1         # MC error of the objective moves the argmax a little
+    assert math.log(float(mle["B"])) == pytest.approx(best.x[0], abs=0.01)
+
+
+# ---------------------------------------------------------------------- R nlme reference
+
+
+@pytest.mark.slow
+def test_agrees_with_exact_quadrature_at_nlme_estimates(theo_fit):
+    m = marginal_loglik(theo_fit, theta=NLME_THETA, n_samples=4000, seed=1)
+    assert abs(m.loglik - AGQ_LOGLIK_AT_NLME) < 4 * m.mc_se + 0.02
+    assert m.theta["CL"] == pytest.approx(NLME_THETA["CL"])
+
+
+@pytest.mark.slow
+def test_mle_matches_r_nlme(theo_fit):
+    mle = population_mode(theo_fit, prior=False, n_samples=1000, seed=0)
+    for name, tol in (("CL", 0.05), ("V", 0.03), ("KA", 0.1), ("sigma_add", 0.03),
+                      ("omega_CL", 0.15), ("omega_V", 0.15), ("omega_KA", 0.15)):
+        assert float(mle[name]) == pytest.approx(NLME_THETA[name], rel=tol), name
+    m = marginal_loglik(theo_fit, theta=mle, n_samples=4000, seed=0)
+    assert abs(m.loglik - NLME_LOGLIK) < 1.0
+    # p = 3 THETA + 3 OMEGA + 1 SIGMA, as nlme counts them (its AIC - BIC gap fixes p and n_obs)
+    assert m.n_parameters == 7 and m.n_obs == 132
+    assert NLME_BIC - NLME_AIC == pytest.approx(7 * (math.log(132) - 2), abs=1e-3)
+    assert m.minus2ll == pytest.approx(-2 * m.loglik)
+    assert m.aic == pytest.approx(m.minus2ll + 14)
+    assert m.bic == pytest.approx(m.minus2ll + 7 * math.log(132))
+    assert abs(m.aic - NLME_AIC) < 2.0
+    # the maximum of the likelihood is at least as high as at nlme's (approximate-likelihood) estimates
+    assert m.loglik > AGQ_LOGLIK_AT_NLME - 3 * m.mc_se - 0.05
+
+
+@pytest.mark.slow
+def test_posterior_mode_default(theo_fit):
+    m = marginal_loglik(theo_fit, n_samples=1000, seed=0)   # theta = posterior mode
+    assert set(m.theta) == {"CL", "V", "KA", "omega_CL", "omega_V", "omega_KA", "sigma_add"}
+    assert float(m.theta["CL"]) == pytest.approx(NLME_THETA["CL"], rel=0.1)
+    assert abs(m.loglik - AGQ_LOGLIK_AT_NLME) < 1.0     # the prior moves the mode a little from the MLE
+    assert "log-likelihood" in str(m) and m.to_dict()["n_parameters"] == 7
+
+
+@pytest.mark.slow
+def test_mc_se_decreases_with_n_samples(theo_fit):
+    small = marginal_loglik(theo_fit, theta=NLME_THETA, n_samples=200, seed=0)
+    large = marginal_loglik(theo_fit, theta=NLME_THETA, n_samples=3200, seed=0)
+    assert large.mc_se < small.mc_se / 2.5          # ~ 1 / sqrt(n): 4x here
+    assert (large.per_subject["mc_se"] < small.per_subject["mc_se"]).all()
+    assert abs(large.loglik - small.loglik) < 4 * math.hypot(small.mc_se, large.mc_se) + 0.02
+    # same seed, same answer
+    assert marginal_loglik(theo_fit, theta=NLME_THETA, n_samples=200, seed=0).loglik == small.loglik
+
+
+@pytest.mark.slow
+def test_bad_theta_is_rejected(theo_fit):
+    with pytest.raises(BayesNLMEInputError, match="lacks"):
+        marginal_loglik(theo_fit, theta={"CL": 2.0})
+    with pytest.raises(BayesNLMEInputError, match="support"):
+        marginal_loglik(theo_fit, theta={**NLME_THETA, "sigma_add": -1.0})
+    with pytest.raises(BayesNLMEInputError, match="one of"):
+        marginal_loglik(theo_fit, theta="best")
+    with pytest.raises(BayesNLMEInputError, match="n_samples"):
+        marginal_loglik(theo_fit, theta=NLME_THETA, n_samples=3)
+
+
+# ---------------------------------------------------------------------- densities match the PyMC model
+
+
+def test_conditional_loglik_matches_pymc_exponential_error():
+    """log p(y_i | theta, z) from IPRED and RES_SD equals PyMC's log density of DV (log-normal: incl. -log DV)."""
+    df = load_theophylline()
+    df = df[~((df.EVID == 0) & (df.TIME == 0))]          # exponential error needs IPRED > 0
+    spec = load_spec("pk_1cmt_oral").with_residual("exponential")
+    built = build_model(spec, df)
+    model = built.model
+    rng = np.random.default_rng(0)
+    theta = {"CL": 2.8, "V": 32.0, "KA": 1.5, "omega_CL": 0.3, "omega_V": 0.2, "omega_KA": 0.6, "sigma_exp": 0.2}
+    z = rng.standard_normal((2, built.data.n_subjects, 3))
+    ours = _conditional_loglik(built, theta, z)
+    assert ours.shape == (2, built.data.n_subjects)
+    dv = model.observed_RVs[0]
+    logp = pytensor.function(model.value_vars, model.logp(vars=[dv], sum=False)[0], on_unused_input="ignore")
+    info = _population(built)
+    u = dict(zip(info.names, info.to_unconstrained(*[np.asarray(theta[n], float) for n in info.names])))
+    for k in range(2):
+        point = {model.rvs_to_values[rv].name: (z[k] if rv.name == "eta_z" else u[rv.name])
+                 for rv in model.free_RVs}
+        per_obs = logp(**point)
+        expected = np.bincount(built.data.obs_subject, weights=per_obs, minlength=built.data.n_subjects)
+        np.testing.assert_allclose(ours[k], expected, rtol=1e-10, atol=1e-8)
