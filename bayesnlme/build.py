@@ -185,9 +185,9 @@ def individual_parameters(spec: ModelSpec, data: NMData, init: dict) -> tuple[di
             if par.iiv == "lognormal" or (par.iiv == "none" and p in cov):
                 out[p] = pt.exp(pt.log(tv) + cov.get(p, 0.0) + e) * ones
             elif par.iiv == "normal":
-                out[p] = tv * pt.exp(cov.get(p, 0.0)) + e
+                out[p] = (tv * pt.exp(cov.get(p, 0.0)) + e) * ones
             elif par.iiv == "logit":
-                out[p] = pm.math.invlogit(pt.log(tv) - pt.log1p(-tv) + e)
+                out[p] = pm.math.invlogit(pt.log(tv) - pt.log1p(-tv) + e) * ones
             else:
                 out[p] = tv * ones
     return individual, typical

@@ -11,8 +11,10 @@ Pareto k diagnoses each PSIS-LOO contribution.  At the subject level high k is
 common: leaving a subject out moves its ETAs from their individual posterior
 back to the population distribution, a large step for subjects with rich data.
 High-k subjects are reported (:func:`pareto_k_report`, ``n_high_pareto_k`` in
-:func:`compare`), not refitted; for them only refits without the subject or
-K-fold cross-validation by subject give a reliable estimate.
+:func:`compare`) and handled by :mod:`bayesnlme.subject_loo`: their random
+effects are integrated out (integrated PSIS), and those still unreliable can
+be refitted without the subject within a time budget; ``bayesnlme compare``
+adds the resulting ``elpd_handled``, ``se_handled`` and ``n_unreliable``.
 """
 
 from __future__ import annotations
@@ -259,6 +261,9 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--level", choices=LEVELS, default="subject", help="leave out one what (default: %(default)s)")
     p.add_argument("--ic", choices=ICS, default="loo", help="information criterion (default: %(default)s)")
     p.add_argument("--out", default="comparison.csv", metavar="CSV", help="table to write (default: %(default)s)")
+    p.add_argument("--refit-budget", type=float, default=0.0, metavar="SECONDS",
+                   help="subject level: time allowed per model for exact refits of subjects whose Pareto k "
+                   "stays high after integrating out their random effects (default: %(default)s, no refits)")
     p.set_defaults(func=run_compare)
     return p
 
@@ -274,6 +279,11 @@ def run_compare(args) -> int:
     named = _named([(Path(d).resolve().name, FitResult.load(Path(d) / "fit.nc")) for d in args.dirs])
     check_same_data(named)
     table, loos = _compare(named, args.level, args.ic)
+    handled = None
+    if args.level == "subject" and args.ic == "loo" and all("eta_z" in r.idata.posterior for r in named.values()):
+        from .subject_loo import add_high_k_handling, describe
+
+        table, handled = add_high_k_handling(table, named, refit_budget_s=args.refit_budget)
     data = next(iter(named.values())).data
     with pd.option_context("display.width", 120, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
         print(f"{args.ic.upper()} comparison, leaving out one {args.level} at a time: {data.n_subjects} subjects, "
@@ -285,6 +295,8 @@ def run_compare(args) -> int:
         labels = None if args.level == "subject" else [f"ID {i} at TIME {t:g}" for i, t in zip(cd.ID.values,
                                                                                               cd.TIME.values)]
         print(f"  {name}: {pareto_k_report(loos[name], labels)[1]}")
+        if handled is not None:
+            print(f"    automatic handling: {describe(handled[name][1])}")
     out = Path(args.out)  # written to a temporary file, then renamed: never a half-written table
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)

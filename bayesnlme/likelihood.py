@@ -96,7 +96,9 @@ class MarginalLik:
         Columns ``ID``, ``n_obs``, ``loglik``, ``mc_se`` and ``ess`` (effective
         sample size of the subject's importance weights).
     n_samples : int
-        Importance samples per subject.
+        Importance samples per subject (1 for a model without random effects).
+    method : str
+        ``"importance sampling"``, or ``"exact: no random effects"``.
     """
 
     loglik: float
@@ -119,9 +121,11 @@ class MarginalLik:
                 "theta": {k: np.asarray(v).tolist() for k, v in self.theta.items()}}
 
     def __str__(self) -> str:
+        how = (f"{self.n_samples} importance samples per subject" if self.method == "importance sampling"
+               else self.method)
         return (f"log-likelihood {self.loglik:.3f} (MC SE {self.mc_se:.3f}), -2LL {self.minus2ll:.3f}, "
                 f"AIC {self.aic:.3f}, BIC {self.bic:.3f} (p = {self.n_parameters}, n_obs = {self.n_obs}, "
-                f"{self.n_samples} importance samples per subject)")
+                f"{how})")
 
 
 # ---------------------------------------------------------------------- population parameters
@@ -257,9 +261,11 @@ class _Proposal:
 
     def adapted(self, z: np.ndarray, log_w: np.ndarray, inflation: float = PROPOSAL_INFLATION) -> "_Proposal":
         """Proposal re-centred on the importance-weighted conditional mean and covariance of z."""
-        w = np.exp(log_w - log_w.max(axis=0))
+        top = log_w.max(axis=0)
+        ok = np.isfinite(top)                      # a subject with no finite weight keeps its proposal
+        w = np.where(ok, np.exp(log_w - np.where(ok, top, 0.0)), 1.0)
         w /= w.sum(axis=0)
-        ess = 1.0 / (w ** 2).sum(axis=0)
+        ess = np.where(ok, 1.0 / (w ** 2).sum(axis=0), 0.0)
         mean = np.einsum("ki,kia->ia", w, z)
         dz = z - mean
         cov = np.einsum("ki,kia,kib->iab", w, dz, dz)
@@ -305,7 +311,7 @@ def _conditional_loglik(built, theta: dict, z: np.ndarray | None, k: int = 1) ->
     data = built.data
     if z is not None:
         k = z.shape[0]
-    draws = {n: np.broadcast_to(v, (k, *v.shape)).copy() for n, v in theta.items()}
+    draws = {n: np.broadcast_to(np.asarray(v, float), (k, *np.shape(v))).copy() for n, v in theta.items()}
     if z is not None:
         draws["eta_z"] = z
     out = evaluate_draws(built, draws, ("ipred", "residual_sd"))
@@ -400,16 +406,19 @@ def _objective_function(built):
 
 
 def _posterior_proposal(result) -> _Proposal | None:
-    post = result.idata.posterior
-    if "eta_z" not in post:
+    """Proposals from the posterior of eta_z; None for a model without random effects."""
+    if not _population(result.built).has_eta:
         return None
+    if "eta_z" not in result.idata.posterior:    # no draws to start from: N(0, I), then adaptation
+        n_sub, d = result.built.data.n_subjects, len(result.built.spec.eta_parameters)
+        return _Proposal(np.zeros((n_sub, d)), np.broadcast_to(np.eye(d), (n_sub, d, d)).copy())
     return _Proposal.from_draws(result.posterior_draws("eta_z"))
 
 
 # ---------------------------------------------------------------------- public functions
 
 
-def population_mode(result, *, prior: bool = True, n_samples: int = 1000, seed: int = 0,
+def population_mode(result, *, prior: bool = True, n_samples: int = 2000, seed: int = 0,
                     start: dict | None = None, max_rounds: int = 4, tol: float = 1e-3) -> dict:
     """Posterior mode (or maximum-likelihood estimate) of the population parameters.
 
@@ -503,9 +512,15 @@ def population_mode(result, *, prior: bool = True, n_samples: int = 1000, seed: 
         proposal = proposal.adapted(z, log_w)
         if moved < tol:
             break
-    if not res.success and "ABNORMAL" not in str(res.message).upper():
-        warnings.warn(f"population_mode: the optimiser did not converge ({res.message})", RuntimeWarning,
-                      stacklevel=2)
+    if not res.success:
+        # L-BFGS-B often ends with "ABNORMAL_TERMINATION_IN_LNSRCH" at the optimum (the objective is
+        # flat to rounding there); warn only when the projected gradient is not small
+        lo, hi = np.array(bounds).T
+        g = np.where(((res.x <= lo) & (res.jac > 0)) | ((res.x >= hi) & (res.jac < 0)), 0.0, res.jac)
+        if np.max(np.abs(g)) > 1e-2:
+            warnings.warn(f"population_mode: the optimiser did not converge ({res.message}; largest "
+                          f"gradient {np.max(np.abs(g)):.3g}); treat the estimate with caution",
+                          RuntimeWarning, stacklevel=2)
     return info.natural(u)
 
 
@@ -528,8 +543,7 @@ def marginal_loglik(result, *, theta=None, n_samples: int = 2000, seed: int = 0)
         :func:`population_mode`), ``"mle"`` (maximum-likelihood estimate) or
         ``"median"`` (posterior medians).
     n_samples : int
-        Importance samples per subject (the mode/MLE search uses half as many,
-        at least 500).
+        Importance samples per subject (also used by the mode/MLE search).
     seed : int
 
     Returns
@@ -540,7 +554,7 @@ def marginal_loglik(result, *, theta=None, n_samples: int = 2000, seed: int = 0)
     info = _population(built)
     _check_n(n_samples)
     if theta is None or (isinstance(theta, str) and theta in ("mode", "mle")):
-        theta = population_mode(result, prior=theta != "mle", n_samples=max(500, n_samples // 2), seed=seed)
+        theta = population_mode(result, prior=theta != "mle", n_samples=n_samples, seed=seed)
     elif isinstance(theta, str):
         if theta != "median":
             raise BayesNLMEInputError(f"theta must be a dict or one of 'mode', 'mle', 'median'; got {theta!r}")
@@ -568,7 +582,8 @@ def marginal_loglik(result, *, theta=None, n_samples: int = 2000, seed: int = 0)
                         "loglik": loglik_i, "mc_se": se_i, "ess": ess_i})
     return MarginalLik(loglik=loglik, mc_se=mc_se, minus2ll=m2ll, aic=m2ll + 2 * p,
                        bic=m2ll + p * math.log(data.n_obs), n_parameters=p, n_obs=data.n_obs,
-                       theta=theta, per_subject=per, n_samples=k)
+                       theta=theta, per_subject=per, n_samples=k,
+                       method="importance sampling" if proposal is not None else "exact: no random effects")
 
 
 def _check_n(n):

@@ -41,7 +41,7 @@ def _compiled(built, outputs: tuple[str, ...]):
     return cache[key]
 
 
-def _stacked(idata, names, chains=None):
+def _stacked(idata, names):
     post = idata.posterior
     return {n: post[n].values.reshape(-1, *post[n].shape[2:]) for n in names}
 

@@ -168,3 +168,23 @@ def test_dose_into_unknown_compartment():
     df = load_indometacin()
     with pytest.raises(DataError, match=r"observation in CMT 1, but model 1cmt_oral observes CMT 2"):
         build_model(load_spec("pk_1cmt_oral"), df)
+
+
+def test_normal_and_logit_iiv_build_and_predict():
+    d = load_spec("pk_1cmt_oral").to_dict()
+    d["parameters"]["KA"]["iiv"] = "normal"
+    d["parameters"]["F"] = {"prior": {"dist": "beta", "alpha": 8.0, "beta": 2.0}, "iiv": "logit"}
+    built = build_model(ModelSpec.from_dict(d), load_theophylline())
+    ip = built.model.initial_point()
+    assert np.isfinite(built.model.compile_logp()(ip))
+    assert list(built.model.coords["eta_parameter"]) == ["CL", "V", "KA", "F"]
+    from bayesnlme.predict import evaluate_draws
+
+    point = {k: np.asarray(v)[None] for k, v in built.initial_point.items()}
+    out = evaluate_draws(built, point, ("pred", "ipred"))
+    assert out["pred"].shape == out["ipred"].shape == (1, 132)
+    np.testing.assert_allclose(out["pred"], out["ipred"])       # ETA = 0 at the initial point
+    point["eta_z"] = point["eta_z"] + 0.5
+    out2 = evaluate_draws(built, point, ("pred", "ipred"))
+    np.testing.assert_allclose(out2["pred"], out["pred"])
+    assert not np.allclose(out2["ipred"], out["ipred"])
