@@ -219,7 +219,11 @@ def test_compare_command_line_helpers(saved, tmp_path, capsys, monkeypatch):
     assert "one_cmt" in stdout and "two_cmt" in stdout and "two_cmt predicts a new subject best" in stdout
     assert "Pareto k" in stdout and f"wrote {out}" in stdout
     table = pd.read_csv(out)
-    assert list(table.columns) == ["model"] + COMPARE_COLUMNS and list(table["model"]) == ["two_cmt", "one_cmt"]
+    assert list(table.columns) == ["model"] + COMPARE_COLUMNS + ["elpd_handled", "se_handled", "n_unreliable"]
+    assert list(table["model"]) == ["two_cmt", "one_cmt"]
+    assert "automatic handling: leave-one-subject-out ELPD" in stdout
+    # integrating out the ETAs: the handled ELPD is lower (more honest) than the conditional PSIS figure
+    assert (table["elpd_handled"] < table["elpd"]).all()
     assert [p.name for p in out.parent.iterdir()] == ["cmp.csv"]  # no temporary file left
     # default output: comparison.csv in the current folder; observation level
     monkeypatch.chdir(tmp_path)
