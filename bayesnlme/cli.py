@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     d = sub.add_parser("diagnose", help="convergence report, goodness-of-fit and ETA plots and tables",
                        description="Read DIR/fit.nc and write into DIR/diagnostics/: convergence.txt and "
-                       "convergence.csv, gof.csv (DV, PRED, IPRED, IWRES, CWRES, NPDE per observation), "
+                       "convergence.csv, likelihood.csv (-2LL, AIC, BIC by importance sampling), gof.csv (DV, PRED, IPRED, IWRES, CWRES, NPDE per observation), "
                        "eta.csv, shrinkage.csv, eta_correlation.csv and PNG plots.",
                        epilog="example:\n  bayesnlme diagnose fits/theo",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -102,6 +102,7 @@ def _fit(args) -> int:
 
 def _diagnose(args) -> int:
     import matplotlib.pyplot as plt
+    import pandas as pd
 
     from . import diagnostics, plots
     from .errors import BayesNLMEInputError
@@ -132,11 +133,23 @@ def _diagnose(args) -> int:
         fig.savefig(tmp, dpi=100)
         os.replace(tmp, out / name)
         plt.close(fig)
+    lik = None
+    if "eta_z" in result.idata.posterior:
+        from .likelihood import marginal_loglik
+
+        lik = marginal_loglik(result, seed=args.seed)
+        _write_text_atomic(out / "likelihood.csv", pd.DataFrame([{
+            "loglik": lik.loglik, "mc_se": lik.mc_se, "minus2ll": lik.minus2ll, "aic": lik.aic, "bic": lik.bic,
+            "n_parameters": lik.n_parameters, "n_obs": lik.n_obs}]).to_csv(index=False))
     print(verdict)
+    if lik is not None:
+        print(f"\nmarginal log-likelihood at the posterior mode (importance sampling): {lik.loglik:.2f} "
+              f"(MC SE {lik.mc_se:.2f}); -2LL {lik.minus2ll:.2f}, AIC {lik.aic:.2f}, BIC {lik.bic:.2f} "
+              f"({lik.n_parameters} parameters, {lik.n_obs} observations)")
     print("\nETA shrinkage (SD-based): " + ", ".join(f"{p} {100 * v:.0f}%" for p, v in shrink.items()))
     print(f"CWRES mean {gof['CWRES'].mean():.2f}, SD {gof['CWRES'].std():.2f}; "
           f"NPDE mean {gof['NPDE'].mean():.2f}, SD {gof['NPDE'].std():.2f} (expected 0 and 1)")
-    print(f"\nwrote {len(tables) + 1} tables and {len(figures)} plots to {out}")
+    print(f"\nwrote {len(tables) + 1 + (lik is not None)} tables and {len(figures)} plots to {out}")
     return 0
 
 

@@ -135,7 +135,10 @@ def test_cli_diagnose_writes_tables_and_plots(saved, capsys):
     folder, _ = saved
     assert main(["diagnose", str(folder), "--npde-sims", "200"]) == 0
     out = capsys.readouterr().out
-    assert "ETA shrinkage (SD-based): CL" in out
+    assert "ETA shrinkage (SD-based): CL" in out and "-2LL" in out
+    lik = pd.read_csv(folder / "diagnostics" / "likelihood.csv")
+    assert lik.loc[0, "aic"] == pytest.approx(lik.loc[0, "minus2ll"] + 2 * lik.loc[0, "n_parameters"])
+    assert lik.loc[0, "n_parameters"] == 8 and lik.loc[0, "n_obs"] == 132
     d = folder / "diagnostics"
     for name in ["convergence.csv", "convergence.txt", "gof.csv", "eta.csv", "shrinkage.csv",
                  "gof_observed_vs_predicted.png", "gof_residuals.png", "gof_qq.png", "individual_fits.png",
