@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
+
+from .atomic import write_text_atomic
 
 EXAMPLES = """examples:
   bayesnlme fit --model pk_1cmt_oral --data theophylline.csv --out fits/theo
@@ -60,17 +61,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _fit(args) -> int:
     import pandas as pd
 
@@ -85,7 +75,7 @@ def _fit(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     result.save(out / "fit.nc")
     table = result.summary()
-    _write_text_atomic(out / "summary.csv", table.reset_index()[SUMMARY_COLUMNS].to_csv(index=False))
+    write_text_atomic(out / "summary.csv", table.reset_index()[SUMMARY_COLUMNS].to_csv(index=False))
     with pd.option_context("display.width", 120, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
         print(f"{spec.name} on {result.data.source}: {result.data.n_subjects} subjects, "
               f"{result.data.n_obs} observations; {args.chains} chains x {args.draws} draws")
@@ -121,8 +111,8 @@ def _diagnose(args) -> int:
     tables = {"convergence.csv": table, "gof.csv": gof, "eta.csv": etas,
               "shrinkage.csv": shrink.to_frame(), "eta_correlation.csv": diagnostics.eta_correlation(result)}
     for name, df in tables.items():
-        _write_text_atomic(out / name, df.to_csv(index=name != "gof.csv"))
-    _write_text_atomic(out / "convergence.txt", verdict + "\n")
+        write_text_atomic(out / name, df.to_csv(index=name != "gof.csv"))
+    write_text_atomic(out / "convergence.txt", verdict + "\n")
     figures = {"gof_observed_vs_predicted.png": plots.plot_observed_vs_predicted(gof),
                "gof_residuals.png": plots.plot_residuals(gof), "gof_qq.png": plots.plot_qq(gof),
                "individual_fits.png": plots.plot_individual_fits(gof),
@@ -138,7 +128,7 @@ def _diagnose(args) -> int:
         from .likelihood import marginal_loglik
 
         lik = marginal_loglik(result, seed=args.seed)
-        _write_text_atomic(out / "likelihood.csv", pd.DataFrame([{
+        write_text_atomic(out / "likelihood.csv", pd.DataFrame([{
             "loglik": lik.loglik, "mc_se": lik.mc_se, "minus2ll": lik.minus2ll, "aic": lik.aic, "bic": lik.bic,
             "n_parameters": lik.n_parameters, "n_obs": lik.n_obs}]).to_csv(index=False))
     print(verdict)

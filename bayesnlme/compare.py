@@ -20,8 +20,6 @@ adds the resulting ``elpd_handled``, ``se_handled`` and ``n_unreliable``.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -30,6 +28,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .atomic import write_text_atomic
 from .errors import BayesNLMEInputError
 
 LEVELS, ICS = ("subject", "observation"), ("loo", "waic")
@@ -297,15 +296,6 @@ def run_compare(args) -> int:
         print(f"  {name}: {pareto_k_report(loos[name], labels)[1]}")
         if handled is not None:
             print(f"    automatic handling: {describe(handled[name][1])}")
-    out = Path(args.out)  # written to a temporary file, then renamed: never a half-written table
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(table.reset_index().to_csv(index=False))
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_text_atomic(args.out, table.reset_index().to_csv(index=False))
     print(f"\nwrote {args.out}")
     return 0
