@@ -280,10 +280,12 @@ def convergence_problems(result: FitResult) -> list[str]:
     n_chain = idata.posterior.sizes["chain"]
     div = int(idata.sample_stats["diverging"].sum()) if "diverging" in idata.sample_stats else 0
     if div:
+        from .diagnostics import divergence_location
+
         total = idata.sample_stats["diverging"].size
-        out.append(f"{div} of {total} post-warm-up transitions diverged: the posterior has regions the "
-                   f"sampler cannot explore; treat the estimates with caution (reparameterise, tighten "
-                   f"priors or simplify the random effects)")
+        out.append(f"{div} of {total} post-warm-up transitions diverged ({divergence_location(result)}): "
+                   f"the posterior has regions the sampler cannot explore; treat the estimates with caution "
+                   f"(reparameterise, tighten priors or simplify the random effects)")
     summ = result.summary()
     bad_rhat = summ[summ["r_hat"] > R_HAT_MAX]
     if len(bad_rhat) and n_chain > 1:
