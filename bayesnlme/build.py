@@ -235,7 +235,7 @@ def _likelihood(spec: ModelSpec, ipred, sd, dv):
     return pm.Normal("DV", mu=ipred, sigma=sd, observed=dv, dims="obs")
 
 
-def build_model(spec: ModelSpec, data) -> BuiltModel:
+def build_model(spec: ModelSpec, data, *, check_residual: bool = True) -> BuiltModel:
     """Build the PyMC model for ``spec`` on ``data``.
 
     Parameters
@@ -257,7 +257,8 @@ def build_model(spec: ModelSpec, data) -> BuiltModel:
     data = read_nonmem(data)
     spec = spec.bind(data)
     doses = dose_events(data, spec.structural)
-    _check_residual(spec, data, doses)
+    if check_residual:   # off when the "observations" are prediction times, not data
+        _check_residual(spec, data, doses)
     coords = {"ID": [str(i) for i in data.ids], "obs": data.obs_row.tolist(),
               "eta_parameter": spec.eta_parameters}
     init: dict = {}

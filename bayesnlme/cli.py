@@ -92,6 +92,7 @@ def _fit(args) -> int:
 
 def _diagnose(args) -> int:
     import matplotlib.pyplot as plt
+    import numpy as np
     import pandas as pd
 
     from . import diagnostics, plots
@@ -108,6 +109,9 @@ def _diagnose(args) -> int:
     gof = diagnostics.gof_table(result, n_npde=args.npde_sims, seed=args.seed)
     etas = diagnostics.eta_table(result)
     shrink = diagnostics.shrinkage(result)
+    from .predict import predict_at_times
+
+    curves = predict_at_times(result, np.linspace(0, result.data.obs_time.max(), 120))
     tables = {"convergence.csv": table, "gof.csv": gof, "eta.csv": etas,
               "shrinkage.csv": shrink.to_frame(), "eta_correlation.csv": diagnostics.eta_correlation(result)}
     for name, df in tables.items():
@@ -115,7 +119,7 @@ def _diagnose(args) -> int:
     write_text_atomic(out / "convergence.txt", verdict + "\n")
     figures = {"gof_observed_vs_predicted.png": plots.plot_observed_vs_predicted(gof),
                "gof_residuals.png": plots.plot_residuals(gof), "gof_qq.png": plots.plot_qq(gof),
-               "individual_fits.png": plots.plot_individual_fits(gof),
+               "individual_fits.png": plots.plot_individual_fits(gof, curves=curves),
                "eta_vs_covariates.png": plots.plot_eta_covariates(etas),
                "eta_correlation.png": plots.plot_eta_correlation(etas), "trace_rank.png": plots.plot_trace(result)}
     for name, (fig, _) in figures.items():

@@ -71,18 +71,25 @@ def plot_qq(gof: pd.DataFrame):
     return fig, pd.concat(rows, ignore_index=True)
 
 
-def plot_individual_fits(gof: pd.DataFrame, *, log: bool = False, max_subjects: int = 36):
-    """Per-subject panels: observations, IPRED median with 90% band, PRED (at observation times)."""
+def plot_individual_fits(gof: pd.DataFrame, *, curves: pd.DataFrame | None = None, log: bool = False,
+                         max_subjects: int = 36):
+    """Per-subject panels: observations, IPRED median with 90% band, PRED.
+
+    Curves are drawn from ``curves`` (:func:`bayesnlme.predict.predict_at_times`
+    on a fine time grid) when given, else through the observation times.
+    """
+    lines = gof if curves is None else curves
     ids = list(dict.fromkeys(gof["ID"]))[:max_subjects]
     ncol = min(4, len(ids))
     nrow = math.ceil(len(ids) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.6 * nrow), sharex=True, squeeze=False)
     for ax, sid in zip(axes.flat, ids):
-        d = gof[gof["ID"] == sid].sort_values("TIME")
+        d = lines[lines["ID"] == sid].sort_values("TIME")
         ax.fill_between(d["TIME"], d["IPRED_q5"], d["IPRED_q95"], alpha=0.25, label="IPRED 90% CrI")
         ax.plot(d["TIME"], d["IPRED"], label="IPRED")
         ax.plot(d["TIME"], d["PRED"], ls="--", color="gray", label="PRED")
-        ax.scatter(d["TIME"], d["DV"], s=12, color="k", zorder=3, label="DV")
+        o = gof[gof["ID"] == sid]
+        ax.scatter(o["TIME"], o["DV"], s=12, color="k", zorder=3, label="DV")
         ax.set_title(f"ID {sid}", fontsize=9)
         if log:
             ax.set_yscale("log")
@@ -92,7 +99,9 @@ def plot_individual_fits(gof: pd.DataFrame, *, log: bool = False, max_subjects: 
     fig.supxlabel("TIME")
     fig.supylabel("DV")
     fig.tight_layout()
-    return fig, gof[gof["ID"].isin(ids)][["ID", "TIME", "DV", "IPRED", "IPRED_q5", "IPRED_q95", "PRED"]]
+    drawn = lines[lines["ID"].isin(ids)][["ID", "TIME", "IPRED", "IPRED_q5", "IPRED_q95", "PRED"]]
+    points = gof[gof["ID"].isin(ids)][["ID", "TIME", "DV"]]
+    return fig, pd.concat([drawn.assign(kind="curve"), points.assign(kind="observation")], ignore_index=True)
 
 
 def plot_eta_covariates(etas: pd.DataFrame, *, max_levels: int = 6):

@@ -147,3 +147,17 @@ def test_cli_diagnose_writes_tables_and_plots(saved, capsys):
     assert (d / "gof_qq.png").read_bytes()[:4] == b"\x89PNG"
     assert list(pd.read_csv(d / "gof.csv").columns)[-3:] == ["IWRES", "CWRES", "NPDE"]
     assert main(["diagnose", str(folder / "nowhere")]) == 1
+
+
+@pytest.mark.slow
+def test_predictions_at_new_times_match_the_data_times(saved, gof):
+    from bayesnlme.predict import predict_at_times
+
+    res = saved[1]
+    curves = predict_at_times(res, np.unique(res.data.obs_time), n_draws=10**6)   # all 600 draws
+    merged = gof.merge(curves, on=["ID", "TIME"], suffixes=("", "_grid"))
+    assert len(merged) == len(gof)        # every observation time of every subject is on the grid
+    np.testing.assert_allclose(merged["IPRED_grid"], merged["IPRED"], rtol=1e-9)
+    np.testing.assert_allclose(merged["PRED_grid"], merged["PRED"], rtol=1e-9)
+    fig, df = plots.plot_individual_fits(gof, curves=predict_at_times(res, np.linspace(0, 25, 26)))
+    assert set(df["kind"]) == {"curve", "observation"} and (df["kind"] == "curve").sum() == 12 * 26
