@@ -8,11 +8,10 @@ the traceback).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from .atomic import write_text_atomic
+from .atomic import write_atomic, write_text_atomic
 
 EXAMPLES = """examples:
   bayesnlme fit --model pk_1cmt_oral --data theophylline.csv --out fits/theo
@@ -123,9 +122,7 @@ def _diagnose(args) -> int:
                "eta_vs_covariates.png": plots.plot_eta_covariates(etas),
                "eta_correlation.png": plots.plot_eta_correlation(etas), "trace_rank.png": plots.plot_trace(result)}
     for name, (fig, _) in figures.items():
-        tmp = out / f".{name}.tmp.png"
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, out / name)
+        write_atomic(out / name, lambda tmp, fig=fig: fig.savefig(tmp, dpi=100, format="png"))
         plt.close(fig)
     lik = None
     if "eta_z" in result.idata.posterior:

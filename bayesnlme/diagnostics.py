@@ -38,9 +38,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .fit import ESS_MIN, R_HAT_MAX
 from .predict import posterior_predictions, simulate_replicates
 
-R_HAT_MAX, ESS_MIN, BFMI_MIN = 1.01, 400, 0.3
+BFMI_MIN = 0.3
 
 
 # ---------------------------------------------------------------------- convergence

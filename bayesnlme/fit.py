@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field, replace
 from importlib import metadata
@@ -24,6 +23,7 @@ import pandas as pd
 import pymc as pm
 import xarray as xr
 
+from .atomic import write_atomic
 from .build import build_model
 from .data import NMData, read_nonmem
 from .errors import BayesNLMEInputError, ConvergenceWarning
@@ -135,18 +135,9 @@ class FitResult:
         over ``path`` only when complete, so an interrupted save never leaves a
         truncated file and never destroys an earlier good one.
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
         self.idata.posterior.attrs["bayesnlme_metadata"] = json.dumps(self.metadata)
-        try:
-            self.idata.to_netcdf(tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        write_atomic(path, self.idata.to_netcdf)
+        return Path(path)
 
     @classmethod
     def load(cls, path, *, structural=None) -> "FitResult":

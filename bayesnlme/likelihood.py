@@ -54,7 +54,7 @@ import pandas as pd
 import pytensor
 import pytensor.tensor as pt
 from scipy import optimize
-from scipy.special import gammaln, logsumexp
+from scipy.special import gammaln
 
 from .errors import BayesNLMEInputError
 from .predict import evaluate_draws

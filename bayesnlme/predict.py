@@ -41,11 +41,6 @@ def _compiled(built, outputs: tuple[str, ...]):
     return cache[key]
 
 
-def _stacked(idata, names):
-    post = idata.posterior
-    return {n: post[n].values.reshape(-1, *post[n].shape[2:]) for n in names}
-
-
 def evaluate_draws(built, draws: dict, outputs=("ipred", "pred", "residual_sd")) -> dict:
     """Evaluate builder outputs at stacked draws of the free random variables.
 
@@ -81,7 +76,7 @@ def posterior_predictions(result) -> xr.Dataset:
     built = result.built
     post = result.idata.posterior
     names = [rv.name for rv in built.model.free_RVs]
-    out = evaluate_draws(built, _stacked(result.idata, names))
+    out = evaluate_draws(built, {n: result.posterior_draws(n) for n in names})
     shape = (post.sizes["chain"], post.sizes["draw"], -1)
     coords = {"chain": post["chain"].values, "draw": post["draw"].values, "obs": result.data.obs_row}
     return xr.Dataset({k.upper().replace("RESIDUAL_SD", "RES_SD"): (("chain", "draw", "obs"), v.reshape(shape))
@@ -109,7 +104,7 @@ def simulate_replicates(result, n_rep: int | None = None, *, new_subjects: bool 
     built = result.built
     rng = np.random.default_rng(seed)
     names = [rv.name for rv in built.model.free_RVs]
-    draws = _stacked(result.idata, names)
+    draws = {n: result.posterior_draws(n) for n in names}
     total = len(next(iter(draws.values())))
     idx = np.arange(total) if n_rep is None else np.linspace(0, total - 1, n_rep).round().astype(int)
     draws = {k: v[idx] for k, v in draws.items()}
@@ -122,7 +117,7 @@ def simulate_replicates(result, n_rep: int | None = None, *, new_subjects: bool 
     return out["ipred"] + out["residual_sd"] * eps
 
 
-def predict_at_times(result, times, *, n_draws: int = 200) -> "pd.DataFrame":
+def predict_at_times(result, times, *, n_draws: int = 200):
     """IPRED (median and 90% band) and PRED of every fitted subject at chosen times.
 
     The subjects' own dose records and covariates are kept; the observation
@@ -164,7 +159,7 @@ def predict_at_times(result, times, *, n_draws: int = 200) -> "pd.DataFrame":
     design = read_nonmem(combined[cols].reset_index(drop=True), name=f"{data.source} (prediction grid)")
     built = build_model(result.spec, design, check_residual=False)
     names = [rv.name for rv in built.model.free_RVs]
-    draws = _stacked(result.idata, names)
+    draws = {n: result.posterior_draws(n) for n in names}
     total = len(next(iter(draws.values())))
     idx = np.linspace(0, total - 1, min(n_draws, total)).round().astype(int)
     out = evaluate_draws(built, {k: v[idx] for k, v in draws.items()}, ("ipred", "pred"))

@@ -1,9 +1,7 @@
 """Leave-one-subject-out with integrated random effects and exact refits."""
 
 import numpy as np
-import pandas as pd
 import pytest
-from scipy import stats
 from scipy.special import logsumexp
 
 from bayesnlme.datasets import load_indometacin

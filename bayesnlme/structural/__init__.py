@@ -166,7 +166,7 @@ def dose_events(data, model: StructuralModel, dt=None) -> DoseEvents:
                       applies=data.dose_applies, time=data.obs_time)
 
 
-def evaluate(model: StructuralModel, params: dict, data) -> "np.ndarray":
+def evaluate(model: StructuralModel, params: dict, data):
     """Evaluate a structural model numerically at the data's observations.
 
     Parameters
