@@ -306,20 +306,25 @@ def _obs_logpdf(kind: str, dv: np.ndarray, ipred: np.ndarray, sd: np.ndarray) ->
     return np.where(np.isnan(out) | ~(sd > 0), -np.inf, out)
 
 
+def subject_loglik(built, draws: dict) -> np.ndarray:
+    """``log p(y_i | draw)`` per subject at stacked draws of all free RVs: shape (K, n_sub)."""
+    data = built.data
+    out = evaluate_draws(built, draws, ("ipred", "residual_sd"))
+    ll = _obs_logpdf(built.spec.residual.kind, data.obs_dv, out["ipred"], out["residual_sd"])
+    k, n_sub = ll.shape[0], data.n_subjects
+    idx = (data.obs_subject[None, :] + n_sub * np.arange(k)[:, None]).ravel()
+    with np.errstate(invalid="ignore"):
+        return np.bincount(idx, weights=ll.ravel(), minlength=k * n_sub).reshape(k, n_sub)
+
+
 def _conditional_loglik(built, theta: dict, z: np.ndarray | None, k: int = 1) -> np.ndarray:
     """``log p(y_i | theta, z_i)`` for K sets of random effects: shape (K, n_sub)."""
-    data = built.data
     if z is not None:
         k = z.shape[0]
     draws = {n: np.broadcast_to(np.asarray(v, float), (k, *np.shape(v))).copy() for n, v in theta.items()}
     if z is not None:
         draws["eta_z"] = z
-    out = evaluate_draws(built, draws, ("ipred", "residual_sd"))
-    ll = _obs_logpdf(built.spec.residual.kind, data.obs_dv, out["ipred"], out["residual_sd"])
-    n_sub = data.n_subjects
-    idx = (data.obs_subject[None, :] + n_sub * np.arange(k)[:, None]).ravel()
-    with np.errstate(invalid="ignore"):
-        return np.bincount(idx, weights=ll.ravel(), minlength=k * n_sub).reshape(k, n_sub)
+    return subject_loglik(built, draws)
 
 
 def _is_pass(built, theta: dict, proposal: _Proposal, base: tuple):

@@ -36,8 +36,7 @@ import xarray as xr
 from scipy.special import logsumexp
 
 from .errors import ConvergenceWarning
-from .likelihood import _base_draws, _obs_logpdf, _Proposal
-from .predict import evaluate_draws
+from .likelihood import _base_draws, _Proposal, subject_loglik
 
 _CHUNK_ROWS = 20000
 
@@ -68,7 +67,6 @@ def marginal_subject_loglik(result, *, n_draws: int = 400, n_is: int = 100, seed
     numpy.ndarray, shape (n_draws, n_subjects)
     """
     built = result.built
-    data = built.data
     names = _population_names(built)
     if "eta_z" not in [rv.name for rv in built.model.free_RVs]:
         raise ValueError("the model has no random effects: its conditional likelihood is already marginal")
@@ -89,12 +87,7 @@ def marginal_subject_loglik(result, *, n_draws: int = 400, n_is: int = 100, seed
         z, log_ratio = proposal.sample(_base_draws(rng, s * n_is, n_sub, d))
         draws = {n: np.repeat(v[rows], n_is, axis=0) for n, v in theta.items()}
         draws["eta_z"] = z
-        pred = evaluate_draws(built, draws, ("ipred", "residual_sd"))
-        ll = _obs_logpdf(built.spec.residual.kind, data.obs_dv, pred["ipred"], pred["residual_sd"])
-        k = s * n_is
-        flat = (data.obs_subject[None, :] + n_sub * np.arange(k)[:, None]).ravel()
-        with np.errstate(invalid="ignore"):
-            per_subject = np.bincount(flat, weights=ll.ravel(), minlength=k * n_sub).reshape(k, n_sub)
+        per_subject = subject_loglik(built, draws)
         log_w = np.where(np.isnan(per_subject + log_ratio), -np.inf, per_subject + log_ratio)
         out[rows] = logsumexp(log_w.reshape(s, n_is, n_sub), axis=1) - np.log(n_is)
     return out
