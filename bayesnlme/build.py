@@ -29,6 +29,9 @@ import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
 
+import pandas as pd
+
+from .covariates import log_factor
 from .data import NMData, read_nonmem
 from .errors import DataError
 from .spec import ModelSpec, Prior
@@ -94,58 +97,68 @@ def _estimate(name, prior, fixed, init):
     return _prior_rv(name, prior)
 
 
-def _covariate_log_factor(spec: ModelSpec, data: NMData, init: dict) -> dict:
-    """Sum of log covariate factors per parameter, shape (n_subjects,)."""
-    out = {}
-    if not spec.covariates:
-        return out
-    base = data.baseline_covariates(spec.covariate_columns)
+def _covariate_log_factors(spec: ModelSpec, data: NMData, init: dict) -> tuple[dict, dict]:
+    """Sums of log covariate factors per parameter.
+
+    Returns
+    -------
+    by_subject : dict
+        Baseline-covariate terms, shape (n_subjects,).
+    by_observation : dict
+        Time-varying-covariate terms, shape (n_obs,) (the covariate carried
+        forward to each observation).
+    """
+    by_subject, by_obs = {}, {}
     for eff in spec.covariates:
-        x = base[eff.covariate].to_numpy()
-        if eff.kind == "categorical":
-            term = 0.0
-            for level, ename in zip(eff.levels, eff.effect_names()):
-                theta = _estimate(ename, eff.prior, None, init)
-                term = term + theta * (x == level).astype(float)
+        thetas = [_estimate(n, eff.prior, f, init) for n, f in zip(eff.effect_names(), eff.fixed_values())]
+        if eff.time_varying:
+            x, out = data.observation_covariates([eff.covariate])[eff.covariate].to_numpy(), by_obs
         else:
-            ename = eff.effect_names()[0]
-            theta = _estimate(ename, eff.prior, eff.fixed, init)
+            x, out = data.baseline_covariates([eff.covariate])[eff.covariate].to_numpy(), by_subject
+        if eff.kind != "categorical":
             x = x.astype(float)
-            if eff.kind == "power":
-                term = theta * np.log(x / eff.reference)
-            elif eff.kind == "exponential":
-                term = theta * (x - eff.reference)
-            else:  # linear: log(1 + theta (x - ref)); NaN (rejected draw) where the factor is <= 0
-                term = pt.log(1.0 + theta * (x - eff.reference))
-        out[eff.parameter] = out.get(eff.parameter, 0.0) + term
-    return out
+        out[eff.parameter] = out.get(eff.parameter, 0.0) + log_factor(eff, x, thetas, pt)
+    return by_subject, by_obs
+
+
+def _omega(p: str, par, init: dict):
+    if par.omega_fixed is not None:
+        return pt.as_tensor_variable(par.omega_fixed)
+    init[f"omega_{p}"] = min(par.omega.median(), 0.3)
+    return _prior_rv(f"omega_{p}", par.omega)
 
 
 def _random_effects(spec: ModelSpec, n_sub: int, init: dict):
-    """ETA per parameter, shape (n_subjects,): non-centred, diagonal or block OMEGA.
+    """ETA per parameter, shape (n_subjects,): diagonal or block OMEGA.
 
-    ``ETA = z * omega`` for a diagonal element; for a block, ``ETA = z @ L.T``
-    with ``L`` the Cholesky factor of OMEGA (LKJ prior on the correlations,
-    the members' omega priors on the SDs, via ``pm.LKJCholeskyCov``).
+    Non-centred by default: ``ETA = z * omega`` for a diagonal element; for a
+    block, ``ETA = z @ L.T`` with ``L`` the Cholesky factor of OMEGA (LKJ prior
+    on the correlations, the members' omega priors on the SDs, via
+    ``pm.LKJCholeskyCov``).  A ``centered`` parameter samples
+    ``eta_<P> ~ Normal(0, omega)`` directly.
     """
     names = spec.eta_parameters
     if not names:
         return {}
-    z = pm.Normal("eta_z", 0.0, 1.0, dims=("ID", "eta_parameter"))
-    init["eta_z"] = np.zeros((n_sub, len(names)))
-    col = {p: z[:, i] for i, p in enumerate(names)}
+    z_names = [p for p in names if not spec.parameters[p].centered]
+    col = {}
+    if z_names:
+        z_dim = "eta_parameter" if z_names == names else "eta_z_parameter"
+        z = pm.Normal("eta_z", 0.0, 1.0, dims=("ID", z_dim))
+        init["eta_z"] = np.zeros((n_sub, len(z_names)))
+        col = {p: z[:, i] for i, p in enumerate(z_names)}
     eta = {}
     in_block = {p for block in spec.omega_blocks for p in block}
     for p in names:
         if p in in_block:
             continue
         par = spec.parameters[p]
-        if par.omega_fixed is not None:
-            omega = pt.as_tensor_variable(par.omega_fixed)
+        omega = _omega(p, par, init)
+        if par.centered:
+            eta[p] = pm.Normal(f"eta_{p}", 0.0, omega, dims="ID")
+            init[f"eta_{p}"] = np.zeros(n_sub)
         else:
-            omega = _prior_rv(f"omega_{p}", par.omega)
-            init[f"omega_{p}"] = min(par.omega.median(), 0.3)
-        eta[p] = col[p] * omega
+            eta[p] = col[p] * omega
     for block in spec.omega_blocks:
         k = len(block)
         packed = np.zeros(k * (k + 1) // 2)   # start at OMEGA = diag(omega0^2), no correlation
@@ -165,32 +178,98 @@ def _random_effects(spec: ModelSpec, n_sub: int, init: dict):
     return eta
 
 
-def individual_parameters(spec: ModelSpec, data: NMData, init: dict) -> tuple[dict, dict]:
-    """Individual and typical-subject parameters, each of shape (n_subjects,).
+def occasions(data: NMData) -> tuple[np.ndarray, list[str]]:
+    """Each observation's (subject, occasion) index and the labels ``"<ID>/<OCC>"``.
+
+    Raises
+    ------
+    DataError
+        The data have no ``OCC`` column or an observation has no occasion.
+    """
+    if "OCC" not in data.frame.columns:
+        raise DataError("inter-occasion variability (omega_iov) needs an OCC column", source=data.source,
+                        column="OCC")
+    occ = data.frame.loc[data.frame["_OBS"], "OCC"].to_numpy()
+    if pd.isna(occ).any():
+        i = int(np.flatnonzero(pd.isna(occ))[0])
+        raise DataError("observation without an occasion (OCC is missing)", source=data.source,
+                        row=int(data.obs_row[i]), column="OCC")
+    keys = pd.Series([f"{data.ids[s]}/{_occ_label(o)}" for s, o in zip(data.obs_subject, occ)])
+    index, labels = pd.factorize(keys)
+    return index, list(labels)
+
+
+def _occ_label(o) -> str:
+    return str(int(o)) if isinstance(o, float) and o.is_integer() else str(o)
+
+
+def _occasion_effects(spec: ModelSpec, occ_index, init: dict) -> dict:
+    """KAPPA per parameter at each observation, shape (n_obs,): non-centred, ``KAPPA = z * omega_iov``."""
+    names = [p for p, par in spec.parameters.items() if par.omega_iov is not None]
+    if not names:
+        return {}
+    z = pm.Normal("kappa_z", 0.0, 1.0, dims=("OCC", "iov_parameter"))
+    init["kappa_z"] = np.zeros((int(occ_index.max()) + 1, len(names)))
+    kappa = []
+    for i, p in enumerate(names):
+        prior = spec.parameters[p].omega_iov
+        init[f"omega_iov_{p}"] = min(prior.median(), 0.2)
+        kappa.append(z[:, i] * _prior_rv(f"omega_iov_{p}", prior))
+    kappa = pm.Deterministic("KAPPA", pt.stack(kappa, axis=1), dims=("OCC", "iov_parameter"))
+    return {p: kappa[occ_index, i] for i, p in enumerate(names)}
+
+
+def individual_parameters(spec: ModelSpec, data: NMData, init: dict,
+                          occ_index=None) -> tuple[dict, dict, dict, dict]:
+    """Individual and typical-subject parameters.
 
     Returns
     -------
-    individual : dict
-        Typical values, covariate effects and ETAs combined.
-    typical : dict
-        The same with ETA = 0 (each subject's covariates kept): the parameters behind PRED.
+    individual, typical : dict
+        Per-subject parameters, shape (n_subjects,): typical values, baseline
+        covariate effects and ETAs combined (``typical``: ETA = 0, each
+        subject's covariates kept -- the parameters behind PRED).
+    obs_log_individual, obs_log_typical : dict
+        Log multipliers at each observation, shape (n_obs,), for parameters
+        that change within a subject: time-varying covariates and (individual
+        only) KAPPA.  Empty when nothing changes within subjects.
+
+    Notes
+    -----
+    With time-varying covariates or IOV a parameter changes between
+    observations of a subject; closed-form models then evaluate each
+    observation with the parameters in force at that observation (for all
+    earlier doses).  That is exact while parameters are constant over the time
+    a dose's drug is in the body (occasions separated by wash-out, slowly
+    changing covariates) and an approximation otherwise.
     """
-    cov = _covariate_log_factor(spec, data, init)
+    cov_sub, cov_obs = _covariate_log_factors(spec, data, init)
     eta = _random_effects(spec, data.n_subjects, init)
+    kappa = _occasion_effects(spec, occ_index, init) if occ_index is not None else {}
     ones = np.ones(data.n_subjects)
     individual, typical = {}, {}
     for p, par in spec.parameters.items():
         tv = _estimate(p, par.prior, par.fixed, init)
         for out, e in ((individual, eta.get(p, 0.0)), (typical, 0.0)):
-            if par.iiv == "lognormal" or (par.iiv == "none" and p in cov):
-                out[p] = pt.exp(pt.log(tv) + cov.get(p, 0.0) + e) * ones
+            if par.iiv == "lognormal" or (par.iiv == "none" and (p in cov_sub or p in cov_obs)):
+                out[p] = pt.exp(pt.log(tv) + cov_sub.get(p, 0.0) + e) * ones
             elif par.iiv == "normal":
-                out[p] = (tv * pt.exp(cov.get(p, 0.0)) + e) * ones
+                out[p] = (tv * pt.exp(cov_sub.get(p, 0.0)) + e) * ones
             elif par.iiv == "logit":
                 out[p] = pm.math.invlogit(pt.log(tv) - pt.log1p(-tv) + e) * ones
             else:
                 out[p] = tv * ones
-    return individual, typical
+    obs_typical = dict(cov_obs)
+    obs_individual = {p: cov_obs.get(p, 0.0) + kappa.get(p, 0.0) for p in set(cov_obs) | set(kappa)}
+    return individual, typical, obs_individual, obs_typical
+
+
+def at_observations(params: dict, obs_log: dict, data: NMData) -> dict:
+    """Per-subject parameters gathered to observations, times their within-subject multipliers."""
+    out = {p: v[data.obs_subject] for p, v in params.items()}
+    for p, term in obs_log.items():
+        out[p] = out[p] * pt.exp(term)
+    return out
 
 
 def _check_residual(spec: ModelSpec, data: NMData, doses: DoseEvents) -> None:
@@ -261,16 +340,25 @@ def build_model(spec: ModelSpec, data, *, check_residual: bool = True) -> BuiltM
         _check_residual(spec, data, doses)
     coords = {"ID": [str(i) for i in data.ids], "obs": data.obs_row.tolist(),
               "eta_parameter": spec.eta_parameters}
+    centred = [p for p in spec.eta_parameters if spec.parameters[p].centered]
+    if centred and len(centred) < len(spec.eta_parameters):
+        coords["eta_z_parameter"] = [p for p in spec.eta_parameters if p not in centred]
+    occ_index = None
+    iov = [p for p, par in spec.parameters.items() if par.omega_iov is not None]
+    if iov:
+        occ_index, coords["OCC"] = occasions(data)
+        coords["iov_parameter"] = iov
     init: dict = {}
     with pm.Model(coords=coords) as model:
-        individual, typical = individual_parameters(spec, data, init)
-        ipred, pred = (_predict(spec, data, doses, params) for params in (individual, typical))
+        individual, typical, obs_ind, obs_typ = individual_parameters(spec, data, init, occ_index)
+        ipred, pred = (_predict(spec, data, doses, params, obs_log)
+                       for params, obs_log in ((individual, obs_ind), (typical, obs_typ)))
         sd = _residual_sd(spec, ipred, init)
         _likelihood(spec, ipred, sd, data.obs_dv)
     return BuiltModel(model=model, spec=spec, data=data, initial_point=init,
                       ipred=ipred, pred=pred, residual_sd=sd, individual=individual)
 
 
-def _predict(spec: ModelSpec, data: NMData, doses: DoseEvents, params: dict):
+def _predict(spec: ModelSpec, data: NMData, doses: DoseEvents, params: dict, obs_log: dict):
     # optional parameters the spec leaves out are absent: functions use params.get(name, default)
-    return spec.structural.function({p: v[data.obs_subject] for p, v in params.items()}, doses)
+    return spec.structural.function(at_observations(params, obs_log, data), doses)

@@ -86,8 +86,9 @@ class FitResult:
         """Population parameters in summary order: THETA, covariate effects, OMEGA, correlations, SIGMA."""
         s = self.spec
         names = [p for p, par in s.parameters.items() if par.fixed is None]
-        names += [n for eff in s.covariates if eff.fixed is None for n in eff.effect_names()]
+        names += [n for eff in s.covariates for n in eff.estimated_names()]
         names += [f"omega_{p}" for p in s.eta_parameters if s.parameters[p].omega_fixed is None]
+        names += [f"omega_iov_{p}" for p, par in s.parameters.items() if par.omega_iov is not None]
         for block in s.omega_blocks:
             names += [f"corr_{a}_{b}" for i, a in enumerate(block) for b in block[i + 1:]]
         names += list(s.residual.sigma_names())
@@ -116,7 +117,8 @@ class FitResult:
             x = draws[n].ravel()
             q5, q50, q95 = np.quantile(x, [0.05, 0.5, 0.95])
             cv = np.nan
-            if n.startswith("omega_") and self.spec.parameters[n[6:]].iiv == "lognormal":
+            par = n[10:] if n.startswith("omega_iov_") else n[6:]
+            if n.startswith("omega_") and self.spec.parameters[par].iiv == "lognormal":
                 cv = float(np.median(100 * np.sqrt(np.expm1(x ** 2))))
             rows.append({"parameter": n, "mean": x.mean(), "sd": x.std(ddof=1), "q5": q5, "q50": q50,
                          "q95": q95, "r_hat": diag.loc[n, "r_hat"], "ess_bulk": diag.loc[n, "ess_bulk"],
@@ -206,7 +208,7 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
     if sampler == "nutpie":
         import nutpie
 
-        jitter = {v for v in model.free_RVs if v.name == "eta_z" or v.name.startswith(("omega_", "sigma_"))}
+        jitter = {v for v in model.free_RVs if v.name in ("eta_z", "kappa_z") or v.name.startswith(("omega_", "sigma_"))}
         keep = [v.name for v in model.free_RVs + model.deterministics]   # not the *_log__ copies
         compiled = nutpie.compile_pymc_model(model, initial_points=init, jitter_rvs=jitter, var_names=keep)
         idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,

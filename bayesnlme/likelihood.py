@@ -173,6 +173,12 @@ def _population(built) -> _Population:
     if "_population" in cache:
         return cache["_population"]
     model = built.model
+    unsupported = [p for p, par in built.spec.parameters.items() if par.centered or par.omega_iov is not None]
+    if unsupported:
+        raise BayesNLMEInputError(
+            f"the importance-sampling likelihood integrates non-centred ETAs only; parameter(s) "
+            f"{', '.join(unsupported)} are centred or have IOV. Refit with the default non-centred "
+            f"ETAs and without omega_iov to compute -2LL or subject-level LOO")
     pop = [rv for rv in model.free_RVs if rv.name != "eta_z"]
     eta = [rv for rv in model.free_RVs if rv.name == "eta_z"]
     start = model.initial_point()

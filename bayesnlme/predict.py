@@ -83,6 +83,25 @@ def posterior_predictions(result) -> xr.Dataset:
                        for k, v in out.items()}, coords=coords)
 
 
+def new_subject_draws(spec, draws: dict, rng: np.random.Generator) -> dict:
+    """Replace the fitted subjects' random effects by new subjects' in a dict of posterior draws.
+
+    Non-centred ``eta_z`` and ``kappa_z`` become fresh standard normals (so
+    ETA ~ N(0, OMEGA) and KAPPA ~ N(0, omega_iov^2) of each draw); a centred
+    ``eta_<P>`` becomes ``omega_<P>`` of the same draw times a standard normal.
+    """
+    draws = dict(draws)
+    for name in ("eta_z", "kappa_z"):
+        if name in draws:
+            draws[name] = rng.standard_normal(draws[name].shape)
+    for p, par in spec.parameters.items():
+        if par.centered and f"eta_{p}" in draws:
+            omega = draws[f"omega_{p}"] if f"omega_{p}" in draws else np.full(len(draws[f"eta_{p}"]),
+                                                                               par.omega_fixed)
+            draws[f"eta_{p}"] = np.asarray(omega)[:, None] * rng.standard_normal(draws[f"eta_{p}"].shape)
+    return draws
+
+
 def simulate_replicates(result, n_rep: int | None = None, *, new_subjects: bool = True,
                         seed: int = 0) -> np.ndarray:
     """Replicates of the observed data, one per (thinned) posterior draw.
@@ -108,8 +127,8 @@ def simulate_replicates(result, n_rep: int | None = None, *, new_subjects: bool 
     total = len(next(iter(draws.values())))
     idx = np.arange(total) if n_rep is None else np.linspace(0, total - 1, n_rep).round().astype(int)
     draws = {k: v[idx] for k, v in draws.items()}
-    if new_subjects and "eta_z" in draws:
-        draws["eta_z"] = rng.standard_normal(draws["eta_z"].shape)
+    if new_subjects:
+        draws = new_subject_draws(result.spec, draws, rng)
     out = evaluate_draws(built, draws, ("ipred", "residual_sd"))
     eps = rng.standard_normal(out["ipred"].shape)
     if result.spec.residual.kind == "exponential":

@@ -33,7 +33,7 @@ from .errors import SpecError
 from .structural import LIBRARY, StructuralModel
 
 IIV_KINDS = ("lognormal", "normal", "logit", "none")
-COVARIATE_KINDS = ("power", "exponential", "linear", "categorical")
+COVARIATE_KINDS = ("power", "exponential", "linear", "categorical", "piecewise")
 RESIDUAL_KINDS = ("additive", "proportional", "combined", "exponential")
 #: Allowed values of structural parameters the library knows: (lower, upper).
 KNOWN_DOMAINS = {"CL": (0, math.inf), "V": (0, math.inf), "Q": (0, math.inf), "V2": (0, math.inf),
@@ -53,6 +53,79 @@ _DISTS = {
 }
 _POSITIVE_ARGS = {"sigma", "beta", "nu", "lam", "alpha", "median"}
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
+
+
+def _from_rse(dist: str, args: dict, where: str) -> dict:
+    """An informative prior given as an earlier estimate with its relative standard error.
+
+    ``lognormal(median=m, rse_percent=r)`` -> ``sigma = sqrt(log(1 + (r/100)^2))`` (the
+    log-normal whose coefficient of variation is the RSE); ``normal(mu=m, rse_percent=r)``
+    -> ``sigma = |m| r / 100``.
+    """
+    args = dict(args)
+    rse = args.pop("rse_percent")
+    if isinstance(rse, bool) or not isinstance(rse, (int, float)) or not 0 < rse < math.inf:
+        raise SpecError(f"{where}: rse_percent must be a positive number, got {rse!r}")
+    if "sigma" in args:
+        raise SpecError(f"{where}: give either sigma or rse_percent, not both")
+    if dist == "lognormal" and "median" in args:
+        args["sigma"] = math.sqrt(math.log1p((rse / 100.0) ** 2))
+    elif dist == "normal" and "mu" in args and args["mu"] != 0:
+        args["sigma"] = abs(float(args["mu"])) * rse / 100.0
+    else:
+        raise SpecError(f"{where}: rse_percent works with lognormal(median) or normal(mu != 0) priors")
+    return args
+
+
+_OMEGA_SCALES = ("sd", "variance", "cv_percent")
+
+
+def omega_sd(d: dict, where: str) -> tuple[float, float]:
+    """Convert an OMEGA reported as SD, variance or CV% to the SD of ETA.
+
+    Returns
+    -------
+    sd : float
+        SD of ETA (log scale for log-normal parameters): ``sqrt(variance)``, or
+        ``sqrt(log(1 + CV^2))`` for a CV% (exact for log-normal IIV).
+    dlog : float
+        d log(sd) / d log(reported value): 1 for SD, 1/2 for a variance,
+        ``CV^2 / ((1 + CV^2) log(1 + CV^2))`` for a CV% -- used to turn a relative
+        standard error of the reported value into one of the SD.
+    """
+    given = [k for k in _OMEGA_SCALES if k in d]
+    if len(given) != 1:
+        raise SpecError(f"{where}: give OMEGA as exactly one of sd, variance or cv_percent, got {sorted(d)}")
+    k = given[0]
+    v = d[k]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+        raise SpecError(f"{where}: {k} must be a positive number, got {v!r}")
+    if k == "sd":
+        return float(v), 1.0
+    if k == "variance":
+        return math.sqrt(v), 0.5
+    cv2 = (v / 100.0) ** 2
+    return math.sqrt(math.log1p(cv2)), cv2 / ((1 + cv2) * math.log1p(cv2))
+
+
+def _omega_prior(d, where: str) -> "Prior":
+    """The OMEGA prior: a distribution table, or an earlier estimate (sd/variance/cv_percent + rse_percent).
+
+    An earlier estimate becomes a log-normal prior on the SD of ETA with median at the
+    converted SD and log-scale sigma ``dlog * sqrt(log(1 + RSE^2))`` (exact for a
+    variance: half the log-normal sigma of the variance).
+    """
+    if isinstance(d, dict) and "dist" not in d and any(k in d for k in _OMEGA_SCALES):
+        _check_keys(d, _OMEGA_SCALES + ("rse_percent",), where)
+        if "rse_percent" not in d:
+            raise SpecError(f"{where}: an OMEGA estimate needs rse_percent to become a prior "
+                            f"(or use omega_fixed to fix it)")
+        sd, dlog = omega_sd(d, where)
+        rse = d["rse_percent"]
+        if isinstance(rse, bool) or not isinstance(rse, (int, float)) or not 0 < rse < math.inf:
+            raise SpecError(f"{where}: rse_percent must be a positive number, got {rse!r}")
+        return Prior("lognormal", {"median": sd, "sigma": dlog * math.sqrt(math.log1p((rse / 100.0) ** 2))})
+    return Prior.from_dict(d, where)
 
 
 @dataclass(frozen=True)
@@ -86,6 +159,8 @@ class Prior:
         if dist not in _DISTS:
             raise SpecError(f"{where}: unknown prior distribution {d['dist']!r}; known: {', '.join(_DISTS)}")
         args = {k: v for k, v in d.items() if k != "dist"}
+        if "rse_percent" in args:
+            args = _from_rse(dist, args, where)
         if dist == "truncatednormal":
             args.setdefault("lower", -math.inf)
             args.setdefault("upper", math.inf)
@@ -157,6 +232,14 @@ class Parameter:
         Prior of OMEGA as the standard deviation of ETA (reported as ``omega_<name>``).
     omega_fixed : float or None
         Fixed SD of ETA.
+    omega_iov : Prior or None
+        Prior of the SD of the inter-occasion random effect (KAPPA, one per
+        subject and occasion of the data's ``OCC`` column), reported as
+        ``omega_iov_<name>``; None for no IOV.
+    centered : bool
+        Sample ETA directly (``ETA ~ N(0, omega)``) instead of the default
+        non-centred ``ETA = omega * z``.  Centred suits data-rich subjects
+        (many observations, low shrinkage); non-centred suits sparse data.
     unit, description : str
     """
 
@@ -168,6 +251,8 @@ class Parameter:
     omega_fixed: float | None = None
     unit: str = ""
     description: str = ""
+    omega_iov: Prior | None = None
+    centered: bool = False
 
     @property
     def has_eta(self) -> bool:
@@ -183,6 +268,10 @@ class Parameter:
             d["omega"] = self.omega.to_dict()
         if self.omega_fixed is not None:
             d["omega_fixed"] = self.omega_fixed
+        if self.omega_iov is not None:
+            d["omega_iov"] = self.omega_iov.to_dict()
+        if self.centered:
+            d["centered"] = True
         if self.unit:
             d["unit"] = self.unit
         if self.description:
@@ -200,10 +289,16 @@ class CovariateEffect:
     * exponential: ``exp(theta * (COV - reference))``;
     * linear: ``1 + theta * (COV - reference)``;
     * categorical: ``exp(theta_level)`` for each level other than ``reference``
-      (so ``exp(theta)`` is the ratio to the reference level).
+      (so ``exp(theta)`` is the ratio to the reference level);
+    * piecewise (hockey stick with a knot ``K``): ``1 + g(COV) - g(reference)`` with
+      ``g(x) = t1 (min(x, K) - K) + t2 (max(x, K) - K)``: slope ``t1`` below the knot
+      (``<COV>_on_<P>``) and ``t2`` above (``<COV>_above_on_<P>``; ``fixed_above = 0``
+      gives the classic plateau).
 
     The estimated ``theta`` is reported as ``<COV>_on_<P>`` (categorical:
-    ``<COV>_<level>_on_<P>``).
+    ``<COV>_<level>_on_<P>``).  A covariate that changes within a subject is used
+    at each observation (time-varying) unless ``time_varying = false``; the
+    baseline (first) value is used otherwise.
     """
 
     parameter: str
@@ -213,11 +308,29 @@ class CovariateEffect:
     prior: Prior | None = None
     fixed: float | None = None
     levels: tuple = ()
+    knot: float | None = None
+    fixed_above: float | None = None
+    time_varying: bool | None = None
 
     def effect_names(self) -> list[str]:
+        """Names of the effect's thetas (estimated or fixed), in the order the factor uses them."""
         if self.kind == "categorical":
             return [f"{self.covariate}_{_level_label(v)}_on_{self.parameter}" for v in self.levels]
+        if self.kind == "piecewise":
+            return [f"{self.covariate}_on_{self.parameter}", f"{self.covariate}_above_on_{self.parameter}"]
         return [f"{self.covariate}_on_{self.parameter}"]
+
+    def fixed_values(self) -> list:
+        """Fixed value (or None when estimated) of each theta, aligned with :meth:`effect_names`."""
+        if self.kind == "categorical":
+            return [None] * len(self.levels)
+        if self.kind == "piecewise":
+            return [self.fixed, self.fixed_above]
+        return [self.fixed]
+
+    def estimated_names(self) -> list[str]:
+        """The effect's thetas that are sampled (reported in the summary)."""
+        return [n for n, f in zip(self.effect_names(), self.fixed_values()) if f is None]
 
     def to_dict(self) -> dict:
         d = {"parameter": self.parameter, "covariate": self.covariate, "type": self.kind,
@@ -226,6 +339,12 @@ class CovariateEffect:
             d["fixed"] = self.fixed
         if self.prior is not None:
             d["prior"] = self.prior.to_dict()
+        if self.knot is not None:
+            d["knot"] = self.knot
+        if self.fixed_above is not None:
+            d["fixed_above"] = self.fixed_above
+        if self.time_varying is not None:
+            d["time_varying"] = self.time_varying
         return d
 
 
@@ -317,6 +436,15 @@ class ModelSpec:
                                 f"(columns: {', '.join(cols)})")
             data.require_covariates([eff.covariate])
             values = data.baseline_covariates([eff.covariate])[eff.covariate]
+            varies = bool((data.frame.groupby("_SUBJ")[eff.covariate].nunique(dropna=True) > 1).any())
+            if eff.time_varying is None:
+                eff = replace(eff, time_varying=varies)
+            if eff.time_varying:
+                values = data.observation_covariates([eff.covariate])[eff.covariate]
+                values.index = [data.ids[i] for i in data.obs_subject]
+                if self.parameters[eff.parameter].iiv not in ("lognormal", "none"):
+                    raise SpecError(f"covariate effect {eff.covariate}_on_{eff.parameter}: time-varying "
+                                    f"covariates need a log-normal (or no) IIV on {eff.parameter}")
             if eff.kind == "categorical":
                 levels = sorted(set(values) - {eff.reference}, key=str)
                 if eff.reference not in set(values):
@@ -329,7 +457,7 @@ class ModelSpec:
                     raise data.error(f"covariate {eff.covariate} must be numeric for a {eff.kind} "
                                      f"effect on {eff.parameter}", column=eff.covariate)
                 if eff.kind == "power" and (values <= 0).any():
-                    bad = values.index[values <= 0][0]
+                    bad = values.index[(values <= 0).to_numpy()][0]
                     subj = int(list(data.ids).index(bad))
                     raise data.error(f"covariate {eff.covariate} must be positive for a power effect "
                                      f"(ID {bad} has {values[bad]:g})", row=data._first_row[subj],
@@ -404,16 +532,26 @@ def _number(v, where, positive=False):
 
 def _parameter_from_dict(name, d, source):
     where = f"{source}: parameter {name}"
-    _check_keys(d, ("prior", "fixed", "iiv", "omega", "omega_fixed", "unit", "description"), where)
+    _check_keys(d, ("prior", "fixed", "iiv", "omega", "omega_fixed", "omega_iov", "centered",
+                    "unit", "description"), where)
     iiv = d.get("iiv", "lognormal")
     prior = Prior.from_dict(d["prior"], f"{where}, prior") if "prior" in d else None
-    omega = Prior.from_dict(d["omega"], f"{where}, omega") if "omega" in d else None
+    omega = _omega_prior(d["omega"], f"{where}, omega") if "omega" in d else None
     fixed = _number(d["fixed"], f"{where}, fixed") if "fixed" in d else None
-    omega_fixed = _number(d["omega_fixed"], f"{where}, omega_fixed", True) if "omega_fixed" in d else None
+    omega_fixed = None
+    if "omega_fixed" in d:   # a number is the SD of ETA; a table may give variance or cv_percent
+        of = d["omega_fixed"]
+        omega_fixed = (omega_sd(of, f"{where}, omega_fixed")[0] if isinstance(of, dict)
+                       else _number(of, f"{where}, omega_fixed", True))
+    omega_iov = _omega_prior(d["omega_iov"], f"{where}, omega_iov") if "omega_iov" in d else None
+    centered = d.get("centered", False)
+    if not isinstance(centered, bool):
+        raise SpecError(f"{where}, centered: must be true or false, got {centered!r}")
     if iiv in IIV_KINDS and iiv != "none" and omega is None and omega_fixed is None:
         omega = _DEFAULT_OMEGA
     return Parameter(name=name, prior=prior, fixed=fixed, iiv=iiv, omega=omega, omega_fixed=omega_fixed,
-                     unit=str(d.get("unit", "")), description=str(d.get("description", "")))
+                     unit=str(d.get("unit", "")), description=str(d.get("description", "")),
+                     omega_iov=omega_iov, centered=centered)
 
 
 def _residual_from_dict(d, source="spec"):
@@ -435,7 +573,8 @@ def _residual_from_dict(d, source="spec"):
 
 def _covariate_from_dict(d, source):
     where = f"{source}: covariate effect"
-    _check_keys(d, ("parameter", "covariate", "type", "reference", "prior", "fixed"), where)
+    _check_keys(d, ("parameter", "covariate", "type", "reference", "prior", "fixed", "knot",
+                    "fixed_above", "time_varying"), where)
     for k in ("parameter", "covariate", "type", "reference"):
         if k not in d:
             raise SpecError(f"{where} {d.get('covariate', '?')}_on_{d.get('parameter', '?')}: missing '{k}'")
@@ -451,12 +590,26 @@ def _covariate_from_dict(d, source):
     fixed = _number(d["fixed"], f"{where}, fixed") if "fixed" in d else None
     if kind == "categorical" and fixed is not None:
         raise SpecError(f"{where}: a categorical effect cannot be fixed")
+    knot = fixed_above = None
+    if kind == "piecewise":
+        if "knot" not in d:
+            raise SpecError(f"{where}: a piecewise (hockey-stick) effect needs 'knot', the covariate "
+                            f"value where the slope changes")
+        knot = _number(d["knot"], f"{where}, knot")
+        fixed_above = _number(d["fixed_above"], f"{where}, fixed_above") if "fixed_above" in d else None
+    elif "knot" in d or "fixed_above" in d:
+        raise SpecError(f"{where}: 'knot' and 'fixed_above' belong to type = \"piecewise\"")
+    tv = d.get("time_varying")
+    if tv is not None and not isinstance(tv, bool):
+        raise SpecError(f"{where}, time_varying: must be true or false, got {tv!r}")
+    all_fixed = fixed is not None and (kind != "piecewise" or fixed_above is not None)
     prior = Prior.from_dict(d["prior"], f"{where}, prior") if "prior" in d else (
-        None if fixed is not None else _DEFAULT_COV_PRIOR)
-    if fixed is not None and "prior" in d:
+        None if all_fixed else _DEFAULT_COV_PRIOR)
+    if all_fixed and "prior" in d:
         raise SpecError(f"{where}: give either 'prior' or 'fixed', not both")
     return CovariateEffect(parameter=d["parameter"], covariate=d["covariate"], kind=kind,
-                           reference=ref, prior=prior, fixed=fixed)
+                           reference=ref, prior=prior, fixed=fixed, knot=knot, fixed_above=fixed_above,
+                           time_varying=tv)
 
 
 def _from_dict(d, structural, source):
@@ -526,6 +679,13 @@ def _validate_spec(spec: ModelSpec) -> None:
                             f"but {par.omega.dist} allows negative values")
         if par.has_eta and (par.omega is None) == (par.omega_fixed is None):
             raise SpecError(f"parameter {name}: give exactly one of 'omega' or 'omega_fixed'")
+        if par.omega_iov is not None and par.iiv != "lognormal":
+            raise SpecError(f"parameter {name}: inter-occasion variability (omega_iov) needs "
+                            f"iiv = \"lognormal\", got {par.iiv!r}")
+        if par.omega_iov is not None and par.omega_iov.support[0] < 0:
+            raise SpecError(f"parameter {name}: impossible prior: omega_iov (SD of KAPPA) must be positive")
+        if par.centered and not par.has_eta:
+            raise SpecError(f"parameter {name}: centered = true needs a random effect (iiv is \"none\")")
     missing = [p for p in st.parameters if p not in spec.parameters]
     if missing:
         raise SpecError(f"structural model {st.name} needs parameter(s) {', '.join(missing)}")
@@ -547,6 +707,9 @@ def _validate_spec(spec: ModelSpec) -> None:
                                 f"block members need an omega prior")
             if p in seen:
                 raise SpecError(f"parameter {p} appears in more than one OMEGA block")
+            if spec.parameters[p].centered:
+                raise SpecError(f"OMEGA block {list(block)}: parameter {p} is centered; block members "
+                                f"use the non-centred parameterisation (remove centered = true)")
             if spec.parameters[p].omega.dist != spec.parameters[block[0]].omega.dist:
                 raise SpecError(f"OMEGA block {list(block)}: the omega priors of a block must be of one "
                                 f"family ({block[0]}: {spec.parameters[block[0]].omega.dist}, "
@@ -562,6 +725,8 @@ def _validate_spec(spec: ModelSpec) -> None:
                             f"logit-normal parameter are not supported")
         if spec.parameters[eff.parameter].fixed is not None:
             raise SpecError(f"covariate effect {eff.covariate}_on_{eff.parameter}: {eff.parameter} is fixed")
+        if eff.kind == "piecewise" and not isinstance(eff.reference, (int, float)):
+            raise SpecError(f"covariate effect {eff.covariate}_on_{eff.parameter}: reference must be a number")
         key = (eff.covariate, eff.parameter)
         if key in names:
             raise SpecError(f"covariate effect {eff.covariate}_on_{eff.parameter} is given twice")

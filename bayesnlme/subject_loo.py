@@ -36,7 +36,7 @@ import xarray as xr
 from scipy.special import logsumexp
 
 from .errors import ConvergenceWarning
-from .likelihood import _base_draws, _Proposal, subject_loglik
+from .likelihood import _base_draws, _population, _Proposal, subject_loglik
 
 _CHUNK_ROWS = 20000
 
@@ -67,6 +67,7 @@ def marginal_subject_loglik(result, *, n_draws: int = 400, n_is: int = 100, seed
     numpy.ndarray, shape (n_draws, n_subjects)
     """
     built = result.built
+    _population(built)   # raises a clear error for centred or IOV models, which this does not integrate
     names = _population_names(built)
     if "eta_z" not in [rv.name for rv in built.model.free_RVs]:
         raise ValueError("the model has no random effects: its conditional likelihood is already marginal")
