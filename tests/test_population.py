@@ -247,3 +247,14 @@ def test_centred_parameter_samples_eta_directly():
     omega = np.exp(ip["omega_V_log__"])
     from scipy import stats
     assert lp == pytest.approx(stats.norm(0, omega).logpdf(ip["eta_V"]).sum())
+
+
+def test_documented_prior_example_parses_to_the_stated_values():
+    """The TOML example in docs/population.md is valid and means what the text says."""
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "docs" / "population.md").read_text()
+    block = text.split("```toml")[1].split("```")[0]
+    spec = ModelSpec.from_toml_text('structural = "1cmt_iv"\n' + block)
+    assert spec.parameters["CL"].prior.args == pytest.approx({"median": 2.9, "sigma": math.sqrt(math.log(1.0144))})
+    assert spec.parameters["CL"].omega.args["median"] == pytest.approx(0.3)
+    assert spec.covariates[0].prior.args["sigma"] == pytest.approx(0.105)
