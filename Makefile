@@ -1,12 +1,15 @@
 # make demo : create .venv if missing, install bayesnlme, fit pk_1cmt_oral to the bundled
-#             theophylline data and write demo_output/{fit.nc,summary.csv}
+#             theophylline data, run diagnostics and write demo_output/{fit.nc,summary.csv,
+#             diagnostics/,report.html}
+# make case-studies : run every notebook in case_studies/ with full settings; HTML copies in case_studies/html/
+# make docs : API reference from the numpydoc docstrings into docs/_build/ (pdoc)
 # make test : create .venv if missing, install, run the test suite
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install benchmark clean
+.PHONY: demo test install benchmark clean case-studies docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,12 +23,23 @@ demo: $(STAMP)
 	$(BIN)/bayesnlme fit --model pk_1cmt_oral \
 	    --data $$($(BIN)/python -c "from bayesnlme.datasets import dataset_path; print(dataset_path('theophylline'))") \
 	    --out demo_output --chains 4 --draws 1000 --tune 1000 --seed 1 --no-progress
+	$(BIN)/bayesnlme diagnose demo_output
+	$(BIN)/bayesnlme report demo_output --out demo_output/report.html
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+case-studies: $(STAMP)
+	$(BIN)/python case_studies/run_all.py case_studies/html
+
+docs: $(STAMP)
+	PDOC_ALLOW_EXEC=1 $(BIN)/pdoc --docformat numpy --no-show-source --output-directory docs/_build \
+	    bayesnlme bayesnlme.structural bayesnlme.report \
+	    $$(ls bayesnlme/*.py | grep -v __init__ | sed 's|/|.|; s|\.py$$||')
+	@echo "API reference: docs/_build/index.html"
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/theophylline.py
 
 clean:
-	rm -rf demo_output .pytest_cache
+	rm -rf demo_output .pytest_cache case_studies/html docs/_build

@@ -62,6 +62,7 @@ class BuiltModel:
     pred: object = None
     residual_sd: object = None
     individual: dict = None
+    excluded: object = None   # ROW numbers dropped from the likelihood (BLQ M1)
 
 
 _DIST_ARGS = {
@@ -335,7 +336,8 @@ def build_model(spec: ModelSpec, data, *, check_residual: bool = True) -> BuiltM
     """
     data = read_nonmem(data)
     spec = spec.bind(data)
-    doses = dose_events(data, spec.structural)
+    # with observation types, DVID (not CMT) says what an observation record is
+    doses = dose_events(_dvid_data(spec, data), spec.structural)
     if check_residual:   # off when the "observations" are prediction times, not data
         _check_residual(spec, data, doses)
     coords = {"ID": [str(i) for i in data.ids], "obs": data.obs_row.tolist(),
@@ -351,6 +353,8 @@ def build_model(spec: ModelSpec, data, *, check_residual: bool = True) -> BuiltM
     init: dict = {}
     with pm.Model(coords=coords) as model:
         individual, typical, obs_ind, obs_typ = individual_parameters(spec, data, init, occ_index)
+        if _observation_models_needed(spec, data):
+            return _build_observations(model, spec, data, doses, init, individual, typical, obs_ind, obs_typ)
         ipred, pred = (_predict(spec, data, doses, params, obs_log)
                        for params, obs_log in ((individual, obs_ind), (typical, obs_typ)))
         sd = _residual_sd(spec, ipred, init)
@@ -359,6 +363,62 @@ def build_model(spec: ModelSpec, data, *, check_residual: bool = True) -> BuiltM
                       ipred=ipred, pred=pred, residual_sd=sd, individual=individual)
 
 
+def _dvid_data(spec: ModelSpec, data: NMData) -> NMData:
+    if spec.observations and data.obs_dvid is not None:
+        from dataclasses import replace
+
+        return replace(data, obs_cmt=np.zeros_like(data.obs_cmt))
+    return data
+
+
+def _observation_models_needed(spec: ModelSpec, data: NMData) -> bool:
+    """Observation models by DVID, outcome likelihoods or censored (BLQ) records: the general likelihood."""
+    return bool(spec.observations) or (data.obs_cens is not None and bool((data.obs_cens != 0).any()))
+
+
+def _outputs(spec: ModelSpec, data: NMData, doses: DoseEvents, params: dict, obs_log: dict) -> dict:
+    """Every structural output at the records, ``{name: tensor (n_obs,)}`` (contract 1)."""
+    st = spec.structural
+    if getattr(st, "per_subject", False):
+        if obs_log:
+            from .errors import SpecError
+            raise SpecError(f"structural model {st.name} is evaluated per subject: time-varying covariates "
+                            f"and inter-occasion variability (omega_iov) are not supported with it")
+        out = st.function(params, data, st)
+    else:
+        out = st.function(at_observations(params, obs_log, data), doses)
+    return out if isinstance(out, dict) else {st.outputs[0]: out}
+
+
+def _build_observations(model, spec, data, doses, init, individual, typical, obs_ind, obs_typ) -> BuiltModel:
+    """The observed ``DV`` as the sum of per-record log-densities of each record's observation model."""
+    from .obs_likelihood import pointwise_loglik
+    from .structural.pd import time_varying
+
+    st = spec.structural
+    outs = _outputs(spec, data, doses, individual, obs_ind)
+    at_times = (lambda tq: st.function(individual, data, st, times=tq)) if time_varying(st) else None
+    ll, ipred, sd, excluded = pointwise_loglik(spec, data, outs, init, at_times)
+    pred_outs = _outputs(spec, data, doses, typical, obs_typ)
+    pred = pt.zeros(data.n_obs)
+    for m in spec.observation_models():
+        idx = np.flatnonzero(data.obs_dvid == m.dvid) if m.dvid is not None else np.arange(data.n_obs)
+        pred = pt.set_subtensor(pred[idx], pred_outs[m.output][idx])
+    with model:
+        pm.CustomDist("DV", ll, logp=lambda value, lp: lp, observed=data.obs_dv, dims="obs")
+    return BuiltModel(model=model, spec=spec, data=data, initial_point=init, ipred=ipred, pred=pred,
+                      residual_sd=sd, individual=individual, excluded=excluded)
+
+
 def _predict(spec: ModelSpec, data: NMData, doses: DoseEvents, params: dict, obs_log: dict):
     # optional parameters the spec leaves out are absent: functions use params.get(name, default)
-    return spec.structural.function(at_observations(params, obs_log, data), doses)
+    st = spec.structural
+    if not getattr(st, "per_subject", False):
+        return st.function(at_observations(params, obs_log, data), doses)
+    if obs_log:   # an ODE solution has one parameter set per subject
+        from .errors import SpecError
+        raise SpecError(f"structural model {st.name} is an ODE model: time-varying covariates and "
+                        f"inter-occasion variability (omega_iov) are not supported with it")
+    out = st.function(params, data, st)
+    # contract 1: a dict of outputs; until observation types (DVID) pick one per record, the first
+    return out[st.outputs[0]] if isinstance(out, dict) else out

@@ -14,17 +14,32 @@ from pathlib import Path
 from .atomic import write_atomic, write_text_atomic
 
 EXAMPLES = """examples:
+  bayesnlme eda --data theophylline.csv --out eda_theo    data summary, spaghetti plots, covariates, outliers
   bayesnlme fit --model pk_1cmt_oral --data theophylline.csv --out fits/theo
   bayesnlme fit --model my_model.toml --data study.csv --out fits/run2 --chains 4 --draws 2000 --seed 7
   bayesnlme diagnose fits/theo      convergence, GOF, residual and ETA plots into fits/theo/diagnostics/
   bayesnlme compare fits/1cmt fits/2cmt --level subject    rank models by PSIS-LOO
+  bayesnlme vpc fits/theo --pc     VPC and prediction-corrected VPC into fits/theo/vpc/
+  bayesnlme simulate fits/theo --regimens regimens.toml    steady-state exposure, target attainment
   bayesnlme library                 list the model library
   bayesnlme library pk_1cmt_oral    show one entry (its TOML, with the reasoning behind its priors)
+  bayesnlme report fits/theo --out theo_report.html      one self-contained HTML report
+  bayesnlme report fits/1cmt fits/2cmt --out comparison.html
+
+exit status: 0 success, 1 bad input (one-line message), 2 internal error (--debug shows the traceback)
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are bad input: exit status 1 (argparse's own is 2, which here means a bug)."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(1, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bayesnlme", description="Bayesian nonlinear mixed-effects "
+    p = _Parser(prog="bayesnlme", description="Bayesian nonlinear mixed-effects "
                                 "(population PK/PD) models on PyMC.", epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
@@ -42,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--tune", type=int, default=1000, help="warm-up draws per chain (default: %(default)s)")
     f.add_argument("--seed", type=int, default=1, help="random seed (default: %(default)s)")
     f.add_argument("--sampler", choices=["nutpie", "pymc"], default="nutpie", help="NUTS implementation (default: %(default)s)")
+    f.add_argument("--method", choices=["nuts", "map", "advi"], default="nuts",
+                   help="nuts (default), or a quick approximate fit: map (posterior mode + Laplace) or advi")
+    f.add_argument("--init", choices=["prior", "map"], default="prior",
+                   help="NUTS start: prior medians or the posterior mode (default: %(default)s)")
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     d = sub.add_parser("diagnose", help="convergence report, goodness-of-fit and ETA plots and tables",
                        description="Read DIR/fit.nc and write into DIR/diagnostics/: convergence.txt and "
@@ -55,7 +74,22 @@ def _parser() -> argparse.ArgumentParser:
     from .compare import add_compare_parser
 
     add_compare_parser(sub)
-    lib = sub.add_parser("library", help="list model_library entries or show one")
+    from . import simulate, vpc
+
+    vpc.add_cli(sub)
+    simulate.add_cli(sub)
+    from . import prior_check
+
+    prior_check.add_cli(sub)
+    from .report import cli as report_cli
+
+    report_cli.add_cli(sub)
+    lib = sub.add_parser("library", help="list model_library entries or show one",
+                         description="Without NAME: list the model_library entries with their descriptions. "
+                         "With NAME: print that entry's TOML (priors explained in its comments).",
+                         epilog="examples:\n  bayesnlme library\n  bayesnlme library pk_1cmt_oral\n"
+                         "  bayesnlme library pk_1cmt_oral > my_model.toml   start a model of your own",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     lib.add_argument("name", nargs="?", help="entry to show")
     return p
 
@@ -68,7 +102,8 @@ def _fit(args) -> int:
 
     spec = load_spec(args.model)
     result = fit_model(spec, args.data, chains=args.chains, draws=args.draws, tune=args.tune,
-                       seed=args.seed, sampler=args.sampler, progress=not args.no_progress)
+                       seed=args.seed, sampler=args.sampler, progress=not args.no_progress,
+                       method=args.method, init=args.init)
     result.metadata["command"] = " ".join(["bayesnlme"] + sys.argv[1:])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -77,13 +112,16 @@ def _fit(args) -> int:
     write_text_atomic(out / "summary.csv", table.reset_index()[SUMMARY_COLUMNS].to_csv(index=False))
     with pd.option_context("display.width", 120, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
         print(f"{spec.name} on {result.data.source}: {result.data.n_subjects} subjects, "
-              f"{result.data.n_obs} observations; {args.chains} chains x {args.draws} draws")
+              f"{result.data.n_obs} observations; " + (f"{args.chains} chains x {args.draws} draws"
+              if not result.approximate else f"{args.method.upper()}: {args.draws} approximate draws"))
         print(table.to_string())
+    if result.approximate:
+        print(f"\napproximate fit ({result.method}): no convergence diagnostics; confirm with NUTS")
     if result.problems:
         print("\nconvergence problems:")
         for p in result.problems:
             print(f"  - {p}")
-    else:
+    elif not result.approximate:
         print("\nconvergence: no problems found (R-hat <= 1.01, bulk ESS >= 400, no divergences)")
     print(f"\nwrote {out / 'fit.nc'} and {out / 'summary.csv'}")
     return 0
@@ -150,8 +188,10 @@ def _library(args) -> int:
     if args.name:
         print(library_path(args.name).read_text(), end="")
         return 0
-    for name in library_names():
-        print(f"{name:22s} {load_spec(name).description}")
+    names = library_names()
+    width = max(len(n) for n in names) + 2
+    for name in names:
+        print(f"{name:{width}s}{load_spec(name).description}")
     return 0
 
 
@@ -164,6 +204,8 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     warnings.simplefilter("ignore", ConvergenceWarning)  # printed in plain words after the summary
     try:
+        if hasattr(args, "handler"):   # subcommands registered by their own module (add_cli)
+            return args.handler(args)
         if args.command == "compare":
             from .compare import run_compare
             return run_compare(args)

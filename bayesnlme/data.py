@@ -14,10 +14,17 @@ MDV       1 = no observation on this row                                  1 if E
 CMT       compartment (0 = the model's default)                           0
 RATE      infusion rate (amount/time); 0 = bolus                          0
 DUR       infusion duration (time), alternative to RATE                   0
-II        interdose interval for ADDL                                     0
+II        interdose interval for ADDL and SS                              0
 ADDL      number of additional doses like this one, every II             0
-SS        steady-state flag                                               0
+SS        steady state: 0 no, 1 reset then steady state, 2 steady state   0
+          added to the current amounts (both need II > 0)
 ========  ==============================================================  =========================
+
+A steady-state dose (``SS=1`` or ``2``) stands for the same dose given every
+``II`` forever up to and including its own time (NONMEM semantics).  ``SS=1``
+first resets the system like ``EVID=4``: earlier doses, still-running
+infusions and the pending ADDL doses of earlier records no longer count.
+ADDL doses of a steady-state record are ordinary doses.
 
 Column names are matched case-insensitively and ``.`` or an empty cell is read
 as missing.  Every other column is a covariate; covariates are carried forward
@@ -77,7 +84,25 @@ class NMData:
         False for padding.
     dose_applies : numpy.ndarray of bool, shape (n_obs, n_dose_max)
         Whether dose ``d`` of the observation's subject is given before the
-        observation (earlier in event order, and not wiped out by a reset).
+        observation (earlier in event order, and not wiped out by a reset,
+        EVID 3/4 or SS=1).
+    dose_ss : numpy.ndarray of int, shape (n_subjects, n_dose_max)
+        Steady-state flag (0, 1 or 2) of each dose; None only for NMData made
+        by hand without it (then no dose is a steady-state dose).
+    dose_ii : numpy.ndarray of float, shape (n_subjects, n_dose_max)
+        Interdose interval II of each dose (time; used where ``dose_ss > 0``).
+    obs_dvid : numpy.ndarray of int, shape (n_obs,) or None
+        Observation type (``DVID`` column; None when the data have none).
+        Selects the observation model of each record (see ``[[observations]]``
+        in :mod:`bayesnlme.spec`).
+    obs_cens : numpy.ndarray of int, shape (n_obs,) or None
+        Censoring flag (``CENS``; Monolix/nlmixr2 convention): 0 observed,
+        1 below the limit (left-censored, BLQ), -1 above the limit.  None
+        when the data have no ``CENS`` column.
+    obs_limit : numpy.ndarray of float, shape (n_obs,) or None
+        ``LIMIT``: the other end of a censoring interval (e.g. 0 for a
+        concentration below LLOQ = DV: the value lies in [LIMIT, DV]);
+        NaN where absent (then the interval is open, (-inf, DV] or [DV, inf)).
     covariate_names : tuple of str
     source : str
         File name or ``"<DataFrame>"``.
@@ -102,6 +127,11 @@ class NMData:
     source: str
     sha256: str
     _first_row: dict = field(repr=False, default_factory=dict)
+    dose_ss: np.ndarray | None = None
+    dose_ii: np.ndarray | None = None
+    obs_dvid: np.ndarray | None = None
+    obs_cens: np.ndarray | None = None
+    obs_limit: np.ndarray | None = None
 
     @property
     def n_subjects(self) -> int:
@@ -289,8 +319,8 @@ def _validate(df: pd.DataFrame, err) -> None:
         ((df["ADDL"] > 0) & ~(df["II"] > 0), "II", "ADDL > 0 needs a positive II"),
         (df["CMT"] != np.round(df["CMT"]), "CMT", "CMT must be a whole number"),
         (df["CMT"] < 0, "CMT", "negative CMT (turning compartments off is not supported)"),
-        (df["SS"] != 0, "SS", "steady-state doses (SS != 0) are not supported yet; "
-         "give the doses explicitly or with ADDL/II"),
+        (~df["SS"].isin([0, 1, 2]), "SS", "SS must be 0, 1 (reset, then steady state) or 2 "
+         "(steady state added)"),
     ]
     dose = df["EVID"].isin([1, 4])
     obs = (df["EVID"] == 0) & (df["MDV"] == 0)
@@ -300,6 +330,9 @@ def _validate(df: pd.DataFrame, err) -> None:
         ((df["AMT"] > 0) & ~dose, "AMT", "AMT > 0 on a record that is not a dose (EVID is not 1 or 4)"),
         (((df["RATE"] > 0) | (df["DUR"] > 0)) & ~dose, "RATE", "RATE/DUR given on a record that is not a dose"),
         ((df["ADDL"] > 0) & ~dose, "ADDL", "ADDL given on a record that is not a dose"),
+        ((df["SS"] != 0) & ~dose, "SS", "SS given on a record that is not a dose (EVID is not 1 or 4)"),
+        ((df["SS"] != 0) & dose & ~(df["II"] > 0), "II",
+         "steady-state dose (SS=1 or 2) needs a positive interdose interval II"),
     ]
     for bad, column, message in checks:
         if bad.any():
@@ -320,8 +353,40 @@ def _validate(df: pd.DataFrame, err) -> None:
         raise err(f"TIME decreases within ID {df['ID'].iat[i - 1]} "
                   f"({df['TIME'].iat[i - 2]:g} then {df['TIME'].iat[i - 1]:g})", row=i, column="TIME")
     df["_SUBJ"] = block - 1
+    _validate_observation_columns(df, obs, err)
     if not obs.any():
         raise err("no observation records (EVID=0 with MDV=0)")
+
+
+def _validate_observation_columns(df: pd.DataFrame, obs, err) -> None:
+    """DVID (whole number), CENS (-1, 0, 1) and LIMIT (numeric) on observation records."""
+    for col in ("DVID", "CENS", "LIMIT"):
+        if col not in df.columns:
+            continue
+        v = pd.to_numeric(df[col], errors="coerce")
+        bad = obs & df[col].notna() & v.isna()
+        if bad.any():
+            raise err(f"{col} must be numeric, got {df[col].iat[_first_bad(bad) - 1]!r}",
+                      row=_first_bad(bad), column=col)
+        df[col] = v
+    if "DVID" in df.columns:
+        d = df["DVID"]
+        bad = obs & (d.isna() | (d != np.round(d)))
+        if bad.any():
+            raise err("DVID (observation type) must be a whole number on every observation record",
+                      row=_first_bad(bad), column="DVID")
+    if "CENS" in df.columns:
+        c = df["CENS"].fillna(0)
+        bad = obs & ~c.isin([-1, 0, 1])
+        if bad.any():
+            raise err("CENS must be 0 (observed), 1 (below the limit in DV, BLQ) or -1 (above it)",
+                      row=_first_bad(bad), column="CENS")
+        if "LIMIT" in df.columns:
+            lim = df["LIMIT"]
+            wrong = obs & lim.notna() & (((c == 1) & (lim >= df["DV"])) | ((c == -1) & (lim <= df["DV"])))
+            if wrong.any():
+                raise err("LIMIT must lie below DV for CENS=1 (the value is in [LIMIT, DV]) and above "
+                          "DV for CENS=-1", row=_first_bad(wrong), column="LIMIT")
 
 
 # --------------------------------------------------------------------------- events → arrays
@@ -370,7 +435,25 @@ def _vectorise(df: pd.DataFrame, covariates, label: str, digest: str) -> NMData:
         dose_valid=valid, dose_applies=applies,
         covariate_names=tuple(covariates), source=label, sha256=digest,
         _first_row={int(k): int(v) for k, v in first_row.items()},
+        dose_ss=dense(doses["SS"].to_numpy(), int), dose_ii=dense(doses["II"].to_numpy()),
+        **_observation_columns(df, obs["ROW"].to_numpy(int)),
     )
+
+
+def _observation_columns(df: pd.DataFrame, rows: np.ndarray) -> dict:
+    """DVID, CENS and LIMIT at the observation records (None for absent columns)."""
+    by_row = df.set_index("ROW")
+    out = {}
+    for col, key in (("DVID", "obs_dvid"), ("CENS", "obs_cens"), ("LIMIT", "obs_limit")):
+        if col not in df.columns:
+            out[key] = None
+            continue
+        v = by_row.loc[rows, col]
+        if col == "LIMIT":
+            out[key] = v.to_numpy(float)
+        else:   # validated in _validate_observation_columns: whole numbers, no gaps on observations
+            out[key] = v.fillna(0).to_numpy(float).astype(int)
+    return out
 
 
 def _expand_events(df: pd.DataFrame) -> pd.DataFrame:
@@ -384,8 +467,10 @@ def _expand_events(df: pd.DataFrame) -> pd.DataFrame:
         "subj": df["_SUBJ"].to_numpy(), "TIME": df["TIME"].to_numpy(), "ROW": df["ROW"].to_numpy(),
         "AMT": df["AMT"].to_numpy(), "RATE": df["RATE"].to_numpy(), "DUR": df["DUR"].to_numpy(),
         "CMT": df["CMT"].to_numpy(), "DV": df["DV"].to_numpy(),
+        "SS": df["SS"].to_numpy(), "II": df["II"].to_numpy(),
         "is_dose": df["EVID"].isin([1, 4]).to_numpy(), "is_obs": df["_OBS"].to_numpy(),
-        "reset": df["EVID"].isin([3, 4]).to_numpy(), "implied": False,
+        # SS=1 resets the system before putting it at steady state
+        "reset": (df["EVID"].isin([3, 4]) | (df["SS"] == 1)).to_numpy(), "implied": False,
     })
     src = base[(df["ADDL"] > 0).to_numpy()]
     if len(src):
@@ -397,6 +482,7 @@ def _expand_events(df: pd.DataFrame) -> pd.DataFrame:
         rep["implied"] = True
         rep["is_obs"] = False
         rep["reset"] = False
+        rep["SS"] = 0.0   # the ADDL doses of a steady-state record are ordinary doses
         base = pd.concat([base, rep], ignore_index=True)
     events = base.sort_values(["subj", "TIME", "implied", "ROW"], kind="stable").reset_index(drop=True)
     events["epoch"] = events.groupby("subj")["reset"].cumsum()

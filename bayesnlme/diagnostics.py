@@ -62,6 +62,13 @@ def convergence_report(result) -> tuple[pd.DataFrame, str]:
     """
     summ = result.summary()
     table = summ[["r_hat", "ess_bulk", "ess_tail"]].copy()
+    if getattr(result, "approximate", False):   # MAP/Laplace or ADVI: nothing to converge
+        from .quick import APPROXIMATE
+
+        table["ok"] = np.nan
+        return table, (f"Approximate fit ({APPROXIMATE.get(result.method, result.method)}): no convergence "
+                       f"diagnostics (R-hat, ESS, divergences) apply; intervals are approximate. "
+                       f"Confirm final estimates with NUTS." + "".join(f" {p}" for p in result.problems))
     table["ok"] = (table["r_hat"] <= R_HAT_MAX) & (table["ess_bulk"] >= ESS_MIN) & (table["ess_tail"] >= ESS_MIN)
     ss = result.idata.sample_stats
     lines = []

@@ -23,6 +23,7 @@ import pandas as pd
 import pymc as pm
 import xarray as xr
 
+from . import quick
 from .atomic import write_atomic
 from .build import build_model
 from .data import NMData, read_nonmem
@@ -30,6 +31,7 @@ from .errors import BayesNLMEInputError, ConvergenceWarning
 from .spec import ModelSpec
 
 SAMPLERS = ("nutpie", "pymc")
+FIT_METHODS = ("nuts", "map", "advi", "fullrank_advi")
 SUMMARY_COLUMNS = ["parameter", "mean", "sd", "q5", "q50", "q95", "r_hat", "ess_bulk", "ess_tail"]
 _PACKAGES = ("bayesnlme", "pymc", "pytensor", "arviz", "nutpie", "numpy", "pandas", "xarray", "scipy")
 R_HAT_MAX = 1.01
@@ -81,6 +83,16 @@ class FitResult:
             self.__dict__["_built"] = build_model(self.spec, self.data)
         return self.__dict__["_built"]
 
+    @property
+    def method(self) -> str:
+        """How the fit was made: ``"nuts"``, ``"map"`` (MAP + Laplace) or ``"advi"``/``"fullrank_advi"``."""
+        return self.settings.get("method", "nuts")
+
+    @property
+    def approximate(self) -> bool:
+        """True for MAP/Laplace and ADVI fits: approximate intervals, no convergence diagnostics."""
+        return self.method != "nuts"
+
     # ------------------------------------------------------------------ tables
     def parameter_names(self) -> list[str]:
         """Population parameters in summary order: THETA, covariate effects, OMEGA, correlations, SIGMA."""
@@ -91,7 +103,7 @@ class FitResult:
         names += [f"omega_iov_{p}" for p, par in s.parameters.items() if par.omega_iov is not None]
         for block in s.omega_blocks:
             names += [f"corr_{a}_{b}" for i, a in enumerate(block) for b in block[i + 1:]]
-        names += list(s.residual.sigma_names())
+        names += s.observation_parameter_names()
         return names
 
     def summary(self) -> pd.DataFrame:
@@ -102,7 +114,8 @@ class FitResult:
         pandas.DataFrame
             One row per parameter (index ``parameter``) with columns ``mean``,
             ``sd``, ``q5``, ``q50``, ``q95``, ``r_hat`` (rank-normalised split
-            R-hat), ``ess_bulk``, ``ess_tail`` and ``cv_percent`` (for OMEGA of
+            R-hat), ``ess_bulk``, ``ess_tail`` (all NaN for an approximate fit:
+            see :attr:`approximate`) and ``cv_percent`` (for OMEGA of
             log-normal parameters: the posterior median of
             ``100 sqrt(exp(omega^2) - 1)``; for logit/normal IIV empty).
             Typical values are in the parameters' natural units; ``omega_<P>``
@@ -111,7 +124,10 @@ class FitResult:
         names = self.parameter_names()
         post = self.idata.posterior
         draws = {n: post[n].values.reshape(post[n].shape[0], post[n].shape[1]) for n in names}
-        diag = az.summary(self.idata, var_names=names, kind="diagnostics", round_to="none")
+        if self.approximate:   # one chain from an approximation: R-hat/ESS would be meaningless
+            diag = pd.DataFrame(np.nan, index=names, columns=["r_hat", "ess_bulk", "ess_tail"])
+        else:
+            diag = az.summary(self.idata, var_names=names, kind="diagnostics", round_to="none")
         rows = []
         for n in names:
             x = draws[n].ravel()
@@ -176,8 +192,8 @@ class FitResult:
 
 def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune: int = 1000,
               seed: int = 1, sampler: str = "nutpie", progress: bool = True,
-              target_accept: float = 0.8) -> FitResult:
-    """Fit an NLME model with NUTS.
+              target_accept: float = 0.8, method: str = "nuts", init: str = "prior") -> FitResult:
+    """Fit an NLME model with NUTS, or approximately (MAP + Laplace, ADVI).
 
     Parameters
     ----------
@@ -192,6 +208,13 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
         Show a progress bar.
     target_accept : float
         NUTS target acceptance rate (PyMC sampler; nutpie adapts its own).
+    method : {"nuts", "map", "advi", "fullrank_advi"}
+        ``"map"``: posterior mode plus a Laplace approximation (Gaussian on the
+        unconstrained scale, covariance = inverse Hessian of -log posterior);
+        ``"advi"`` / ``"fullrank_advi"``: variational approximation.  Both give
+        ``draws`` draws in one chain, with no R-hat or ESS (approximate fits).
+    init : {"prior", "map"}
+        NUTS start: prior medians (ETA = 0), or the posterior mode.
 
     Returns
     -------
@@ -199,31 +222,33 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
     """
     if sampler not in SAMPLERS:
         raise BayesNLMEInputError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if method not in FIT_METHODS:
+        raise BayesNLMEInputError(f"unknown fit method {method!r}; choose one of {', '.join(FIT_METHODS)}")
+    if init not in ("prior", "map"):
+        raise BayesNLMEInputError(f"unknown init {init!r}; choose 'prior' or 'map'")
     for name, value, low in (("chains", chains, 1), ("draws", draws, 1), ("tune", tune, 0)):
         if not isinstance(value, (int, np.integer)) or value < low:
             raise BayesNLMEInputError(f"{name} must be an integer >= {low}, got {value!r}")
     data = read_nonmem(data)
     built = build_model(spec, data)
-    model, init = built.model, built.initial_point
-    if sampler == "nutpie":
-        import nutpie
-
-        jitter = {v for v in model.free_RVs if v.name in ("eta_z", "kappa_z") or v.name.startswith(("omega_", "sigma_"))}
-        keep = [v.name for v in model.free_RVs + model.deterministics]   # not the *_log__ copies
-        compiled = nutpie.compile_pymc_model(model, initial_points=init, jitter_rvs=jitter, var_names=keep)
-        idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,
-                              progress_bar=progress, save_warmup=False, cores=min(chains, os.cpu_count() or 1))
+    model, start = built.model, built.initial_point
+    settings = {"method": method, "sampler": sampler if method == "nuts" else method, "chains": chains,
+                "draws": draws, "tune": tune, "seed": seed}
+    problems = []
+    if method != "nuts":
+        idata, problems = _approximate(built, method, draws, seed, progress)
+        settings.update(chains=1, tune=0)
     else:
-        with model:
-            idata = pm.sample(draws=draws, tune=tune, chains=chains, random_seed=seed, initvals=init,
-                              init="adapt_diag", progressbar=progress, target_accept=target_accept,
-                              cores=min(chains, os.cpu_count() or 1), compute_convergence_checks=False)
+        if init == "map":
+            mode = quick.find_map(built)
+            start = {k: np.asarray(mode[k]) for k in start}
+            settings["init"] = "map"
+        idata = _nuts(model, start, sampler, chains, draws, tune, seed, progress, target_accept)
     with model:
         pm.compute_log_likelihood(idata, extend_inferencedata=True, progressbar=False)
     _add_data_groups(idata, built.data)
-    settings = {"sampler": sampler, "chains": chains, "draws": draws, "tune": tune, "seed": seed}
     result = FitResult(idata=idata, spec=built.spec, data=built.data, settings=settings)
-    result.problems = convergence_problems(result)
+    result.problems = problems if method != "nuts" else convergence_problems(result)
     for p in result.problems:
         warnings.warn(p, ConvergenceWarning, stacklevel=2)
     result.metadata = {
@@ -235,7 +260,31 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
     idata.posterior.attrs["bayesnlme_metadata"] = json.dumps(result.metadata)
     idata.posterior.attrs["data_sha256"] = data.sha256
     idata.posterior.attrs["seed"] = seed
+    idata.posterior.attrs["fit_method"] = method
     return result
+
+
+def _nuts(model, start, sampler, chains, draws, tune, seed, progress, target_accept):
+    if sampler == "nutpie":
+        import nutpie
+
+        jitter = {v for v in model.free_RVs if v.name in ("eta_z", "kappa_z") or v.name.startswith(("omega_", "sigma_"))}
+        keep = [v.name for v in model.free_RVs + model.deterministics]   # not the *_log__ copies
+        compiled = nutpie.compile_pymc_model(model, initial_points=start, jitter_rvs=jitter, var_names=keep)
+        return nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,
+                             progress_bar=progress, save_warmup=False, cores=min(chains, os.cpu_count() or 1))
+    with model:
+        return pm.sample(draws=draws, tune=tune, chains=chains, random_seed=seed, initvals=start,
+                         init="adapt_diag", progressbar=progress, target_accept=target_accept,
+                         cores=min(chains, os.cpu_count() or 1), compute_convergence_checks=False)
+
+
+def _approximate(built, method, draws, seed, progress):
+    """Draws of an approximate fit (one chain) and its problems in plain words."""
+    if method == "map":
+        mode = quick.find_map(built, progress=progress)
+        return quick.laplace_draws(built, mode, draws, seed)
+    return quick.advi_draws(built, draws=draws, seed=seed, method=method, progress=progress)
 
 
 def _add_data_groups(idata: az.InferenceData, data: NMData) -> None:

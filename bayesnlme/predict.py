@@ -34,11 +34,18 @@ def _compiled(built, outputs: tuple[str, ...]):
     if key not in cache:
         rvs = list(built.model.free_RVs)
         batched = [pt.tensor(name=rv.name, shape=(None, *rv.type.shape), dtype=rv.dtype) for rv in rvs]
-        outs = [getattr(built, o) for o in outputs]
+        outs = [output_tensor(built, o) for o in outputs]
         vec = vectorize_graph(outs, replace=dict(zip(rvs, batched)))
         cache[key] = ([rv.name for rv in rvs],
                       pytensor.function(batched, vec, on_unused_input="ignore", mode="FAST_RUN"))
     return cache[key]
+
+
+def output_tensor(built, name: str):
+    """A builder output by name: ``ipred``, ``pred``, ``residual_sd`` or ``individual.<P>`` (per subject)."""
+    if name.startswith("individual."):
+        return built.individual[name.split(".", 1)[1]]
+    return getattr(built, name)
 
 
 def evaluate_draws(built, draws: dict, outputs=("ipred", "pred", "residual_sd")) -> dict:
@@ -83,23 +90,42 @@ def posterior_predictions(result) -> xr.Dataset:
                        for k, v in out.items()}, coords=coords)
 
 
-def new_subject_draws(spec, draws: dict, rng: np.random.Generator) -> dict:
+def new_subject_draws(spec, draws: dict, rng: np.random.Generator, shapes: dict | None = None) -> dict:
     """Replace the fitted subjects' random effects by new subjects' in a dict of posterior draws.
 
     Non-centred ``eta_z`` and ``kappa_z`` become fresh standard normals (so
     ETA ~ N(0, OMEGA) and KAPPA ~ N(0, omega_iov^2) of each draw); a centred
     ``eta_<P>`` becomes ``omega_<P>`` of the same draw times a standard normal.
+
+    Parameters
+    ----------
+    shapes : dict of str -> tuple, optional
+        Per-draw shapes of the random effects in another design (e.g.
+        ``BuiltModel.initial_point`` shapes of a model built on new data);
+        default: the shapes in ``draws`` (the fitted subjects).
     """
     draws = dict(draws)
+    n = len(next(iter(draws.values())))
+
+    def shape(name):
+        return draws[name].shape if shapes is None else (n, *np.shape(shapes[name]))
+
     for name in ("eta_z", "kappa_z"):
         if name in draws:
-            draws[name] = rng.standard_normal(draws[name].shape)
+            draws[name] = rng.standard_normal(shape(name))
     for p, par in spec.parameters.items():
         if par.centered and f"eta_{p}" in draws:
-            omega = draws[f"omega_{p}"] if f"omega_{p}" in draws else np.full(len(draws[f"eta_{p}"]),
-                                                                               par.omega_fixed)
-            draws[f"eta_{p}"] = np.asarray(omega)[:, None] * rng.standard_normal(draws[f"eta_{p}"].shape)
+            omega = draws[f"omega_{p}"] if f"omega_{p}" in draws else np.full(n, par.omega_fixed)
+            draws[f"eta_{p}"] = np.asarray(omega)[:, None] * rng.standard_normal(shape(f"eta_{p}"))
     return draws
+
+
+def residual_draw(spec, ipred: np.ndarray, sd: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Observations simulated around IPRED with the residual-error model (log-normal for exponential)."""
+    eps = rng.standard_normal(np.shape(ipred))
+    if spec.residual.kind == "exponential":
+        return ipred * np.exp(sd * eps)
+    return ipred + sd * eps
 
 
 def simulate_replicates(result, n_rep: int | None = None, *, new_subjects: bool = True,
@@ -130,10 +156,7 @@ def simulate_replicates(result, n_rep: int | None = None, *, new_subjects: bool 
     if new_subjects:
         draws = new_subject_draws(result.spec, draws, rng)
     out = evaluate_draws(built, draws, ("ipred", "residual_sd"))
-    eps = rng.standard_normal(out["ipred"].shape)
-    if result.spec.residual.kind == "exponential":
-        return out["ipred"] * np.exp(out["residual_sd"] * eps)
-    return out["ipred"] + out["residual_sd"] * eps
+    return residual_draw(result.spec, out["ipred"], out["residual_sd"], rng)
 
 
 def predict_at_times(result, times, *, n_draws: int = 200):

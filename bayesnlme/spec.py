@@ -37,6 +37,7 @@ COVARIATE_KINDS = ("power", "exponential", "linear", "categorical", "piecewise")
 RESIDUAL_KINDS = ("additive", "proportional", "combined", "exponential")
 #: Allowed values of structural parameters the library knows: (lower, upper).
 KNOWN_DOMAINS = {"CL": (0, math.inf), "V": (0, math.inf), "Q": (0, math.inf), "V2": (0, math.inf),
+                 "Q3": (0, math.inf), "V3": (0, math.inf),
                  "KA": (0, math.inf), "F": (0, 1), "ALAG": (0, math.inf)}
 
 # distribution name -> (required parameters, support function)
@@ -366,13 +367,17 @@ class ResidualError:
 
     kind: str = "combined"
     priors: dict = field(default_factory=dict)
+    blq: str = "m3"   # censored (CENS != 0) records: "m3" censored likelihood, "m1" dropped
 
     def sigma_names(self) -> tuple[str, ...]:
         return {"additive": ("sigma_add",), "proportional": ("sigma_prop",),
                 "combined": ("sigma_add", "sigma_prop"), "exponential": ("sigma_exp",)}[self.kind]
 
     def to_dict(self) -> dict:
-        return {"type": self.kind, **{k: v.to_dict() for k, v in self.priors.items()}}
+        d = {"type": self.kind, **{k: v.to_dict() for k, v in self.priors.items()}}
+        if self.blq != "m3":
+            d["blq"] = self.blq
+        return d
 
 
 _DEFAULT_SIGMA = {"sigma_add": Prior("halfnormal", {"sigma": 1.0}),
@@ -398,9 +403,21 @@ class ModelSpec:
     omega_blocks: tuple = ()
     lkj_eta: float = 2.0
     description: str = ""
+    observations: tuple = ()
 
     def __post_init__(self):
         _validate_spec(self)
+        self.observation_models()   # validates outputs and DVIDs
+
+    def observation_models(self) -> tuple:
+        """The observation models (:mod:`bayesnlme.observation`): ``[[observations]]`` or the ``[residual]`` one."""
+        from .observation import resolve
+
+        return resolve(self.observations, self.residual, self.structural)
+
+    def observation_parameter_names(self) -> list[str]:
+        """Residual/outcome parameters in summary order (``sigma_add`` ... for a single residual)."""
+        return [n for m in self.observation_models() for n in m.parameter_names()]
 
     # ------------------------------------------------------------------ queries
     @property
@@ -472,6 +489,8 @@ class ModelSpec:
              "structural": self.structural.name,
              "parameters": {p: par.to_dict() for p, par in self.parameters.items()},
              "residual": self.residual.to_dict()}
+        if self.observations:
+            d["observations"] = [o.to_dict() for o in self.observations]
         if self.omega_blocks:
             d["random_effects"] = {"blocks": [list(b) for b in self.omega_blocks], "lkj_eta": self.lkj_eta}
         if self.covariates:
@@ -556,7 +575,7 @@ def _parameter_from_dict(name, d, source):
 
 def _residual_from_dict(d, source="spec"):
     where = f"{source}: residual"
-    _check_keys(d, ("type", "sigma_add", "sigma_prop", "sigma_exp"), where)
+    _check_keys(d, ("type", "sigma_add", "sigma_prop", "sigma_exp", "blq"), where)
     kind = d.get("type", "combined")
     if kind not in RESIDUAL_KINDS:
         raise SpecError(f"{where}: unknown residual error type {kind!r}; known: {', '.join(RESIDUAL_KINDS)}")
@@ -568,7 +587,10 @@ def _residual_from_dict(d, source="spec"):
     if unused:
         raise SpecError(f"{where}: {', '.join(unused)} given but residual type {kind} uses "
                         f"{', '.join(res.sigma_names())}")
-    return ResidualError(kind, priors)
+    blq = d.get("blq", "m3")
+    if blq not in ("m3", "m1"):
+        raise SpecError(f"{where}: blq must be \"m3\" (censored likelihood) or \"m1\" (drop), got {blq!r}")
+    return ResidualError(kind, priors, blq)
 
 
 def _covariate_from_dict(d, source):
@@ -614,7 +636,7 @@ def _covariate_from_dict(d, source):
 
 def _from_dict(d, structural, source):
     _check_keys(d, ("name", "description", "structural", "parameters", "residual",
-                    "random_effects", "covariates"), source)
+                    "random_effects", "covariates", "observations"), source)
     if structural is None:
         sname = d.get("structural")
         if sname is None:
@@ -642,10 +664,19 @@ def _from_dict(d, structural, source):
                          covariates=tuple(_covariate_from_dict(c, source) for c in covs),
                          omega_blocks=tuple(tuple(b) for b in blocks),
                          lkj_eta=_number(re_.get("lkj_eta", 2.0), f"{source}: random_effects.lkj_eta", True),
-                         description=str(d.get("description", "")))
+                         description=str(d.get("description", "")),
+                         observations=_observations_from_list(d.get("observations", []), source))
     except SpecError as exc:
         msg = str(exc)
         raise SpecError(msg if msg.startswith(source) else f"{source}: {msg}") from None
+
+
+def _observations_from_list(obs, source) -> tuple:
+    from .observation import observation_from_dict
+
+    if not isinstance(obs, list):
+        raise SpecError(f"{source}: 'observations' must be an array of tables ([[observations]])")
+    return tuple(observation_from_dict(o, f"{source}: observations[{i}]") for i, o in enumerate(obs))
 
 
 def _validate_spec(spec: ModelSpec) -> None:

@@ -311,13 +311,14 @@ def test_non_contiguous_id(tmp_path):
     assert "first block starts at row 1" in str(err)
 
 
-def test_steady_state_not_supported(tmp_path):
+def test_steady_state_flag_values(tmp_path):
+    # SS=1/2 are supported (tests/test_structural_3cmt_ss.py); SS=3 is not a steady-state flag
     raises_at(tmp_path, """
         ID,TIME,DV,AMT,EVID,MDV,SS,II
         1,0,.,100,1,1,0,0
-        1,12,.,100,1,1,1,12
+        1,12,.,100,1,1,3,12
         1,13,5,0,0,0,0,0
-    """, row=2, column="SS", problem="not supported")
+    """, row=2, column="SS", problem="SS must be 0, 1")
 
 
 def test_rate_minus_two(tmp_path):

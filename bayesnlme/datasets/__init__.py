@@ -18,10 +18,12 @@ _FILES = {
     "indometacin": "indometacin.csv",
     "phenobarbital": "phenobarbital_neonates.csv",
     "warfarin": "warfarin_pkpd.csv",
+    "posteriordb_mm": "posteriordb_one_comp_mm_elim_abs.csv",
 }
 
 __all__ = ["dataset_path", "load_theophylline", "load_indometacin",
-           "load_phenobarbital", "load_warfarin", "DATASETS"]
+           "load_phenobarbital", "load_warfarin", "load_posteriordb_mm", "posteriordb_mm_reference",
+           "DATASETS"]
 
 DATASETS = tuple(_FILES)
 
@@ -94,3 +96,26 @@ def load_warfarin() -> pd.DataFrame:
     SEX (1 = male, 0 = female).
     """
     return _load("warfarin")
+
+
+def load_posteriordb_mm() -> pd.DataFrame:
+    """posteriordb ``one_comp_mm_elim_abs``: one subject, oral dose, Michaelis-Menten elimination.
+
+    Origin: github stan-dev/posteriordb, posterior
+    ``one_comp_mm_elim_abs-one_comp_mm_elim_abs`` (synthetic data of the Stan
+    "pkpd" benchmark; ``data.json`` written as NONMEM records).  TIME in days;
+    a 30 mg dose at TIME 0 into CMT 1 (depot); DV concentration in mg/L in
+    CMT 2 (20 samples, 0.5-10 days).  The Stan model fixes V = 2 L.
+    """
+    return _load("posteriordb_mm")
+
+
+def posteriordb_mm_reference() -> pd.DataFrame:
+    """posteriordb's reference posterior draws for :func:`load_posteriordb_mm`.
+
+    Columns ``chain`` (1-10), ``draw`` (1-1000), ``k_a`` (1/day), ``K_m``
+    (mg/L), ``V_m`` (mg/day) and ``sigma`` (log-scale residual SD); 10,000
+    draws of Stan NUTS, thinned (posteriordb keeps reference draws nearly
+    independent).  In bayesnlme names: KA, KM, VM, sigma_exp.
+    """
+    return pd.read_csv(resources.files(__name__).joinpath("posteriordb_one_comp_mm_elim_abs_reference.csv"))

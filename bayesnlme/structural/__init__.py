@@ -7,7 +7,10 @@ at each observation as a pytensor expression, vectorised over observations
 
 The built-in closed forms are listed in :data:`LIBRARY`.  A user model is a
 Python function written with ``pytensor.tensor`` operations, wrapped with
-:meth:`StructuralModel.custom`.
+:meth:`StructuralModel.custom`.  Models given by differential equations
+(Michaelis-Menten, turnover, effect compartment, or a user's right-hand side)
+are :meth:`StructuralModel.ode` models (``per_subject=True``; see
+:mod:`bayesnlme.structural.ode`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
 
-from .pk import DoseEvents, one_compartment, two_compartment
+from .pk import DoseEvents, one_compartment, three_compartment, two_compartment
 
 __all__ = ["StructuralModel", "LIBRARY", "DoseEvents", "get_structural"]
 
@@ -42,6 +45,13 @@ class StructuralModel:
     central_cmt : int
         Data compartment number of the central (observed) compartment.
     description : str
+    outputs : tuple of str
+        Names of the predicted quantities (``"CP"`` first); a function may
+        return a dict ``{output: tensor (n_obs,)}`` instead of one tensor.
+    per_subject : bool
+        True (ODE models): ``function(params_by_subject, data, model)`` with
+        parameters of shape (n_subjects,), returning values at the data's
+        observation records.
     """
 
     name: str
@@ -51,6 +61,8 @@ class StructuralModel:
     depot_cmt: int | None = None
     central_cmt: int = 1
     description: str = ""
+    outputs: tuple[str, ...] = ("CP",)
+    per_subject: bool = False
 
     @property
     def all_parameters(self) -> tuple[str, ...]:
@@ -59,6 +71,42 @@ class StructuralModel:
     @property
     def default_dose_cmt(self) -> int:
         return self.depot_cmt if self.depot_cmt is not None else self.central_cmt
+
+    @classmethod
+    def ode(cls, rhs: Callable, parameters, n_states: int, *, outputs: dict, name: str = "ode",
+            optional: dict | None = None, initial: Callable | None = None, depot_cmt: int | None = None,
+            central_cmt: int = 1, rtol: float = 1e-6, atol: float = 1e-8,
+            description: str = "") -> "StructuralModel":
+        """A model given by ordinary differential equations (see :mod:`bayesnlme.structural.ode`).
+
+        Parameters
+        ----------
+        rhs : callable
+            ``rhs(y, t, p)``: states ``y`` (n_sub, n_states) (amounts; state k
+            is data ``CMT`` k+1), time ``t`` (n_sub,), parameters ``p`` (dict of
+            (n_sub,) tensors) -> derivatives, written with ``pytensor.tensor``.
+        parameters : sequence of str
+            Required parameters; ``optional`` adds ones with defaults (``F``
+            and ``ALAG`` act on bolus doses into ``depot_cmt``).
+        n_states : int
+        outputs : dict
+            ``{name: function(states (n_obs, n_states), params (dict of (n_obs,)))}``,
+            e.g. ``{"CP": lambda y, p: y[:, 1] / p["V"]}``; the first is the default prediction.
+        initial : callable, optional
+            ``initial(p)`` -> states at each subject's first record (default 0).
+        depot_cmt, central_cmt : int
+            Default dose compartment is ``depot_cmt`` if given, else ``central_cmt``.
+        rtol, atol : float
+            DOPRI5 local error tolerances (``atol`` relative to the largest dose).
+        """
+        from .ode import ODESystem, ode_function
+
+        optional = dict(optional or {})
+        system = ODESystem(rhs, tuple(parameters) + tuple(optional), n_states, initial=initial)
+        fn = partial(ode_function, system=system, outputs=dict(outputs), rtol=rtol, atol=atol)
+        return cls(name=name, parameters=tuple(parameters), function=fn, optional=optional,
+                   depot_cmt=depot_cmt, central_cmt=central_cmt, outputs=tuple(outputs),
+                   per_subject=True, description=description or "ODE model")
 
     @classmethod
     def custom(cls, function: Callable, parameters, *, name: str | None = None,
@@ -106,6 +154,27 @@ LIBRARY: dict[str, StructuralModel] = {
 # infusion models are the IV models: whether a dose is a bolus or an infusion is data (RATE/DUR)
 LIBRARY["1cmt_infusion"] = LIBRARY["1cmt_iv"]
 LIBRARY["2cmt_infusion"] = LIBRARY["2cmt_iv"]
+# 3 compartments: NONMEM ADVAN11/12 (TRANS4) with the 2-compartment names: V = V1, Q = Q2
+LIBRARY["3cmt_iv"] = StructuralModel(
+    "3cmt_iv", ("CL", "V", "Q", "V2", "Q3", "V3"), partial(three_compartment, oral=False), central_cmt=1,
+    description="three compartments (central V, peripherals V2 and V3 with intercompartmental "
+                "clearances Q and Q3), IV bolus and/or infusion; CMT 1 = central")
+LIBRARY["3cmt_infusion"] = LIBRARY["3cmt_iv"]
+LIBRARY["3cmt_oral"] = StructuralModel(
+    "3cmt_oral", ("CL", "V", "Q", "V2", "Q3", "V3", "KA"), partial(three_compartment, oral=True),
+    optional=_ORAL_OPTIONAL, depot_cmt=1, central_cmt=2,
+    description="three compartments with first-order absorption (F, ALAG); CMT 1 = depot, "
+                "CMT 2 = central")
+
+# ODE models (Michaelis-Menten, turnover, effect compartment): compiled on first use
+from .ode_library import library_models as _ode_library_models  # noqa: E402
+
+LIBRARY.update(_ode_library_models(StructuralModel))
+
+# PD / exposure-response models (Emax, sigmoid Emax, linear, log-linear; by exposure column, dose or PK)
+from .pd import library_models as _pd_library_models  # noqa: E402
+
+LIBRARY.update(_pd_library_models(LIBRARY))
 
 
 def get_structural(name: str) -> StructuralModel:
@@ -162,8 +231,11 @@ def dose_events(data, model: StructuralModel, dt=None) -> DoseEvents:
                         source=data.source, row=data._first_row[subj], column="RATE")
     if dt is None:
         dt = data.obs_time[:, None] - data.dose_time[s]
+    ss = getattr(data, "dose_ss", None)   # None: NMData built without steady-state columns
     return DoseEvents(dt=dt, amt=data.dose_amt[s], rate=data.dose_rate[s], depot=depot[s],
-                      applies=data.dose_applies, time=data.obs_time)
+                      applies=data.dose_applies, time=data.obs_time,
+                      ss=None if ss is None or not ss.any() else ss[s],
+                      ii=None if ss is None or not ss.any() else data.dose_ii[s])
 
 
 def evaluate(model: StructuralModel, params: dict, data):
@@ -183,7 +255,14 @@ def evaluate(model: StructuralModel, params: dict, data):
     """
     import numpy as np
     import pytensor
+    import pytensor.tensor as pt_
 
+    if model.per_subject:
+        by_sub = {k: pt_.as_tensor_variable(np.broadcast_to(np.asarray(v, float), (data.n_subjects,)).copy())
+                  for k, v in params.items()}
+        out = model.function(by_sub, data, model)
+        out = out[model.outputs[0]] if isinstance(out, dict) else out
+        return np.asarray(pytensor.function([], out)(), dtype=float)
     doses = dose_events(data, model)
     full = dict(params)
     by_obs = {k: np.broadcast_to(np.asarray(v, float), (data.n_subjects,))[data.obs_subject]

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytensor.tensor as pt
 
+from . import steady_state
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,12 @@ class DoseEvents:
         True where the dose precedes the observation in event order.
     time : numpy.ndarray, shape (n_obs,)
         Observation times.
+    ss : numpy.ndarray of int or None
+        Steady-state flag of each dose (0 none, 1 reset then steady state, 2
+        steady state added); None means no steady-state doses.  Which earlier
+        doses an ``SS=1`` dose wipes out is already in ``applies``.
+    ii : numpy.ndarray or None
+        Interdose interval of steady-state doses (time; used where ``ss > 0``).
     """
 
     dt: object
@@ -56,6 +63,13 @@ class DoseEvents:
     depot: np.ndarray
     applies: np.ndarray
     time: np.ndarray
+    ss: np.ndarray | None = None
+    ii: np.ndarray | None = None
+
+    @property
+    def steady(self) -> np.ndarray:
+        """True where a dose is a steady-state dose (shape of ``amt``)."""
+        return np.zeros(np.shape(self.amt), bool) if self.ss is None else np.asarray(self.ss) > 0
 
 
 _SERIES_BELOW = 1e-2
@@ -97,35 +111,70 @@ def _superpose(lams, coefs, doses: DoseEvents, ka=None, F=1.0, alag=None):
     """Central amount at each observation from all doses; shape (n_obs,).
 
     ``alag`` None means no lag time; otherwise depot doses are delayed by it.
+    Steady-state doses (``doses.ss > 0``) use the geometric-series sums of
+    :mod:`bayesnlme.structural.steady_state`; their graph is built only when
+    the data have such doses.
     """
-    is_inf = (doses.rate > 0) & ~doses.depot & doses.applies
-    is_bolus = (doses.rate <= 0) & ~doses.depot & doses.applies
-    is_depot = doses.depot & doses.applies
     if (doses.depot & (doses.rate > 0) & doses.applies).any():
         raise ValueError("zero-order infusion into the depot is not supported")
+    steady = doses.steady
+    central = ~doses.depot & doses.applies
     total = 0.0
-    if is_bolus.any():
-        t, w = _given(is_bolus, doses.dt)
+    for ss, pick in ((False, ~steady), (True, steady)):
+        is_bolus = (doses.rate <= 0) & central & pick
+        is_inf = (doses.rate > 0) & central & pick
+        is_depot = doses.depot & doses.applies & pick
+        if is_bolus.any():
+            total = total + _bolus(lams, coefs, doses, is_bolus, ss)
+        if is_inf.any():
+            total = total + _infusion(lams, coefs, doses, is_inf, ss)
+        if is_depot.any():
+            total = total + _absorbed(lams, coefs, doses, is_depot, ss, ka, alag) * F * ka[:, 0]
+    return total
+
+
+def _interval(doses: DoseEvents, mask):
+    """II where ``mask`` holds, 1 elsewhere (keeps masked-out entries finite)."""
+    return np.where(mask, doses.ii, 1.0)
+
+
+def _bolus(lams, coefs, doses, mask, ss):
+    t, w = _given(mask, doses.dt)
+    if ss:
+        resp = steady_state.bolus(lams, coefs, t, _interval(doses, mask))
+    else:
         resp = sum(c * pt.exp(-lam * t) for lam, c in zip(lams, coefs))
-        total = total + pt.sum(w * doses.amt * resp, axis=1)
-    if is_inf.any():
-        rate = np.where(is_inf, doses.rate, 1.0)
-        dur = np.where(is_inf, doses.amt / rate, 0.0)
-        t, w = _given(is_inf, doses.dt)
+    return pt.sum(w * doses.amt * resp, axis=1)
+
+
+def _infusion(lams, coefs, doses, mask, ss):
+    rate = np.where(mask, doses.rate, 1.0)
+    dur = np.where(mask, doses.amt / rate, 0.0)
+    t, w = _given(mask, doses.dt)
+    if ss:
+        resp = steady_state.infusion(lams, coefs, t, dur, _interval(doses, mask))
+    else:
         t_in = pt.minimum(t, dur)
         t_after = pt.maximum(t - dur, 0.0)
         resp = sum(c * (-pt.expm1(-lam * t_in)) / lam * pt.exp(-lam * t_after)
                    for lam, c in zip(lams, coefs))
-        total = total + pt.sum(w * rate * resp, axis=1)
-    if is_depot.any():
-        if alag is None:
-            t, w = _given(is_depot, doses.dt)
-        else:
-            t_lag = pt.as_tensor_variable(doses.dt) - alag
-            t, w = _given(pt.and_(is_depot, pt.ge(t_lag, 0.0)), t_lag)
+    return pt.sum(w * rate * resp, axis=1)
+
+
+def _absorbed(lams, coefs, doses, mask, ss, ka, alag):
+    """Sum over depot doses of amount x response, per unit F and KA."""
+    if alag is None:
+        t, w = _given(mask, doses.dt)
+    elif ss:   # earlier doses of the series absorb even while the latest is in its lag
+        t, w = _given(mask, pt.as_tensor_variable(doses.dt) - alag)
+    else:
+        t_lag = pt.as_tensor_variable(doses.dt) - alag
+        t, w = _given(pt.and_(mask, pt.ge(t_lag, 0.0)), t_lag)
+    if ss:
+        resp = steady_state.absorption(lams, coefs, ka, t, _interval(doses, mask))
+    else:
         resp = sum(c * exp_difference(lam, ka, t) for lam, c in zip(lams, coefs))
-        total = total + pt.sum(w * doses.amt * resp, axis=1) * F * ka[:, 0]
-    return total
+    return pt.sum(w * doses.amt * resp, axis=1)
 
 
 def _col(x):
@@ -167,4 +216,63 @@ def two_compartment(params, doses: DoseEvents, oral: bool):
                             alag=_col(params["ALAG"]) if "ALAG" in params else None)
     else:
         amount = _superpose([alpha, beta], [ca, cb], doses)
+    return amount / params["V"]
+
+
+def three_compartment_rates(CL, V, Q, V2, Q3, V3):
+    """Macro rate constants and central coefficients of the 3-compartment model.
+
+    Micro constants ``k10 = CL/V``, ``k12 = Q/V``, ``k21 = Q/V2``, ``k13 = Q3/V``,
+    ``k31 = Q3/V3`` (1/time).  The rate constants ``lambda1 > lambda2 > lambda3 > 0``
+    are the roots of ``x^3 - a2 x^2 + a1 x - a0``: the largest by the
+    trigonometric (Viete) formula polished by Newton steps, the other
+    two from the quadratic left after deflation, with the smallest as
+    ``a0 / (lambda1 lambda2)`` so that a slow terminal phase is not lost to
+    cancellation.  Coefficients of the central unit bolus response
+    ``sum_i c_i exp(-lambda_i t)`` are
+    ``c_i = (k21 - lambda_i)(k31 - lambda_i) / prod_{j != i} (lambda_j - lambda_i)``.
+
+    Returns
+    -------
+    tuple
+        ``([lambda1, lambda2, lambda3], [c1, c2, c3])``.
+    """
+    k10, k12, k21, k13, k31 = CL / V, Q / V, Q / V2, Q3 / V, Q3 / V3
+    a2 = k10 + k12 + k13 + k21 + k31
+    a1 = k10 * k21 + k10 * k31 + k21 * k31 + k13 * k21 + k12 * k31
+    a0 = k10 * k21 * k31
+    # sqrt(-p/3); the floor only matters for three equal roots, never met in practice
+    r = pt.sqrt(pt.maximum(a2 * a2 / 3.0 - a1, 1e-24 * a2 * a2) / 3.0)
+    q = -2.0 * a2 ** 3 / 27.0 + a1 * a2 / 3.0 - a0
+    phi = pt.arccos(pt.clip(-q / (2.0 * r ** 3), -1.0, 1.0)) / 3.0   # in [0, pi/3]
+    lam1 = a2 / 3.0 + 2.0 * r * pt.cos(phi)
+    # arccos is ill-conditioned near +-1 (lambda2 and lambda3 close compared with lambda1, the
+    # usual PK case: ~1e-8 relative error); two Newton steps on the cubic restore full precision,
+    # and their gradient is the implicit-function one, -(df/dtheta) / f'(lambda1)
+    for _ in range(2):
+        f = ((lam1 - a2) * lam1 + a1) * lam1 - a0
+        lam1 = lam1 - f / ((3.0 * lam1 - 2.0 * a2) * lam1 + a1)
+    s, prod = a2 - lam1, a0 / lam1                                     # lambda2 + lambda3, lambda2 lambda3
+    lam2 = 0.5 * (s + pt.sqrt(pt.maximum(s * s - 4.0 * prod, 0.0)))
+    lam3 = prod / lam2
+    lams = [lam1, lam2, lam3]
+    coefs = [(k21 - li) * (k31 - li) / ((lj - li) * (lk - li))
+             for li, lj, lk in ((lam1, lam2, lam3), (lam2, lam1, lam3), (lam3, lam1, lam2))]
+    return lams, coefs
+
+
+def three_compartment(params, doses: DoseEvents, oral: bool):
+    """Concentration for a 3-compartment model.
+
+    Parameters (NONMEM ADVAN11/12 TRANS4 with our 2-compartment names): CL
+    (clearance), V (central volume, V1), Q and V2 (first peripheral:
+    intercompartmental clearance Q2 and volume), Q3 and V3 (second
+    peripheral); KA, F, ALAG if oral.
+    """
+    lams, coefs = three_compartment_rates(*(_col(params[p]) for p in ("CL", "V", "Q", "V2", "Q3", "V3")))
+    if oral:
+        amount = _superpose(lams, coefs, doses, ka=_col(params["KA"]), F=params.get("F", 1.0),
+                            alag=_col(params["ALAG"]) if "ALAG" in params else None)
+    else:
+        amount = _superpose(lams, coefs, doses)
     return amount / params["V"]

@@ -1,0 +1,349 @@
+"""Simulation from a fitted model: the original design, new data sets and dosing regimens.
+
+Every replicate uses one posterior draw for everything population-level
+(typical values, covariate effects, OMEGA, SIGMA), so parameter uncertainty
+and between-subject variability are propagated together:
+
+* ``mode="new_subjects"`` (default): each subject's ETA is drawn afresh from
+  N(0, OMEGA) of the replicate's draw (block OMEGA included, via the
+  builder's own non-centred parameterisation), then residual error is added
+  -- the simulations behind a VPC and behind dosing decisions;
+* ``mode="individual"``: each fitted subject keeps its own posterior ETA of
+  the draw (an *individual* predictive check); only subjects of the fit can be
+  simulated this way.
+
+A new design (a NONMEM-format data set or one made by :func:`regimen_data`)
+is built with the fitted spec (:func:`bayesnlme.build.build_model`) and the
+builder's prediction graph is evaluated at the draws, vectorised over draws
+and, for large designs, in chunks of subjects so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .data import NMData, read_nonmem
+from .errors import BayesNLMEInputError, DataError
+
+MODES = ("new_subjects", "individual")
+_STANDARD = ("ID", "TIME", "DV", "AMT", "EVID", "MDV", "CMT", "RATE", "DUR", "II", "ADDL", "SS")
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """Simulated observations on a design.
+
+    Attributes
+    ----------
+    data : NMData
+        The design (observation records define where values are simulated).
+    draw : numpy.ndarray of int, shape (n_rep,)
+        Posterior draw (chains concatenated) behind each replicate.
+    dv : numpy.ndarray, shape (n_rep, n_obs)
+        Simulated observations (IPRED with residual error), units of DV.
+    ipred : numpy.ndarray, shape (n_rep, n_obs)
+        Simulated subjects' predictions without residual error.
+    pred : numpy.ndarray, shape (n_obs,)
+        PRED: the typical subject's prediction (ETA = 0, own covariates and
+        doses), the median over the draws used.
+    mode : str
+        ``"new_subjects"`` or ``"individual"``.
+    """
+
+    data: NMData
+    draw: np.ndarray
+    dv: np.ndarray
+    ipred: np.ndarray
+    pred: np.ndarray
+    mode: str
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long table: ``REP, DRAW, ID, TIME, ROW, PRED, IPRED_SIM, DV_SIM`` (one row per replicate and observation)."""
+        n_rep, n_obs = self.dv.shape
+        ids = np.asarray([str(i) for i in self.data.ids])[self.data.obs_subject]
+        return pd.DataFrame({
+            "REP": np.repeat(np.arange(1, n_rep + 1), n_obs), "DRAW": np.repeat(self.draw, n_obs),
+            "ID": np.tile(ids, n_rep), "TIME": np.tile(self.data.obs_time, n_rep),
+            "ROW": np.tile(self.data.obs_row, n_rep), "PRED": np.tile(self.pred, n_rep),
+            "IPRED_SIM": self.ipred.ravel(), "DV_SIM": self.dv.ravel()})
+
+
+def thinned_draws(result, n_draws: int | None) -> tuple[np.ndarray, dict]:
+    """Evenly thinned posterior draws of every free random variable.
+
+    Returns
+    -------
+    idx : numpy.ndarray of int
+        Draw indices (chains concatenated).
+    draws : dict of str -> numpy.ndarray
+        Each free RV's values at those draws (leading dimension = draw).
+    """
+    names = [rv.name for rv in result.built.model.free_RVs]
+    draws = {n: result.posterior_draws(n) for n in names}
+    total = len(next(iter(draws.values())))
+    if n_draws is not None and n_draws < 1:
+        raise BayesNLMEInputError(f"number of posterior draws must be at least 1, got {n_draws}")
+    idx = np.arange(total) if n_draws is None or n_draws >= total else \
+        np.linspace(0, total - 1, n_draws).round().astype(int)
+    return idx, {k: v[idx] for k, v in draws.items()}
+
+
+def regimen_data(dose: float, ii: float, n_doses: int = 1, *, dur: float = 0.0, cmt: int = 0,
+                 times=None, n_subjects: int = 1, steady_state: bool = False,
+                 covariates: pd.DataFrame | dict | None = None) -> pd.DataFrame:
+    """A NONMEM-format design for a dosing regimen.
+
+    Parameters
+    ----------
+    dose : float
+        Amount per dose (units of AMT, e.g. mg).
+    ii : float
+        Dosing interval II (time units of the fit, e.g. h).
+    n_doses : int
+        Number of doses (the first at time 0, then ``ADDL = n_doses - 1``).
+    dur : float
+        Infusion duration (0 = bolus or, into a depot, oral).
+    cmt : int
+        Dose compartment (0 = the model's default: depot for oral models).
+    times : array-like, optional
+        Observation times; default 49 points over the dosing period
+        (``[0, II]`` at steady state, ``[0, n_doses II]`` otherwise).
+    n_subjects : int
+        Identical dosing records for subjects ``1..n_subjects``.
+    steady_state : bool
+        One ``SS=1`` dose record (the regimen at steady state, NONMEM
+        semantics) instead of ``n_doses`` doses; times are then after the
+        steady-state dose.
+    covariates : pandas.DataFrame or dict, optional
+        Covariate values: a dict of constants, or a table with one row per
+        subject (in subject order).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``ID, TIME, DV, AMT, EVID, MDV, CMT, DUR, II, ADDL, SS`` and the covariates.
+    """
+    if not (dose > 0 and ii > 0 and n_doses >= 1 and dur >= 0 and n_subjects >= 1):
+        raise BayesNLMEInputError(f"regimen needs dose > 0, II > 0, n_doses >= 1, duration >= 0 and "
+                                  f"n_subjects >= 1 (got dose {dose}, II {ii}, n_doses {n_doses}, "
+                                  f"duration {dur}, n_subjects {n_subjects})")
+    end = ii if steady_state else n_doses * ii
+    times = np.linspace(0.0, end, 49) if times is None else np.asarray(times, float)
+    dose_row = {"TIME": 0.0, "DV": 0.0, "AMT": float(dose), "EVID": 1, "MDV": 1, "CMT": cmt,
+                "DUR": float(dur), "II": float(ii), "ADDL": 0 if steady_state else n_doses - 1,
+                "SS": int(steady_state)}
+    one = pd.DataFrame([dose_row] + [{"TIME": t, "DV": 0.0, "AMT": 0.0, "EVID": 0, "MDV": 0, "CMT": 0, "DUR": 0.0, "II": 0.0, "ADDL": 0, "SS": 0}
+                                     for t in np.sort(times)])
+    frame = pd.concat([one.assign(ID=i + 1) for i in range(n_subjects)], ignore_index=True)
+    if covariates is not None:
+        table = pd.DataFrame([covariates] * n_subjects) if isinstance(covariates, dict) else \
+            covariates.reset_index(drop=True)
+        if len(table) != n_subjects:
+            raise BayesNLMEInputError(f"covariate table has {len(table)} rows for {n_subjects} subjects")
+        frame = frame.join(table.drop(columns=[c for c in table.columns if c.upper() in _STANDARD]),
+                           on=frame["ID"] - 1)
+    return frame[["ID"] + [c for c in frame.columns if c != "ID"]]
+
+
+def assign_covariates(frame: pd.DataFrame, result, covariates, rng: np.random.Generator) -> pd.DataFrame:
+    """Give every subject of a design its covariate vector.
+
+    Parameters
+    ----------
+    covariates : None, "resample" or pandas.DataFrame
+        None: keep the design's own covariate columns; ``"resample"``: each
+        subject gets the baseline covariate vector of a fitted subject drawn
+        with replacement; a table: rows matched by ``ID`` if it has an ID
+        column, otherwise drawn with replacement (a user covariate
+        distribution).
+    """
+    names = sorted({eff.covariate for eff in result.spec.covariates})
+    if covariates is None or not names:
+        return frame
+    ids = pd.unique(frame["ID"])
+    if isinstance(covariates, str):
+        if covariates != "resample":
+            raise BayesNLMEInputError(f"covariates must be None, 'resample' or a table, got {covariates!r}")
+        pool = result.data.baseline_covariates(names).reset_index(drop=True)
+    else:
+        pool = pd.DataFrame(covariates)
+        missing = [n for n in names if n not in pool.columns]
+        if missing:
+            raise DataError(f"covariate table lacks {', '.join(missing)} (the model needs it)",
+                            source="<covariate table>", column=missing[0])
+        if "ID" in pool.columns:
+            by_id = pool.drop_duplicates("ID").set_axis(pool.drop_duplicates("ID")["ID"].map(_id_key))[names]
+            absent = [i for i in ids if _id_key(i) not in by_id.index]
+            if absent:
+                raise DataError(f"no covariates for ID {absent[0]}", source="<covariate table>", column="ID")
+            return frame.drop(columns=names, errors="ignore").join(by_id, on=frame["ID"].map(_id_key))
+    chosen = pool[names].iloc[rng.integers(0, len(pool), len(ids))].set_axis(ids)
+    return frame.drop(columns=names, errors="ignore").join(chosen, on="ID")
+
+
+def _id_key(value) -> str:
+    """IDs compared as text, so 1, 1.0 and "1" match."""
+    try:
+        f = float(value)
+        return str(int(f)) if f.is_integer() else str(f)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _individual_draws(result, draws: dict, design: NMData, shapes: dict, rng) -> dict:
+    """The fitted subjects' own ETAs of each draw, rows reordered to the design's subjects."""
+    fitted = {_id_key(i): k for k, i in enumerate(result.data.ids)}
+    absent = [i for i in design.ids if _id_key(i) not in fitted]
+    if absent:
+        raise DataError(f"individual simulation keeps fitted subjects' ETAs, but ID {absent[0]} was not "
+                        f"in the fit (use mode='new_subjects' for new subjects)", source=design.source,
+                        column="ID")
+    rows = np.array([fitted[_id_key(i)] for i in design.ids])
+    out = dict(draws)
+    for name in list(out):
+        if name == "eta_z" or (name.startswith("eta_") and name[4:] in result.spec.parameters):
+            out[name] = out[name][:, rows]
+    if "kappa_z" in out and out["kappa_z"].shape[1:] != np.shape(shapes["kappa_z"]):
+        # a different set of occasions: new occasions get new KAPPAs
+        out["kappa_z"] = rng.standard_normal((len(out["kappa_z"]), *np.shape(shapes["kappa_z"])))
+    return out
+
+
+def _subject_chunks(frame: pd.DataFrame, size: int):
+    ids = pd.unique(frame["ID"])
+    for start in range(0, len(ids), size):
+        yield frame[frame["ID"].isin(ids[start:start + size])]
+
+
+def iter_simulations(result, data=None, *, n_draws: int | None = 200, mode: str = "new_subjects",
+                     covariates=None, seed: int = 0, subject_chunk: int = 500,
+                     extra_outputs: tuple = ()):
+    """Simulate a design chunk by chunk of subjects (memory bounded).
+
+    Yields
+    ------
+    design : NMData
+        The chunk's design.
+    idx : numpy.ndarray
+        Posterior draw indices (the same for every chunk).
+    out : dict of str -> numpy.ndarray
+        ``dv``, ``ipred``, ``pred``, shape (n_draws, n_obs_chunk), and any
+        ``extra_outputs`` (e.g. ``"individual.CL"``, shape (n_draws, n_sub_chunk)).
+    """
+    from .build import build_model   # pymc: imported when simulating, not when the CLI starts
+    from .predict import evaluate_draws, new_subject_draws, residual_draw
+
+    if mode not in MODES:
+        raise BayesNLMEInputError(f"simulation mode must be one of {', '.join(MODES)}, got {mode!r}")
+    rng = np.random.default_rng(seed)
+    idx, draws = thinned_draws(result, n_draws)
+    if data is None:
+        frame, name = result.data.frame, result.data.source
+        frame = frame[[c for c in frame.columns if not c.startswith("_") and c != "ROW"]]
+    else:
+        nm = read_nonmem(data)
+        frame, name = nm.frame[[c for c in nm.frame.columns if not c.startswith("_") and c != "ROW"]], nm.source
+    frame = assign_covariates(frame, result, covariates, rng)
+    outputs = ("ipred", "pred", "residual_sd") + tuple(extra_outputs)
+    for part in _subject_chunks(frame, subject_chunk):
+        design = read_nonmem(part.reset_index(drop=True), name=f"{name} (simulation design)")
+        if data is None and len(part) == len(frame) and covariates is None:
+            built = result.built    # the fitted design: reuse its compiled graph
+        else:
+            built = build_model(result.spec, design, check_residual=False)
+        shapes = built.initial_point
+        chunk = (new_subject_draws(result.spec, draws, rng, shapes) if mode == "new_subjects"
+                 else _individual_draws(result, draws, design, shapes, rng))
+        out = evaluate_draws(built, chunk, outputs)
+        out["dv"] = residual_draw(result.spec, out["ipred"], out.pop("residual_sd"), rng)
+        yield built.data, idx, out
+
+
+def simulate(result, data=None, *, n_draws: int | None = 200, mode: str = "new_subjects",
+             covariates=None, seed: int = 0, subject_chunk: int = 500) -> Simulation:
+    """Simulate observations from a fit.
+
+    Parameters
+    ----------
+    result : FitResult
+    data : NMData, path or pandas.DataFrame, optional
+        The design to simulate (e.g. from :func:`regimen_data`); default: the
+        fitted data set.  Observation records are where values are simulated
+        (their DV is ignored).
+    n_draws : int, optional
+        Replicates = posterior draws used (evenly thinned); None = all.
+    mode : {"new_subjects", "individual"}
+        New subjects (ETA ~ N(0, OMEGA) of each draw) or the fitted subjects'
+        own ETAs (individual predictive check).
+    covariates : None, "resample" or pandas.DataFrame
+        See :func:`assign_covariates`.
+    seed : int
+    subject_chunk : int
+        Subjects per model evaluation (bounds memory for large designs).
+
+    Returns
+    -------
+    Simulation
+    """
+    parts = list(iter_simulations(result, data, n_draws=n_draws, mode=mode, covariates=covariates,
+                                  seed=seed, subject_chunk=subject_chunk))
+    if len(parts) == 1:
+        design, idx, out = parts[0]
+    else:
+        frames = [d.frame[[c for c in d.frame.columns if not c.startswith("_") and c != "ROW"]] for d, _, _ in parts]
+        design = read_nonmem(pd.concat(frames, ignore_index=True), name=parts[0][0].source)
+        idx = parts[0][1]
+        out = {k: np.concatenate([p[2][k] for p in parts], axis=1) for k in ("dv", "ipred", "pred")}
+    return Simulation(data=design, draw=idx, dv=out["dv"], ipred=out["ipred"],
+                      pred=np.median(out["pred"], axis=0), mode=mode)
+
+
+def add_cli(subparsers) -> None:
+    """Register ``bayesnlme simulate``."""
+    import argparse
+
+    p = subparsers.add_parser(
+        "simulate", help="steady-state exposure and target attainment of dosing regimens",
+        description="Simulate new subjects at posterior draws under each regimen of a TOML file (doses x "
+        "intervals, optional weight bands and targets) and write OUT/regimens.csv (summary), "
+        "OUT/regimen_metrics.csv (per simulated subject and draw) and OUT/regimens.png.",
+        epilog="example:\n  bayesnlme simulate fits/theo --regimens regimens.toml --out fits/theo/simulation\n\n"
+               "regimens.toml:\n  doses = [200, 300, 400]      # AMT units\n  intervals = [12, 24]         # h\n"
+               "  n_subjects = 200\n  n_draws = 200\n  [[targets]]\n  metric = \"CTROUGH\"   # AUCTAU, CMAX, CMIN, CTROUGH\n"
+               "  above = 5.0",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dir", help="fit folder (containing fit.nc)")
+    p.add_argument("--regimens", required=True, help="regimen TOML file")
+    p.add_argument("--out", help="output folder (default: DIR/simulation)")
+    p.set_defaults(handler=run_cli)
+
+
+def run_cli(args) -> int:
+    """``bayesnlme simulate``: regimen table, per-subject metrics and plot; returns the exit status."""
+    from pathlib import Path
+
+    import matplotlib.pyplot as plt
+
+    from .atomic import write_atomic, write_text_atomic
+    from .fit import FitResult
+    from .regimens import evaluate_regimens, load_regimens, plot_regimens
+
+    options = load_regimens(args.regimens)
+    result = FitResult.load(Path(args.dir) / "fit.nc")
+    out = Path(args.out) if args.out else Path(args.dir) / "simulation"
+    out.mkdir(parents=True, exist_ok=True)
+    table, metrics = evaluate_regimens(result, **options)
+    write_text_atomic(out / "regimens.csv", table.to_csv(index=False))
+    write_text_atomic(out / "regimen_metrics.csv", metrics.to_csv(index=False))
+    fig, _ = plot_regimens(table, options["targets"])
+    write_atomic(out / "regimens.png", lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+    with pd.option_context("display.width", 160, "display.max_columns", 40, "display.float_format", "{:.3g}".format):
+        cols = ["REGIMEN", "BAND", "AUCTAU_median", "CMAX_median", "CTROUGH_median"] + \
+            [c for c in table.columns if c.startswith("P(")]
+        print(table[cols].to_string(index=False))
+    print(f"\nwrote regimens.csv, regimen_metrics.csv and regimens.png to {out}")
+    return 0

@@ -1,0 +1,91 @@
+"""Steady-state doses (NONMEM ``SS=1`` / ``SS=2`` with interdose interval ``II``) in closed form.
+
+A steady-state dose record at time ``t0`` stands for the dose at ``t0`` and the
+same dose at ``t0 - II``, ``t0 - 2 II``, ... without end.  At elapsed time
+``t >= 0`` after the record, each exponential term of the single-dose response
+``r`` therefore contributes ``sum_{k >= 0} r(t + k II)``, a geometric series
+with ratio ``q = exp(-lambda II)``:
+
+* IV bolus: ``c exp(-lambda t) / (1 - q)``, for every ``t >= 0``;
+* zero-order infusion of rate ``R`` and duration ``T`` (``T`` may exceed
+  ``II``: then infusions overlap): with ``n = max(0, ceil((T - t) / II))``
+  infusions of the series still running at ``t`` and ``a = t + n II - T >= 0``,
+  ``R c / lambda [n + (exp(-lambda a) - exp(-lambda t)) / (1 - q)]``;
+* first-order absorption (``KA``, lag ``ALAG``): with
+  ``m = max(0, ceil((ALAG - t) / II))`` (how many of the latest doses are
+  still in their lag) and ``s = t - ALAG + m II`` in ``[0, ...)`` the time since
+  the latest absorbing dose left its lag,
+  ``c [E(lambda, KA, s) / (1 - q) + exp(-KA s) E(lambda, KA, II) / ((1 - q)(1 - q_KA))]``
+  with ``E`` of :func:`bayesnlme.structural.pk.exp_difference`.  This split of
+  ``(G(lambda) - G(KA)) / (KA - lambda)``, ``G(x) = exp(-x s) / (1 - exp(-x II))``,
+  never divides by ``KA - lambda``, so it is exact in the flip-flop limit.
+
+Every factor is bounded (``1 - q`` is formed with ``expm1``), so the sums are
+accurate for long half-lives (``lambda II`` small, strong accumulation) too.
+``SS=1`` (reset, then steady state) and ``SS=2`` (steady state added to the
+current amounts) differ only in which earlier doses still apply, which the
+data layer decides (:mod:`bayesnlme.data`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytensor.tensor as pt
+
+
+def _one_minus_q(lam, ii):
+    """``1 - exp(-lam II)`` without cancellation for small ``lam II``."""
+    return -pt.expm1(-lam * ii)
+
+
+def bolus(lams, coefs, t, ii):
+    """Central amount per unit steady-state bolus, shape (n_obs, n_dose).
+
+    Parameters
+    ----------
+    lams, coefs : sequence of tensors (n_obs, 1)
+        Disposition rate constants (1/time) and central unit-impulse coefficients.
+    t : array or tensor (n_obs, n_dose)
+        Time since the steady-state dose record (>= 0).
+    ii : numpy.ndarray (n_obs, n_dose)
+        Interdose interval (> 0 where used).
+    """
+    return sum(c * pt.exp(-lam * t) / _one_minus_q(lam, ii) for lam, c in zip(lams, coefs))
+
+
+def infusion(lams, coefs, t, dur, ii):
+    """Central amount per unit infusion rate at steady state, shape (n_obs, n_dose).
+
+    ``dur`` (time) may exceed ``ii``; ``t``, ``dur`` and ``ii`` are data, so the
+    number of running infusions ``n`` is a constant of the graph.
+    """
+    xp = np if all(isinstance(x, np.ndarray) for x in (t, dur, ii)) else pt
+    n = xp.maximum(xp.ceil((dur - t) / ii), 0.0)
+    a = t + n * ii - dur
+    # exp(-lam a) - exp(-lam t) = -exp(-lam a) expm1(-lam (t - a)), t - a = dur - n II >= -II
+    return sum(c / lam * (n - pt.exp(-lam * a) * pt.expm1(-lam * (dur - n * ii)) / _one_minus_q(lam, ii))
+               for lam, c in zip(lams, coefs))
+
+
+def absorption(lams, coefs, ka, t_lag, ii):
+    """Central amount per unit absorbed amount and unit ``KA`` at steady state, (n_obs, n_dose).
+
+    Parameters
+    ----------
+    ka : tensor (n_obs, 1)
+        Absorption rate constant (1/time).
+    t_lag : array or tensor (n_obs, n_dose)
+        Time since the dose record minus ALAG (may be negative: then earlier
+        doses of the series are the ones absorbing).
+    ii : numpy.ndarray (n_obs, n_dose)
+        Interdose interval (> 0 where used).
+    """
+    from .pk import exp_difference   # here, not at the top: pk imports this module
+
+    xp = np if isinstance(t_lag, np.ndarray) else pt
+    # where m steps, s jumps from II to 0 but the sum is continuous (both give E(II)/((1-q)(1-q_KA)))
+    m = xp.maximum(xp.ceil(-t_lag / ii), 0.0)
+    s = t_lag + m * ii
+    carry = pt.exp(-ka * s) / _one_minus_q(ka, ii)
+    return sum(c * (exp_difference(lam, ka, s) + carry * exp_difference(lam, ka, ii)) / _one_minus_q(lam, ii)
+               for lam, c in zip(lams, coefs))

@@ -1,0 +1,362 @@
+"""Visual predictive checks: VPC, prediction-corrected VPC and BLQ-aware VPC.
+
+Observations are binned by time (quantiles of the observation times, user
+edges, or a nominal-time column).  In each bin (and stratum), the observed
+percentiles (default 5th, 50th, 95th) are compared with the distribution of the
+same percentiles over simulated replicates of the study (new subjects, one
+posterior draw each, :func:`bayesnlme.simulate.simulate`): the table gives
+that distribution's prediction interval (default 90%) and median, and flags
+``OUTSIDE`` when the observed percentile falls outside its interval.
+
+Prediction correction (Bergstrand et al., AAPS J 2011; lower bound 0):
+``pcY_ij = Y_ij * PRED_bin / PRED_ij`` with ``PRED_bin`` the median PRED of
+the bin's observations, applied to observed and simulated values alike
+(observations with PRED <= 0, e.g. pre-dose, are left out).  Variability
+correction: ``pvcY_ij = PRED_bin + (pcY_ij - PRED_bin) * sd_bin / sd_ij`` with
+``sd_ij`` the SD of the simulated ``pcY_ij`` over replicates and ``sd_bin`` the
+median of ``sd_ij`` in the bin.
+
+BLQ (``lloq``): observed values below LLOQ keep their rank (they are the
+lowest values) but an observed percentile that falls among them is unknown and
+reported as missing; it counts as outside its interval when the whole
+interval lies above LLOQ.  A ``BLQ_FRACTION`` row per bin compares the
+observed fraction below LLOQ with the simulated fractions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .errors import BayesNLMEInputError, DataError
+
+TABLE_COLUMNS = ["STRATUM", "BIN", "BIN_LO", "BIN_HI", "TIME", "N_OBS", "STATISTIC", "OBSERVED",
+                 "SIM_LO", "SIM_MEDIAN", "SIM_HI", "OUTSIDE"]
+
+
+def bin_edges(x: np.ndarray, bins=8) -> np.ndarray:
+    """Bin edges: ``bins`` quantile bins of ``x`` (int) or the given edges (sequence)."""
+    x = np.asarray(x, float)
+    if np.isscalar(bins):
+        if int(bins) < 1:
+            raise BayesNLMEInputError(f"number of VPC bins must be at least 1, got {bins}")
+        edges = np.unique(np.quantile(x, np.linspace(0, 1, int(bins) + 1)))
+        return edges if len(edges) > 1 else np.array([x.min(), x.max() + 1.0])
+    edges = np.asarray(bins, float)
+    if edges.ndim != 1 or len(edges) < 2 or np.any(np.diff(edges) <= 0):
+        raise BayesNLMEInputError(f"VPC bin edges must be increasing (at least two), got {list(bins)}")
+    return edges
+
+
+def assign_bins(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bin index of each value (the last bin includes its right edge); -1 outside the edges."""
+    i = np.searchsorted(edges, x, side="right") - 1
+    i[x == edges[-1]] = len(edges) - 2
+    i[(x < edges[0]) | (x > edges[-1])] = -1
+    return i
+
+
+def prediction_correct(y: np.ndarray, sims: np.ndarray, pred: np.ndarray, groups: np.ndarray,
+                       variability: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Prediction-(and variability-)corrected observations and simulations.
+
+    Parameters
+    ----------
+    y : numpy.ndarray, shape (n_obs,)
+    sims : numpy.ndarray, shape (n_rep, n_obs)
+    pred : numpy.ndarray, shape (n_obs,)
+        PRED of each observation (> 0).
+    groups : numpy.ndarray of int, shape (n_obs,)
+        Bin (and stratum) of each observation; corrections are within groups.
+
+    Returns
+    -------
+    pc_y, pc_sims : numpy.ndarray
+        Same shapes as ``y`` and ``sims`` (see the module docstring for the formulas).
+    """
+    pc_y, pc_sims = np.empty_like(y, dtype=float), np.empty_like(sims, dtype=float)
+    for g in np.unique(groups):
+        m = groups == g
+        ref = np.median(pred[m])
+        pc_y[m] = y[m] * ref / pred[m]
+        pc_sims[:, m] = sims[:, m] * ref / pred[m]
+        if variability:
+            sd = pc_sims[:, m].std(axis=0, ddof=1)
+            scale = np.median(sd) / np.where(sd > 0, sd, np.inf)
+            pc_y[m] = ref + (pc_y[m] - ref) * scale
+            pc_sims[:, m] = ref + (pc_sims[:, m] - ref) * scale
+    return pc_y, pc_sims
+
+
+def _censored_quantile(values: np.ndarray, q: np.ndarray, lloq) -> np.ndarray:
+    """Quantiles with values below LLOQ ranked lowest; a quantile among them is NaN (unknown)."""
+    if lloq is None:
+        return np.quantile(values, q, axis=-1)
+    out = np.quantile(np.where(values < lloq, -1e300, values), q, axis=-1)
+    return np.where(out < lloq, np.nan, out)
+
+
+def vpc_statistics(y, sims, time, *, bins=8, strata=None, percentiles=(5, 50, 95), pi: float = 90,
+                   lloq: float | None = None) -> pd.DataFrame:
+    """Observed percentiles and simulated prediction intervals per bin (and stratum).
+
+    Parameters
+    ----------
+    y : array, shape (n_obs,)
+        Observed values (already prediction corrected for a pcVPC).
+    sims : array, shape (n_rep, n_obs)
+        Simulated replicates of ``y``.
+    time : array, shape (n_obs,)
+        Binning variable (time, or nominal time).
+    bins : int or sequence
+        Number of quantile bins of ``time`` or bin edges.
+    strata : array, shape (n_obs,), optional
+        Stratum label of each observation.
+    percentiles : sequence of float
+        Percentiles (0-100) of the observations to check.
+    pi : float
+        Prediction interval (percent) of the simulated percentiles.
+    lloq : float, optional
+        Lower limit of quantification (DV units): BLQ-aware percentiles and a
+        ``BLQ_FRACTION`` row per bin.
+
+    Returns
+    -------
+    pandas.DataFrame
+        :data:`TABLE_COLUMNS`; ``STATISTIC`` is ``P<k>`` or ``BLQ_FRACTION``.
+    """
+    y, sims, time = np.asarray(y, float), np.asarray(sims, float), np.asarray(time, float)
+    if not 0 < pi < 100 or any(not 0 < p < 100 for p in percentiles):
+        raise BayesNLMEInputError(f"percentiles and PI must lie strictly between 0 and 100 "
+                                  f"(got percentiles {list(percentiles)}, PI {pi})")
+    strata = np.full(len(y), "all", dtype=object) if strata is None else np.asarray(strata, dtype=object)
+    edges = bin_edges(time, bins)
+    b = assign_bins(time, edges)
+    q = np.asarray(percentiles, float) / 100
+    band = np.array([(100 - pi) / 200, 0.5, 1 - (100 - pi) / 200])
+    rows = []
+    for s in pd.unique(strata):
+        for k in range(len(edges) - 1):
+            m = (strata == s) & (b == k)
+            if not m.any():
+                continue
+            base = {"STRATUM": s, "BIN": k + 1, "BIN_LO": edges[k], "BIN_HI": edges[k + 1],
+                    "TIME": float(np.median(time[m])), "N_OBS": int(m.sum())}
+            obs = _censored_quantile(y[m], q, lloq)
+            sim = np.quantile(sims[:, m], q, axis=1)          # (n_q, n_rep), uncensored model quantiles
+            lo, med, hi = np.quantile(sim, band, axis=1)
+            for j, p in enumerate(percentiles):
+                if np.isnan(obs[j]):     # observed percentile below LLOQ: outside if the whole PI is above it
+                    outside = bool(lo[j] >= lloq)
+                else:
+                    outside = bool(obs[j] < lo[j] or obs[j] > hi[j])
+                rows.append({**base, "STATISTIC": f"P{p:g}", "OBSERVED": obs[j], "SIM_LO": lo[j],
+                             "SIM_MEDIAN": med[j], "SIM_HI": hi[j], "OUTSIDE": outside})
+            if lloq is not None:
+                frac = (sims[:, m] < lloq).mean(axis=1)
+                lo_f, med_f, hi_f = np.quantile(frac, band)
+                obs_f = float((y[m] < lloq).mean())
+                rows.append({**base, "STATISTIC": "BLQ_FRACTION", "OBSERVED": obs_f, "SIM_LO": lo_f,
+                             "SIM_MEDIAN": med_f, "SIM_HI": hi_f, "OUTSIDE": bool(obs_f < lo_f or obs_f > hi_f)})
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def observation_strata(data, column: str) -> np.ndarray:
+    """Stratum of each observation: a data column at the observation records.
+
+    ``DOSE`` without a DOSE column means each subject's first dose amount.
+    """
+    frame = data.frame
+    if column.upper() == "DOSE" and "DOSE" not in frame.columns:
+        first = np.where(data.dose_valid.any(axis=1), data.dose_amt[:, 0], 0.0)
+        return np.array([f"DOSE={v:g}" for v in first[data.obs_subject]], dtype=object)
+    if column not in frame.columns:
+        raise DataError(f"cannot stratify by {column!r}: not a column of the data", source=data.source,
+                        column=column)
+    values = frame.loc[frame["_OBS"], column].to_numpy()
+    return np.array([f"{column}={v:g}" if isinstance(v, (int, float, np.number)) else f"{column}={v}"
+                     for v in values], dtype=object)
+
+
+def vpc_table(result, sim=None, *, n_sim: int = 200, bins=8, pc: bool = False, variability: bool = False,
+              stratify: str | None = None, percentiles=(5, 50, 95), pi: float = 90,
+              lloq: float | None = None, seed: int = 0) -> pd.DataFrame:
+    """VPC (or pcVPC) table of a fit on its own data.
+
+    Parameters
+    ----------
+    result : FitResult
+    sim : bayesnlme.simulate.Simulation, optional
+        Simulations of the fitted design with new subjects; default: made
+        here with ``n_sim`` replicates.
+    bins : int, sequence or str
+        Number of quantile bins of TIME, bin edges (time units), or the name
+        of a nominal-time column (one bin per distinct value).
+    pc, variability : bool
+        Prediction correction, and its variability correction.
+    stratify : str, optional
+        Data column (e.g. a covariate or dose group; ``DOSE`` = first dose).
+    percentiles, pi, lloq
+        See :func:`vpc_statistics`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        :data:`TABLE_COLUMNS`.
+    """
+    from .simulate import simulate
+
+    data = result.data
+    sim = simulate(result, n_draws=n_sim, seed=seed) if sim is None else sim
+    y, sims, time = data.obs_dv.astype(float), sim.dv, data.obs_time.astype(float)
+    if isinstance(bins, str):
+        if bins not in data.frame.columns:
+            raise DataError(f"nominal-time column {bins!r} for VPC bins is not in the data",
+                            source=data.source, column=bins)
+        time = data.frame.loc[data.frame["_OBS"], bins].to_numpy(float)
+        levels = np.unique(time)
+        bins = np.append(levels, levels[-1] + 1.0) if len(levels) > 1 else np.array([levels[0], levels[0] + 1])
+        time = time.copy()
+    strata = observation_strata(data, stratify) if stratify else None
+    if pc:
+        keep = sim.pred > 0
+        groups = assign_bins(time, bin_edges(time, bins))
+        if strata is not None:
+            groups = pd.factorize(pd.Series(strata).astype(str) + "|" + groups.astype(str))[0]
+        y, sims = prediction_correct(y[keep], sims[:, keep], sim.pred[keep], groups[keep], variability)
+        time = time[keep]
+        strata = strata[keep] if strata is not None else None
+    return vpc_statistics(y, sims, time, bins=bins, strata=strata, percentiles=percentiles, pi=pi,
+                          lloq=lloq)
+
+
+def plot_vpc(table: pd.DataFrame, *, log: bool = False, ylabel: str = "DV", title: str = "VPC"):
+    """Draw a VPC table: shaded PIs of the simulated percentiles, their medians, observed percentiles.
+
+    Returns
+    -------
+    (matplotlib.figure.Figure, pandas.DataFrame)
+        The figure and ``table`` (every number drawn).
+    """
+    import matplotlib.pyplot as plt
+
+    strata = list(pd.unique(table["STRATUM"]))
+    blq = (table["STATISTIC"] == "BLQ_FRACTION").any()
+    fig, axes = plt.subplots(1 + blq, len(strata), figsize=(5 * len(strata), 4 + 2.5 * blq), squeeze=False,
+                             sharex=True)
+    stats = [s for s in pd.unique(table["STATISTIC"]) if s != "BLQ_FRACTION"]
+    for c, s in enumerate(strata):
+        ax = axes[0, c]
+        for st in stats:
+            t = table[(table["STRATUM"] == s) & (table["STATISTIC"] == st)]
+            central = st == "P50"
+            ax.fill_between(t["TIME"], t["SIM_LO"], t["SIM_HI"], alpha=0.3,
+                            color="tab:red" if central else "tab:blue", label=f"simulated {st} PI")
+            first = st == stats[0]
+            ax.plot(t["TIME"], t["SIM_MEDIAN"], "--", color="k", lw=0.8, label="simulated median" if first else None)
+            ax.plot(t["TIME"], t["OBSERVED"], "-o", color="k", ms=3, lw=1.5 if central else 1,
+                    label="observed" if first else None)
+            bad = t[t["OUTSIDE"]]
+            ax.plot(bad["TIME"], bad["OBSERVED"], "o", mfc="none", mec="red", ms=9,
+                    label="outside PI" if first else None)
+        ax.set_title(f"{title}: {s}" if len(strata) > 1 else title)
+        ax.set_ylabel(ylabel)
+        if log:
+            ax.set_yscale("log")
+        if blq:
+            t = table[(table["STRATUM"] == s) & (table["STATISTIC"] == "BLQ_FRACTION")]
+            axes[1, c].fill_between(t["TIME"], t["SIM_LO"], t["SIM_HI"], alpha=0.3, color="tab:blue")
+            axes[1, c].plot(t["TIME"], t["OBSERVED"], "-o", color="k", ms=3)
+            axes[1, c].set_ylabel("fraction < LLOQ")
+        axes[-1, c].set_xlabel("time")
+    axes[0, 0].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig, table
+
+
+def vpc(result, *, log: bool = False, **kwargs):
+    """VPC (``pc=True``: pcVPC) of a fit: :func:`vpc_table` drawn by :func:`plot_vpc`.
+
+    Returns
+    -------
+    (matplotlib.figure.Figure, pandas.DataFrame)
+    """
+    table = vpc_table(result, **kwargs)
+    title = ("pvcVPC" if kwargs.get("variability") else "pcVPC") if kwargs.get("pc") else "VPC"
+    return plot_vpc(table, log=log, ylabel=("prediction-corrected " if kwargs.get("pc") else "") + "DV",
+                    title=title)
+
+
+def _parse_bins(text: str):
+    """``--bins``: a number of bins, comma-separated edges, or a nominal-time column name."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    if "," in text:
+        try:
+            return [float(v) for v in text.split(",")]
+        except ValueError:
+            raise BayesNLMEInputError(f"--bins: edges must be numbers separated by commas, got {text!r}") from None
+    return text
+
+
+def add_cli(subparsers) -> None:
+    """Register ``bayesnlme vpc``."""
+    import argparse
+
+    p = subparsers.add_parser(
+        "vpc", help="visual predictive check (VPC, pcVPC) of a fit",
+        description="Simulate the study with new subjects at posterior draws and write DIR/vpc/vpc.csv and "
+        "vpc.png (with --pc also pcvpc.csv and pcvpc.png): per time bin the observed percentiles, the "
+        "simulated percentiles' prediction interval and median, and OUTSIDE when an observed percentile "
+        "falls outside its interval; simulations.csv.gz holds the simulated studies.",
+        epilog="examples:\n  bayesnlme vpc fits/theo\n  bayesnlme vpc fits/theo --bins 0,1,2,4,8,12,25 --pc --log"
+               "\n  bayesnlme vpc fits/pheno --stratify DOSE --bins NTIME --lloq 0.5",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dir", help="fit folder (containing fit.nc)")
+    p.add_argument("--bins", default="8", help="number of quantile bins of TIME, comma-separated edges, or a "
+                   "nominal-time column (default: %(default)s)")
+    p.add_argument("--pc", action="store_true", help="also write the prediction-corrected VPC")
+    p.add_argument("--varcorr", action="store_true", help="variability correction of the pcVPC")
+    p.add_argument("--log", action="store_true", help="logarithmic DV axis")
+    p.add_argument("--stratify", help="data column to stratify by (DOSE: first dose amount)")
+    p.add_argument("--lloq", type=float, help="lower limit of quantification (BLQ-aware VPC)")
+    p.add_argument("--pi", type=float, default=90, help="prediction interval, percent (default: %(default)s)")
+    p.add_argument("--n-sim", type=int, default=500, help="simulated replicates of the study (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="simulation seed (default: %(default)s)")
+    p.set_defaults(handler=run_cli)
+
+
+def run_cli(args) -> int:
+    """``bayesnlme vpc``: write the VPC (and pcVPC) tables and plots; returns the exit status."""
+    from pathlib import Path
+
+    import matplotlib.pyplot as plt
+
+    from .atomic import write_atomic, write_text_atomic
+    from .fit import FitResult
+    from .simulate import simulate
+
+    folder = Path(args.dir)
+    result = FitResult.load(folder / "fit.nc")
+    if args.n_sim < 20:
+        raise BayesNLMEInputError(f"--n-sim must be at least 20, got {args.n_sim}")
+    bins = _parse_bins(args.bins)
+    sim = simulate(result, n_draws=args.n_sim, seed=args.seed)
+    out = folder / "vpc"
+    out.mkdir(exist_ok=True)
+    # the simulations behind every number, so the tables can be recomputed independently
+    write_atomic(out / "simulations.csv.gz",
+                 lambda tmp: sim.to_frame().to_csv(tmp, index=False, compression="gzip"))
+    kinds = [("vpc", False)] + ([("pcvpc", True)] if args.pc else [])
+    for name, pc in kinds:
+        fig, table = vpc(result, sim=sim, bins=bins, pc=pc, variability=args.varcorr and pc,
+                         stratify=args.stratify, pi=args.pi, lloq=args.lloq, log=args.log)
+        write_text_atomic(out / f"{name}.csv", table.to_csv(index=False))
+        write_atomic(out / f"{name}.png", lambda tmp, fig=fig: fig.savefig(tmp, dpi=100, format="png"))
+        plt.close(fig)
+        pct = table[table["STATISTIC"].str.startswith("P")]
+        print(f"{name}: {int(pct['OUTSIDE'].sum())} of {len(pct)} observed percentiles outside their "
+              f"{args.pi:g}% prediction interval ({len(sim.draw)} simulated studies)")
+    print(f"wrote {', '.join(f'{n}.csv, {n}.png' for n, _ in kinds)} and simulations.csv.gz to {out}")
+    return 0
