@@ -20,8 +20,11 @@ def write_atomic(path, write: Callable[[str], object]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes 0600; results should be readable like any new file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -282,7 +282,7 @@ def _check_residual(spec: ModelSpec, data: NMData, doses: DoseEvents) -> None:
                         f"a combined error model", source=data.source, row=int(data.obs_row[i]), column="DV")
     if kind in ("proportional", "exponential"):
         dt = np.asarray(doses.dt)
-        contributes = doses.applies & ~(doses.depot & (dt <= 0))
+        contributes = doses.applies & (~(doses.depot & (dt <= 0)) | doses.steady)   # an SS dose's history is present
         zero = ~contributes.any(axis=1)
         if zero.any():
             i = int(np.flatnonzero(zero)[0])

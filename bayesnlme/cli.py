@@ -159,6 +159,12 @@ def _diagnose(args) -> int:
                "individual_fits.png": plots.plot_individual_fits(gof, curves=curves),
                "eta_vs_covariates.png": plots.plot_eta_covariates(etas),
                "eta_correlation.png": plots.plot_eta_correlation(etas), "trace_rank.png": plots.plot_trace(result)}
+    if result.spec.covariates:   # ratio to the reference subject at P5/P95 and each category
+        from .covariates import plot_covariate_forest
+
+        fig, forest = plot_covariate_forest(result)
+        figures["covariate_forest.png"] = (fig, forest)
+        write_text_atomic(out / "covariate_forest.csv", forest.to_csv(index=False))
     for name, (fig, _) in figures.items():
         write_atomic(out / name, lambda tmp, fig=fig: fig.savefig(tmp, dpi=100, format="png"))
         plt.close(fig)
@@ -166,7 +172,11 @@ def _diagnose(args) -> int:
     if "eta_z" in result.idata.posterior:
         from .likelihood import marginal_loglik
 
-        lik = marginal_loglik(result, seed=args.seed)
+        try:
+            lik = marginal_loglik(result, seed=args.seed)
+        except BayesNLMEInputError as exc:   # centred ETAs, IOV, DVID/BLQ: not integrated by this method
+            print(f"marginal likelihood not computed: {exc}")
+    if lik is not None:
         write_text_atomic(out / "likelihood.csv", pd.DataFrame([{
             "loglik": lik.loglik, "mc_se": lik.mc_se, "minus2ll": lik.minus2ll, "aic": lik.aic, "bic": lik.bic,
             "n_parameters": lik.n_parameters, "n_obs": lik.n_obs}]).to_csv(index=False))

@@ -136,6 +136,8 @@ def gof_table(result, *, n_npde: int = 1000, seed: int = 0) -> pd.DataFrame:
         Columns ``ROW, ID, TIME, DV, PRED, IPRED, IPRED_q5, IPRED_q95, IWRES,
         CWRES, NPDE`` (PRED and IPRED are posterior medians, in DV units).
     """
+    from .predict import require_single_residual
+    require_single_residual(result.spec, result.data, "GOF residuals (CWRES/NPDE)")
     data = result.data
     pp = posterior_predictions(result)
     n_obs = data.n_obs

@@ -173,6 +173,8 @@ def _population(built) -> _Population:
     if "_population" in cache:
         return cache["_population"]
     model = built.model
+    from .predict import require_single_residual
+    require_single_residual(built.spec, built.data, "the importance-sampling likelihood")
     unsupported = [p for p, par in built.spec.parameters.items() if par.centered or par.omega_iov is not None]
     if unsupported:
         raise BayesNLMEInputError(

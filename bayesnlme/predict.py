@@ -120,8 +120,28 @@ def new_subject_draws(spec, draws: dict, rng: np.random.Generator, shapes: dict 
     return draws
 
 
+def require_single_residual(spec, data, what: str) -> None:
+    """Raise a clear error where ``what`` supports only one uncensored continuous residual model.
+
+    Simulation, VPC, CWRES/NPDE and the importance-sampling likelihood are built on
+    ``spec.residual``; specs with ``[[observations]]`` (DVID, non-continuous
+    outcomes) or censored (BLQ) records are not handled by them yet.
+    """
+    from .errors import BayesNLMEInputError
+
+    if getattr(spec, "observations", ()):
+        raise BayesNLMEInputError(f"{what} supports one continuous [residual] model; this spec has "
+                                  f"[[observations]] (DVID / non-continuous outcomes), not supported yet")
+    cens = getattr(data, "obs_cens", None)
+    if cens is not None and np.any(np.asarray(cens) != 0):
+        raise BayesNLMEInputError(f"{what} does not handle censored (BLQ, CENS != 0) observations yet; "
+                                  f"{int(np.sum(np.asarray(cens) != 0))} records in {data.source} are censored")
+
+
 def residual_draw(spec, ipred: np.ndarray, sd: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Observations simulated around IPRED with the residual-error model (log-normal for exponential)."""
+    if getattr(spec, "observations", ()):
+        require_single_residual(spec, None, "simulation")
     eps = rng.standard_normal(np.shape(ipred))
     if spec.residual.kind == "exponential":
         return ipred * np.exp(sd * eps)

@@ -77,7 +77,12 @@ def _gof(result, folder: Path, npde_sims: int, seed: int) -> tuple[list, str]:
         return [_png_file(p, cap) for p, cap in present], ""
     from .. import diagnostics, plots
 
-    gof = diagnostics.gof_table(result, n_npde=npde_sims, seed=seed)
+    from ..errors import BayesNLMEInputError
+
+    try:
+        gof = diagnostics.gof_table(result, n_npde=npde_sims, seed=seed)
+    except BayesNLMEInputError as exc:   # e.g. non-continuous outcomes: say why there are no GOF plots
+        return [], f"Goodness-of-fit plots not available: {exc}"
     figs = [(plots.plot_observed_vs_predicted(gof), _GOF_FILES[0][1]), (plots.plot_residuals(gof), _GOF_FILES[1][1]),
             (plots.plot_qq(gof), _GOF_FILES[2][1]), (plots.plot_individual_fits(gof), _GOF_FILES[3][1])]
     return ([{"base64": figure_base64(fig), "caption": cap} for (fig, _), cap in figs],
