@@ -79,6 +79,8 @@ _DIST_ARGS = {
 
 
 def _prior_rv(name: str, prior: Prior, dims=None):
+    if prior.is_fixed:   # a fixed residual/outcome parameter: a constant, not a random variable
+        return pt.as_tensor_variable(prior.args["value"])
     cls, args = _DIST_ARGS[prior.dist]
     return cls(name, **args(prior.args), dims=dims)
 
@@ -299,7 +301,8 @@ def _residual_sd(spec: ModelSpec, ipred, init: dict):
     sig = {}
     for s in r.sigma_names():
         sig[s] = _prior_rv(s, r.priors[s])
-        init[s] = r.priors[s].median()
+        if not r.priors[s].is_fixed:
+            init[s] = r.priors[s].median()
     if r.kind == "additive":
         return sig["sigma_add"] * pt.ones_like(ipred)
     if r.kind == "proportional":

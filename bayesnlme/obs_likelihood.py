@@ -161,7 +161,8 @@ def quadrature_times(t: np.ndarray, nodes: int) -> np.ndarray:
 def _param(name, prior, init):
     from .build import _prior_rv
 
-    init[name] = prior.median()
+    if not prior.is_fixed:
+        init[name] = prior.median()
     return _prior_rv(name, prior)
 
 

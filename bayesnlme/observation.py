@@ -145,7 +145,7 @@ class ObservationModel:
         for b in self.base_names():
             if b == "cutpoints":
                 names += [f"cutpoint_{k}{self.suffix}" for k in range(1, self.categories)]
-            else:
+            elif not self.priors[b].is_fixed:   # fixed values are not reported as estimates
                 names.append(b + self.suffix)
         return names
 

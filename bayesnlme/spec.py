@@ -153,6 +153,11 @@ class Prior:
     def from_dict(cls, d, where: str) -> "Prior":
         if isinstance(d, Prior):
             return d
+        if isinstance(d, dict) and set(d) == {"fixed"}:   # e.g. sigma_add = { fixed = 0.1 }: not estimated
+            v = d["fixed"]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise SpecError(f"{where}: fixed must be a finite number, got {v!r}")
+            return cls("fixed", {"value": float(v)})
         if not isinstance(d, dict) or "dist" not in d:
             raise SpecError(f"{where}: a prior is a table with 'dist' and its parameters, "
                             f"e.g. {{ dist = \"lognormal\", median = 5.0, sigma = 1.0 }}; got {d!r}")
@@ -184,7 +189,14 @@ class Prior:
         return cls(dist, args)
 
     @property
+    def is_fixed(self) -> bool:
+        """A fixed value (``{ fixed = x }``), not a distribution."""
+        return self.dist == "fixed"
+
+    @property
     def support(self) -> tuple[float, float]:
+        if self.is_fixed:
+            return (self.args["value"], self.args["value"])
         return _DISTS[self.dist][1](self.args)
 
     def median(self) -> float:
@@ -192,6 +204,8 @@ class Prior:
         from scipy import stats
 
         a = self.args
+        if self.is_fixed:
+            return a["value"]
         if self.dist == "lognormal":
             return a["median"]
         if self.dist == "normal":
@@ -212,6 +226,8 @@ class Prior:
         return float(stats.truncnorm.median(lo, hi, loc=a["mu"], scale=a["sigma"]))
 
     def to_dict(self) -> dict:
+        if self.is_fixed:
+            return {"fixed": self.args["value"]}
         return {"dist": self.dist, **self.args}
 
 
@@ -721,6 +737,8 @@ def _validate_spec(spec: ModelSpec) -> None:
     if missing:
         raise SpecError(f"structural model {st.name} needs parameter(s) {', '.join(missing)}")
     for s, prior in spec.residual.priors.items():
+        if prior.is_fixed and prior.args["value"] <= 0:
+            raise SpecError(f"residual {s}: a fixed standard deviation must be positive, got {prior.args['value']:g}")
         if prior.support[0] < 0:
             raise SpecError(f"residual {s}: impossible prior: a standard deviation must be positive, "
                             f"but {prior.dist} allows negative values")

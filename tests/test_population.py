@@ -275,3 +275,28 @@ def test_diagnose_cli_on_an_iov_fit_writes_forest_and_explains_missing_likelihoo
     assert row["ratio_q50"] == pytest.approx(np.median((row["value"] / 70) ** theta), rel=1e-6)
     assert not (tmp_path / "diagnostics" / "likelihood.csv").exists()
     assert "marginal likelihood not computed" in capsys.readouterr().out
+
+
+def test_fixed_residual_sigma_is_a_constant_not_an_estimate():
+    from scipy import stats
+
+    df, _ = _pk_iv_data(n_sub=4)
+    d = _spec_dict()
+    d["residual"] = {"type": "additive", "sigma_add": {"fixed": 0.5}}
+    spec = ModelSpec.from_dict(d)
+    assert ModelSpec.from_dict(spec.to_dict()).residual.priors["sigma_add"].args == {"value": 0.5}
+    assert spec.observation_parameter_names() == []
+    built = build_model(spec, df)
+    assert "sigma_add" not in {v.name for v in built.model.free_RVs}
+    ip = built.model.initial_point()
+    lp = built.model.compile_logp(vars=[built.model["DV"]])(ip)
+    # the same model with sigma_add estimated, evaluated at sigma_add = 0.5, has the same DV log-density
+    d2 = _spec_dict()
+    d2["residual"] = {"type": "additive"}
+    free = build_model(ModelSpec.from_dict(d2), df)
+    assert "sigma_add" in {v.name for v in free.model.free_RVs}
+    ip2 = dict(ip, sigma_add_log__=np.log(0.5))
+    assert lp == pytest.approx(free.model.compile_logp(vars=[free.model["DV"]])(ip2), rel=1e-10)
+    d["residual"]["sigma_add"] = {"fixed": 0.0}
+    with pytest.raises(SpecError, match="sigma_add: a fixed standard deviation must be positive"):
+        ModelSpec.from_dict(d)
