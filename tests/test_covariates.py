@@ -4,6 +4,8 @@ import arviz as az
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+
+from bayesnlme.datasets import load_phenobarbital
 import pytensor.tensor as pt
 import pytest
 
@@ -12,7 +14,6 @@ from bayesnlme.data import read_nonmem
 from bayesnlme.fit import FitResult
 from bayesnlme.spec import CovariateEffect, ModelSpec, load_spec
 
-PHENO = "../shared/data/phenobarbital_neonates.csv"
 
 
 @pytest.mark.parametrize("kind,thetas,expected", [
@@ -40,7 +41,7 @@ def test_categorical_factor_only_for_its_level():
 @pytest.fixture(scope="module")
 def fake_fit():
     """A FitResult with known draws of the effects (no sampling: the summary is pure arithmetic)."""
-    df = pd.read_csv(PHENO)
+    df = load_phenobarbital()   # bundled copy: tests never read ../shared
     df["APGLOW"] = (df["APGR"] < 5).astype(int)
     data = read_nonmem(df, name="phenobarbital")
     d = load_spec("pk_1cmt_iv").to_dict()
