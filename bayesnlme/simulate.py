@@ -220,7 +220,7 @@ def _subject_chunks(frame: pd.DataFrame, size: int):
 
 def iter_simulations(result, data=None, *, n_draws: int | None = 200, mode: str = "new_subjects",
                      covariates=None, seed: int = 0, subject_chunk: int = 500,
-                     extra_outputs: tuple = ()):
+                     extra_outputs: tuple = (), progress: bool = False):
     """Simulate a design chunk by chunk of subjects (memory bounded).
 
     Yields
@@ -248,7 +248,13 @@ def iter_simulations(result, data=None, *, n_draws: int | None = 200, mode: str 
         frame, name = nm.frame[[c for c in nm.frame.columns if not c.startswith("_") and c != "ROW"]], nm.source
     frame = assign_covariates(frame, result, covariates, rng)
     outputs = ("ipred", "pred", "residual_sd") + tuple(extra_outputs)
-    for part in _subject_chunks(frame, subject_chunk):
+    chunks = _subject_chunks(frame, subject_chunk)
+    if progress:   # a bar over subject chunks (rich comes with PyMC)
+        from rich.progress import track
+
+        n_chunks = -(-frame["ID"].nunique() // subject_chunk)
+        chunks = track(chunks, total=n_chunks, description=f"simulating {len(idx)} draws", transient=True)
+    for part in chunks:
         design = read_nonmem(part.reset_index(drop=True), name=f"{name} (simulation design)")
         if data is None and len(part) == len(frame) and covariates is None:
             built = result.built    # the fitted design: reuse its compiled graph
@@ -263,7 +269,7 @@ def iter_simulations(result, data=None, *, n_draws: int | None = 200, mode: str 
 
 
 def simulate(result, data=None, *, n_draws: int | None = 200, mode: str = "new_subjects",
-             covariates=None, seed: int = 0, subject_chunk: int = 500) -> Simulation:
+             covariates=None, seed: int = 0, subject_chunk: int = 500, progress: bool = False) -> Simulation:
     """Simulate observations from a fit.
 
     Parameters
@@ -283,13 +289,15 @@ def simulate(result, data=None, *, n_draws: int | None = 200, mode: str = "new_s
     seed : int
     subject_chunk : int
         Subjects per model evaluation (bounds memory for large designs).
+    progress : bool
+        Show a progress bar over subject chunks.
 
     Returns
     -------
     Simulation
     """
     parts = list(iter_simulations(result, data, n_draws=n_draws, mode=mode, covariates=covariates,
-                                  seed=seed, subject_chunk=subject_chunk))
+                                  seed=seed, subject_chunk=subject_chunk, progress=progress))
     if len(parts) == 1:
         design, idx, out = parts[0]
     else:

@@ -342,7 +342,7 @@ def run_cli(args) -> int:
     if args.n_sim < 20:
         raise BayesNLMEInputError(f"--n-sim must be at least 20, got {args.n_sim}")
     bins = _parse_bins(args.bins)
-    sim = simulate(result, n_draws=args.n_sim, seed=args.seed)
+    sim = simulate(result, n_draws=args.n_sim, seed=args.seed, progress=True)
     out = folder / "vpc"
     out.mkdir(exist_ok=True)
     # the simulations behind every number, so the tables can be recomputed independently

@@ -53,6 +53,9 @@ def test_chunked_simulation_equals_sizes_and_covariate_table(res):
     assert sim.dv.shape == (20, 7 * 49) and sim.data.n_subjects == 7
     # identical dosing and no covariates: PRED is the same for every subject
     np.testing.assert_allclose(sim.pred.reshape(7, 49), np.tile(sim.pred[:49], (7, 1)))
+    # the progress bar is display only: same seed, same simulations
+    again = simulate(res, design, n_draws=20, seed=4, subject_chunk=3, progress=True)
+    np.testing.assert_array_equal(again.dv, sim.dv)
     with pytest.raises(BayesNLMEInputError, match="dose > 0"):
         regimen_data(0, 12)
 
