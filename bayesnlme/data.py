@@ -145,6 +145,16 @@ class NMData:
     def n_dose_max(self) -> int:
         return self.dose_time.shape[1]
 
+    @property
+    def columns(self) -> list[str]:
+        """The data set's own columns (as read, ADDL-expanded), without bayesnlme's bookkeeping ones."""
+        return record_columns(self.frame)
+
+    @property
+    def records(self) -> pd.DataFrame:
+        """The event records with only the data set's own columns: valid input to :func:`read_nonmem`."""
+        return self.frame[self.columns]
+
     def error(self, message: str, *, row: int | None = None, column: str | None = None) -> DataError:
         """A :class:`DataError` located in this data set."""
         return DataError(message, source=self.source, row=row, column=column)
@@ -180,6 +190,12 @@ class NMData:
         names = list(self.covariate_names if names is None else names)
         obs = self.frame[self.frame["_OBS"]]
         return obs[names].reset_index(drop=True)
+
+
+def record_columns(frame: pd.DataFrame) -> list[str]:
+    """Columns of an :attr:`NMData.frame` (or a subset of it) that came from the data set:
+    not the record number ``ROW`` nor the ``_``-prefixed bookkeeping columns."""
+    return [c for c in frame.columns if not c.startswith("_") and c != "ROW"]
 
 
 # --------------------------------------------------------------------------- reading

@@ -295,7 +295,7 @@ def _add_data_groups(idata: az.InferenceData, data: NMData) -> None:
         groups["observed_data"] = xr.Dataset({"DV": ("obs", data.obs_dv)}, coords=obs)
     groups["constant_data"] = xr.Dataset({"ID": ("obs", ids[data.obs_subject]), "TIME": ("obs", data.obs_time)},
                                          coords=obs)
-    frame = data.frame[[c for c in data.frame.columns if not c.startswith("_") and c != "ROW"]]
+    frame = data.records
     table = {}
     for c in frame.columns:
         col = frame[c]

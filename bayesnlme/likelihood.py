@@ -167,13 +167,14 @@ class _Population:
         return float(self.log_prior(*self.unflatten(u)))
 
 
-def _population(built) -> _Population:
-    """Compile (once per built model) the transforms and log prior of the population variables."""
-    cache = built.__dict__.setdefault("_compiled_cache", {})
-    if "_population" in cache:
-        return cache["_population"]
-    model = built.model
+def require_integrable(built) -> None:
+    """Raise a clear error for models whose ETAs this importance sampling does not integrate.
+
+    It integrates non-centred ``eta_z`` under one continuous residual model; centred ETAs,
+    IOV (KAPPA), ``[[observations]]`` and censored records are not handled.
+    """
     from .predict import require_single_residual
+
     require_single_residual(built.spec, built.data, "the importance-sampling likelihood")
     unsupported = [p for p, par in built.spec.parameters.items() if par.centered or par.omega_iov is not None]
     if unsupported:
@@ -181,6 +182,15 @@ def _population(built) -> _Population:
             f"the importance-sampling likelihood integrates non-centred ETAs only; parameter(s) "
             f"{', '.join(unsupported)} are centred or have IOV. Refit with the default non-centred "
             f"ETAs and without omega_iov to compute -2LL or subject-level LOO")
+
+
+def _population(built) -> _Population:
+    """Compile (once per built model) the transforms and log prior of the population variables."""
+    cache = built.__dict__.setdefault("_compiled_cache", {})
+    if "_population" in cache:
+        return cache["_population"]
+    model = built.model
+    require_integrable(built)
     pop = [rv for rv in model.free_RVs if rv.name != "eta_z"]
     eta = [rv for rv in model.free_RVs if rv.name == "eta_z"]
     start = model.initial_point()

@@ -202,7 +202,7 @@ def predict_at_times(result, times, *, n_draws: int = 200):
     import pandas as pd
 
     from .build import build_model
-    from .data import read_nonmem
+    from .data import read_nonmem, record_columns
 
     data = result.data
     frame = data.frame
@@ -217,7 +217,7 @@ def predict_at_times(result, times, *, n_draws: int = 200):
     grid = grid.assign(_ORDER=1)
     combined = pd.concat([keep, grid], ignore_index=True).sort_values(
         ["_SUBJ", "TIME", "_ORDER"], kind="stable")
-    cols = [c for c in frame.columns if not c.startswith("_") and c != "ROW"]
+    cols = record_columns(frame)
     design = read_nonmem(combined[cols].reset_index(drop=True), name=f"{data.source} (prediction grid)")
     built = build_model(result.spec, design, check_residual=False)
     names = [rv.name for rv in built.model.free_RVs]

@@ -81,7 +81,7 @@ def add_pk_predictions(result, data, column: str = "CIPRED", statistic: str = "m
     from dataclasses import replace
 
     cp = evaluate(st, params, replace(nm, obs_cmt=np.zeros_like(nm.obs_cmt)))
-    frame = nm.frame[[c for c in nm.frame.columns if not c.startswith("_") and c != "ROW"]].copy()
+    frame = nm.records.copy()
     frame[column] = np.nan
     frame.loc[nm.frame["_OBS"].to_numpy(), column] = cp
     frame[column] = frame.groupby(nm.frame["_SUBJ"].to_numpy())[column].transform(lambda s: s.bfill().ffill())

@@ -241,11 +241,10 @@ def iter_simulations(result, data=None, *, n_draws: int | None = 200, mode: str 
     rng = np.random.default_rng(seed)
     idx, draws = thinned_draws(result, n_draws)
     if data is None:
-        frame, name = result.data.frame, result.data.source
-        frame = frame[[c for c in frame.columns if not c.startswith("_") and c != "ROW"]]
+        frame, name = result.data.records, result.data.source
     else:
         nm = read_nonmem(data)
-        frame, name = nm.frame[[c for c in nm.frame.columns if not c.startswith("_") and c != "ROW"]], nm.source
+        frame, name = nm.records, nm.source
     frame = assign_covariates(frame, result, covariates, rng)
     outputs = ("ipred", "pred", "residual_sd") + tuple(extra_outputs)
     chunks = _subject_chunks(frame, subject_chunk)
@@ -301,7 +300,7 @@ def simulate(result, data=None, *, n_draws: int | None = 200, mode: str = "new_s
     if len(parts) == 1:
         design, idx, out = parts[0]
     else:
-        frames = [d.frame[[c for c in d.frame.columns if not c.startswith("_") and c != "ROW"]] for d, _, _ in parts]
+        frames = [d.records for d, _, _ in parts]
         design = read_nonmem(pd.concat(frames, ignore_index=True), name=parts[0][0].source)
         idx = parts[0][1]
         out = {k: np.concatenate([p[2][k] for p in parts], axis=1) for k in ("dv", "ipred", "pred")}

@@ -460,7 +460,7 @@ class ModelSpec:
         DataError
             A needed covariate is missing for a subject, or invalid for its effect.
         """
-        cols = [c for c in data.frame.columns if c not in ("ROW",) and not c.startswith("_")]
+        cols = data.columns
         effects = []
         for eff in self.covariates:
             if eff.covariate not in data.covariate_names:

@@ -36,7 +36,8 @@ import xarray as xr
 from scipy.special import logsumexp
 
 from .errors import ConvergenceWarning
-from .likelihood import _base_draws, _population, _Proposal, subject_loglik
+from .data import record_columns
+from .likelihood import _base_draws, _Proposal, require_integrable, subject_loglik
 
 _CHUNK_ROWS = 20000
 
@@ -67,7 +68,7 @@ def marginal_subject_loglik(result, *, n_draws: int = 400, n_is: int = 100, seed
     numpy.ndarray, shape (n_draws, n_subjects)
     """
     built = result.built
-    _population(built)   # raises a clear error for centred or IOV models, which this does not integrate
+    require_integrable(built)
     names = _population_names(built)
     if "eta_z" not in [rv.name for rv in built.model.free_RVs]:
         raise ValueError("the model has no random effects: its conditional likelihood is already marginal")
@@ -181,7 +182,7 @@ def exact_subject_elpd(result, subject_id, *, n_is: int = 100, seed: int = 0, ch
 
     frame = result.data.frame
     keep = frame[frame["ID"].astype(str) != str(subject_id)]
-    cols = [c for c in keep.columns if not c.startswith("_") and c != "ROW"]
+    cols = record_columns(keep)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)   # short refits; only the left-out density is used
         refit = fit_model(result.spec, keep[cols].reset_index(drop=True), chains=chains, draws=draws,
