@@ -16,6 +16,12 @@ including numba compilation of the solver), sampling time, the cost of one
 log-density + gradient evaluation outside the sampler, min bulk ESS over the
 population parameters, ESS/s of sampling, and peak memory (``ru_maxrss``).
 
+Also per variant: leapfrog steps over warm-up and sampling, and sampling CPU time per
+leapfrog step (the cost of one log-density + gradient inside the sampler).
+``--replicate K`` fits theophylline copied K times (12 K subjects) to show how the ratio
+changes with data size: the ODE solver's cost per call is mostly fixed overhead shared by all
+subjects, the closed form's grows with the number of observations.
+
 Run ``.venv/bin/python benchmarks/ode.py`` (``--quick``: 2 chains x 200 draws).
 """
 
@@ -46,7 +52,18 @@ def ode_spec(rtol: float):
     return replace(load_spec("pk_1cmt_oral"), structural=model)
 
 
-def run_variant(variant: str, chains: int, draws: int, tune: int, rtol: float) -> dict:
+def theophylline(replicate: int = 1):
+    """The bundled theophylline data, copied ``replicate`` times with new IDs."""
+    import pandas as pd
+
+    from bayesnlme import datasets
+
+    base = datasets.load_theophylline()
+    parts = [base.assign(ID=base["ID"] + k * 1000) for k in range(replicate)]
+    return pd.concat(parts, ignore_index=True)
+
+
+def run_variant(variant: str, chains: int, draws: int, tune: int, rtol: float, replicate: int = 1) -> dict:
     import resource
 
     import arviz as az
@@ -54,16 +71,20 @@ def run_variant(variant: str, chains: int, draws: int, tune: int, rtol: float) -
     import nutpie
     import pytensor
 
-    from bayesnlme import datasets, load_spec
+    from bayesnlme import load_spec
     from bayesnlme.build import build_model
 
     spec = load_spec("pk_1cmt_oral") if variant == "closed" else ode_spec(rtol)
     t0 = time.perf_counter()
-    built = build_model(spec, datasets.load_theophylline())
+    built = build_model(spec, theophylline(replicate))
     compiled = nutpie.compile_pymc_model(built.model, initial_points=built.initial_point)
     t1 = time.perf_counter()
-    trace = nutpie.sample(compiled, chains=chains, draws=draws, tune=tune, seed=1, progress_bar=False)
+    c1 = time.process_time()
+    trace = nutpie.sample(compiled, chains=chains, draws=draws, tune=tune, seed=1, progress_bar=False,
+                          save_warmup=True)
     t2 = time.perf_counter()
+    cpu = time.process_time() - c1
+    leapfrogs = int(trace.warmup_sample_stats["n_steps"].sum() + trace.sample_stats["n_steps"].sum())
     model = built.model
     logp = model.logp()
     fn = pytensor.function(model.value_vars, [logp, *pytensor.grad(logp, model.value_vars)], mode="NUMBA")
@@ -80,7 +101,8 @@ def run_variant(variant: str, chains: int, draws: int, tune: int, rtol: float) -
     return {"variant": variant, "compile_s": t1 - t0, "sample_s": t2 - t1, "eval_us": per_eval * 1e6,
             "min_ess_bulk": min_ess, "ess_per_s": min_ess / (t2 - t1),
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "leapfrog_mean": float(trace.sample_stats["n_steps"].mean()),
+            "leapfrog_mean": float(trace.sample_stats["n_steps"].mean()), "leapfrogs": leapfrogs,
+            "us_per_leapfrog": cpu / leapfrogs * 1e6,
             "CL": float(np.median(trace.posterior["CL"])), "V": float(np.median(trace.posterior["V"])),
             "KA": float(np.median(trace.posterior["KA"]))}
 
@@ -92,30 +114,35 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--tune", type=int, default=1000)
     ap.add_argument("--rtol", type=float, default=1e-6)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--replicate", type=int, default=1, help="copies of theophylline (12 subjects each)")
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.quick:
         a.chains, a.draws, a.tune = 2, 200, 200
     if a.variant:
-        print(json.dumps(run_variant(a.variant, a.chains, a.draws, a.tune, a.rtol)))
+        print(json.dumps(run_variant(a.variant, a.chains, a.draws, a.tune, a.rtol, a.replicate)))
         return []
     rows = []
     for variant in ("closed", "ode"):
         cmd = [sys.executable, __file__, "--variant", variant, "--chains", str(a.chains), "--draws",
-               str(a.draws), "--tune", str(a.tune), "--rtol", str(a.rtol)]
+               str(a.draws), "--tune", str(a.tune), "--rtol", str(a.rtol), "--replicate", str(a.replicate)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
-    print(f"theophylline, pk_1cmt_oral, nutpie {a.chains} chains x {a.draws} draws (+{a.tune} tune), "
-          f"ODE rtol {a.rtol:g}")
+    print(f"theophylline x{a.replicate} ({12 * a.replicate} subjects), pk_1cmt_oral, nutpie {a.chains} chains "
+          f"x {a.draws} draws (+{a.tune} tune), ODE rtol {a.rtol:g}")
     print(f"{'variant':8} {'compile_s':>9} {'sample_s':>8} {'eval_us':>8} {'min_ess':>8} {'ess/s':>7} "
-          f"{'peak_mb':>7} {'leapfrog':>8} {'CL':>6} {'V':>6} {'KA':>6}")
+          f"{'peak_mb':>7} {'leapfrog':>8} {'us/leapfrog':>11} {'CL':>6} {'V':>6} {'KA':>6}")
     for r in rows:
         print(f"{r['variant']:8} {r['compile_s']:9.1f} {r['sample_s']:8.1f} {r['eval_us']:8.0f} "
               f"{r['min_ess_bulk']:8.0f} {r['ess_per_s']:7.1f} {r['peak_mb']:7.0f} {r['leapfrog_mean']:8.1f} "
+              f"{r['us_per_leapfrog']:11.0f} "
               f"{r['CL']:6.3f} {r['V']:6.2f} {r['KA']:6.3f}")
     c, o = rows
     print(f"ODE / closed form: sampling time x{o['sample_s'] / c['sample_s']:.1f}, "
-          f"per evaluation x{o['eval_us'] / c['eval_us']:.1f}, ESS/s x{o['ess_per_s'] / c['ess_per_s']:.2f}")
+          f"per leapfrog in the sampler x{o['us_per_leapfrog'] / c['us_per_leapfrog']:.1f}, "
+          f"per evaluation outside x{o['eval_us'] / c['eval_us']:.1f}, "
+          f"compile + sample x{(o['compile_s'] + o['sample_s']) / (c['compile_s'] + c['sample_s']):.1f}, "
+          f"ESS/s x{o['ess_per_s'] / c['ess_per_s']:.2f}")
     return rows
 
 

@@ -120,15 +120,17 @@ def test_gradient_matches_finite_differences(regimens):
     _, grad = fn(p0)
     fd = np.zeros_like(p0)
     for idx in np.ndindex(*p0.shape):
-        eps = 1e-6 * max(abs(p0[idx]), 1e-2)
+        # 1e-4: with 1e-6 the difference quotient carries the adaptive solver's ~1e-10 error
+        # divided by eps (~1e-4 relative noise); central-difference truncation is ~1e-8 here
+        eps = 1e-4 * max(abs(p0[idx]), 1e-2)
         up, down = p0.copy(), p0.copy()
         up[idx] += eps
         down[idx] -= eps
         fd[idx] = (fn(up)[0] - fn(down)[0]) / (2 * eps)
     scale = np.abs(fd).max(axis=0)   # per parameter (columns have different units)
-    # sensitivities are not error-controlled (only the states are): ~1e-5 on the stiff-ish
+    # sensitivities are not error-controlled (only the states are): ~1.5e-6 on the stiff-ish
     # subject 2 (k12/k10 = 40, infusion), ~1e-9 on the others
-    assert np.all(np.abs(grad - fd) <= 5e-5 * scale + 1e-9)
+    assert np.all(np.abs(grad - fd) <= 5e-6 * scale + 1e-9)
     assert np.all(np.abs(grad - fd)[[0, 2]] <= 1e-7 * scale)
     assert np.abs(fd[:, system.parameters.index("ALAG")]).max() > 1.0   # the lag sensitivity is exercised
 
@@ -174,10 +176,14 @@ POSTERIORDB_SPEC = {
 
 @pytest.fixture(scope="module")
 def posteriordb_fit():
-    # ~2.5 min on 2 cores, most of it numba compilation of the solver inside nutpie
+    # ~2.5 min on 2 cores, most of it numba compilation of the solver inside nutpie.  The
+    # posterior has a long KM-VM ridge (only VM/KM is identified where CP << KM) whose bend
+    # gives ~0.5% divergent transitions at any target_accept (0.8-0.99 tried); 2 chains then
+    # under-cover the KM tail for some seeds (95th percentile 4.3 SE low at seed 3), 4 chains
+    # with longer tuning put every quantile within 1.4 SE
     spec = ModelSpec.from_dict(POSTERIORDB_SPEC)
-    return fit_model(spec, datasets.load_posteriordb_mm(), chains=2, draws=1000, tune=500, seed=3,
-                     progress=False)
+    return fit_model(spec, datasets.load_posteriordb_mm(), chains=4, draws=1000, tune=1000, seed=3,
+                     progress=False, target_accept=0.9)
 
 
 @pytest.mark.slow
