@@ -52,8 +52,16 @@ def normal_logp(kind: str, y, f, sd, cens=None, limit=None):
     out = pt.zeros(n)
     obs = np.flatnonzero(cens == 0)
     if len(obs):
-        z = (yt[obs] - mu[obs]) / sd[obs]
-        lp = -0.5 * z ** 2 - pt.log(sd[obs]) - 0.5 * _LOG_2PI - (yt[obs] if log else 0.0)
+        s = sd[obs]
+        if kind == "proportional":
+            # SD = sigma_prop * IPRED is 0 where IPRED is 0 (before a lag time): density 0 there
+            # (DV = 0 is rejected by check_data), written so that neither value nor gradient is NaN
+            positive = s > 0
+            s = pt.switch(positive, s, 1.0)
+        z = (yt[obs] - mu[obs]) / s
+        lp = -0.5 * z ** 2 - pt.log(s) - 0.5 * _LOG_2PI - (yt[obs] if log else 0.0)
+        if kind == "proportional":
+            lp = pt.switch(positive, lp, -np.inf)
         out = pt.set_subtensor(out[obs], lp)
     for side in (1, -1):
         for bounded in (False, True):
@@ -209,19 +217,20 @@ def pointwise_loglik(spec: ModelSpec, data, outputs: dict, init: dict, at_times=
     excluded = []
     for m in models:
         idx = np.flatnonzero(data.obs_dvid == m.dvid) if multi else np.arange(n)
+        full = idx   # IPRED and SD stay defined at M1-dropped records (simulation draws there)
         if m.is_normal and m.blq == "m1":
             excluded += data.obs_row[idx[cens[idx] != 0]].tolist()
             idx = idx[cens[idx] == 0]
         if not len(idx):
             continue
         f = outputs[m.output][idx]
-        ipred = pt.set_subtensor(ipred[idx], f)
+        ipred = pt.set_subtensor(ipred[full], outputs[m.output][full])
         y = data.obs_dv[idx]
         p = {b: (_cutpoints(m, init) if b == "cutpoints" else _param(b + m.suffix, m.priors[b], init))
              for b in m.base_names()}
         if m.is_normal:
             s = _residual_sd(m.likelihood, p, f)
-            sd = pt.set_subtensor(sd[idx], s)
+            sd = pt.set_subtensor(sd[full], _residual_sd(m.likelihood, p, outputs[m.output][full]))
             lp = normal_logp(m.likelihood, y, f, s, cens[idx], limit[idx])
         elif m.likelihood == "bernoulli":
             lp = bernoulli_logp(y, f)

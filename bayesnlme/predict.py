@@ -67,7 +67,12 @@ def evaluate_draws(built, draws: dict, outputs=("ipred", "pred", "residual_sd"))
     n = len(next(iter(draws.values())))
     pieces = []
     for start in range(0, n, _CHUNK):
-        pieces.append(fn(*[np.asarray(draws[k][start:start + _CHUNK]) for k in names]))
+        m = min(_CHUNK, n - start)
+        out = fn(*[np.asarray(draws[k][start:start + _CHUNK]) for k in names])
+        # an output that depends on no random variable (e.g. the unit SD of non-continuous records)
+        # comes back without the draw dimension
+        pieces.append([v if np.ndim(v) > output_tensor(built, o).ndim else np.broadcast_to(v, (m, *np.shape(v)))
+                       for o, v in zip(outputs, out)])
     return {o: np.concatenate([p[i] for p in pieces]) for i, o in enumerate(outputs)}
 
 
@@ -123,9 +128,11 @@ def new_subject_draws(spec, draws: dict, rng: np.random.Generator, shapes: dict 
 def require_single_residual(spec, data, what: str) -> None:
     """Raise a clear error where ``what`` supports only one uncensored continuous residual model.
 
-    Simulation, VPC, CWRES/NPDE and the importance-sampling likelihood are built on
+    CWRES/NPDE and the importance-sampling likelihood are built on
     ``spec.residual``; specs with ``[[observations]]`` (DVID, non-continuous
     outcomes) or censored (BLQ) records are not handled by them yet.
+    Simulation and VPC handle both (:func:`bayesnlme.simulate.simulate` draws
+    each record from its own observation model, :mod:`bayesnlme.sim_outcomes`).
     """
     from .errors import BayesNLMEInputError
 
@@ -139,9 +146,13 @@ def require_single_residual(spec, data, what: str) -> None:
 
 
 def residual_draw(spec, ipred: np.ndarray, sd: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Observations simulated around IPRED with the residual-error model (log-normal for exponential)."""
+    """Observations simulated around IPRED with the single ``[residual]`` model (log-normal for exponential).
+
+    Specs with ``[[observations]]`` are simulated by type with
+    :func:`bayesnlme.sim_outcomes.observation_draw` (as :func:`bayesnlme.simulate.simulate` does).
+    """
     if getattr(spec, "observations", ()):
-        require_single_residual(spec, None, "simulation")
+        require_single_residual(spec, None, "predict.residual_draw (use bayesnlme.simulate.simulate)")
     eps = rng.standard_normal(np.shape(ipred))
     if spec.residual.kind == "exponential":
         return ipred * np.exp(sd * eps)

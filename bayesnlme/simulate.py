@@ -51,6 +51,17 @@ class Simulation:
         doses), the median over the draws used.
     mode : str
         ``"new_subjects"`` or ``"individual"``.
+    lloq : numpy.ndarray, shape (n_obs,), optional
+        Each record's LLOQ (:func:`bayesnlme.sim_outcomes.record_lloq`; NaN:
+        none); None when the design has no censored records and no LLOQ was given.
+
+    Notes
+    -----
+    With ``[[observations]]`` each record's DV is drawn from its own
+    observation model (:mod:`bayesnlme.sim_outcomes`): 0/1 for bernoulli,
+    categories for ordinal, counts, NaN for time-to-event records.  Censored
+    (CENS) records get the uncensored simulated value; :attr:`blq` says
+    whether it lies below the record's LLOQ.
     """
 
     data: NMData
@@ -59,16 +70,33 @@ class Simulation:
     ipred: np.ndarray
     pred: np.ndarray
     mode: str
+    lloq: np.ndarray | None = None
+
+    @property
+    def dvid(self) -> np.ndarray:
+        """Observation type (DVID) of each record, shape (n_obs,) (1 when the design has no DVID column)."""
+        d = self.data.obs_dvid
+        return np.ones(self.data.n_obs, int) if d is None else np.asarray(d)
+
+    @property
+    def blq(self) -> np.ndarray | None:
+        """Simulated value below the record's LLOQ, shape (n_rep, n_obs) (None without LLOQ)."""
+        return None if self.lloq is None else self.dv < self.lloq
 
     def to_frame(self) -> pd.DataFrame:
-        """Long table: ``REP, DRAW, ID, TIME, ROW, PRED, IPRED_SIM, DV_SIM`` (one row per replicate and observation)."""
+        """Long table: ``REP, DRAW, ID, TIME, ROW, PRED, IPRED_SIM, DV_SIM, DVID`` (and ``LLOQ, BLQ_SIM``
+        with an LLOQ); one row per replicate and observation."""
         n_rep, n_obs = self.dv.shape
         ids = np.asarray([str(i) for i in self.data.ids])[self.data.obs_subject]
-        return pd.DataFrame({
+        frame = pd.DataFrame({
             "REP": np.repeat(np.arange(1, n_rep + 1), n_obs), "DRAW": np.repeat(self.draw, n_obs),
             "ID": np.tile(ids, n_rep), "TIME": np.tile(self.data.obs_time, n_rep),
             "ROW": np.tile(self.data.obs_row, n_rep), "PRED": np.tile(self.pred, n_rep),
-            "IPRED_SIM": self.ipred.ravel(), "DV_SIM": self.dv.ravel()})
+            "IPRED_SIM": self.ipred.ravel(), "DV_SIM": self.dv.ravel(), "DVID": np.tile(self.dvid, n_rep)})
+        if self.lloq is not None:
+            frame["LLOQ"] = np.tile(self.lloq, n_rep)
+            frame["BLQ_SIM"] = self.blq.ravel()
+        return frame
 
 
 def thinned_draws(result, n_draws: int | None) -> tuple[np.ndarray, dict]:
@@ -212,6 +240,21 @@ def _individual_draws(result, draws: dict, design: NMData, shapes: dict, rng) ->
     return out
 
 
+def _placeholder_dv(nm: NMData) -> pd.DataFrame:
+    """A design's records with the (ignored) DV of uncensored observations set to 1.
+
+    Why: the builder checks DV against each record's likelihood (0/1 for
+    bernoulli, DV != 0 for proportional error ...); 1 is valid for all of them.
+    Censored records keep their DV, which is their limit (LLOQ).
+    """
+    frame = nm.records.copy()
+    obs = nm.frame["_OBS"].to_numpy(bool)
+    if "CENS" in frame.columns:
+        obs &= frame["CENS"].fillna(0).to_numpy() == 0
+    frame.loc[obs, "DV"] = 1.0
+    return frame
+
+
 def _subject_chunks(frame: pd.DataFrame, size: int):
     ids = pd.unique(frame["ID"])
     for start in range(0, len(ids), size):
@@ -232,9 +275,13 @@ def iter_simulations(result, data=None, *, n_draws: int | None = 200, mode: str 
     out : dict of str -> numpy.ndarray
         ``dv``, ``ipred``, ``pred``, shape (n_draws, n_obs_chunk), and any
         ``extra_outputs`` (e.g. ``"individual.CL"``, shape (n_draws, n_sub_chunk)).
+        With ``[[observations]]``, ``dv`` is drawn by each record's observation
+        model (:func:`bayesnlme.sim_outcomes.observation_draw`) and a new
+        design's observation DVs are placeholders (:func:`_placeholder_dv`).
     """
     from .build import build_model   # pymc: imported when simulating, not when the CLI starts
     from .predict import evaluate_draws, new_subject_draws, residual_draw
+    from .sim_outcomes import observation_draw
 
     if mode not in MODES:
         raise BayesNLMEInputError(f"simulation mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -244,7 +291,7 @@ def iter_simulations(result, data=None, *, n_draws: int | None = 200, mode: str 
         frame, name = result.data.records, result.data.source
     else:
         nm = read_nonmem(data)
-        frame, name = nm.records, nm.source
+        frame, name = (_placeholder_dv(nm) if result.spec.observations else nm.records), nm.source
     frame = assign_covariates(frame, result, covariates, rng)
     outputs = ("ipred", "pred", "residual_sd") + tuple(extra_outputs)
     chunks = _subject_chunks(frame, subject_chunk)
@@ -263,12 +310,16 @@ def iter_simulations(result, data=None, *, n_draws: int | None = 200, mode: str 
         chunk = (new_subject_draws(result.spec, draws, rng, shapes) if mode == "new_subjects"
                  else _individual_draws(result, draws, design, shapes, rng))
         out = evaluate_draws(built, chunk, outputs)
-        out["dv"] = residual_draw(result.spec, out["ipred"], out.pop("residual_sd"), rng)
+        if result.spec.observations:   # each record by its own observation model (DVID)
+            out["dv"] = observation_draw(result.spec, built.data, out["ipred"], out.pop("residual_sd"), chunk, rng)
+        else:
+            out["dv"] = residual_draw(result.spec, out["ipred"], out.pop("residual_sd"), rng)
         yield built.data, idx, out
 
 
 def simulate(result, data=None, *, n_draws: int | None = 200, mode: str = "new_subjects",
-             covariates=None, seed: int = 0, subject_chunk: int = 500, progress: bool = False) -> Simulation:
+             covariates=None, seed: int = 0, subject_chunk: int = 500, progress: bool = False,
+             lloq: float | None = None) -> Simulation:
     """Simulate observations from a fit.
 
     Parameters
@@ -290,6 +341,9 @@ def simulate(result, data=None, *, n_draws: int | None = 200, mode: str = "new_s
         Subjects per model evaluation (bounds memory for large designs).
     progress : bool
         Show a progress bar over subject chunks.
+    lloq : float, optional
+        LLOQ (DV units) of records that are not ``CENS = 1``; default from the
+        design's ``CENS = 1`` records (see :func:`bayesnlme.sim_outcomes.record_lloq`).
 
     Returns
     -------
@@ -304,8 +358,11 @@ def simulate(result, data=None, *, n_draws: int | None = 200, mode: str = "new_s
         design = read_nonmem(pd.concat(frames, ignore_index=True), name=parts[0][0].source)
         idx = parts[0][1]
         out = {k: np.concatenate([p[2][k] for p in parts], axis=1) for k in ("dv", "ipred", "pred")}
+    from .sim_outcomes import record_lloq
+
     return Simulation(data=design, draw=idx, dv=out["dv"], ipred=out["ipred"],
-                      pred=np.median(out["pred"], axis=0), mode=mode)
+                      pred=np.median(out["pred"], axis=0), mode=mode,
+                      lloq=record_lloq(design, lloq, result.spec.observation_models()))
 
 
 def add_cli(subparsers) -> None:

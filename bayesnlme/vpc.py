@@ -16,11 +16,18 @@ correction: ``pvcY_ij = PRED_bin + (pcY_ij - PRED_bin) * sd_bin / sd_ij`` with
 ``sd_ij`` the SD of the simulated ``pcY_ij`` over replicates and ``sd_bin`` the
 median of ``sd_ij`` in the bin.
 
-BLQ (``lloq``): observed values below LLOQ keep their rank (they are the
-lowest values) but an observed percentile that falls among them is unknown and
-reported as missing; it counts as outside its interval when the whole
-interval lies above LLOQ.  A ``BLQ_FRACTION`` row per bin compares the
-observed fraction below LLOQ with the simulated fractions.
+BLQ (``lloq``, or the data's ``CENS`` column): observed values below LLOQ
+keep their rank (they are the lowest values) but an observed percentile that
+falls among them is unknown and reported as missing; it counts as outside its
+interval when the whole interval lies above LLOQ.  A ``BLQ_FRACTION`` row per
+bin compares the observed fraction below LLOQ with the simulated fractions.
+With ``CENS`` the LLOQ is per record (:func:`bayesnlme.sim_outcomes.record_lloq`),
+``CENS = 1`` records count as below it, and a bin's percentiles are censored
+at the bin's highest LLOQ; for a pcVPC the LLOQs are corrected like the data.
+
+Observation types: a fit with several (``DVID``) gets one VPC per type
+(``dvid=``); bernoulli, ordinal and count types get a categorical VPC and
+time-to-event types a Kaplan--Meier VPC (:mod:`bayesnlme.vpc_types`).
 """
 
 from __future__ import annotations
@@ -88,11 +95,15 @@ def prediction_correct(y: np.ndarray, sims: np.ndarray, pred: np.ndarray, groups
     return pc_y, pc_sims
 
 
-def _censored_quantile(values: np.ndarray, q: np.ndarray, lloq) -> np.ndarray:
-    """Quantiles with values below LLOQ ranked lowest; a quantile among them is NaN (unknown)."""
+def _censored_quantile(values: np.ndarray, q: np.ndarray, lloq, below=None) -> np.ndarray:
+    """Quantiles with values below LLOQ ranked lowest; a quantile among them is NaN (unknown).
+
+    ``below`` (default ``values < lloq``) marks the censored values when each has its own LLOQ.
+    """
     if lloq is None:
         return np.quantile(values, q, axis=-1)
-    out = np.quantile(np.where(values < lloq, -1e300, values), q, axis=-1)
+    below = values < lloq if below is None else below
+    out = np.quantile(np.where(below, -1e300, values), q, axis=-1)
     return np.where(out < lloq, np.nan, out)
 
 
@@ -116,8 +127,9 @@ def vpc_statistics(y, sims, time, *, bins=8, strata=None, percentiles=(5, 50, 95
         Percentiles (0-100) of the observations to check.
     pi : float
         Prediction interval (percent) of the simulated percentiles.
-    lloq : float, optional
-        Lower limit of quantification (DV units): BLQ-aware percentiles and a
+    lloq : float or array of shape (n_obs,), optional
+        Lower limit of quantification (DV units; per record, NaN = none):
+        BLQ-aware percentiles (censored at the bin's highest LLOQ) and a
         ``BLQ_FRACTION`` row per bin.
 
     Returns
@@ -134,6 +146,7 @@ def vpc_statistics(y, sims, time, *, bins=8, strata=None, percentiles=(5, 50, 95
     b = assign_bins(time, edges)
     q = np.asarray(percentiles, float) / 100
     band = np.array([(100 - pi) / 200, 0.5, 1 - (100 - pi) / 200])
+    limits = None if lloq is None else np.broadcast_to(np.asarray(lloq, float), y.shape)
     rows = []
     for s in pd.unique(strata):
         for k in range(len(edges) - 1):
@@ -142,23 +155,31 @@ def vpc_statistics(y, sims, time, *, bins=8, strata=None, percentiles=(5, 50, 95
                 continue
             base = {"STRATUM": s, "BIN": k + 1, "BIN_LO": edges[k], "BIN_HI": edges[k + 1],
                     "TIME": float(np.median(time[m])), "N_OBS": int(m.sum())}
-            obs = _censored_quantile(y[m], q, lloq)
+            lq = _bin_lloq(limits, m)
+            obs = _censored_quantile(y[m], q, lq, None if lq is None else y[m] < limits[m])
             sim = np.quantile(sims[:, m], q, axis=1)          # (n_q, n_rep), uncensored model quantiles
             lo, med, hi = np.quantile(sim, band, axis=1)
             for j, p in enumerate(percentiles):
                 if np.isnan(obs[j]):     # observed percentile below LLOQ: outside if the whole PI is above it
-                    outside = bool(lo[j] >= lloq)
+                    outside = bool(lo[j] >= lq)
                 else:
                     outside = bool(obs[j] < lo[j] or obs[j] > hi[j])
                 rows.append({**base, "STATISTIC": f"P{p:g}", "OBSERVED": obs[j], "SIM_LO": lo[j],
                              "SIM_MEDIAN": med[j], "SIM_HI": hi[j], "OUTSIDE": outside})
-            if lloq is not None:
-                frac = (sims[:, m] < lloq).mean(axis=1)
+            if lq is not None:
+                frac = (sims[:, m] < limits[m]).mean(axis=1)
                 lo_f, med_f, hi_f = np.quantile(frac, band)
-                obs_f = float((y[m] < lloq).mean())
+                obs_f = float((y[m] < limits[m]).mean())
                 rows.append({**base, "STATISTIC": "BLQ_FRACTION", "OBSERVED": obs_f, "SIM_LO": lo_f,
                              "SIM_MEDIAN": med_f, "SIM_HI": hi_f, "OUTSIDE": bool(obs_f < lo_f or obs_f > hi_f)})
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def _bin_lloq(limits, m):
+    """A bin's LLOQ: the highest of its records' (None when none has one)."""
+    if limits is None or not np.isfinite(limits[m]).any():
+        return None
+    return float(np.nanmax(limits[m]))
 
 
 def observation_strata(data, column: str) -> np.ndarray:
@@ -180,8 +201,8 @@ def observation_strata(data, column: str) -> np.ndarray:
 
 def vpc_table(result, sim=None, *, n_sim: int = 200, bins=8, pc: bool = False, variability: bool = False,
               stratify: str | None = None, percentiles=(5, 50, 95), pi: float = 90,
-              lloq: float | None = None, seed: int = 0) -> pd.DataFrame:
-    """VPC (or pcVPC) table of a fit on its own data.
+              lloq: float | None = None, seed: int = 0, dvid: int | None = None) -> pd.DataFrame:
+    """VPC (or pcVPC) table of a fit on its own data (one observation type).
 
     Parameters
     ----------
@@ -197,33 +218,51 @@ def vpc_table(result, sim=None, *, n_sim: int = 200, bins=8, pc: bool = False, v
     stratify : str, optional
         Data column (e.g. a covariate or dose group; ``DOSE`` = first dose).
     percentiles, pi, lloq
-        See :func:`vpc_statistics`.
+        See :func:`vpc_statistics`.  With a ``CENS`` column the LLOQ comes from
+        the data (``lloq`` then only sets it for uncensored records).
+    dvid : int, optional
+        Observation type shown (required when the fit has several).
 
     Returns
     -------
     pandas.DataFrame
-        :data:`TABLE_COLUMNS`.
+        :data:`TABLE_COLUMNS`; for a bernoulli, ordinal or count type the
+        categorical table and for a time-to-event type the Kaplan--Meier table
+        of :mod:`bayesnlme.vpc_outcomes` (see :func:`bayesnlme.vpc_types.outcome_vpc_table`).
     """
     from .simulate import simulate
+    from .vpc_types import censored_observations, outcome_vpc_table, select_type
 
     data = result.data
-    sim = simulate(result, n_draws=n_sim, seed=seed) if sim is None else sim
-    y, sims, time = data.obs_dv.astype(float), sim.dv, data.obs_time.astype(float)
+    model, mask = select_type(result.spec, data, dvid)
+    time = data.obs_time.astype(float)
     if isinstance(bins, str):
         if bins not in data.frame.columns:
             raise DataError(f"nominal-time column {bins!r} for VPC bins is not in the data",
                             source=data.source, column=bins)
         time = data.frame.loc[data.frame["_OBS"], bins].to_numpy(float)
-        levels = np.unique(time)
+        levels = np.unique(time[mask])
         bins = np.append(levels, levels[-1] + 1.0) if len(levels) > 1 else np.array([levels[0], levels[0] + 1])
         time = time.copy()
     strata = observation_strata(data, stratify) if stratify else None
+    if not model.is_normal:
+        if pc:
+            raise BayesNLMEInputError(f"prediction correction applies to continuous observation types; DVID "
+                                      f"{model.dvid} is {model.likelihood}")
+        return outcome_vpc_table(result, model, mask, sim, n_sim=n_sim, time=time, bins=bins, strata=strata,
+                                 pi=pi, seed=seed)
+    sim = simulate(result, n_draws=n_sim, seed=seed) if sim is None else sim
+    y, lloq = censored_observations(data, mask, lloq, result.spec.observation_models())
+    sims, time, pred = sim.dv[:, mask], time[mask], sim.pred[mask]
+    strata = strata[mask] if strata is not None else None
     if pc:
-        keep = sim.pred > 0
+        keep = pred > 0
         groups = assign_bins(time, bin_edges(time, bins))
         if strata is not None:
             groups = pd.factorize(pd.Series(strata).astype(str) + "|" + groups.astype(str))[0]
-        y, sims = prediction_correct(y[keep], sims[:, keep], sim.pred[keep], groups[keep], variability)
+        if np.ndim(lloq):   # per-record LLOQs are corrected like the data (the same monotone map)
+            lloq = prediction_correct(lloq[keep], sims[:, keep], pred[keep], groups[keep], variability)[0]
+        y, sims = prediction_correct(y[keep], sims[:, keep], pred[keep], groups[keep], variability)
         time = time[keep]
         strata = strata[keep] if strata is not None else None
     return vpc_statistics(y, sims, time, bins=bins, strata=strata, percentiles=percentiles, pi=pi,
@@ -282,9 +321,16 @@ def vpc(result, *, log: bool = False, **kwargs):
     (matplotlib.figure.Figure, pandas.DataFrame)
     """
     table = vpc_table(result, **kwargs)
+    which = f" (DVID {kwargs['dvid']})" if kwargs.get("dvid") is not None else ""
+    if "category" in table.columns or "n_at_risk" in table.columns:   # a non-continuous observation type
+        from .vpc_outcomes import plot_categorical_vpc, plot_km_vpc
+
+        if "category" in table.columns:
+            return plot_categorical_vpc(table, title="categorical VPC" + which)
+        return plot_km_vpc(table, title="Kaplan-Meier VPC" + which)
     title = ("pvcVPC" if kwargs.get("variability") else "pcVPC") if kwargs.get("pc") else "VPC"
     return plot_vpc(table, log=log, ylabel=("prediction-corrected " if kwargs.get("pc") else "") + "DV",
-                    title=title)
+                    title=title + which)
 
 
 def _parse_bins(text: str):
@@ -311,7 +357,8 @@ def add_cli(subparsers) -> None:
         "simulated percentiles' prediction interval and median, and OUTSIDE when an observed percentile "
         "falls outside its interval; simulations.csv.gz holds the simulated studies.",
         epilog="examples:\n  bayesnlme vpc fits/theo\n  bayesnlme vpc fits/theo --bins 0,1,2,4,8,12,25 --pc --log"
-               "\n  bayesnlme vpc fits/pheno --stratify DOSE --bins NTIME --lloq 0.5",
+               "\n  bayesnlme vpc fits/pheno --stratify DOSE --bins NTIME --lloq 0.5"
+               "\n  bayesnlme vpc fits/pkpd --dvid 2      # one observation type of a joint fit",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dir", help="fit folder (containing fit.nc)")
     p.add_argument("--bins", default="8", help="number of quantile bins of TIME, comma-separated edges, or a "
@@ -320,7 +367,11 @@ def add_cli(subparsers) -> None:
     p.add_argument("--varcorr", action="store_true", help="variability correction of the pcVPC")
     p.add_argument("--log", action="store_true", help="logarithmic DV axis")
     p.add_argument("--stratify", help="data column to stratify by (DOSE: first dose amount)")
-    p.add_argument("--lloq", type=float, help="lower limit of quantification (BLQ-aware VPC)")
+    p.add_argument("--lloq", type=float, help="lower limit of quantification (BLQ-aware VPC; with a CENS "
+                   "column the data's LLOQ is used)")
+    p.add_argument("--dvid", type=int, help="observation type to check (required when the fit has several); "
+                   "binary/ordinal/count types get a categorical VPC, time-to-event types a Kaplan-Meier VPC; "
+                   "files are then named vpc_dvid<k>.csv ...")
     p.add_argument("--pi", type=float, default=90, help="prediction interval, percent (default: %(default)s)")
     p.add_argument("--n-sim", type=int, default=500, help="simulated replicates of the study (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="simulation seed (default: %(default)s)")
@@ -342,21 +393,34 @@ def run_cli(args) -> int:
     if args.n_sim < 20:
         raise BayesNLMEInputError(f"--n-sim must be at least 20, got {args.n_sim}")
     bins = _parse_bins(args.bins)
-    sim = simulate(result, n_draws=args.n_sim, seed=args.seed, progress=True)
+    from .vpc_types import select_type
+
+    model, _ = select_type(result.spec, result.data, args.dvid)   # a bad --dvid fails before simulating
+    if args.pc and not model.is_normal:
+        raise BayesNLMEInputError(f"--pc applies to continuous observation types; DVID {model.dvid} is "
+                                  f"{model.likelihood}")
+    sim = simulate(result, n_draws=args.n_sim, seed=args.seed, progress=True, lloq=args.lloq)
     out = folder / "vpc"
     out.mkdir(exist_ok=True)
     # the simulations behind every number, so the tables can be recomputed independently
     write_atomic(out / "simulations.csv.gz",
                  lambda tmp: sim.to_frame().to_csv(tmp, index=False, compression="gzip"))
-    kinds = [("vpc", False)] + ([("pcvpc", True)] if args.pc else [])
+    tag = "" if args.dvid is None else f"_dvid{args.dvid}"
+    kinds = [("vpc" + tag, False)] + ([("pcvpc" + tag, True)] if args.pc else [])
     for name, pc in kinds:
         fig, table = vpc(result, sim=sim, bins=bins, pc=pc, variability=args.varcorr and pc,
-                         stratify=args.stratify, pi=args.pi, lloq=args.lloq, log=args.log)
+                         stratify=args.stratify, pi=args.pi, lloq=args.lloq, log=args.log, dvid=args.dvid,
+                         n_sim=args.n_sim, seed=args.seed)
         write_text_atomic(out / f"{name}.csv", table.to_csv(index=False))
         write_atomic(out / f"{name}.png", lambda tmp, fig=fig: fig.savefig(tmp, dpi=100, format="png"))
         plt.close(fig)
-        pct = table[table["STATISTIC"].str.startswith("P")]
-        print(f"{name}: {int(pct['OUTSIDE'].sum())} of {len(pct)} observed percentiles outside their "
-              f"{args.pi:g}% prediction interval ({len(sim.draw)} simulated studies)")
+        if "STATISTIC" in table.columns:
+            pct = table[table["STATISTIC"].str.startswith("P")]
+            print(f"{name}: {int(pct['OUTSIDE'].sum())} of {len(pct)} observed percentiles outside their "
+                  f"{args.pi:g}% prediction interval ({len(sim.draw)} simulated studies)")
+        else:   # categorical proportions or Kaplan-Meier survival
+            what = "category proportions" if "category" in table.columns else "Kaplan-Meier survival values"
+            print(f"{name}: {int(table['outside'].sum())} of {len(table)} observed {what} outside their "
+                  f"{args.pi:g}% prediction interval")
     print(f"wrote {', '.join(f'{n}.csv, {n}.png' for n, _ in kinds)} and simulations.csv.gz to {out}")
     return 0
