@@ -293,6 +293,12 @@ def _check_residual(spec: ModelSpec, data: NMData, doses: DoseEvents) -> None:
                             f"observations), so its error SD would be 0; exclude pre-dose observations "
                             f"(MDV=1) or use a combined error model", source=data.source,
                             row=int(data.obs_row[i]), column="DV")
+    if kind == "proportional" and not spec.observations:   # [[observations]]: checked per observation model
+        from .observation import ObservationModel, _check_positive_dv
+
+        every = np.ones(data.n_obs, bool)
+        _check_positive_dv(ObservationModel(output=spec.structural.outputs[0], likelihood=kind), data,
+                           data.obs_dv, data.obs_row, every)
 
 
 def _residual_sd(spec: ModelSpec, ipred, init: dict):

@@ -33,6 +33,13 @@ negbin          ``y ~ NegBinomial(mean exp(f), Var = m + m^2 / phi)``           
 tte             hazard ``h(t) = h0(t) exp(f(t))``; DV = 1 event, 0 censored      lambda (, shape)
 ==============  ==============================================================  =========================
 
+Proportional error has SD 0 where the prediction is 0 (before a lag time, pre-dose):
+an observed DV = 0 there has no usable density (unbounded as IPRED -> 0, NaN at
+IPRED = 0), so such records are refused with a :class:`~bayesnlme.errors.DataError`
+listing their rows (use ``combined``, or CENS = 1); a DV != 0 where IPRED = 0 has
+log-density -inf (the sampler rejects the point), never NaN.  Exponential error
+refuses DV <= 0.
+
 Parameter names get the suffix ``_<output>`` when the spec has more than one
 observation model (``sigma_add_CP``, ``sigma_add_EFFECT``).
 
@@ -273,6 +280,8 @@ def check_data(models: tuple, data) -> None:
             bad, msg = (y < 0) | (y != np.round(y)), "a count DV must be a whole number >= 0"
         elif m.likelihood == "tte":
             bad, msg = ~np.isin(y, [0, 1]), "a time-to-event DV must be 1 (event) or 0 (censored at TIME)"
+        elif m.likelihood in ("proportional", "exponential"):
+            _check_positive_dv(m, data, y, rows, sel)
         if bad is not None and bad.any():
             raise data.error(f"{msg}, got {y[bad][0]:g}", row=int(rows[bad][0]), column="DV")
         if data.obs_cens is not None and not m.is_normal and (data.obs_cens[sel] != 0).any():
@@ -285,6 +294,32 @@ def check_data(models: tuple, data) -> None:
             j = int(np.flatnonzero(unknown)[0])
             raise data.error(f"DVID {dvid[j]} has no observation model (the spec's DVIDs: {known})",
                              row=int(data.obs_row[j]), column="DVID")
+
+
+def _check_positive_dv(m: ObservationModel, data, y, rows, sel) -> None:
+    """Proportional error needs DV != 0 and exponential error DV > 0 on observed (uncensored) records.
+
+    Why: with ``SD = sigma_prop * IPRED`` a DV of exactly 0 has a density that
+    grows without bound as IPRED -> 0 (and is 0/0 = NaN at IPRED = 0, e.g.
+    before a lag time), so the likelihood has no maximum; ``log DV`` does not
+    exist for DV <= 0.  NONMEM users switch to a combined error model.
+    """
+    import numpy as np
+
+    cens = data.obs_cens[sel] if data.obs_cens is not None else np.zeros(len(y), int)
+    bad = (cens == 0) & ((y == 0) if m.likelihood == "proportional" else (y <= 0))
+    if not bad.any():
+        return
+    listed = ", ".join(str(int(r)) for r in rows[bad][:10]) + (", ..." if bad.sum() > 10 else "")
+    what = "DV = 0" if m.likelihood == "proportional" else "DV <= 0"
+    why = ("its density is unbounded as the prediction goes to 0 and undefined (NaN) where the "
+           "prediction is exactly 0, e.g. before a lag time" if m.likelihood == "proportional"
+           else "log(DV) does not exist")
+    where = f"output {m.output}" + (f", DVID {m.dvid}" if m.dvid is not None else "")
+    raise data.error(f"{m.likelihood} residual error ({where}) with {what} at {int(bad.sum())} "
+                     f"observation(s) (rows {listed}): {why}; use a combined error model "
+                     f"(likelihood = \"combined\"), mark the records as BLQ (CENS = 1), or exclude them "
+                     f"(MDV = 1)", row=int(rows[bad][0]), column="DV")
 
 
 __all__ = ["ObservationModel", "LIKELIHOODS", "HAZARDS", "observation_from_dict", "resolve", "check_data"]

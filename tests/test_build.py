@@ -188,3 +188,40 @@ def test_normal_and_logit_iiv_build_and_predict():
     out2 = evaluate_draws(built, point, ("pred", "ipred"))
     np.testing.assert_allclose(out2["pred"], out["pred"])
     assert not np.allclose(out2["ipred"], out["ipred"])
+
+
+def _lagged_theophylline(first_dv: float):
+    """Theophylline without the time-0 records, subject 1's first sample (0.27 h) set to ``first_dv``."""
+    df = load_theophylline()
+    df = df[~((df["TIME"] == 0) & (df["EVID"] == 0))].reset_index(drop=True)
+    first = df.index[(df["ID"] == 1) & (df["EVID"] == 0)][0]
+    df.loc[first, "DV"] = first_dv
+    return df
+
+
+def _lag_spec(where: str, lag: float = 0.5):
+    extra = {"parameters": {**_spec().to_dict()["parameters"], "ALAG": {"fixed": lag, "iiv": "none"}}}
+    if where == "observations":
+        extra["observations"] = [{"output": "CP", "likelihood": "proportional"}]
+    return _spec(extra, residual="proportional")
+
+
+@pytest.mark.parametrize("where", ["observations", "residual"])
+def test_proportional_error_rejects_zero_dv_naming_rows(where):
+    """DV = 0 after the dose: unbounded density as IPRED -> 0, NaN at IPRED = 0 (e.g. before a lag)."""
+    df = _lagged_theophylline(0.0)
+    with pytest.raises(DataError, match=r"row 2, column DV: proportional residual error \(output CP\) with DV = 0 "
+                                        r"at 1 observation\(s\) \(rows 2\).*combined error model"):
+        build_model(_lag_spec(where), df)
+
+
+def test_proportional_error_before_lag_is_minus_inf_not_nan():
+    """DV > 0 where the lag makes IPRED exactly 0: log-density -inf, gradient finite (the sampler rejects)."""
+    built = build_model(_lag_spec("observations"), _lagged_theophylline(0.5))
+    m = built.model
+    ip = _point(built, CL=2.5, V=30.0, KA=1.4)
+    pointwise = m.compile_logp(vars=[m["DV"]], sum=False)(ip)[0]
+    before = built.data.obs_time <= 0.5
+    assert before.sum() >= 1 and not np.isnan(pointwise).any()
+    assert np.all(pointwise[before] == -np.inf) and np.isfinite(pointwise[~before]).all()
+    assert np.isfinite(m.compile_dlogp()(ip)).all()

@@ -238,7 +238,7 @@ def dose_events(data, model: StructuralModel, dt=None) -> DoseEvents:
                       ii=None if ss is None or not ss.any() else data.dose_ii[s])
 
 
-def evaluate(model: StructuralModel, params: dict, data):
+def evaluate(model: StructuralModel, params: dict, data, output: str | None = None):
     """Evaluate a structural model numerically at the data's observations.
 
     Parameters
@@ -247,10 +247,13 @@ def evaluate(model: StructuralModel, params: dict, data):
     params : dict of str -> float or array of shape (n_subjects,)
         Individual parameters (natural units).
     data : bayesnlme.data.NMData
+    output : str, optional
+        Per-subject (ODE) models: the output to return (default the first,
+        e.g. ``"CP"``), or ``"all"`` for a dict of every output (one solve).
 
     Returns
     -------
-    numpy.ndarray, shape (n_obs,)
+    numpy.ndarray, shape (n_obs,), or dict of str -> numpy.ndarray
         Predictions (concentrations) at each observation.
     """
     import numpy as np
@@ -261,7 +264,13 @@ def evaluate(model: StructuralModel, params: dict, data):
         by_sub = {k: pt_.as_tensor_variable(np.broadcast_to(np.asarray(v, float), (data.n_subjects,)).copy())
                   for k, v in params.items()}
         out = model.function(by_sub, data, model)
-        out = out[model.outputs[0]] if isinstance(out, dict) else out
+        if not isinstance(out, dict):
+            out = {model.outputs[0]: out}
+        if output == "all":
+            names = list(out)
+            return dict(zip(names, (np.asarray(v, dtype=float)
+                                    for v in pytensor.function([], [out[n] for n in names])())))
+        out = out[output or model.outputs[0]]
         return np.asarray(pytensor.function([], out)(), dtype=float)
     doses = dose_events(data, model)
     full = dict(params)
