@@ -228,6 +228,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("bayesnlme: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except BrokenPipeError:   # output piped into e.g. `head`, which closed it: not an error
+        import os
+
+        # Python would complain again when flushing stdout at exit; point it at /dev/null
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:  # noqa: BLE001 - anything else is a bug; say so in one line
         if args.debug:
             raise

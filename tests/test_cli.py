@@ -96,6 +96,15 @@ def test_library_lists_entries(capsys):
 
 
 @pytest.mark.slow
+def test_closed_output_pipe_exits_quietly():
+    """`bayesnlme library | head -1`: the reader closes the pipe; no 'internal error', status 0."""
+    code = ("import os, sys; r, w = os.pipe(); os.close(r); os.dup2(w, 1); "
+            "from bayesnlme.cli import main; sys.exit(main(['library']))")
+    run = subprocess.run([sys.executable, "-u", "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == ""
+
+
 def test_fit_command_end_to_end(tmp_path):
     """The installed entry point, in a subprocess: writes fit.nc and summary.csv; a failed rerun keeps them."""
     exe = Path(sys.executable).with_name("bayesnlme")
