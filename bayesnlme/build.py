@@ -276,6 +276,8 @@ def at_observations(params: dict, obs_log: dict, data: NMData) -> dict:
 
 
 def _check_residual(spec: ModelSpec, data: NMData, doses: DoseEvents) -> None:
+    if spec.observations:   # each observation model checks its own records (observation.py)
+        return
     kind = spec.residual.kind
     if kind == "exponential" and (data.obs_dv <= 0).any():
         i = int(np.flatnonzero(data.obs_dv <= 0)[0])
@@ -293,7 +295,7 @@ def _check_residual(spec: ModelSpec, data: NMData, doses: DoseEvents) -> None:
                             f"observations), so its error SD would be 0; exclude pre-dose observations "
                             f"(MDV=1) or use a combined error model", source=data.source,
                             row=int(data.obs_row[i]), column="DV")
-    if kind == "proportional" and not spec.observations:   # [[observations]]: checked per observation model
+    if kind == "proportional":
         from .observation import ObservationModel, _check_positive_dv
 
         every = np.ones(data.n_obs, bool)

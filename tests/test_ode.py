@@ -15,7 +15,7 @@ from bayesnlme.data import read_nonmem
 from bayesnlme.errors import DataError
 from bayesnlme.spec import ModelSpec
 from bayesnlme.structural import LIBRARY, StructuralModel, evaluate
-from bayesnlme.structural.ode import solve_states, with_tolerance
+from bayesnlme.structural.ode import ODESolveOp, scalar_graph, schedule, solve_states, with_tolerance
 
 
 def _two_cmt_rhs(y, t, p):
@@ -142,6 +142,52 @@ def test_batched_equals_one_subject_at_a_time(regimens):
         one = read_nonmem(frame[frame["ID"] == i])
         alone = evaluate(LINEAR, {k: v[s] for k, v in PARAMS.items()}, one)
         np.testing.assert_allclose(batched[regimens.obs_subject == s], alone, rtol=1e-8)
+
+
+def test_library_rhs_compile_to_scalar_functions():
+    """Every library ODE model takes the allocation-free scalar RHS (the fast path)."""
+    ode_models = [m for m in LIBRARY.values() if "system" in getattr(m.function, "keywords", {})]
+    assert len(ode_models) >= 7
+    for model in ode_models + [LINEAR]:
+        system = model.function.keywords["system"]
+        graph = scalar_graph(system.rhs, system.parameters, system.n_states)
+        assert graph is not None, model.name
+        n, n_p = system.n_states, len(system.parameters)
+        assert len(graph[0]) == n + 1 + n_p and len(graph[1]) == n + n * n + n * n_p
+
+
+def test_matrix_rhs_falls_back_to_array_version(regimens):
+    """An RHS written on the state matrix (not elementwise) gives the same solution."""
+    def rhs(y, t, p):
+        k = pt.stack([p["KA"], p["CL"] / p["V"]], axis=1)          # (n_sub, 2)
+        flux = y[:, :2] * k                                         # out of depot, out of central
+        return pt.stack([-flux[:, 0], flux[:, 0] - flux[:, 1]], axis=1)
+
+    assert scalar_graph(rhs, ("CL", "V", "KA", "F", "ALAG"), 2) is None
+    matrix = StructuralModel.ode(rhs, ("CL", "V", "KA"), 2, outputs={"CP": lambda y, p: y[:, 1] / p["V"]},
+                                 name="matrix", optional={"F": 1.0, "ALAG": 0.0}, depot_cmt=1, central_cmt=2,
+                                 rtol=1e-10, atol=1e-12)
+    frame = _regimens()
+    oral = read_nonmem(frame[(frame["ID"] == 3)])
+    p = {k: PARAMS[k][2] for k in ("CL", "V", "KA", "F", "ALAG")}
+    ref = evaluate(LINEAR, {**p, "Q": 0.0, "V2": 1.0}, oral)
+    np.testing.assert_allclose(evaluate(matrix, p, oral), ref, rtol=1e-8)
+
+
+def test_inactive_parameters_skip_sensitivities(regimens):
+    """Constant parameters (e.g. a default F) are not integrated: same states and gradients."""
+    system = LINEAR.function.keywords["system"]
+    p0 = np.stack([PARAMS[k] for k in system.parameters], axis=1)
+    active = [name not in ("F", "ALAG") for name in system.parameters]
+    out = {}
+    for key, act in (("all", None), ("some", active)):
+        consts = schedule(regimens, LINEAR, system, 1e-10, 1e-12, active=act)
+        y, s = ODESolveOp(system)(pt.as_tensor_variable(p0), *[pt.constant(c) for c in consts])
+        out[key] = pytensor.function([], [y, s])()
+    np.testing.assert_array_equal(out["some"][0], out["all"][0])
+    keep = np.array(active)
+    np.testing.assert_array_equal(out["some"][1][..., keep], out["all"][1][..., keep])
+    assert np.all(out["some"][1][..., ~keep] == 0.0) and np.abs(out["all"][1][..., ~keep]).max() > 1.0
 
 
 def test_dose_into_missing_compartment_names_row():

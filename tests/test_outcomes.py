@@ -207,3 +207,18 @@ def test_library_entries_load():
                  "tte_weibull"):
         spec = load_spec(name)
         assert spec.observations and spec.observation_parameter_names() is not None
+
+
+def test_leftover_residual_block_is_ignored_with_observation_models():
+    """With [[observations]], a [residual] block (here exponential) does not check the data:
+    binary DV = 0 records are valid for a bernoulli observation model."""
+    spec = load_spec("er_logistic").with_residual("exponential")
+    rng = np.random.default_rng(3)
+    exposure = np.repeat(np.linspace(0.0, 50.0, 20), 3)
+    frame = pd.DataFrame({"ID": np.repeat(np.arange(1, 21), 3), "TIME": np.tile([1.0, 2.0, 3.0], 20),
+                          "DV": rng.integers(0, 2, 60).astype(float), "EVID": 0, "MDV": 0, "AMT": 0.0,
+                          "EXPOSURE": exposure})
+    assert (frame["DV"] == 0).any()
+    built = build_model(spec, frame)
+    logp = built.model.compile_logp()(built.model.initial_point())
+    assert np.isfinite(logp)

@@ -29,18 +29,28 @@ price of one Jacobian-matrix product per stage.  Truly stiff systems (fast
 binding, rate constants 1e6 x apart) would need many small steps; use a
 closed form or a quasi-equilibrium reformulation for them.
 
-Batching: the RHS and its Jacobians (``J_y`` and ``J_theta`` from
-``pytensor.grad`` of each output state summed over subjects, which is exact
-because subjects are independent) are compiled once to one numba function
-of the whole batch.  All subjects advance together: each iteration makes
-one attempt step for every subject, each with its own step size, time and
-dose events, so one RHS call serves all subjects and a subject with a fast
-phase does not force small steps on the others.
+Observations are read from DOPRI5's 4th-order dense output inside the steps
+(Hairer & Wanner; scipy's ``RK45`` uses the same), for the states and the
+sensitivities alike, so they do not cut steps short; dose events (bolus jumps,
+infusion starts and ends, lagged doses) are step boundaries.
 
-Cost: about 6 batched RHS+Jacobian evaluations per iteration; the number of
-iterations is the largest per-subject number of steps, which grows like
-``rtol ** (-1/5)`` and with the number of observations and doses (each is a
-step boundary).  See ``docs/ode.md`` and ``benchmarks/ode.py``.
+Compilation: the RHS and its Jacobians (``J_y``, ``J_theta`` from
+``pytensor.grad``) are traced on scalar states, time and parameters; when the
+graph is elementwise (every library model and any RHS written with
+``y[:, k]``, arithmetic, ``exp``, ``switch`` ...) it is rebuilt from pytensor's
+scalar ops and compiled to one numba function of scalars that allocates
+nothing (:func:`scalar_graph`); an RHS that needs the state matrix falls back
+to the array version of the same graph (about 100x slower per call).  Subjects
+are integrated one after the other inside one numba function, each with its
+own adaptive steps.  Parameters that are constants (a default ``F``, an
+unestimated ``ALAG``) get no sensitivities.
+
+Cost: one step is 6 RHS+Jacobian evaluations and about ``6 n (n + n_p)``
+multiply-adds for the sensitivities; steps per subject grow like
+``rtol ** (-1/5)``, with the stiffness of the system and with the number of
+dose events.  Theophylline (12 subjects, 1-compartment oral as an ODE):
+about 0.25 ms per solve with gradients at rtol 1e-6.  See ``docs/ode.md`` and
+``benchmarks/ode.py``.
 
 The integrator is a pytensor ``Op`` with a numba implementation, so the
 log-density compiles to one nopython function under nutpie (numba backend),
@@ -72,6 +82,16 @@ _A = np.array([
     [9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656, 0],
     [35 / 384, 0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84]])
 _B = np.array([35 / 384, 0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0])
+# dense output of DOPRI5 (Hairer & Wanner's 4th-order continuous extension, scipy's RK45 ``P``):
+# y(t + x h) = y(t) + h sum_k (sum_j K_j _DENSE[j, k]) x^(k+1)
+_DENSE = np.array([
+    [1, -8048581381 / 2820520608, 8663915743 / 2820520608, -12715105075 / 11282082432],
+    [0, 0, 0, 0],
+    [0, 131558114200 / 32700410799, -68118460800 / 10900136933, 87487479700 / 32700410799],
+    [0, -1754552775 / 470086768, 14199869525 / 1410260304, -10690763975 / 1880347072],
+    [0, 127303824393 / 49829197408, -318862633887 / 49829197408, 701980252875 / 199316789632],
+    [0, -282668133 / 205662961, 2019193451 / 616988883, -1453857185 / 822651844],
+    [0, 40617522 / 29380423, -110615467 / 29380423, 69997945 / 29380423]])
 _STEPS_PER_STOP = 100   # step budget per dose event / observation, on top of max_steps
 _E = _B - np.array([5179 / 57600, 0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40])
 
@@ -102,31 +122,129 @@ class ODESystem:
     def kernel(self):
         """The compiled integrator (built on first use: numba compilation takes seconds)."""
         n, n_p = self.n_states, len(self.parameters)
-        # The RHS and its Jacobians as one fused elementwise graph over subjects: inputs
-        # transposed (one row per state / parameter) and gradients taken with respect to
-        # those rows, so no IncSubtensor/Join pairs appear (4-5x cheaper per call than
-        # differentiating with respect to the (n_sub, n_states) matrix).
-        YT = pt.tensor("YT", shape=(n, None), dtype="float64")
-        t = pt.tensor("t", shape=(None,), dtype="float64")
-        PT = pt.tensor("PT", shape=(n_p, None), dtype="float64")
-        rows = [YT[a] for a in range(n)]
-        cols = [PT[k] for k in range(n_p)]
-        f = _as_rows(self.rhs(_StateColumns(rows), t, dict(zip(self.parameters, cols))), n, "rhs")
-        out = list(f)
-        for wrt in (rows, cols):
-            for a in range(n):
-                out += pt.grad(f[a].sum(), wrt, disconnected_inputs="ignore", return_disconnected="zero")
-        zero = pt.zeros_like(t)
-        rhs_fn = pytensor.function([YT, t, PT], pt.stack([o + zero for o in out], axis=0), mode="NUMBA",
-                                   on_unused_input="ignore")
-        y = pt.tensor("y", shape=(None, n), dtype="float64")
+        rhs = _scalar_rhs(self.rhs, self.parameters, n) or _batched_rhs(self.rhs, self.parameters, n)
         P = pt.tensor("P", shape=(None, n_p), dtype="float64")
         p = {name: P[:, k] for k, name in enumerate(self.parameters)}
         zeros_y, zeros_s = pt.zeros((P.shape[0], n)), pt.zeros((P.shape[0], n, n_p))
         y0 = _as_matrix(self.initial(p), n, "initial") + zeros_y if self.initial is not None else zeros_y
         s0 = pt.stack([pt.grad(y0[:, i].sum(), P, disconnected_inputs="ignore") for i in range(n)], axis=1)
         init_fn = pytensor.function([P], [y0, s0 + zeros_s], mode="NUMBA", on_unused_input="ignore")
-        return _make_kernel(rhs_fn.vm.jit_fn, init_fn.vm.jit_fn, n, n_p)
+        return _make_kernel(rhs, init_fn.vm.jit_fn, n, n_p)
+
+
+def _derivatives(rhs, parameters, n, rows, t, cols):
+    """Graph of the RHS ``f`` and its Jacobians: outputs f_a, J_y[a, c], J_p[a, b] (row-major).
+
+    ``rows``/``cols`` are the states/parameters (scalars, or one vector per state/parameter
+    over subjects, in which case gradients of the sums are the per-subject derivatives,
+    exact because subjects are independent).
+    """
+    f = _as_rows(rhs(_StateColumns(rows), t, dict(zip(parameters, cols))), n, "rhs")
+    out = list(f)
+    for wrt in (rows, cols):
+        for a in range(n):
+            out += pt.grad(f[a].sum(), wrt, disconnected_inputs="ignore", return_disconnected="zero")
+    return out
+
+
+class _NotElementwise(Exception):
+    pass
+
+
+def _scalar_rhs(rhs, parameters, n):
+    """The RHS and its Jacobians as one numba function of scalars, or None.
+
+    Returns ``call(x, out)`` with ``x = [y_0..y_{n-1}, t, p_0..]`` and ``out`` the
+    ``n + n^2 + n n_p`` derivatives (no array is allocated per call: about 100x cheaper
+    than the array version for one subject); None when the RHS is not elementwise
+    (:func:`scalar_graph`), so the caller falls back to :func:`_batched_rhs`.
+    """
+    from numba.np.unsafe.ndarray import to_fixed_tuple
+
+    graph = scalar_graph(rhs, parameters, n)
+    if graph is None:
+        return None
+    jf = pytensor.function(*graph, mode="NUMBA", on_unused_input="ignore").vm.jit_fn
+    width = len(graph[0])
+
+    @numba.njit(cache=False)
+    def call(x, res):
+        r = jf(*to_fixed_tuple(x, width))
+        for k in range(len(r)):
+            res[k] = r[k]
+
+    return call
+
+
+def scalar_graph(rhs, parameters, n):
+    """The RHS and its Jacobians as a graph of pytensor scalars, or None.
+
+    The RHS is traced on scalar states, time and parameters; when its graph (after
+    pytensor's canonical rewrites) holds only elementwise operations, it is rebuilt from
+    their scalar ops.  Returns (inputs, outputs): inputs ``y_0..y_{n-1}, t, p_0..``,
+    outputs f_a, J_y[a, c], J_p[a, b]; None for an RHS that needs the state matrix
+    (e.g. stacks states, sums over them, matrix products).
+    """
+    import pytensor.scalar as ps
+    from pytensor.graph.basic import Constant
+    from pytensor.graph.traversal import io_toposort
+    from pytensor.graph.rewriting.utils import rewrite_graph
+    from pytensor.tensor.elemwise import DimShuffle, Elemwise
+
+    n_p = len(parameters)
+    rows = [pt.scalar(f"y{a}", dtype="float64") for a in range(n)]
+    t = pt.scalar("t", dtype="float64")
+    cols = [pt.scalar(f"p{k}", dtype="float64") for k in range(n_p)]
+    try:
+        out = _derivatives(rhs, parameters, n, rows, t, cols)
+    except Exception:   # the RHS needs the (n_sub, n_states) matrix: use the array version
+        return None
+    if any(o.ndim != 0 for o in out):
+        return None
+    inputs = rows + [t] + cols
+    out = rewrite_graph(out, include=("canonicalize", "stabilize", "specialize"))
+    scalar_in = [ps.float64(v.name) for v in inputs]
+    mapping = dict(zip(inputs, scalar_in))
+
+    def scalar(v):
+        if v in mapping:
+            return mapping[v]
+        if isinstance(v, Constant) and np.asarray(v.data).size == 1:
+            return ps.constant(np.asarray(v.data).item(), dtype=v.dtype)
+        raise _NotElementwise
+
+    try:
+        for node in io_toposort(inputs, out):
+            if isinstance(node.op, Elemwise):
+                res = node.op.scalar_op.make_node(*[scalar(x) for x in node.inputs]).outputs
+            elif isinstance(node.op, DimShuffle) and node.outputs[0].ndim == 0:
+                res = [scalar(node.inputs[0])]
+            else:
+                return None
+            mapping.update(zip(node.outputs, res))
+        outs = [s if s.type.dtype == "float64" else ps.cast(s, "float64") for s in map(scalar, out)]
+    except _NotElementwise:
+        return None
+    return scalar_in, outs
+
+
+def _batched_rhs(rhs, parameters, n):
+    """Fallback of :func:`_scalar_rhs` for any RHS: the array graph called with one subject."""
+    n_p = len(parameters)
+    YT = pt.tensor("YT", shape=(n, None), dtype="float64")
+    t = pt.tensor("t", shape=(None,), dtype="float64")
+    PT = pt.tensor("PT", shape=(n_p, None), dtype="float64")
+    out = _derivatives(rhs, parameters, n, [YT[a] for a in range(n)], t, [PT[k] for k in range(n_p)])
+    zero = pt.zeros_like(t)
+    jf = pytensor.function([YT, t, PT], pt.stack([o + zero for o in out], axis=0), mode="NUMBA",
+                           on_unused_input="ignore").vm.jit_fn
+
+    @numba.njit(cache=False)
+    def call(x, res):
+        r = jf(x[:n].copy().reshape((n, 1)), x[n:n + 1].copy(), x[n + 1:].copy().reshape((n_p, 1)))[0]
+        res[:] = r[:, 0]
+
+    return call
 
 
 class _StateColumns:
@@ -177,208 +295,228 @@ def _as_matrix(out, n, what):
 
 
 def _make_kernel(rhs, init, n, n_p):
-    """The numba integrator for one compiled RHS (closure over the compiled functions)."""
-    C, A, B, E = _C, _A, _B, _E
+    """The numba integrator for one compiled RHS (closure over the compiled functions).
+
+    Subjects are integrated one after the other, each with its own adaptive steps; the
+    scalar RHS makes one step cost a few hundred floating-point operations and no
+    allocation.
+    """
+    C, A, E = _C, _A, _E
+    width, n_out = n + 1 + n_p, n + n * n + n * n_p
 
     @numba.njit(cache=False)
     def kernel(P, t0, obs_time, obs_order, obs_start, obs_first, dose_time, dose_amt, dose_rate,
                dose_state, dose_lagged, dose_valid, idx, opts):
-        P = np.ascontiguousarray(P)   # one type specialisation of the compiled RHS
+        P = np.ascontiguousarray(P)   # one type specialisation of the compiled functions
         n_sub = P.shape[0]
         n_obs = obs_time.shape[0]
         D = dose_time.shape[1]
         f_idx, lag_idx = idx[0], idx[1]
+        act = np.nonzero(idx[2:])[0]   # parameters whose sensitivities are needed
+        n_act = act.shape[0]
         rtol, atol, max_steps = opts[0], opts[1], int(opts[2])
         out_y = np.full((n_obs, n), np.nan)
         out_s = np.full((n_obs, n, n_p), np.nan)
         init_out = init(P)
-        PT = np.ascontiguousarray(P.T)
-        y = init_out[0].copy()
-        S = init_out[1].copy()
-        # events per subject: kind 0 bolus, 1 infusion start, 2 infusion end; sorted by time
-        ev_t = np.full((n_sub, 2 * D), np.inf)
-        ev_k = np.zeros((n_sub, 2 * D), np.int64)
-        ev_d = np.zeros((n_sub, 2 * D), np.int64)
-        n_ev = np.zeros(n_sub, np.int64)
+        Y0, S0 = init_out[0], init_out[1]
+        x = np.empty(width)
+        r = np.empty(n_out)
+        r2 = np.empty(n_out)
+        K = np.zeros((7, n))
+        KS = np.zeros((7, n, n_p))
+        y = np.empty(n)
+        S = np.empty((n, n_p))
+        ys = np.empty(n)
+        Ss = np.empty((n, n_p))
+        rate = np.empty(n)
+        ev_t = np.empty(2 * D)
+        ev_k = np.empty(2 * D, np.int64)
+        ev_d = np.empty(2 * D, np.int64)
         for i in range(n_sub):
+            # dose events: kind 0 bolus, 1 infusion start, 2 infusion end; sorted by time
             m = 0
             lag = P[i, lag_idx] if lag_idx >= 0 else 0.0
             for d in range(D):
                 if not dose_valid[i, d]:
                     continue
                 if dose_rate[i, d] > 0:
-                    ev_t[i, m], ev_k[i, m], ev_d[i, m] = dose_time[i, d], 1, d
-                    ev_t[i, m + 1], ev_k[i, m + 1], ev_d[i, m + 1] = (
-                        dose_time[i, d] + dose_amt[i, d] / dose_rate[i, d], 2, d)
+                    ev_t[m], ev_k[m], ev_d[m] = dose_time[i, d], 1, d
+                    ev_t[m + 1], ev_k[m + 1], ev_d[m + 1] = dose_time[i, d] + dose_amt[i, d] / dose_rate[i, d], 2, d
                     m += 2
                 else:
-                    ev_t[i, m], ev_k[i, m], ev_d[i, m] = dose_time[i, d] + (lag if dose_lagged[i, d] else 0.0), 0, d
+                    ev_t[m], ev_k[m], ev_d[m] = dose_time[i, d] + (lag if dose_lagged[i, d] else 0.0), 0, d
                     m += 1
-            order = np.argsort(ev_t[i, :m], kind="mergesort")
-            ev_t[i, :m], ev_k[i, :m], ev_d[i, :m] = ev_t[i, :m][order], ev_k[i, :m][order], ev_d[i, :m][order]
-            n_ev[i] = m
-        t = t0.copy()
-        h = np.zeros(n_sub)
-        target = np.zeros(n_sub)
-        rate = np.zeros((n_sub, n))
-        ep = np.zeros(n_sub, np.int64)
-        op = obs_start[:n_sub].copy()
-        done = np.zeros(n_sub, np.bool_)
-        need = np.ones(n_sub, np.bool_)
-        K = np.zeros((7, n_sub, n))
-        KS = np.zeros((7, n_sub, n, n_p))
-        ys = np.empty((n_sub, n))
-        Ss = np.empty((n_sub, n, n_p))
-        ts = np.empty(n_sub)
-        hh = np.zeros(n_sub)
-        for i in range(n_sub):
-            # process events at t0, then the first target
-            _advance(i, t, y, S, rate, ep, op, n_ev, ev_t, ev_k, ev_d, obs_time, obs_order, obs_start,
-                     obs_first, dose_amt, dose_rate, dose_state, dose_lagged, P, f_idx, lag_idx, out_y, out_s,
-                     target, done, need, rhs, n, n_p)
-            h[i] = max(target[i] - t[i], 1e-6) * 0.01 if not done[i] else 0.0
-        # step budget per subject: a base plus a share per stop (dose event or observation);
-        # past it the subject's remaining outputs stay NaN (log density -inf, the sampler
-        # rejects the point).  Reached only where an explicit method meets severe stiffness,
-        # e.g. KA of thousands per hour in early warm-up, where one evaluation would
-        # otherwise take seconds.
-        budget = np.empty(n_sub, np.int64)
-        steps = np.zeros(n_sub, np.int64)
-        for i in range(n_sub):
-            budget[i] = max_steps + _STEPS_PER_STOP * (n_ev[i] + obs_start[i + 1] - obs_start[i])
-        while not done.all():
-            if need.any():
-                r = _call(rhs, y, t, PT)
-                for i in range(n_sub):
-                    if need[i]:
-                        _stage(r, i, rate, S, K, KS, 0, n, n_p)
-                        need[i] = False
-            for i in range(n_sub):
-                hh[i] = min(h[i], target[i] - t[i]) if not done[i] else 0.0
-            for s in range(1, 7):
-                for i in range(n_sub):
-                    ts[i] = t[i] + C[s] * hh[i]
-                    for a in range(n):
-                        acc = 0.0
-                        for j in range(s):
-                            acc += A[s, j] * K[j, i, a]
-                        ys[i, a] = y[i, a] + hh[i] * acc
-                        for b in range(n_p):
+            order = np.argsort(ev_t[:m], kind="mergesort")
+            et, ek, ed = ev_t[:m][order], ev_k[:m][order], ev_d[:m][order]
+            x[n + 1:] = P[i]
+            y[:] = Y0[i]
+            S[:, :] = S0[i]
+            rate[:] = 0.0
+            t, h, target = t0[i], 0.0, t0[i]
+            ep, op, oend = 0, obs_start[i], obs_start[i + 1]
+            need = True
+            # step budget: a base plus a share per stop (dose event or observation); past it
+            # the subject's remaining outputs stay NaN (log density -inf, the sampler rejects
+            # the point).  Reached only where an explicit method meets severe stiffness, e.g.
+            # KA of thousands per hour in early warm-up, where one evaluation would otherwise
+            # take seconds.
+            steps, budget = 0, max_steps + _STEPS_PER_STOP * (m + oend - op)
+            while True:
+                # apply the events and record the observations at t; find the next stop
+                finished = False
+                while True:
+                    has_ev, has_ob = ep < m, op < oend
+                    if not has_ob:   # nothing left to record: later doses do not matter
+                        finished = True
+                        break
+                    te = et[ep] if has_ev else np.inf
+                    o = obs_order[op] if has_ob else -1
+                    to = obs_time[o] if has_ob else np.inf
+                    # a dose at an observation's time comes first only if it precedes it in the records
+                    ev_first = has_ev and (te < to or (te == to and (ek[ep] != 0 or obs_first[o, ed[ep]])))
+                    tn = te if ev_first else to
+                    if tn > t:
+                        # integrate to the next dose event (or the last observation);
+                        # observations on the way come from the dense output
+                        target = min(te, obs_time[obs_order[oend - 1]])
+                        break
+                    if not ev_first:
+                        out_y[o] = y
+                        out_s[o] = S
+                        op += 1
+                        continue
+                    d, k = ed[ep], ek[ep]
+                    c = dose_state[i, d]
+                    ep += 1
+                    need = True
+                    if k == 1:
+                        rate[c] += dose_rate[i, d]
+                    elif k == 2:
+                        rate[c] -= dose_rate[i, d]
+                    else:
+                        lagged = dose_lagged[i, d]
+                        if lag_idx >= 0 and lagged:   # d y / d ALAG jumps by f(y-) - f(y+)
+                            x[:n] = y
+                            x[n] = t
+                            rhs(x, r)
+                        y[c] += (P[i, f_idx] if f_idx >= 0 and lagged else 1.0) * dose_amt[i, d]
+                        if f_idx >= 0 and lagged:
+                            S[c, f_idx] += dose_amt[i, d]
+                        if lag_idx >= 0 and lagged:
+                            x[:n] = y
+                            rhs(x, r2)
+                            for a in range(n):
+                                S[a, lag_idx] += r[a] - r2[a]
+                if finished:
+                    break
+                if h == 0.0:
+                    h = max(target - t, 1e-6) * 0.01
+                failed = False
+                while t < target:
+                    if need:
+                        x[:n] = y
+                        x[n] = t
+                        rhs(x, r)
+                        _stage(r, rate, S, K, KS, 0, n, n_p, act)
+                        need = False
+                    hh = min(h, target - t)
+                    for s in range(1, 7):
+                        for a in range(n):
                             acc = 0.0
                             for j in range(s):
-                                acc += A[s, j] * KS[j, i, a, b]
-                            Ss[i, a, b] = S[i, a, b] + hh[i] * acc
-                r = _call(rhs, ys, ts, PT)
-                for i in range(n_sub):
-                    _stage(r, i, rate, Ss, K, KS, s, n, n_p)
-            for i in range(n_sub):
-                if done[i]:
-                    continue
-                steps[i] += 1
-                if steps[i] > budget[i]:
-                    done[i] = True
-                    continue
-                # ys/Ss hold stage 7 = the 5th-order solution (FSAL)
-                err = 0.0
-                for a in range(n):
-                    e = 0.0
-                    for j in range(7):
-                        e += E[j] * K[j, i, a]
-                    sc = atol + rtol * max(abs(y[i, a]), abs(ys[i, a]))
-                    err += (hh[i] * e / sc) ** 2
-                err = np.sqrt(err / n)
-                if not np.isfinite(err):
-                    done[i] = True   # outputs of the rest of this subject stay NaN
-                    continue
-                if err <= 1.0:
-                    clipped = hh[i] < h[i]
-                    t[i] = target[i] if clipped or t[i] + hh[i] >= target[i] else t[i] + hh[i]
-                    y[i] = ys[i]
-                    S[i] = Ss[i]
-                    K[0, i] = K[6, i]
-                    KS[0, i] = KS[6, i]
-                    fac = 5.0 if err == 0.0 else min(5.0, max(0.2, 0.9 * err ** -0.2))
-                    h[i] = max(h[i], hh[i] * fac) if clipped else hh[i] * fac
-                    if t[i] >= target[i]:
-                        _advance(i, t, y, S, rate, ep, op, n_ev, ev_t, ev_k, ev_d, obs_time, obs_order,
-                                 obs_start, obs_first, dose_amt, dose_rate, dose_state, dose_lagged, P, f_idx,
-                                 lag_idx, out_y, out_s, target, done, need, rhs, n, n_p)
-                else:
-                    h[i] = hh[i] * max(0.2, 0.9 * err ** -0.2)
+                                acc += A[s, j] * K[j, a]
+                            ys[a] = y[a] + hh * acc
+                            x[a] = ys[a]
+                            for bb in range(n_act):
+                                b = act[bb]
+                                acc = 0.0
+                                for j in range(s):
+                                    acc += A[s, j] * KS[j, a, b]
+                                Ss[a, b] = S[a, b] + hh * acc
+                        x[n] = t + C[s] * hh
+                        rhs(x, r)
+                        _stage(r, rate, Ss, K, KS, s, n, n_p, act)
+                    steps += 1
+                    # ys/Ss hold stage 7 = the 5th-order solution (FSAL)
+                    err = 0.0
+                    for a in range(n):
+                        e = 0.0
+                        for j in range(7):
+                            e += E[j] * K[j, a]
+                        sc = atol + rtol * max(abs(y[a]), abs(ys[a]))
+                        err += (hh * e / sc) ** 2
+                    err = np.sqrt(err / n)
+                    if steps > budget or not np.isfinite(err):
+                        failed = True   # outputs of the rest of this subject stay NaN
+                        break
+                    if err <= 1.0:
+                        clipped = hh < h
+                        t_new = target if clipped or t + hh >= target else t + hh
+                        # observations inside the step (those at the target wait for the
+                        # event logic, which orders them against a dose at the same time)
+                        while op < oend:
+                            o = obs_order[op]
+                            if obs_time[o] > t_new or obs_time[o] >= target:
+                                break
+                            if obs_time[o] == t_new:
+                                out_y[o] = ys
+                                out_s[o] = Ss
+                            else:
+                                _dense(K, KS, y, S, hh, (obs_time[o] - t) / hh, out_y[o], out_s[o], n, n_p, act)
+                            op += 1
+                        t = t_new
+                        y[:] = ys
+                        S[:, :] = Ss
+                        K[0] = K[6]
+                        KS[0] = KS[6]
+                        fac = 5.0 if err == 0.0 else min(5.0, max(0.2, 0.9 * err ** -0.2))
+                        h = max(h, hh * fac) if clipped else hh * fac
+                    else:
+                        h = hh * max(0.2, 0.9 * err ** -0.2)
+                if failed:
+                    break
+        for b in range(n_p):
+            if not idx[2 + b]:
+                out_s[:, :, b] = 0.0   # not needed (a constant parameter): not integrated
         return out_y, out_s
 
     return kernel
 
 
 @numba.njit(cache=True)
-def _stage(r, i, rate, S, K, KS, s, n, n_p):
-    """Stage derivative of subject i: y' = f + infusion rate, S' = J_y S + J_p.
+def _dense(K, KS, y, S, h, x, out_y, out_s, n, n_p, act):
+    """States and sensitivities at ``t + x h`` inside an accepted step (dense output)."""
+    for a in range(n):
+        acc = 0.0
+        for k in range(4):
+            q = 0.0
+            for j in range(7):
+                q += K[j, a] * _DENSE[j, k]
+            acc += q * x ** (k + 1)
+        out_y[a] = y[a] + h * acc
+        for b in act:
+            acc = 0.0
+            for k in range(4):
+                q = 0.0
+                for j in range(7):
+                    q += KS[j, a, b] * _DENSE[j, k]
+                acc += q * x ** (k + 1)
+            out_s[a, b] = S[a, b] + h * acc
 
-    ``r`` is the compiled RHS output: rows f_a, then J_y[a, c] (row n + a n + c),
-    then J_p[a, b] (row n + n^2 + a n_p + b), one column per subject.
+
+@numba.njit(cache=True)
+def _stage(r, rate, S, K, KS, s, n, n_p, act):
+    """Stage derivative: y' = f + infusion rate, S' = J_y S + J_p.
+
+    ``r`` holds f_a, then J_y[a, c] (at n + a n + c), then J_p[a, b] (at n + n^2 + a n_p + b).
     """
     for a in range(n):
-        K[s, i, a] = r[a, i] + rate[i, a]
-        for b in range(n_p):
-            acc = r[n + n * n + a * n_p + b, i]
+        K[s, a] = r[a] + rate[a]
+        for b in act:
+            acc = r[n + n * n + a * n_p + b]
             for c in range(n):
-                acc += r[n + a * n + c, i] * S[i, c, b]
-            KS[s, i, a, b] = acc
-
-
-@numba.njit(cache=False)
-def _call(rhs, y, t, PT):
-    """The compiled RHS at states y (n_sub, n) and times t (n_sub,): (n_out, n_sub)."""
-    return rhs(np.ascontiguousarray(y.T), t, PT)[0]
-
-
-@numba.njit(cache=False)
-def _advance(i, t, y, S, rate, ep, op, n_ev, ev_t, ev_k, ev_d, obs_time, obs_order, obs_start,
-             obs_first, dose_amt, dose_rate, dose_state, dose_lagged, P, f_idx, lag_idx, out_y, out_s,
-             target, done, need, rhs, n, n_p):
-    """Apply subject i's events and record its observations at time t[i]; set the next target."""
-    while True:
-        has_ev = ep[i] < n_ev[i]
-        has_ob = op[i] < obs_start[i + 1]
-        if not has_ev and not has_ob:
-            done[i] = True
-            return
-        te = ev_t[i, ep[i]] if has_ev else np.inf
-        o = obs_order[op[i]] if has_ob else -1
-        to = obs_time[o] if has_ob else np.inf
-        # a dose at an observation's time comes first only if it precedes it in the records
-        ev_first = has_ev and (te < to or (te == to and (ev_k[i, ep[i]] != 0 or obs_first[o, ev_d[i, ep[i]]])))
-        tn = te if ev_first else to
-        if tn > t[i]:
-            target[i] = tn
-            return
-        if not ev_first:
-            out_y[o] = y[i]
-            out_s[o] = S[i]
-            op[i] += 1
-            continue
-        d, k = ev_d[i, ep[i]], ev_k[i, ep[i]]
-        c = dose_state[i, d]
-        ep[i] += 1
-        need[i] = True
-        if k == 1:
-            rate[i, c] += dose_rate[i, d]
-        elif k == 2:
-            rate[i, c] -= dose_rate[i, d]
-        else:
-            lagged = dose_lagged[i, d]
-            fr = P[i, f_idx] if f_idx >= 0 and lagged else 1.0
-            yb = y[i:i + 1].copy()
-            y[i, c] += fr * dose_amt[i, d]
-            if f_idx >= 0 and lagged:
-                S[i, c, f_idx] += dose_amt[i, d]
-            if lag_idx >= 0 and lagged:
-                tt = t[i:i + 1].copy()
-                PTi = np.ascontiguousarray(P[i:i + 1].T)
-                f_minus = _call(rhs, yb, tt, PTi)
-                f_plus = _call(rhs, y[i:i + 1].copy(), tt, PTi)
-                for a in range(n):
-                    S[i, a, lag_idx] += f_minus[a, 0] - f_plus[a, 0]
+                acc += r[n + a * n + c] * S[c, b]
+            KS[s, a, b] = acc
 
 
 class ODESolveOp(Op):
@@ -439,8 +577,13 @@ def _numba_ode_solve(op, node=None, **kwargs):
     return solve
 
 
-def schedule(data, model, system: ODESystem, rtol: float, atol: float, max_steps: int = 2000) -> list:
+def schedule(data, model, system: ODESystem, rtol: float, atol: float, max_steps: int = 2000,
+             active=None) -> list:
     """The constant inputs of :class:`ODESolveOp` for a data set.
+
+    ``active`` (bool per parameter, default all) marks the parameters whose
+    sensitivities are integrated; the others (constants, e.g. a default ``F``)
+    get zero sensitivities at no cost.
 
     ``max_steps`` (plus 100 per dose event and observation) bounds the DOPRI5
     steps of one subject; a subject that needs more gets NaN outputs, which the
@@ -471,7 +614,8 @@ def schedule(data, model, system: ODESystem, rtol: float, atol: float, max_steps
         raise DataError(f"dose into CMT {int(cmt[bad][0])}, but ODE model {model.name} has compartments "
                         f"1..{n}", source=data.source, row=data._first_row[subj], column="CMT")
     names = system.parameters
-    idx = np.array([names.index(p) if p in names else -1 for p in ("F", "ALAG")], np.int64)
+    active = np.ones(len(names), bool) if active is None else np.asarray(active, bool)
+    idx = np.array([names.index(p) if p in names else -1 for p in ("F", "ALAG")] + list(active), np.int64)
     lagged = (cmt == model.depot_cmt) if model.depot_cmt is not None else np.zeros(cmt.shape, bool)
     t_first = np.where(data.dose_valid, data.dose_time, np.inf).min(axis=1)
     t0 = np.minimum(t_first, [data.obs_time[data.obs_subject == i].min(initial=np.inf)
@@ -485,7 +629,8 @@ def schedule(data, model, system: ODESystem, rtol: float, atol: float, max_steps
             np.array([rtol, atol * scale, max_steps], float), data.obs_subject.astype(np.int64)]
 
 
-def solve_states(system: ODESystem, P, data, model, rtol: float = 1e-8, atol: float = 1e-10):
+def solve_states(system: ODESystem, P, data, model, rtol: float = 1e-8, atol: float = 1e-10,
+                 active=None):
     """States (n_obs, n_states) at the data's observation records, as a differentiable tensor.
 
     Parameters
@@ -499,8 +644,10 @@ def solve_states(system: ODESystem, P, data, model, rtol: float = 1e-8, atol: fl
     rtol, atol : float
         Relative tolerance and absolute tolerance (as a fraction of the
         largest dose amount) of the DOPRI5 local error.
+    active : sequence of bool, optional
+        Parameters (columns of ``P``) that need gradients; default all.
     """
-    consts = [pt.constant(x) for x in schedule(data, model, system, rtol, atol)]
+    consts = [pt.constant(x) for x in schedule(data, model, system, rtol, atol, active=active)]
     y, _ = ODESolveOp(system)(pt.as_tensor_variable(P), *consts)
     return y
 
@@ -514,15 +661,21 @@ def ode_function(params_by_subject: dict, data, model, *, system: ODESystem, out
     dict of str -> tensor (n_obs,)
         Each output (e.g. ``CP``, ``RESPONSE``), in ``model.outputs`` order.
     """
+    from pytensor.graph.basic import Constant
+    from pytensor.graph.traversal import graph_inputs
+
     n_sub = data.n_subjects
-    cols = []
+    cols, active = [], []
     for name in system.parameters:
         v = params_by_subject.get(name, model.optional.get(name))
         if v is None:
             raise KeyError(f"ODE model {model.name} needs parameter {name}")
-        cols.append(pt.as_tensor_variable(v).astype("float64") * pt.ones(n_sub))
+        v = pt.as_tensor_variable(v)
+        # a parameter that is a constant (a default F, a fixed ALAG) needs no sensitivities
+        active.append(not all(isinstance(x, Constant) for x in graph_inputs([v])))
+        cols.append(v.astype("float64") * pt.ones(n_sub))
     P = pt.stack(cols, axis=1)
-    states = solve_states(system, P, data, model, rtol, atol)
+    states = solve_states(system, P, data, model, rtol, atol, active=active)
     p_obs = {name: P[data.obs_subject, k] for k, name in enumerate(system.parameters)}
     return {name: fn(states, p_obs) for name, fn in outputs.items()}
 
