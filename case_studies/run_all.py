@@ -5,7 +5,6 @@ left unchanged, so git keeps them without outputs).  Reduced settings for a quic
 environment (BAYESNLME_DRAWS, BAYESNLME_TUNE, BAYESNLME_CHAINS), as in the test suite.
 """
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -15,16 +14,12 @@ from nbclient import NotebookClient
 from nbconvert import HTMLExporter
 
 HERE = Path(__file__).resolve().parent
-OPT_IN = {"warfarin_pkpd": "BAYESNLME_ODE_CASE_STUDIES"}   # as in tests/test_case_studies.py
 
 
 def main(out: Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
     exporter = HTMLExporter()
     for path in sorted(HERE.glob("*.ipynb")):
-        if path.stem in OPT_IN and os.environ.get(OPT_IN[path.stem]) != "1":
-            print(f"{path.name}: skipped (ODE fits take hours at full settings; set {OPT_IN[path.stem]}=1)")
-            continue
         start = time.time()
         nb = nbformat.read(path, as_version=4)
         NotebookClient(nb, timeout=3600, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}).execute()

@@ -18,18 +18,6 @@ nbclient = pytest.importorskip("nbclient")
 
 CASE_STUDIES = Path(__file__).resolve().parents[1] / "case_studies"
 NOTEBOOKS = sorted(CASE_STUDIES.glob("*.ipynb"))
-# Notebooks whose ODE fits do not fit the suite's budget: run only on request.  warfarin_pkpd's
-# joint PK + turnover fit takes ~25 min at the settings below on 2 cores (ODE solver cost, see
-# docs/benchmarks.md); it ran end to end with every assert at 1 chain x 30 draws (11 min).
-OPT_IN = {"warfarin_pkpd": "BAYESNLME_ODE_CASE_STUDIES"}
-
-
-def _param(path):
-    var = OPT_IN.get(path.stem)
-    if var is None:
-        return pytest.param(path, id=path.stem)
-    return pytest.param(path, id=path.stem, marks=pytest.mark.skipif(
-        os.environ.get(var) != "1", reason=f"ODE case study: ~25 min at test settings; set {var}=1 to run it"))
 SETTINGS = {"BAYESNLME_DRAWS": "300", "BAYESNLME_TUNE": "300", "BAYESNLME_CHAINS": "2"}
 
 # appended to the executed copy: the kernel must be this interpreter and see the settings
@@ -44,7 +32,7 @@ def test_case_studies_exist():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", [_param(p) for p in NOTEBOOKS])
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_case_study_runs(path, monkeypatch):
     for key, value in SETTINGS.items():
         monkeypatch.setenv(key, value)  # the kernel inherits the environment
