@@ -31,10 +31,10 @@ LINEAR = StructuralModel.ode(_two_cmt_rhs, ("CL", "V", "Q", "V2", "KA"), 3,
                              rtol=1e-10, atol=1e-12)
 
 
-def _rec(i, t, amt=0.0, cmt=2, rate=0.0, addl=0, ii=0.0, dv=None):
+def _rec(i, t, amt=0.0, cmt=2, rate=0.0, addl=0, ii=0.0, dv=None, ss=0):
     dose = amt > 0
     return dict(ID=i, TIME=t, DV=0.0 if dose else dv, AMT=amt, EVID=int(dose), MDV=int(dose), CMT=cmt,
-                RATE=rate, ADDL=addl, II=ii)
+                RATE=rate, ADDL=addl, II=ii, SS=ss)
 
 
 def _regimens() -> pd.DataFrame:
@@ -110,13 +110,14 @@ def test_michaelis_menten_matches_solve_ivp():
     _close(ode, ref)
 
 
-def test_gradient_matches_finite_differences(regimens):
+def _gradient_and_fd(data, params):
+    """Gradient of a weighted sum of CP by the solver's sensitivities, and by central differences."""
     system = LINEAR.function.keywords["system"]
     P = pt.dmatrix("P")
-    cp = solve_states(system, P, regimens, LINEAR, rtol=1e-10, atol=1e-12)[:, 1] / P[regimens.obs_subject, 1]
-    weights = np.linspace(0.5, 2.0, regimens.n_obs)
+    cp = solve_states(system, P, data, LINEAR, rtol=1e-10, atol=1e-12)[:, 1] / P[data.obs_subject, 1]
+    weights = np.linspace(0.5, 2.0, data.n_obs)
     fn = pytensor.function([P], [(cp * weights).sum(), pytensor.grad((cp * weights).sum(), P)])
-    p0 = np.stack([PARAMS[k] for k in system.parameters], axis=1)
+    p0 = np.stack([params[k] for k in system.parameters], axis=1)
     _, grad = fn(p0)
     fd = np.zeros_like(p0)
     for idx in np.ndindex(*p0.shape):
@@ -127,12 +128,58 @@ def test_gradient_matches_finite_differences(regimens):
         up[idx] += eps
         down[idx] -= eps
         fd[idx] = (fn(up)[0] - fn(down)[0]) / (2 * eps)
-    scale = np.abs(fd).max(axis=0)   # per parameter (columns have different units)
+    return grad, fd, np.abs(fd).max(axis=0)   # scale per parameter (columns have different units)
+
+
+def test_gradient_matches_finite_differences(regimens):
+    system = LINEAR.function.keywords["system"]
+    grad, fd, scale = _gradient_and_fd(regimens, PARAMS)
     # sensitivities are not error-controlled (only the states are): ~1.5e-6 on the stiff-ish
     # subject 2 (k12/k10 = 40, infusion), ~1e-9 on the others
     assert np.all(np.abs(grad - fd) <= 5e-6 * scale + 1e-9)
     assert np.all(np.abs(grad - fd)[[0, 2]] <= 1e-7 * scale)
     assert np.abs(fd[:, system.parameters.index("ALAG")]).max() > 1.0   # the lag sensitivity is exercised
+
+
+def _steady_state_regimens() -> pd.DataFrame:
+    """SS=1 doses: oral with lag and F after an earlier dose it wipes out, with ADDL afterwards;
+    an IV infusion (4 h of a 12 h interval); an oral dose whose lag exceeds II."""
+    rows = [_rec(1, 0.0, 300, cmt=1), _rec(1, 2.0, dv=1.0), _rec(1, 24.0, 100, cmt=1, ss=1, ii=12, addl=1)]
+    rows += [_rec(1, t, dv=1.0) for t in (24.0, 24.2, 25, 27, 30, 36, 37, 48)]
+    rows += [_rec(2, 0.0, 200, cmt=2, rate=50, ss=1, ii=12)] + [_rec(2, t, dv=1.0) for t in (0.0, 2, 4, 6, 11.9)]
+    rows += [_rec(3, 5.0, 150, cmt=1, ss=1, ii=8)] + [_rec(3, t, dv=1.0) for t in (5.0, 6, 9, 12)]
+    return pd.DataFrame(rows).sort_values(["ID", "TIME", "EVID"], ascending=[True, True, False], kind="stable")
+
+
+SS_PARAMS = dict(PARAMS, ALAG=np.array([0.37, 0.05, 9.5]))   # subject 3: lag longer than II = 8
+
+
+def test_steady_state_doses_match_closed_form():
+    data = read_nonmem(_steady_state_regimens())
+    ode = evaluate(LINEAR, SS_PARAMS, data)
+    ref = evaluate(LIBRARY["2cmt_oral"], SS_PARAMS, data)
+    _close(ode, ref)
+    # the reset: subject 1 at 24 h (pre-dose, SS) is far from what the 300 mg dose would leave
+    first = ref[(data.obs_subject == 0) & (data.obs_time == 24.0)]
+    assert first.size == 1 and first[0] > 0
+
+
+def test_steady_state_gradient_matches_finite_differences():
+    grad, fd, scale = _gradient_and_fd(read_nonmem(_steady_state_regimens()), SS_PARAMS)
+    assert np.all(np.abs(grad - fd) <= 5e-6 * scale + 1e-9)
+    assert np.abs(fd[:, LINEAR.function.keywords["system"].parameters.index("ALAG")]).max() > 0.1
+
+
+def test_unsupported_steady_state_doses_name_the_row():
+    frame = _steady_state_regimens()
+    frame.loc[(frame["ID"] == 2) & (frame["AMT"] > 0), "SS"] = 2
+    with pytest.raises(DataError, match="SS=2") as err:
+        evaluate(LINEAR, SS_PARAMS, read_nonmem(frame))
+    assert err.value.column == "SS" and err.value.row is not None
+    frame = _steady_state_regimens()
+    frame.loc[(frame["ID"] == 2) & (frame["AMT"] > 0), "RATE"] = 10.0    # 20 h infusion, II 12 h
+    with pytest.raises(DataError, match="longer than II"):
+        evaluate(LINEAR, SS_PARAMS, read_nonmem(frame))
 
 
 def test_batched_equals_one_subject_at_a_time(regimens):

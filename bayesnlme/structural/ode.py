@@ -29,6 +29,10 @@ price of one Jacobian-matrix product per stage.  Truly stiff systems (fast
 binding, rate constants 1e6 x apart) would need many small steps; use a
 closed form or a quasi-equilibrium reformulation for them.
 
+Steady state (``SS=1`` with ``II``): reset to the initial state, then the state
+at the start of a dosing interval is the fixed point of one interval of dosing,
+found by iterating intervals (:func:`_steady_state`).
+
 Observations are read from DOPRI5's 4th-order dense output inside the steps
 (Hairer & Wanner; scipy's ``RK45`` uses the same), for the states and the
 sensitivities alike, so they do not cut steps short; dose events (bolus jumps,
@@ -93,6 +97,7 @@ _DENSE = np.array([
     [0, -282668133 / 205662961, 2019193451 / 616988883, -1453857185 / 822651844],
     [0, 40617522 / 29380423, -110615467 / 29380423, 69997945 / 29380423]])
 _STEPS_PER_STOP = 100   # step budget per dose event / observation, on top of max_steps
+_SS_BUDGET = 200        # step budget of one steady-state computation, in units of max_steps
 _E = _B - np.array([5179 / 57600, 0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40])
 
 
@@ -120,7 +125,19 @@ class ODESystem:
 
     @cached_property
     def kernel(self):
-        """The compiled integrator (built on first use: numba compilation takes seconds)."""
+        """The compiled integrator without steady-state doses (built on first use: numba
+        compilation takes seconds)."""
+        return _make_kernel(*self._compiled, steady=False)
+
+    @cached_property
+    def kernel_ss(self):
+        """The compiled integrator with steady-state (SS=1) doses (a separate compilation:
+        data without SS doses do not pay for it)."""
+        return _make_kernel(*self._compiled, steady=True)
+
+    @cached_property
+    def _compiled(self):
+        """The compiled RHS and initial-state functions, with n_states and n_params."""
         n, n_p = self.n_states, len(self.parameters)
         rhs = _scalar_rhs(self.rhs, self.parameters, n) or _batched_rhs(self.rhs, self.parameters, n)
         P = pt.tensor("P", shape=(None, n_p), dtype="float64")
@@ -129,7 +146,7 @@ class ODESystem:
         y0 = _as_matrix(self.initial(p), n, "initial") + zeros_y if self.initial is not None else zeros_y
         s0 = pt.stack([pt.grad(y0[:, i].sum(), P, disconnected_inputs="ignore") for i in range(n)], axis=1)
         init_fn = pytensor.function([P], [y0, s0 + zeros_s], mode="NUMBA", on_unused_input="ignore")
-        return _make_kernel(rhs, init_fn.vm.jit_fn, n, n_p)
+        return rhs, init_fn.vm.jit_fn, n, n_p
 
 
 def _derivatives(rhs, parameters, n, rows, t, cols):
@@ -294,26 +311,192 @@ def _as_matrix(out, n, what):
     return out
 
 
-def _make_kernel(rhs, init, n, n_p):
+def _make_kernel(rhs, init, n, n_p, steady: bool):
     """The numba integrator for one compiled RHS (closure over the compiled functions).
 
     Subjects are integrated one after the other, each with its own adaptive steps; the
     scalar RHS makes one step cost a few hundred floating-point operations and no
     allocation.
     """
-    C, A, E = _C, _A, _E
     width, n_out = n + 1 + n_p, n + n * n + n * n_p
 
     @numba.njit(cache=False)
+    def _bolus(i, d, t, P, y, S, x, r, r2, dose_amt, dose_state, dose_lagged, f_idx, lag_idx):
+        """Bolus dose d of subject i at time t: jump of its state, with F and ALAG sensitivities."""
+        c = dose_state[i, d]
+        lagged = dose_lagged[i, d]
+        if lag_idx >= 0 and lagged:   # d y / d ALAG jumps by f(y-) - f(y+)
+            x[:n] = y
+            x[n] = t
+            rhs(x, r)
+        y[c] += (P[i, f_idx] if f_idx >= 0 and lagged else 1.0) * dose_amt[i, d]
+        if f_idx >= 0 and lagged:
+            S[c, f_idx] += dose_amt[i, d]
+        if lag_idx >= 0 and lagged:
+            x[:n] = y
+            x[n] = t
+            rhs(x, r2)
+            for a in range(n):
+                S[a, lag_idx] += r[a] - r2[a]
+
+
+    @numba.njit(cache=False)
+    def _integrate(t, t_end, h, y, S, rate, x, r, K, KS, ys, Ss, act, rtol, atol, budget, obs_time, obs_order, op, oend,
+                   out_y, out_s):
+        """DOPRI5 of the states ``y`` and sensitivities ``S`` from t to t_end (in place).
+
+        Observations ``obs_order[op:oend]`` strictly before t_end are written from the dense
+        output.  Returns (next step size, steps taken or -1 when the budget is exceeded or the
+        error is not finite, next observation pointer).
+        """
+        x[:n] = y
+        x[n] = t
+        rhs(x, r)
+        _stage(r, rate, S, K, KS, 0, n, n_p, act)
+        steps = 0
+        while t < t_end:
+            hh = min(h, t_end - t)
+            for s in range(1, 7):
+                for a in range(n):
+                    acc = 0.0
+                    for j in range(s):
+                        acc += _A[s, j] * K[j, a]
+                    ys[a] = y[a] + hh * acc
+                    x[a] = ys[a]
+                    for b in act:
+                        acc = 0.0
+                        for j in range(s):
+                            acc += _A[s, j] * KS[j, a, b]
+                        Ss[a, b] = S[a, b] + hh * acc
+                x[n] = t + _C[s] * hh
+                rhs(x, r)
+                _stage(r, rate, Ss, K, KS, s, n, n_p, act)
+            steps += 1
+            # ys/Ss hold stage 7 = the 5th-order solution (FSAL)
+            err = 0.0
+            for a in range(n):
+                e = 0.0
+                for j in range(7):
+                    e += _E[j] * K[j, a]
+                sc = atol + rtol * max(abs(y[a]), abs(ys[a]))
+                err += (hh * e / sc) ** 2
+            err = np.sqrt(err / n)
+            if steps > budget or not np.isfinite(err):
+                return h, -1, op
+            if err <= 1.0:
+                clipped = hh < h
+                t_new = t_end if clipped or t + hh >= t_end else t + hh
+                # observations inside the step (those at t_end wait for the event logic,
+                # which orders them against a dose at the same time)
+                while op < oend:
+                    o = obs_order[op]
+                    if obs_time[o] > t_new or obs_time[o] >= t_end:
+                        break
+                    if obs_time[o] == t_new:
+                        out_y[o] = ys
+                        out_s[o] = Ss
+                    else:
+                        _dense(K, KS, y, S, hh, (obs_time[o] - t) / hh, out_y[o], out_s[o], n, n_p, act)
+                    op += 1
+                t = t_new
+                y[:] = ys
+                S[:, :] = Ss
+                K[0] = K[6]
+                KS[0] = KS[6]
+                fac = 5.0 if err == 0.0 else min(5.0, max(0.2, 0.9 * err ** -0.2))
+                h = max(h, hh * fac) if clipped else hh * fac
+            else:
+                h = hh * max(0.2, 0.9 * err ** -0.2)
+        return h, steps, op
+
+
+    @numba.njit(cache=False)
+    def _steady_state(i, d, ts, P, Y0, S0, y, S, x, r, r2, K, KS, ys, Ss, act, dose_amt, dose_rate, dose_state,
+                      dose_lagged, dose_ii, f_idx, lag_idx, rtol, atol, budget):
+        """Reset subject i and replace its state at ts by the steady state of dose d every II.
+
+        The state at the start of a dosing interval is the fixed point of one interval of
+        dosing, found by iterating intervals from the initial state (what SS=1 means:
+        reset, then the doses have been given forever); the sensitivities follow the same
+        iteration and converge to the derivative of the fixed point.  Converged when one
+        more interval changes no state by more than ``rtol / 10`` (relative, plus ``atol``)
+        and no sensitivity by more than ``rtol / 10`` of its parameter's largest.  Returns
+        the steps taken, or -1 (budget exceeded, no convergence in 5000 intervals).
+        """
+        ii, c, amt, R = dose_ii[i, d], dose_state[i, d], dose_amt[i, d], dose_rate[i, d]
+        lagged = dose_lagged[i, d]
+        y[:] = Y0[i]
+        S[:, :] = S0[i]
+        rate = np.zeros(n)
+        yp = np.empty(n)
+        Sp = np.empty((n, n_p))
+        no_obs = np.empty(0)
+        no_order = np.empty(0, np.int64)
+        no_out_y = np.empty((0, n))
+        no_out_s = np.empty((0, n, n_p))
+        h = ii * 0.01
+        steps = 0
+        for _ in range(5000):
+            yp[:] = y
+            Sp[:, :] = S
+            if R > 0:
+                # infusion of AMT/RATE (<= II, checked by schedule) from the start of the interval
+                dur = amt / R
+                rate[c] = R
+                h, used, _o = _integrate(ts, ts + dur, h, y, S, rate, x, r, K, KS, ys, Ss, act, rtol, atol,
+                                         budget - steps, no_obs, no_order, 0, 0, no_out_y, no_out_s)
+                rate[c] = 0.0
+                if used < 0:
+                    return -1
+                steps += used
+                start = ts + dur
+            else:
+                # bolus at its lag (modulo II) into the interval
+                lag = (P[i, lag_idx] % ii) if lag_idx >= 0 and lagged else 0.0
+                if lag > 0:
+                    h, used, _o = _integrate(ts, ts + lag, h, y, S, rate, x, r, K, KS, ys, Ss, act, rtol, atol,
+                                             budget - steps, no_obs, no_order, 0, 0, no_out_y, no_out_s)
+                    if used < 0:
+                        return -1
+                    steps += used
+                _bolus(i, d, ts + lag, P, y, S, x, r, r2, dose_amt, dose_state, dose_lagged, f_idx, lag_idx)
+                start = ts + lag
+            if start < ts + ii:
+                h, used, _o = _integrate(start, ts + ii, h, y, S, rate, x, r, K, KS, ys, Ss, act, rtol, atol,
+                                         budget - steps, no_obs, no_order, 0, 0, no_out_y, no_out_s)
+                if used < 0:
+                    return -1
+                steps += used
+            done = True
+            for a in range(n):
+                if abs(y[a] - yp[a]) > 0.1 * rtol * abs(y[a]) + atol:
+                    done = False
+            for b in act:
+                scale = 0.0
+                for a in range(n):
+                    scale = max(scale, abs(S[a, b]))
+                for a in range(n):
+                    if abs(S[a, b] - Sp[a, b]) > 0.1 * rtol * scale:
+                        done = False
+            if done:
+                return steps
+        return -1
+
+    if not steady:
+        @numba.njit(cache=False)
+        def _steady_state(i, d, ts, P, Y0, S0, y, S, x, r, r2, K, KS, ys, Ss, act, dose_amt, dose_rate,
+                          dose_state, dose_lagged, dose_ii, f_idx, lag_idx, rtol, atol, budget):
+            return -1   # never called: the schedule chose the kernel without SS doses
+
+    @numba.njit(cache=False)
     def kernel(P, t0, obs_time, obs_order, obs_start, obs_first, dose_time, dose_amt, dose_rate,
-               dose_state, dose_lagged, dose_valid, idx, opts):
+               dose_state, dose_lagged, dose_valid, dose_ss, dose_ii, idx, opts):
         P = np.ascontiguousarray(P)   # one type specialisation of the compiled functions
         n_sub = P.shape[0]
         n_obs = obs_time.shape[0]
         D = dose_time.shape[1]
         f_idx, lag_idx = idx[0], idx[1]
         act = np.nonzero(idx[2:])[0]   # parameters whose sensitivities are needed
-        n_act = act.shape[0]
         rtol, atol, max_steps = opts[0], opts[1], int(opts[2])
         out_y = np.full((n_obs, n), np.nan)
         out_s = np.full((n_obs, n, n_p), np.nan)
@@ -324,28 +507,43 @@ def _make_kernel(rhs, init, n, n_p):
         r2 = np.empty(n_out)
         K = np.zeros((7, n))
         KS = np.zeros((7, n, n_p))
-        y = np.empty(n)
-        S = np.empty((n, n_p))
         ys = np.empty(n)
         Ss = np.empty((n, n_p))
+        y = np.empty(n)
+        S = np.empty((n, n_p))
         rate = np.empty(n)
-        ev_t = np.empty(2 * D)
-        ev_k = np.empty(2 * D, np.int64)
-        ev_d = np.empty(2 * D, np.int64)
         for i in range(n_sub):
-            # dose events: kind 0 bolus, 1 infusion start, 2 infusion end; sorted by time
-            m = 0
+            # events: kind 3 steady-state reset (SS=1, at the record time), 0 bolus, 1 infusion
+            # start, 2 infusion end; sorted by time (stable: a reset precedes its own dose).
+            # A lagged SS dose with ALAG >= II has floor(ALAG / II) doses of its train still
+            # in their lag at the record time: they arrive after it, as boluses.
             lag = P[i, lag_idx] if lag_idx >= 0 else 0.0
+            cap = 3 * D
+            for d in range(D):
+                if dose_valid[i, d] and dose_ss[i, d] == 1 and dose_lagged[i, d] and dose_rate[i, d] <= 0:
+                    cap += int(lag // dose_ii[i, d])
+            ev_t = np.empty(cap)
+            ev_k = np.empty(cap, np.int64)
+            ev_d = np.empty(cap, np.int64)
+            m = 0
             for d in range(D):
                 if not dose_valid[i, d]:
                     continue
+                if dose_ss[i, d] == 1:
+                    ev_t[m], ev_k[m], ev_d[m] = dose_time[i, d], 3, d
+                    m += 1
                 if dose_rate[i, d] > 0:
                     ev_t[m], ev_k[m], ev_d[m] = dose_time[i, d], 1, d
                     ev_t[m + 1], ev_k[m + 1], ev_d[m + 1] = dose_time[i, d] + dose_amt[i, d] / dose_rate[i, d], 2, d
                     m += 2
                 else:
-                    ev_t[m], ev_k[m], ev_d[m] = dose_time[i, d] + (lag if dose_lagged[i, d] else 0.0), 0, d
+                    tl = lag if dose_lagged[i, d] else 0.0
+                    ev_t[m], ev_k[m], ev_d[m] = dose_time[i, d] + tl, 0, d
                     m += 1
+                    if dose_ss[i, d] == 1:
+                        for j in range(1, int(tl // dose_ii[i, d]) + 1):
+                            ev_t[m], ev_k[m], ev_d[m] = dose_time[i, d] + tl - j * dose_ii[i, d], 0, d
+                            m += 1
             order = np.argsort(ev_t[:m], kind="mergesort")
             et, ek, ed = ev_t[:m][order], ev_k[:m][order], ev_d[:m][order]
             x[n + 1:] = P[i]
@@ -354,14 +552,14 @@ def _make_kernel(rhs, init, n, n_p):
             rate[:] = 0.0
             t, h, target = t0[i], 0.0, t0[i]
             ep, op, oend = 0, obs_start[i], obs_start[i + 1]
-            need = True
             # step budget: a base plus a share per stop (dose event or observation); past it
             # the subject's remaining outputs stay NaN (log density -inf, the sampler rejects
             # the point).  Reached only where an explicit method meets severe stiffness, e.g.
             # KA of thousands per hour in early warm-up, where one evaluation would otherwise
             # take seconds.
             steps, budget = 0, max_steps + _STEPS_PER_STOP * (m + oend - op)
-            while True:
+            failed = False
+            while not failed:
                 # apply the events and record the observations at t; find the next stop
                 finished = False
                 while True:
@@ -370,10 +568,12 @@ def _make_kernel(rhs, init, n, n_p):
                         finished = True
                         break
                     te = et[ep] if has_ev else np.inf
-                    o = obs_order[op] if has_ob else -1
-                    to = obs_time[o] if has_ob else np.inf
-                    # a dose at an observation's time comes first only if it precedes it in the records
-                    ev_first = has_ev and (te < to or (te == to and (ek[ep] != 0 or obs_first[o, ed[ep]])))
+                    o = obs_order[op]
+                    to = obs_time[o]
+                    # a dose (or SS reset) at an observation's time comes first only if it
+                    # precedes it in the records; infusion starts/ends make no jump
+                    ev_first = has_ev and (te < to or (te == to and (ek[ep] == 1 or ek[ep] == 2
+                                                                      or obs_first[o, ed[ep]])))
                     tn = te if ev_first else to
                     if tn > t:
                         # integrate to the next dose event (or the last observation);
@@ -388,93 +588,30 @@ def _make_kernel(rhs, init, n, n_p):
                     d, k = ed[ep], ek[ep]
                     c = dose_state[i, d]
                     ep += 1
-                    need = True
                     if k == 1:
                         rate[c] += dose_rate[i, d]
                     elif k == 2:
                         rate[c] -= dose_rate[i, d]
+                    elif k == 3:
+                        used = _steady_state(i, d, t, P, Y0, S0, y, S, x, r, r2, K, KS, ys, Ss, act, dose_amt,
+                                             dose_rate, dose_state, dose_lagged, dose_ii, f_idx, lag_idx, rtol, atol,
+                                             _SS_BUDGET * max_steps)
+                        if used < 0:
+                            failed = True
+                            break
                     else:
-                        lagged = dose_lagged[i, d]
-                        if lag_idx >= 0 and lagged:   # d y / d ALAG jumps by f(y-) - f(y+)
-                            x[:n] = y
-                            x[n] = t
-                            rhs(x, r)
-                        y[c] += (P[i, f_idx] if f_idx >= 0 and lagged else 1.0) * dose_amt[i, d]
-                        if f_idx >= 0 and lagged:
-                            S[c, f_idx] += dose_amt[i, d]
-                        if lag_idx >= 0 and lagged:
-                            x[:n] = y
-                            rhs(x, r2)
-                            for a in range(n):
-                                S[a, lag_idx] += r[a] - r2[a]
-                if finished:
+                        _bolus(i, d, t, P, y, S, x, r, r2, dose_amt, dose_state, dose_lagged, f_idx, lag_idx)
+                if finished or failed:
                     break
                 if h == 0.0:
                     h = max(target - t, 1e-6) * 0.01
-                failed = False
-                while t < target:
-                    if need:
-                        x[:n] = y
-                        x[n] = t
-                        rhs(x, r)
-                        _stage(r, rate, S, K, KS, 0, n, n_p, act)
-                        need = False
-                    hh = min(h, target - t)
-                    for s in range(1, 7):
-                        for a in range(n):
-                            acc = 0.0
-                            for j in range(s):
-                                acc += A[s, j] * K[j, a]
-                            ys[a] = y[a] + hh * acc
-                            x[a] = ys[a]
-                            for bb in range(n_act):
-                                b = act[bb]
-                                acc = 0.0
-                                for j in range(s):
-                                    acc += A[s, j] * KS[j, a, b]
-                                Ss[a, b] = S[a, b] + hh * acc
-                        x[n] = t + C[s] * hh
-                        rhs(x, r)
-                        _stage(r, rate, Ss, K, KS, s, n, n_p, act)
-                    steps += 1
-                    # ys/Ss hold stage 7 = the 5th-order solution (FSAL)
-                    err = 0.0
-                    for a in range(n):
-                        e = 0.0
-                        for j in range(7):
-                            e += E[j] * K[j, a]
-                        sc = atol + rtol * max(abs(y[a]), abs(ys[a]))
-                        err += (hh * e / sc) ** 2
-                    err = np.sqrt(err / n)
-                    if steps > budget or not np.isfinite(err):
-                        failed = True   # outputs of the rest of this subject stay NaN
-                        break
-                    if err <= 1.0:
-                        clipped = hh < h
-                        t_new = target if clipped or t + hh >= target else t + hh
-                        # observations inside the step (those at the target wait for the
-                        # event logic, which orders them against a dose at the same time)
-                        while op < oend:
-                            o = obs_order[op]
-                            if obs_time[o] > t_new or obs_time[o] >= target:
-                                break
-                            if obs_time[o] == t_new:
-                                out_y[o] = ys
-                                out_s[o] = Ss
-                            else:
-                                _dense(K, KS, y, S, hh, (obs_time[o] - t) / hh, out_y[o], out_s[o], n, n_p, act)
-                            op += 1
-                        t = t_new
-                        y[:] = ys
-                        S[:, :] = Ss
-                        K[0] = K[6]
-                        KS[0] = KS[6]
-                        fac = 5.0 if err == 0.0 else min(5.0, max(0.2, 0.9 * err ** -0.2))
-                        h = max(h, hh * fac) if clipped else hh * fac
-                    else:
-                        h = hh * max(0.2, 0.9 * err ** -0.2)
-                if failed:
-                    break
+                h, used, op = _integrate(t, target, h, y, S, rate, x, r, K, KS, ys, Ss, act, rtol, atol,
+                                         budget - steps,
+                                         obs_time, obs_order, op, oend, out_y, out_s)
+                if used < 0:
+                    break   # outputs of the rest of this subject stay NaN
+                steps += used
+                t = target
         for b in range(n_p):
             if not idx[2 + b]:
                 out_s[:, :, b] = 0.0   # not needed (a constant parameter): not integrated
@@ -528,10 +665,15 @@ class ODESolveOp(Op):
     (first order only: ``S`` itself has no gradient).
     """
 
-    __props__ = ("system",)
+    __props__ = ("system", "steady")
 
-    def __init__(self, system: ODESystem):
+    def __init__(self, system: ODESystem, steady: bool = False):
         self.system = system
+        self.steady = bool(steady)   # the data have SS=1 doses: the kernel that handles them
+
+    @property
+    def kernel(self):
+        return self.system.kernel_ss if self.steady else self.system.kernel
 
     def make_node(self, P, *schedule):
         P = pt.as_tensor_variable(P)
@@ -542,7 +684,7 @@ class ODESolveOp(Op):
 
     def perform(self, node, inputs, outputs):
         # writable C-contiguous copies: the same numba specialisation as under nutpie
-        y, s = self.system.kernel(*[np.array(x, order="C") for x in inputs[:-1]])
+        y, s = self.kernel(*[np.array(x, order="C") for x in inputs[:-1]])
         outputs[0][0], outputs[1][0] = y, s
 
     def L_op(self, inputs, outputs, output_grads):
@@ -563,16 +705,16 @@ class ODESolveOp(Op):
 
 @numba_funcify.register(ODESolveOp)
 def _numba_ode_solve(op, node=None, **kwargs):
-    kernel = op.system.kernel
+    kernel = op.kernel
 
     @numba.njit
     def solve(P, t0, obs_time, obs_order, obs_start, obs_first, dose_time, dose_amt, dose_rate,
-              dose_state, dose_lagged, dose_valid, idx, opts, obs_subject):
+              dose_state, dose_lagged, dose_valid, dose_ss, dose_ii, idx, opts, obs_subject):
         # copies: constants arrive read-only, which would be another (slow) numba specialisation
         return kernel(np.ascontiguousarray(P).copy(), t0.copy(), obs_time.copy(), obs_order.copy(),
                       obs_start.copy(), obs_first.copy(), dose_time.copy(), dose_amt.copy(),
                       dose_rate.copy(), dose_state.copy(), dose_lagged.copy(), dose_valid.copy(),
-                      idx.copy(), opts.copy())
+                      dose_ss.copy(), dose_ii.copy(), idx.copy(), opts.copy())
 
     return solve
 
@@ -592,8 +734,9 @@ def schedule(data, model, system: ODESystem, rtol: float, atol: float, max_steps
     Raises
     ------
     DataError
-        Dose into a compartment the model does not have; resets (EVID 3/4)
-        or steady-state doses (not supported by ODE models yet).
+        Dose into a compartment the model does not have; resets (EVID 3/4);
+        steady-state doses the ODE solver does not handle (SS=2, constant
+        infusions with AMT=0, infusions longer than II).
     """
     from ..errors import DataError
 
@@ -603,10 +746,22 @@ def schedule(data, model, system: ODESystem, rtol: float, atol: float, max_steps
         row = int(fr.loc[fr["EVID"].isin([3, 4]), "ROW"].iloc[0])
         raise DataError(f"ODE model {model.name}: reset records (EVID 3/4) are not supported",
                         source=data.source, row=row, column="EVID")
-    if data.dose_ss is not None and data.dose_ss.any():
-        row = int(fr.loc[fr.get("SS", 0) != 0, "ROW"].iloc[0]) if "SS" in fr else None
-        raise DataError(f"ODE model {model.name}: steady-state doses (SS) are not supported; give the "
-                        f"doses explicitly (ADDL/II)", source=data.source, row=row, column="SS")
+    ss = np.zeros(data.dose_time.shape, np.int64) if data.dose_ss is None else data.dose_ss.astype(np.int64)
+    ii = np.zeros(data.dose_time.shape) if data.dose_ii is None else data.dose_ii.astype(float)
+    ss = np.where(data.dose_valid, ss, 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dur = np.where(data.dose_rate > 0, data.dose_amt / data.dose_rate, 0.0)
+    for bad, why in ((ss == 2, "SS=2 (steady state added to the current state) has no meaning for a "
+                                "nonlinear ODE model; use SS=1 or explicit doses (ADDL/II)"),
+                     ((ss > 0) & (data.dose_amt <= 0), "steady-state constant infusions (SS with AMT=0) are "
+                                                        "not supported by ODE models"),
+                     ((ss > 0) & (ii <= 0), "a steady-state dose needs II > 0"),
+                     ((ss > 0) & (dur > ii), "steady-state infusions longer than II (overlapping) are not "
+                                             "supported by ODE models")):
+        if bad.any():
+            subj, d = (int(v) for v in np.argwhere(bad)[0])
+            row = _dose_row(data, subj, d)
+            raise DataError(f"ODE model {model.name}: {why}", source=data.source, row=row, column="SS")
     cmt = np.where(data.dose_cmt == 0, model.default_dose_cmt, data.dose_cmt)
     bad = data.dose_valid & ((cmt < 1) | (cmt > n))
     if bad.any():
@@ -625,8 +780,15 @@ def schedule(data, model, system: ODESystem, rtol: float, atol: float, max_steps
     scale = float(np.max(data.dose_amt, initial=0.0)) or 1.0
     return [t0.astype(float), data.obs_time.astype(float), order, start, data.dose_applies.astype(bool),
             data.dose_time.astype(float), data.dose_amt.astype(float), data.dose_rate.astype(float),
-            (cmt - 1).astype(np.int64), lagged.astype(bool), data.dose_valid.astype(bool), idx,
+            (cmt - 1).astype(np.int64), lagged.astype(bool), data.dose_valid.astype(bool), ss, ii, idx,
             np.array([rtol, atol * scale, max_steps], float), data.obs_subject.astype(np.int64)]
+
+
+def _dose_row(data, subj: int, d: int):
+    """Data row of (steady-state) dose ``d`` of subject ``subj``: its first SS record."""
+    fr = data.frame
+    pick = fr[(fr["_SUBJ"] == subj) & (fr["SS"] != 0)] if {"_SUBJ", "SS"} <= set(fr.columns) else fr.iloc[:0]
+    return int(pick["ROW"].iloc[0]) if len(pick) else data._first_row.get(subj)
 
 
 def solve_states(system: ODESystem, P, data, model, rtol: float = 1e-8, atol: float = 1e-10,
@@ -648,7 +810,8 @@ def solve_states(system: ODESystem, P, data, model, rtol: float = 1e-8, atol: fl
         Parameters (columns of ``P``) that need gradients; default all.
     """
     consts = [pt.constant(x) for x in schedule(data, model, system, rtol, atol, active=active)]
-    y, _ = ODESolveOp(system)(pt.as_tensor_variable(P), *consts)
+    steady = bool(consts[11].data.any())   # dose_ss (see schedule)
+    y, _ = ODESolveOp(system, steady)(pt.as_tensor_variable(P), *consts)
     return y
 
 
