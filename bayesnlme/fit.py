@@ -21,6 +21,7 @@ import arviz as az
 import numpy as np
 import pandas as pd
 import pymc as pm
+import pytensor
 import xarray as xr
 
 from . import quick
@@ -254,6 +255,7 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
     result.metadata = {
         "data_source": data.source, "data_sha256": data.sha256, "settings": settings,
         "versions": package_versions(), "problems": result.problems,
+        "numba_fastmath": bool(pytensor.config.numba__fastmath),   # False: draws reproducible bit for bit
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     idata.posterior.attrs["bayesnlme_spec"] = json.dumps(built.spec.to_dict())

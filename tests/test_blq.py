@@ -51,7 +51,8 @@ def simulate(n=20, seed=11):
 @pytest.fixture(scope="module")
 def fits():
     df = simulate()
-    return {m: fit_model(ModelSpec.from_toml_text(TOML % m), df, chains=2, draws=300, tune=300, seed=5)
+    return {m: fit_model(ModelSpec.from_toml_text(TOML % m), df, chains=2, draws=500, tune=500, seed=5,
+                         progress=False)
             for m in ("m3", "m1")}
 
 
@@ -61,13 +62,19 @@ def test_about_a_quarter_blq():
 
 
 def test_m3_recovers_cl_m1_is_biased_low(fits):
+    """Tolerances in posterior SDs of this data set, not 90% intervals (which miss the truth 1 time in 10).
+
+    Seeds 5, 6, 7 (2 x 500): M3 CL 1.94-1.95 (SD 0.08), V 20.97-21.05 (SD 0.7-0.8; the simulated data
+    put V's posterior 1.3 SD above the truth); M1 CL 1.82-1.84 (SD 0.08).  The Monte Carlo SE of a
+    median is about SD / 12 here, so each margin below is at least five Monte Carlo SEs.
+    """
     m3, m1 = fits["m3"].summary(), fits["m1"].summary()
-    assert m3.loc["CL", "q5"] < CL < m3.loc["CL", "q95"]
-    assert m3.loc["V", "q5"] < V < m3.loc["V", "q95"]
-    # M1: the terminal phase looks flatter -> CL underestimated, truth above the 90% interval
-    assert m1.loc["CL", "q95"] < CL
-    # seed 11: medians M3 1.95, M1 1.83 L/h (-2% vs -9%); the shift exceeds one posterior SD of CL
-    assert m1.loc["CL", "q50"] < m3.loc["CL", "q50"] - m3.loc["CL", "sd"]
+    for name, truth in (("CL", CL), ("V", V)):
+        assert abs(m3.loc[name, "q50"] - truth) < 3 * m3.loc[name, "sd"], (name, m3.loc[name].to_dict())
+    # M1: the terminal phase looks flatter -> CL underestimated by more than 1.5 of its posterior SDs
+    assert m1.loc["CL", "q50"] < CL - 1.5 * m1.loc["CL", "sd"]
+    # ... and shifted below the M3 estimate (by ~1.3 SD at these seeds)
+    assert m1.loc["CL", "q50"] < m3.loc["CL", "q50"] - 0.75 * m3.loc["CL", "sd"]
     print("CL median M3 %.3f, M1 %.3f (truth 2.0)" % (m3.loc["CL", "q50"], m1.loc["CL", "q50"]))
 
 

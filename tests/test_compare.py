@@ -222,8 +222,13 @@ def test_compare_command_line_helpers(saved, tmp_path, capsys, monkeypatch):
     assert list(table.columns) == ["model"] + COMPARE_COLUMNS + ["elpd_handled", "se_handled", "n_unreliable"]
     assert list(table["model"]) == ["two_cmt", "one_cmt"]
     assert "automatic handling: leave-one-subject-out ELPD" in stdout
-    # integrating out the ETAs: the handled ELPD is lower (more honest) than the conditional PSIS figure
-    assert (table["elpd_handled"] < table["elpd"]).all()
+    # integrating out the ETAs: where conditional PSIS is unreliable for every subject (two_cmt: 20 of 20
+    # high k), the handled ELPD is lower (more honest) by more than its SE (seed 3: 94.8 vs 130.4, SE 10.4);
+    # where few subjects are handled (one_cmt: 3), it moves by a small fraction of its SE (seed 3: 0.19 of
+    # 9.3).  Asserting the sign of a difference that small would assert luck.
+    two, one = table.set_index("model").loc["two_cmt"], table.set_index("model").loc["one_cmt"]
+    assert two["n_high_pareto_k"] > 10 and two["elpd_handled"] < two["elpd"] - two["se_handled"]
+    assert one["n_high_pareto_k"] < 10 and abs(one["elpd_handled"] - one["elpd"]) < 0.5 * one["se_handled"]
     assert [p.name for p in out.parent.iterdir()] == ["cmp.csv"]  # no temporary file left
     # default output: comparison.csv in the current folder; observation level
     monkeypatch.chdir(tmp_path)
