@@ -313,6 +313,25 @@ def _check_residual(spec: ModelSpec, data: NMData, doses: DoseEvents) -> None:
                            data.obs_dv, data.obs_row, every)
 
 
+def _check_dosed(spec: ModelSpec, data: NMData) -> None:
+    """A PK model predicts 0 for every observation of a subject that was never dosed: a data error."""
+    if spec.observations or tuple(spec.structural.outputs) != ("CP",):
+        return   # PD/outcome types can be observed without a dose (placebo, baseline)
+    frame = data.frame
+    dosed = np.zeros(data.n_subjects, bool)
+    dosed[frame.loc[frame["EVID"].isin([1, 4]), "_SUBJ"].to_numpy(int)] = True
+    undosed = ~dosed[data.obs_subject]
+    if undosed.any():
+        subject = int(data.obs_subject[np.flatnonzero(undosed)[0]])
+        n_obs = int((data.obs_subject == subject).sum())
+        others = int((~dosed[np.unique(data.obs_subject)]).sum()) - 1
+        also = f" ({others} more subjects like it)" if others > 0 else ""
+        raise DataError(f"subject {data.ids[subject]} has {n_obs} observations and no dose{also}: the PK "
+                        f"model predicts 0 at every one; add its dose records (EVID=1, AMT > 0) or remove "
+                        f"the subject", source=data.source, row=int(data.obs_row[np.flatnonzero(undosed)[0]]),
+                        column="AMT")
+
+
 def _residual_sd(spec: ModelSpec, ipred, init: dict):
     """Residual SD at each observation (on the log scale for exponential error)."""
     r = spec.residual
@@ -361,6 +380,7 @@ def build_model(spec: ModelSpec, data, *, check_residual: bool = True) -> BuiltM
     doses = dose_events(_dvid_data(spec, data), spec.structural)
     if check_residual:   # off when the "observations" are prediction times, not data
         _check_residual(spec, data, doses)
+        _check_dosed(spec, data)
     coords = {"ID": [str(i) for i in data.ids], "obs": data.obs_row.tolist(),
               "eta_parameter": spec.eta_parameters}
     centred = [p for p in spec.eta_parameters if spec.parameters[p].centered]

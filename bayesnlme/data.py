@@ -283,7 +283,11 @@ def _from_strings(raw: pd.DataFrame, label: str, digest: str, line_offset) -> NM
             continue
         values = raw[col].where(~raw[col].isin(_MISSING))
         numeric = pd.to_numeric(values, errors="coerce")
-        df[col] = numeric if numeric.notna().sum() == values.notna().sum() else values
+        if numeric.notna().sum() == values.notna().sum():
+            _check_finite(numeric, col, err)
+            df[col] = numeric
+        else:
+            df[col] = values
     _fill_defaults(df)
     _validate(df, err)
     covariates = tuple(c for c in df.columns
@@ -298,7 +302,16 @@ def _to_number(col: pd.Series, name: str, err) -> pd.Series:
     if bad.any():
         i = int(np.flatnonzero(bad.values)[0])
         raise err(f"non-numeric value {col.iloc[i]!r}", row=i + 1, column=name)
+    _check_finite(values, name, err)
     return values.astype(float)
+
+
+def _check_finite(values: pd.Series, name: str, err) -> None:
+    """'inf', '-inf', '1e999' parse as numbers; no NONMEM column or covariate may hold one."""
+    infinite = np.isinf(values.to_numpy(float, na_value=np.nan))
+    if infinite.any():
+        i = int(np.flatnonzero(infinite)[0])
+        raise err(f"infinite value {float(values.iloc[i]):g} (every number must be finite)", row=i + 1, column=name)
 
 
 def _fill_defaults(df: pd.DataFrame) -> None:

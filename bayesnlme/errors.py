@@ -46,5 +46,13 @@ class SpecError(BayesNLMEInputError):
     """A model specification is invalid (unknown name, impossible prior, ...)."""
 
 
+class StartPointError(BayesNLMEInputError):
+    """The log-density or its gradient is not finite where sampling would start (the message names why)."""
+
+
+class SamplingError(BayesNLMEInputError):
+    """The sampler stopped; the message says what happened and what to try, in one line."""
+
+
 class ConvergenceWarning(UserWarning):
     """The sampler output shows a convergence problem (R-hat, ESS, divergences, modes)."""

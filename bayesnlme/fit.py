@@ -28,8 +28,9 @@ from . import quick
 from .atomic import write_atomic
 from .build import build_model
 from .data import NMData, read_nonmem
-from .errors import BayesNLMEInputError, ConvergenceWarning
+from .errors import BayesNLMEInputError, ConvergenceWarning, SamplingError
 from .spec import ModelSpec
+from .startpoint import check_start
 
 SAMPLERS = ("nutpie", "pymc")
 FIT_METHODS = ("nuts", "map", "advi", "fullrank_advi")
@@ -236,6 +237,7 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
     settings = {"method": method, "sampler": sampler if method == "nuts" else method, "chains": chains,
                 "draws": draws, "tune": tune, "seed": seed}
     problems = []
+    check_start(built)   # a non-finite start gets one line naming its cause, not a sampler backtrace
     if method != "nuts":
         idata, problems = _approximate(built, method, draws, seed, progress)
         settings.update(chains=1, tune=0)
@@ -244,6 +246,8 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
             mode = quick.find_map(built)
             start = {k: np.asarray(mode[k]) for k in start}
             settings["init"] = "map"
+        if init == "map":
+            check_start(built, start)
         idata = _nuts(model, start, sampler, chains, draws, tune, seed, progress, target_accept)
     with model:
         pm.compute_log_likelihood(idata, extend_inferencedata=True, progressbar=False)
@@ -267,6 +271,27 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
 
 
 def _nuts(model, start, sampler, chains, draws, tune, seed, progress, target_accept):
+    try:
+        return _sample(model, start, sampler, chains, draws, tune, seed, progress, target_accept)
+    except (KeyboardInterrupt, MemoryError, BayesNLMEInputError):
+        raise
+    except Exception as exc:   # nutpie's Rust errors, PyMC's SamplingError: one line, what to try
+        raise SamplingError(sampling_failure(exc, sampler)) from exc
+
+
+def sampling_failure(exc: Exception, sampler: str) -> str:
+    """One line for an exception raised inside the sampler: what happened and what to try."""
+    text = " ".join(str(exc).split())
+    first = text.split(" Stack backtrace")[0].split(" Caused by")[0][:300]
+    if "initial" in text.lower() and ("gradient" in text.lower() or "point" in text.lower()):
+        return (f"{sampler} could not start a chain ({first}): the model's start point passed the check, "
+                f"so a chain's randomly jittered start did not; try another --seed, or start at the "
+                f"posterior mode (--init map / init='map')")
+    return (f"{sampler} stopped while sampling ({type(exc).__name__}: {first}); try another --seed, a "
+            f"longer warm-up, or the other sampler (--sampler pymc / nutpie)")
+
+
+def _sample(model, start, sampler, chains, draws, tune, seed, progress, target_accept):
     if sampler == "nutpie":
         import nutpie
 

@@ -1,0 +1,113 @@
+"""No dead ends: a start point where the log-density or its gradient is not finite is named in one line.
+
+Each malformed case goes through the command line as a user would meet it: exit status 1, one line on
+stderr naming the row, subject or parameter, no traceback, and well inside 30 s (the check runs before
+the sampler's compilation).
+"""
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bayesnlme.build import build_model
+from bayesnlme.datasets import dataset_path
+from bayesnlme.errors import DataError, StartPointError
+from bayesnlme.fit import sampling_failure
+from bayesnlme.spec import load_spec
+from bayesnlme.startpoint import check_start
+
+
+def _theophylline():
+    return pd.read_csv(dataset_path("theophylline"))
+
+
+def _cli_fit(tmp_path, frame, model="pk_1cmt_oral"):
+    path = tmp_path / "data.csv"
+    frame.to_csv(path, index=False)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "bayesnlme.cli", "fit", "--model", model, "--data", str(path),
+                           "--out", str(tmp_path / "out"), "--chains", "1", "--draws", "20", "--tune", "20",
+                           "--no-progress"], capture_output=True, text=True, timeout=120)
+    return proc, time.perf_counter() - t0
+
+
+def test_observations_without_dose_named_before_sampling(tmp_path):
+    df = _theophylline()
+    df = df[~((df["ID"] == 3) & (df["AMT"] > 0))]
+    proc, seconds = _cli_fit(tmp_path, df)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "subject 3 has 11 observations and no dose" in lines[0] and "column AMT" in lines[0]
+    assert seconds < 30
+    assert not (tmp_path / "out").exists()
+
+
+def test_infinite_dv_rejected_by_the_reader(tmp_path):
+    df = _theophylline()
+    row = int(df.index[df["EVID"] == 0][5])
+    df["DV"] = df["DV"].astype(object)
+    df.loc[row, "DV"] = "-inf"
+    proc, _ = _cli_fit(tmp_path, df)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"row {row + 1}, column DV: infinite value -inf" in proc.stderr
+
+
+def test_huge_dv_gives_infinite_residual_named_by_row(tmp_path):
+    df = _theophylline()
+    row = int(df.index[df["EVID"] == 0][20])
+    df.loc[row, "DV"] = 1e308
+    proc, seconds = _cli_fit(tmp_path, df)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"row {row + 1} (ID {df.loc[row, 'ID']}): DV 1e+308 gives an infinite residual" in lines[0]
+    assert seconds < 30
+
+
+def test_start_outside_the_prior_names_the_parameter():
+    built = build_model(load_spec("pk_1cmt_oral"), dataset_path("theophylline"))
+    start = dict(built.initial_point, V=0.0)
+    with pytest.raises(StartPointError, match=r"prior on V gives log-density -inf at the start value V = 0"):
+        check_start(built, start)
+
+
+def test_overflowing_prediction_named():
+    # a dose of 1e308 mg: the prediction (and its proportional error) overflow for subject 1
+    df = _theophylline()
+    df.loc[(df["ID"] == 1) & (df["AMT"] > 0), "AMT"] = 1e308
+    built = build_model(load_spec("pk_1cmt_oral"), df)
+    with pytest.raises(StartPointError,
+                       match=r"row 3 \(ID 1\): the residual SD is inf .*its error overflows; check the dose amounts"):
+        check_start(built)
+
+
+def test_finite_start_passes_and_costs_little():
+    built = build_model(load_spec("pk_1cmt_oral"), dataset_path("theophylline"))
+    t0 = time.perf_counter()
+    check_start(built)   # no exception
+    assert time.perf_counter() - t0 < 10
+
+
+def test_sampler_errors_become_one_line():
+    rust = RuntimeError("Could not initialize state because of bad initial gradient: Invalid initial point\n"
+                        "Stack backtrace:\n   0: nuts_rs::sampler::foo\n   1: bar")
+    text = sampling_failure(rust, "nutpie")
+    assert "\n" not in text and "backtrace" not in text.lower() and "0: nuts_rs" not in text
+    assert "could not start a chain" in text and "--seed" in text and "init" in text
+    other = sampling_failure(ValueError("boom"), "pymc")
+    assert other.startswith("pymc stopped while sampling (ValueError: boom)")
+
+
+def test_pk_subject_without_dose_is_a_data_error_but_pd_types_are_not():
+    df = _theophylline()
+    df = df[~((df["ID"] == 5) & (df["AMT"] > 0))]
+    with pytest.raises(DataError, match="subject 5 has 11 observations and no dose"):
+        build_model(load_spec("pk_1cmt_oral"), df)
+    # prediction designs (check_residual=False) are not data: no refusal
+    build_model(load_spec("pk_1cmt_oral"), df, check_residual=False)
+    assert np.isfinite(df["DV"]).all()
