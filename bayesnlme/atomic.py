@@ -4,10 +4,20 @@ half-written file and never destroys an earlier good one."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import tempfile
 from pathlib import Path
 from typing import Callable
+
+from .errors import BayesNLMEInputError
+
+LOCK_NAME = ".bayesnlme.lock"
+
+
+class OutputError(BayesNLMEInputError):
+    """A result could not be written (disk full, no permission) or its folder is in use."""
 
 
 def write_atomic(path, write: Callable[[str], object]) -> Path:
@@ -26,6 +36,9 @@ def write_atomic(path, write: Callable[[str], object]) -> Path:
         write(tmp)
         os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes 0600; results should be readable like any new file
         os.replace(tmp, path)
+    except OSError as exc:   # disk full, quota, permissions: the old file stays; say so in one line
+        kept = "the earlier file is unchanged" if path.exists() else "nothing was written"
+        raise OutputError(f"{path}: could not write the result ({exc.strerror or exc}); {kept}") from exc
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -35,3 +48,47 @@ def write_atomic(path, write: Callable[[str], object]) -> Path:
 def write_text_atomic(path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically."""
     return write_atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+@contextlib.contextmanager
+def output_lock(folder):
+    """Hold an exclusive lock on an output folder while a command writes into it.
+
+    A second process that tries to write into the same folder at the same time
+    is refused with :class:`OutputError` instead of interleaving its files with
+    the first one's.  The lock is an advisory ``flock`` on ``folder/.bayesnlme.lock``,
+    removed when the command ends.  The operating system releases a ``flock``
+    when its holder dies, so a run killed with ``kill -9`` leaves at most an
+    unlocked file that the next run takes over.
+    """
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    while True:
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise OutputError(f"{folder}: another bayesnlme command ({holder}) is writing into this folder; "
+                              f"wait for it to finish or choose another output folder") from None
+        try:   # the holder before us may have removed the file between our open and our flock
+            if os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        handle.close()
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        yield folder
+    finally:
+        path.unlink(missing_ok=True)   # still holding the lock: nobody can have taken this file over
+        handle.close()
+        if created and not any(folder.iterdir()):   # a failed run leaves no empty folder behind
+            folder.rmdir()

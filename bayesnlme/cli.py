@@ -8,10 +8,11 @@ the traceback).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
-from .atomic import write_atomic, write_text_atomic
+from .atomic import output_lock, write_atomic, write_text_atomic
 
 EXAMPLES = """examples:
   bayesnlme eda --data theophylline.csv --out eda_theo    data summary, spaghetti plots, covariates, outliers
@@ -205,6 +206,28 @@ def _library(args) -> int:
     return 0
 
 
+def _dispatch(args) -> int:
+    if hasattr(args, "handler"):   # subcommands registered by their own module (add_cli)
+        return args.handler(args)
+    if args.command == "compare":
+        from .compare import run_compare
+        return run_compare(args)
+    return {"fit": _fit, "diagnose": _diagnose, "library": _library}[args.command](args)
+
+
+def _output_folder(args) -> Path | None:
+    """The folder a command writes into (locked while it runs), or None for commands that write nothing."""
+    if args.command in ("fit", "eda", "prior-check"):
+        return Path(args.out)
+    if args.command in ("diagnose", "vpc"):
+        return Path(args.dir)
+    if args.command == "simulate":
+        return Path(args.out) if args.out else Path(args.dir)
+    if args.command in ("report", "compare"):
+        return Path(args.out).parent
+    return None
+
+
 def main(argv=None) -> int:
     """Entry point of the ``bayesnlme`` command; returns the exit status."""
     import warnings
@@ -214,12 +237,9 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     warnings.simplefilter("ignore", ConvergenceWarning)  # printed in plain words after the summary
     try:
-        if hasattr(args, "handler"):   # subcommands registered by their own module (add_cli)
-            return args.handler(args)
-        if args.command == "compare":
-            from .compare import run_compare
-            return run_compare(args)
-        return {"fit": _fit, "diagnose": _diagnose, "library": _library}[args.command](args)
+        folder = _output_folder(args)
+        with output_lock(folder) if folder is not None else contextlib.nullcontext():
+            return _dispatch(args)
     except BayesNLMEInputError as exc:
         if args.debug:
             raise
