@@ -4,12 +4,15 @@
 # make case-studies : run every notebook in case_studies/ with full settings; HTML copies in case_studies/html/
 # make docs : API reference from the numpydoc docstrings into docs/_build/ (pdoc)
 # make test : create .venv if missing, install, run the test suite
+# make fuzz : 10,000 random cases per fuzz target (data reader, spec parser, regimen files); docs/reliability.md
+# make qualify : reference problems against published answers (nlme, NONMEM, posteriordb, R loo, BLQ);
+#                writes qualification/qualification.{csv,md} (~10 min; not part of make test)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install benchmark clean case-studies docs
+.PHONY: demo test install benchmark clean case-studies docs fuzz qualify
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +32,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+fuzz: $(STAMP)
+	BAYESNLME_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py \
+	    --hypothesis-show-statistics
+
+qualify: $(STAMP)
+	$(BIN)/python -m bayesnlme.qualify --out qualification
+
 case-studies: $(STAMP)
 	$(BIN)/python case_studies/run_all.py case_studies/html
 
@@ -42,4 +52,4 @@ benchmark: $(STAMP)
 	$(BIN)/python benchmarks/theophylline.py
 
 clean:
-	rm -rf demo_output .pytest_cache case_studies/html docs/_build
+	rm -rf demo_output .pytest_cache case_studies/html docs/_build qualification

@@ -332,6 +332,9 @@ def _first_bad(mask) -> int:
     return int(np.flatnonzero(np.asarray(mask))[0]) + 1
 
 
+MAX_ADDL = 100_000   # implied doses per record; more is a unit or typing error, and would exhaust memory
+
+
 def _validate(df: pd.DataFrame, err) -> None:
     checks = [
         (df["TIME"].isna(), "TIME", "TIME is missing"),
@@ -343,10 +346,10 @@ def _validate(df: pd.DataFrame, err) -> None:
         (df["DUR"] < 0, "DUR", "negative infusion duration"),
         ((df["RATE"] > 0) & (df["DUR"] > 0), "DUR", "both RATE and DUR given; give one of them"),
         (df["II"] < 0, "II", "negative interdose interval"),
-        ((df["ADDL"] < 0) | (df["ADDL"] != np.round(df["ADDL"])), "ADDL",
-         "ADDL must be a whole number >= 0"),
+        ((df["ADDL"] < 0) | (df["ADDL"] != np.round(df["ADDL"])) | (df["ADDL"] > MAX_ADDL), "ADDL",
+         f"ADDL must be a whole number from 0 to {MAX_ADDL}"),
         ((df["ADDL"] > 0) & ~(df["II"] > 0), "II", "ADDL > 0 needs a positive II"),
-        (df["CMT"] != np.round(df["CMT"]), "CMT", "CMT must be a whole number"),
+        ((df["CMT"] != np.round(df["CMT"])) | (df["CMT"] > 1000), "CMT", "CMT must be a whole number up to 1000"),
         (df["CMT"] < 0, "CMT", "negative CMT (turning compartments off is not supported)"),
         (~df["SS"].isin([0, 1, 2]), "SS", "SS must be 0, 1 (reset, then steady state) or 2 "
          "(steady state added)"),

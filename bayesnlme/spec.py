@@ -524,7 +524,7 @@ class ModelSpec:
             A user structural model; then the ``structural`` key, if present,
             must equal its name.
         """
-        return _from_dict(d, structural, source)
+        return _parse(d, structural, source)
 
     @classmethod
     def from_toml(cls, path, **kwargs) -> "ModelSpec":
@@ -542,7 +542,7 @@ class ModelSpec:
             d = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise SpecError(f"{source}: not valid TOML ({exc})") from None
-        return _from_dict(d, kwargs.get("structural"), source)
+        return _parse(d, kwargs.get("structural"), source)
 
 
 # ---------------------------------------------------------------------- construction helpers
@@ -650,6 +650,21 @@ def _covariate_from_dict(d, source):
                            time_varying=tv)
 
 
+def _parse(d, structural, source) -> "ModelSpec":
+    """Every parse goes through here: a value of a type no check foresaw still gets a one-line SpecError.
+
+    The checks below name the key at fault; this net only catches what they miss (the fuzz tests
+    assert that it never fires for the inputs they generate).
+    """
+    if not isinstance(d, dict):
+        raise SpecError(f"{source}: a spec is a table of keys (name, structural, parameters, ...)")
+    try:
+        return _from_dict(d, structural, source)
+    except (TypeError, AttributeError, KeyError, IndexError) as exc:
+        raise SpecError(f"{source}: malformed spec, a value has the wrong type or shape "
+                        f"({type(exc).__name__}: {exc})") from None
+
+
 def _from_dict(d, structural, source):
     _check_keys(d, ("name", "description", "structural", "parameters", "residual",
                     "random_effects", "covariates", "observations"), source)
@@ -657,7 +672,7 @@ def _from_dict(d, structural, source):
         sname = d.get("structural")
         if sname is None:
             raise SpecError(f"{source}: missing 'structural' (one of {', '.join(sorted(LIBRARY))})")
-        if sname not in LIBRARY:
+        if not isinstance(sname, str) or sname not in LIBRARY:
             raise SpecError(f"{source}: unknown structural model {sname!r}; known: {', '.join(sorted(LIBRARY))}")
         structural = LIBRARY[sname]
     elif "structural" in d and d["structural"] != structural.name:

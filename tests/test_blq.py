@@ -17,35 +17,13 @@ from bayesnlme.build import build_model
 from bayesnlme.data import read_nonmem
 from bayesnlme.errors import DataError, SpecError
 from bayesnlme.fit import fit_model
+from bayesnlme.qualify import BLQ_SPEC, BLQ_TRUTH, simulate_blq_study
 from bayesnlme.spec import ModelSpec
 
-CL, V, LLOQ = 2.0, 20.0, 0.5
-TIMES = np.array([0.5, 1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 36])
-TOML = """
-structural = "1cmt_iv"
-[parameters.CL]
-prior = { dist = "lognormal", median = 3.0, sigma = 1.0 }
-omega = { dist = "halfnormal", sigma = 0.5 }
-[parameters.V]
-prior = { dist = "lognormal", median = 15.0, sigma = 1.0 }
-omega = { dist = "halfnormal", sigma = 0.5 }
-[residual]
-type = "additive"
-blq = "%s"
-"""
-
-
-def simulate(n=20, seed=11):
-    """IV bolus 100 mg; additive error SD 0.4 mg/L; BLQ records carry DV = LLOQ and CENS = 1."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(1, n + 1):
-        cl, v = CL * np.exp(0.2 * rng.standard_normal()), V * np.exp(0.15 * rng.standard_normal())
-        rows.append({"ID": i, "TIME": 0.0, "DV": 0.0, "AMT": 100.0, "EVID": 1, "CENS": 0})
-        y = 100 / v * np.exp(-cl / v * TIMES) + 0.4 * rng.standard_normal(len(TIMES))
-        for t, yy in zip(TIMES, y):
-            rows.append({"ID": i, "TIME": t, "DV": max(yy, LLOQ), "AMT": 0.0, "EVID": 0, "CENS": int(yy < LLOQ)})
-    return pd.DataFrame(rows)
+# the study and spec are those of the qualification run (make qualify), so one definition serves both
+CL, V, LLOQ = BLQ_TRUTH["CL"], BLQ_TRUTH["V"], BLQ_TRUTH["LLOQ"]
+TOML = BLQ_SPEC
+simulate = simulate_blq_study
 
 
 @pytest.fixture(scope="module")
