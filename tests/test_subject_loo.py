@@ -65,5 +65,9 @@ def test_exact_refit_of_one_subject(indo):
     table, _ = subject_loo(indo, n_draws=300, n_is=100, seed=2)
     row = table.set_index("ID").loc["1"]
     assert np.isfinite(elpd)
-    # the exact value is a log density of 11 concentrations: close to the approximations, within a few units
-    assert abs(elpd - row["elpd_integrated"]) < 5
+    # the exact value is a log density of 11 concentrations: close to the approximations, within a few units.
+    # Compared with the handled estimate, whichever method gave it: the integrated estimate exists only
+    # when some subject's conditional Pareto k is high, which depends on the draws (seed 5: none is).
+    assert np.isfinite(row["elpd"]) and abs(elpd - row["elpd"]) < 5
+    if np.isfinite(row["elpd_integrated"]):
+        assert abs(elpd - row["elpd_integrated"]) < 5
