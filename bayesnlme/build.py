@@ -36,7 +36,7 @@ from .covariates import log_factor
 from .data import NMData, read_nonmem
 from .errors import DataError
 from .spec import ModelSpec, Prior
-from .structural import DoseEvents, dose_events
+from .structural import LIBRARY, DoseEvents, dose_events
 
 # Bit-reproducible draws.  With numba's fastmath, LLVM may reassociate floating-point arithmetic, and a
 # log-density loaded from pytensor's on-disk numba cache was optimised differently from a fresh compile
@@ -73,6 +73,7 @@ class BuiltModel:
     residual_sd: object = None
     individual: dict = None
     excluded: object = None   # ROW numbers dropped from the likelihood (BLQ M1)
+    loglik: object = None     # per-record log-likelihood (n_obs,): the very graph behind DV's density
 
 
 _DIST_ARGS = {
@@ -314,9 +315,10 @@ def _check_residual(spec: ModelSpec, data: NMData, doses: DoseEvents) -> None:
 
 
 def _check_dosed(spec: ModelSpec, data: NMData) -> None:
-    """A PK model predicts 0 for every observation of a subject that was never dosed: a data error."""
-    if spec.observations or tuple(spec.structural.outputs) != ("CP",):
-        return   # PD/outcome types can be observed without a dose (placebo, baseline)
+    """A library PK model predicts 0 for every observation of a subject never dosed: a data error."""
+    st = spec.structural
+    if spec.observations or tuple(st.outputs) != ("CP",) or LIBRARY.get(st.name) is not st:
+        return   # PD/outcome types can be observed without a dose (placebo, baseline); user models may not need one
     frame = data.frame
     dosed = np.zeros(data.n_subjects, bool)
     dosed[frame.loc[frame["EVID"].isin([1, 4]), "_SUBJ"].to_numpy(int)] = True
@@ -399,9 +401,10 @@ def build_model(spec: ModelSpec, data, *, check_residual: bool = True) -> BuiltM
         ipred, pred = (_predict(spec, data, doses, params, obs_log)
                        for params, obs_log in ((individual, obs_ind), (typical, obs_typ)))
         sd = _residual_sd(spec, ipred, init)
-        _likelihood(spec, ipred, sd, data.obs_dv)
+        dv = _likelihood(spec, ipred, sd, data.obs_dv)
     return BuiltModel(model=model, spec=spec, data=data, initial_point=init,
-                      ipred=ipred, pred=pred, residual_sd=sd, individual=individual)
+                      ipred=ipred, pred=pred, residual_sd=sd, individual=individual,
+                      loglik=pm.logp(dv, data.obs_dv))
 
 
 def _dvid_data(spec: ModelSpec, data: NMData) -> NMData:
@@ -448,7 +451,7 @@ def _build_observations(model, spec, data, doses, init, individual, typical, obs
     with model:
         pm.CustomDist("DV", ll, logp=lambda value, lp: lp, observed=data.obs_dv, dims="obs")
     return BuiltModel(model=model, spec=spec, data=data, initial_point=init, ipred=ipred, pred=pred,
-                      residual_sd=sd, individual=individual, excluded=excluded)
+                      residual_sd=sd, individual=individual, excluded=excluded, loglik=ll)
 
 
 def _predict(spec: ModelSpec, data: NMData, doses: DoseEvents, params: dict, obs_log: dict):

@@ -134,11 +134,26 @@ def gof_table(result, *, n_npde: int = 1000, seed: int = 0) -> pd.DataFrame:
     -------
     pandas.DataFrame
         Columns ``ROW, ID, TIME, DV, PRED, IPRED, IPRED_q5, IPRED_q95, IWRES,
-        CWRES, NPDE`` (PRED and IPRED are posterior medians, in DV units).
+        CWRES, NPDE`` (PRED and IPRED are posterior medians, in DV units), and
+        ``CENS`` when the data have censored (BLQ) records.
+
+    Notes
+    -----
+    Censored records (``CENS`` 1: below the limit in DV; -1: above it) have no
+    observed value, so IWRES and CWRES are NaN there.  Their NPDE uses an
+    imputed value, as in the R ``npde`` package (Nguyen, Comets & Mentré 2017,
+    "cdf" method): the record's prediction discrepancy is drawn uniformly
+    between the simulated CDF at the interval's ends (``U(0, P(Y_sim < LLOQ))``
+    below an LLOQ), the value is the simulated distribution's quantile at it,
+    and the decorrelation then runs on observed and imputed values together.
+    Under the model, NPDE stay N(0, 1) with censoring; a misfit below the LLOQ
+    shows as a shifted NPDE distribution at those records.
     """
     from .predict import require_single_residual
-    require_single_residual(result.spec, result.data, "GOF residuals (CWRES/NPDE)")
+    require_single_residual(result.spec, "GOF residuals (CWRES/NPDE)")
     data = result.data
+    cens = data.obs_cens if data.obs_cens is not None else np.zeros(data.n_obs, int)
+    censored = cens != 0
     pp = posterior_predictions(result)
     n_obs = data.n_obs
     ipred = pp["IPRED"].values.reshape(-1, n_obs)
@@ -154,6 +169,7 @@ def gof_table(result, *, n_npde: int = 1000, seed: int = 0) -> pd.DataFrame:
         iwres = ((dv - ipred) / sd).mean(0)
         yrep = ipred + sd * eps
     cwres = (dv - yrep.mean(0)) / yrep.std(0, ddof=1)
+    iwres, cwres = np.where(censored, np.nan, iwres), np.where(censored, np.nan, cwres)
     ids = np.array([str(i) for i in data.ids])
     table = pd.DataFrame({
         "ROW": data.obs_row, "ID": ids[data.obs_subject], "TIME": data.obs_time, "DV": dv,
@@ -161,8 +177,53 @@ def gof_table(result, *, n_npde: int = 1000, seed: int = 0) -> pd.DataFrame:
         "IPRED_q5": np.quantile(ipred, 0.05, 0), "IPRED_q95": np.quantile(ipred, 0.95, 0),
         "IWRES": iwres, "CWRES": cwres,
     })
-    table["NPDE"] = npde(dv, data.obs_subject, simulate_replicates(result, n_npde, seed=seed + 1))
+    sims = simulate_replicates(result, n_npde, seed=seed + 1)
+    if censored.any():
+        dv = impute_censored(dv, cens, data.obs_limit, sims, np.random.default_rng(seed + 2))
+        table["CENS"] = cens
+    table["NPDE"] = npde(dv, data.obs_subject, sims)
     return table
+
+
+def impute_censored(dv: np.ndarray, cens: np.ndarray, limit, sims: np.ndarray,
+                    rng: np.random.Generator) -> np.ndarray:
+    """Values for censored records drawn from the simulated distribution inside their interval.
+
+    Parameters
+    ----------
+    dv : numpy.ndarray, shape (n_obs,)
+        DV; for ``cens == 1`` the upper limit (LLOQ), for ``cens == -1`` the lower limit.
+    cens : numpy.ndarray of int, shape (n_obs,)
+    limit : numpy.ndarray or None
+        ``LIMIT`` (the other end of the interval, NaN where open).
+    sims : numpy.ndarray, shape (K, n_obs)
+        Simulated data sets under the model.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_obs,)
+        ``dv`` with each censored record replaced by the empirical quantile of
+        its simulations at ``u ~ U(F(lower), F(upper))``, F the simulated CDF
+        (the npde package's imputation of censored observations).
+    """
+    out = np.asarray(dv, float).copy()
+    idx = np.flatnonzero(cens != 0)
+    if not idx.size:
+        return out
+    lim = np.full(len(dv), np.nan) if limit is None else np.asarray(limit, float)
+    ys = sims[:, idx]
+    cdf = lambda x: (ys < x[None, :]).mean(0)   # noqa: E731 - the empirical CDF of each record's simulations
+    below = cens[idx] == 1
+    lower = np.where(below, np.where(np.isnan(lim[idx]), -np.inf, lim[idx]), dv[idx])
+    upper = np.where(below, dv[idx], np.where(np.isnan(lim[idx]), np.inf, lim[idx]))
+    lo, hi = cdf(lower), cdf(upper)
+    k = sims.shape[0]
+    u = rng.uniform(lo, np.maximum(hi, lo))
+    u = np.clip(u, 0.5 / k, 1 - 0.5 / k)   # inside the simulated range when the interval has no simulations
+    # the empirical quantile (inverse of the empirical CDF) of each record's simulations at its own u
+    rank = np.clip(np.ceil(u * k).astype(int) - 1, 0, k - 1)
+    out[idx] = np.take_along_axis(np.sort(ys, axis=0), rank[None, :], axis=0)[0]
+    return out
 
 
 def npde(dv: np.ndarray, subject: np.ndarray, sims: np.ndarray) -> np.ndarray:

@@ -24,9 +24,13 @@ do:
   standard error (delta method) ``sd(w_i) / (sqrt(K) mean(w_i))``; the
   subjects' estimates are independent, so their variances add.
 
-``log p(y_i | theta, z)`` is the sum over the subject's observations of the
-exact residual-error density (normal, or log-normal for exponential error,
-including ``-log DV``), all constants included, so ``-2LL`` is comparable with
+``log p(y_i | theta, z)`` is the sum over the subject's records of the model's
+own per-record log-likelihood (``BuiltModel.loglik``, the graph behind DV's
+density in the fit): the residual-error density (normal, or log-normal for
+exponential error, including ``-log DV``) with all constants; for censored
+(BLQ, M3) records the log-probability of the interval; for binary, ordinal,
+count and time-to-event records their own log-probability.  ``-2LL`` of a
+continuous model is therefore comparable with
 ``-2 logLik`` of R's ``nlme`` (method "ML") and NONMEM's OFV plus
 ``n_obs log(2 pi)``.  AIC = -2LL + 2p and BIC = -2LL + p log(n_obs), where p
 counts the estimated population parameters (typical values, covariate
@@ -66,6 +70,7 @@ PROPOSAL_DF = 5.0
 #: Factor applied to the proposal covariance (a little wider than the target).
 PROPOSAL_INFLATION = 1.2
 _LOG_2PI = math.log(2.0 * math.pi)
+_CHECK_TO_NINF = "local_check_parameter_to_ninf_switch"   # a density check (sigma > 0) gives -inf, not an error
 
 
 # ---------------------------------------------------------------------- result
@@ -168,14 +173,13 @@ class _Population:
 
 
 def require_integrable(built) -> None:
-    """Raise a clear error for models whose ETAs this importance sampling does not integrate.
+    """Raise a clear error for models whose random effects this importance sampling does not integrate.
 
-    It integrates non-centred ``eta_z`` under one continuous residual model; centred ETAs,
-    IOV (KAPPA), ``[[observations]]`` and censored records are not handled.
+    It integrates the non-centred ``eta_z`` of each subject, under any observation model (continuous,
+    censored M3 records, binary, ordinal, counts, time-to-event: the per-record log-likelihood is the
+    model's own, :attr:`BuiltModel.loglik`).  Centred ETAs and occasion effects (KAPPA) are further
+    random effects that it does not integrate.
     """
-    from .predict import require_single_residual
-
-    require_single_residual(built.spec, built.data, "the importance-sampling likelihood")
     unsupported = [p for p, par in built.spec.parameters.items() if par.centered or par.omega_iov is not None]
     if unsupported:
         raise BayesNLMEInputError(
@@ -312,23 +316,15 @@ def _base_draws(rng: np.random.Generator, k: int, n_sub: int, d: int, df: float 
     return rng.standard_normal((k, n_sub, d)), rng.chisquare(df, size=(k, n_sub))
 
 
-def _obs_logpdf(kind: str, dv: np.ndarray, ipred: np.ndarray, sd: np.ndarray) -> np.ndarray:
-    """Per-observation log density of DV (all constants included); -inf where undefined."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if kind == "exponential":
-            r = (np.log(dv) - np.log(ipred)) / sd
-            out = -0.5 * _LOG_2PI - np.log(sd) - 0.5 * r ** 2 - np.log(dv)
-        else:
-            r = (dv - ipred) / sd
-            out = -0.5 * _LOG_2PI - np.log(sd) - 0.5 * r ** 2
-    return np.where(np.isnan(out) | ~(sd > 0), -np.inf, out)
-
-
 def subject_loglik(built, draws: dict) -> np.ndarray:
-    """``log p(y_i | draw)`` per subject at stacked draws of all free RVs: shape (K, n_sub)."""
+    """``log p(y_i | draw)`` per subject at stacked draws of all free RVs: shape (K, n_sub).
+
+    Sums the model's own per-record log-likelihood (:attr:`BuiltModel.loglik`, the graph of DV's
+    density in the fit: every observation model, censored records included) over each subject's records.
+    """
     data = built.data
-    out = evaluate_draws(built, draws, ("ipred", "residual_sd"))
-    ll = _obs_logpdf(built.spec.residual.kind, data.obs_dv, out["ipred"], out["residual_sd"])
+    ll = evaluate_draws(built, draws, ("loglik",))["loglik"]
+    ll = np.where(np.isnan(ll), -np.inf, ll)
     k, n_sub = ll.shape[0], data.n_subjects
     idx = (data.obs_subject[None, :] + n_sub * np.arange(k)[:, None]).ravel()
     with np.errstate(invalid="ignore"):
@@ -373,8 +369,8 @@ def _objective_function(built):
     ``objective = sum_i logsumexp_k(log p(y_i | theta, z_ik) + log_ratio_ik) + use_prior * log p(theta)``
     (without the ``- n_sub log K``), differentiated by pytensor with respect to the
     unconstrained population parameters.  Without random effects ``z`` is absent
-    and ``log_ratio`` has shape (1, n_sub).  The same per-observation densities as
-    :func:`_obs_logpdf`.
+    and ``log_ratio`` has shape (1, n_sub).  The per-record densities are the model's
+    own (:attr:`BuiltModel.loglik`), as in :func:`subject_loglik`.
     """
     cache = built.__dict__.setdefault("_compiled_cache", {})
     if "_objective" in cache:
@@ -395,16 +391,9 @@ def _objective_function(built):
         z = pt.tensor("z", shape=(None, *eta[0].type.shape), dtype=eta[0].dtype)
         replace[eta[0]] = z
         inputs.append(z)
-    ipred, sd = vectorize_graph([built.ipred, built.residual_sd], replace=replace)
+    ll = vectorize_graph(built.loglik, replace=replace)
     if not eta:
-        ipred, sd = ipred[None, :], sd[None, :]
-    dv = pt.as_tensor_variable(np.asarray(data.obs_dv, float))
-    if built.spec.residual.kind == "exponential":
-        r = (pt.log(dv) - pt.log(ipred)) / sd
-        ll = -0.5 * _LOG_2PI - pt.log(sd) - 0.5 * r ** 2 - pt.log(dv)
-    else:
-        r = (dv - ipred) / sd
-        ll = -0.5 * _LOG_2PI - pt.log(sd) - 0.5 * r ** 2
+        ll = ll[None, :]
     per_subject = pt.inc_subtensor(pt.zeros((data.n_subjects, ll.shape[0]))[data.obs_subject], ll.T).T
     objective = pt.logsumexp(per_subject + log_ratio, axis=0).sum()
     use_prior = pt.scalar("use_prior")
@@ -418,12 +407,13 @@ def _objective_function(built):
     try:   # numba: compiles (and caches on disk) much faster than the C backend for this gradient graph
         import numba  # noqa: F401
 
-        fn = pytensor.function(inputs + [log_ratio, use_prior], [objective, *grads],
-                               on_unused_input="ignore", mode="NUMBA")
+        fn = pytensor.function(inputs + [log_ratio, use_prior], [objective, *grads], on_unused_input="ignore",
+                               mode=pytensor.compile.get_mode("NUMBA").including(_CHECK_TO_NINF))
     except Exception:   # numba missing or an op it cannot compile: the default C backend
         fn = None
     if fn is None:
-        fn = pytensor.function(inputs + [log_ratio, use_prior], [objective, *grads], on_unused_input="ignore")
+        fn = pytensor.function(inputs + [log_ratio, use_prior], [objective, *grads], on_unused_input="ignore",
+                               mode=pytensor.compile.get_mode("FAST_RUN").including(_CHECK_TO_NINF))
     cache["_objective"] = fn
     return fn
 

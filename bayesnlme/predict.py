@@ -25,6 +25,8 @@ import xarray as xr
 from pytensor.graph.replace import vectorize_graph
 
 _CHUNK = 500
+# a density's parameter check (sigma > 0) gives -inf, as in the sampler, instead of raising
+EVAL_MODE = pytensor.compile.get_mode("FAST_RUN").including("local_check_parameter_to_ninf_switch")
 
 
 def _compiled(built, outputs: tuple[str, ...]):
@@ -37,12 +39,13 @@ def _compiled(built, outputs: tuple[str, ...]):
         outs = [output_tensor(built, o) for o in outputs]
         vec = vectorize_graph(outs, replace=dict(zip(rvs, batched)))
         cache[key] = ([rv.name for rv in rvs],
-                      pytensor.function(batched, vec, on_unused_input="ignore", mode="FAST_RUN"))
+                      pytensor.function(batched, vec, on_unused_input="ignore", mode=EVAL_MODE))
     return cache[key]
 
 
 def output_tensor(built, name: str):
-    """A builder output by name: ``ipred``, ``pred``, ``residual_sd`` or ``individual.<P>`` (per subject)."""
+    """A builder output by name: ``ipred``, ``pred``, ``residual_sd``, ``loglik`` (per-record log-likelihood)
+    or ``individual.<P>`` (per subject)."""
     if name.startswith("individual."):
         return built.individual[name.split(".", 1)[1]]
     return getattr(built, name)
@@ -125,24 +128,21 @@ def new_subject_draws(spec, draws: dict, rng: np.random.Generator, shapes: dict 
     return draws
 
 
-def require_single_residual(spec, data, what: str) -> None:
-    """Raise a clear error where ``what`` supports only one uncensored continuous residual model.
+def require_single_residual(spec, what: str) -> None:
+    """Raise a clear error where ``what`` is defined for one continuous residual model only.
 
-    CWRES/NPDE and the importance-sampling likelihood are built on
-    ``spec.residual``; specs with ``[[observations]]`` (DVID, non-continuous
-    outcomes) or censored (BLQ) records are not handled by them yet.
-    Simulation and VPC handle both (:func:`bayesnlme.simulate.simulate` draws
-    each record from its own observation model, :mod:`bayesnlme.sim_outcomes`).
+    CWRES and NPDE (:func:`bayesnlme.diagnostics.gof_table`) standardise a
+    continuous ``spec.residual``; specs with ``[[observations]]`` (DVID types,
+    non-continuous outcomes) have no such residual.  Censored (BLQ) records of
+    a continuous model are handled (imputed NPDE).  The likelihood, LOO,
+    simulation and VPC handle every observation model.
     """
     from .errors import BayesNLMEInputError
 
     if getattr(spec, "observations", ()):
-        raise BayesNLMEInputError(f"{what} supports one continuous [residual] model; this spec has "
-                                  f"[[observations]] (DVID / non-continuous outcomes), not supported yet")
-    cens = getattr(data, "obs_cens", None)
-    if cens is not None and np.any(np.asarray(cens) != 0):
-        raise BayesNLMEInputError(f"{what} does not handle censored (BLQ, CENS != 0) observations yet; "
-                                  f"{int(np.sum(np.asarray(cens) != 0))} records in {data.source} are censored")
+        raise BayesNLMEInputError(f"{what} standardise one continuous [residual] model; this spec has "
+                                  f"[[observations]] (DVID types / non-continuous outcomes), whose records "
+                                  f"have no single residual SD")
 
 
 def residual_draw(spec, ipred: np.ndarray, sd: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -152,7 +152,7 @@ def residual_draw(spec, ipred: np.ndarray, sd: np.ndarray, rng: np.random.Genera
     :func:`bayesnlme.sim_outcomes.observation_draw` (as :func:`bayesnlme.simulate.simulate` does).
     """
     if getattr(spec, "observations", ()):
-        require_single_residual(spec, None, "predict.residual_draw (use bayesnlme.simulate.simulate)")
+        require_single_residual(spec, "predict.residual_draw (use bayesnlme.simulate.simulate)")
     eps = rng.standard_normal(np.shape(ipred))
     if spec.residual.kind == "exponential":
         return ipred * np.exp(sd * eps)

@@ -103,3 +103,45 @@ def test_no_cens_keeps_plain_normal_likelihood():
     df = simulate(n=2).drop(columns="CENS")
     built = build_model(ModelSpec.from_toml_text(TOML % "m3"), df)
     assert type(built.model["DV"].owner.op).__name__ == "NormalRV"
+
+
+def test_gof_with_censored_records_imputes_npde(fits):
+    """NPDE of a correct M3 model stay N(0, 1) with 25% BLQ records (censored ones imputed, npde package)."""
+    from bayesnlme.diagnostics import gof_table
+
+    res = fits["m3"]
+    gof = gof_table(res, n_npde=400, seed=1)
+    cens = res.data.obs_cens == 1
+    assert (gof["CENS"].to_numpy() == res.data.obs_cens).all()
+    assert gof.loc[cens, ["IWRES", "CWRES"]].isna().all().all() and gof.loc[~cens, "CWRES"].notna().all()
+    npde = gof["NPDE"].to_numpy()
+    assert np.isfinite(npde).all()
+    # 240 NPDE, independent between subjects: SE of the mean ~0.065, of the SD ~0.046; 4 SE allowed
+    assert abs(npde.mean()) < 0.26 and 0.82 < npde.std(ddof=1) < 1.18, (npde.mean(), npde.std(ddof=1))
+
+
+def test_imputed_values_lie_inside_the_censoring_interval():
+    from bayesnlme.diagnostics import impute_censored
+
+    rng = np.random.default_rng(0)
+    sims = rng.normal(0.0, 1.0, size=(4000, 4))
+    dv = np.array([0.3, -0.5, 1.0, 0.0])
+    cens = np.array([0, 1, -1, 1])
+    limit = np.array([np.nan, np.nan, np.nan, -1.0])   # the last record lies in [-1, 0]
+    draws = np.array([impute_censored(dv, cens, limit, sims, rng) for _ in range(300)])
+    assert (draws[:, 0] == 0.3).all()                        # observed: unchanged
+    assert (draws[:, 1] < -0.5).all() and (draws[:, 2] > 1.0).all()
+    assert ((draws[:, 3] >= -1.0) & (draws[:, 3] < 0.0)).all()
+    # below -0.5 the imputed values follow N(0, 1) truncated there: mean -phi(-0.5)/Phi(-0.5) = -1.141
+    assert abs(draws[:, 1].mean() - (-stats.norm.pdf(-0.5) / stats.norm.cdf(-0.5))) < 0.1
+
+
+def test_subject_loo_and_likelihood_integrate_censored_records(fits):
+    from bayesnlme.likelihood import marginal_loglik
+    from bayesnlme.subject_loo import subject_loo
+
+    table, summary = subject_loo(fits["m3"], n_draws=200, n_is=100, seed=0)
+    assert np.isfinite(table["elpd"]).all() and summary["n_subjects"] == 20
+    assert set(table["method"]) <= {"PSIS", "integrated PSIS", "unreliable"}
+    m = marginal_loglik(fits["m3"], theta="median", n_samples=1000)
+    assert np.isfinite(m.loglik) and m.mc_se < 0.2 and m.n_obs == 240
