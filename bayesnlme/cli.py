@@ -187,8 +187,10 @@ def _diagnose(args) -> int:
               f"(MC SE {lik.mc_se:.2f}); -2LL {lik.minus2ll:.2f}, AIC {lik.aic:.2f}, BIC {lik.bic:.2f} "
               f"({lik.n_parameters} parameters, {lik.n_obs} observations)")
     print("\nETA shrinkage (SD-based): " + ", ".join(f"{p} {100 * v:.0f}%" for p, v in shrink.items()))
-    print(f"CWRES mean {gof['CWRES'].mean():.2f}, SD {gof['CWRES'].std():.2f}; "
-          f"NPDE mean {gof['NPDE'].mean():.2f}, SD {gof['NPDE'].std():.2f} (expected 0 and 1)")
+    cwres = (f"CWRES mean {gof['CWRES'].mean():.2f}, SD {gof['CWRES'].std():.2f}; " if gof["CWRES"].notna().any()
+             else "CWRES: none (no continuous observations); ")
+    what = "NPDE / randomized PIT" if "NPDE_KIND" in gof and (gof["NPDE_KIND"] != "npde").any() else "NPDE"
+    print(f"{cwres}{what} mean {gof['NPDE'].mean():.2f}, SD {gof['NPDE'].std():.2f} (expected 0 and 1)")
     print(f"\nwrote {len(tables) + 1 + (lik is not None)} tables and {len(figures)} plots to {out}")
     return 0
 

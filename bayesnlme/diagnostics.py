@@ -24,7 +24,16 @@ NPDE
     vectors are decorrelated with the inverse Cholesky factor of ``V``; the
     prediction discrepancy ``pde`` is the share of simulated decorrelated
     values below the observed one (bounded to ``[1/(2K), 1 - 1/(2K)]``) and
-    ``NPDE = Phi^-1(pde)``.  N(0, 1) under the model.
+    ``NPDE = Phi^-1(pde)``.  N(0, 1) under the model.  Censored (BLQ) records get
+    an imputed value first (see :func:`gof_table`).
+PIT residual (specs with ``[[observations]]``: binary, ordinal, count and
+    time-to-event records)
+    The randomized probability integral transform of the record under
+    simulated new subjects (Dunn & Smyth 1996): ``u ~ U(F(y-), F(y))`` with
+    ``F`` the simulated CDF (for an event time ``F(T)``; for a right-censored
+    time ``u ~ U(F(C), 1)``), reported as ``Phi^-1(u)`` in the ``NPDE``
+    column; N(0, 1) under the model.  Continuous types of such specs get NPDE
+    per type (decorrelated within each subject's records of that type).
 
 Shrinkage is NONMEM's SD-based ETA shrinkage, ``1 - SD(ETA means) / OMEGA``,
 with ETA means the per-subject posterior means and OMEGA the posterior median
@@ -149,8 +158,8 @@ def gof_table(result, *, n_npde: int = 1000, seed: int = 0) -> pd.DataFrame:
     Under the model, NPDE stay N(0, 1) with censoring; a misfit below the LLOQ
     shows as a shifted NPDE distribution at those records.
     """
-    from .predict import require_single_residual
-    require_single_residual(result.spec, "GOF residuals (CWRES/NPDE)")
+    if result.spec.observations:
+        return _gof_by_type(result, n_npde, seed)
     data = result.data
     cens = data.obs_cens if data.obs_cens is not None else np.zeros(data.n_obs, int)
     censored = cens != 0
@@ -182,6 +191,73 @@ def gof_table(result, *, n_npde: int = 1000, seed: int = 0) -> pd.DataFrame:
         dv = impute_censored(dv, cens, data.obs_limit, sims, np.random.default_rng(seed + 2))
         table["CENS"] = cens
     table["NPDE"] = npde(dv, data.obs_subject, sims)
+    return table
+
+
+CONTINUOUS = ("additive", "proportional", "combined", "exponential")
+
+
+def _gof_by_type(result, n_sims: int, seed: int) -> pd.DataFrame:
+    """GOF of a spec with ``[[observations]]``: NPDE per continuous type, randomized PIT otherwise."""
+    from .event_times import simulate_event_times, tte_observed
+    from .predict import evaluate_draws, new_subject_draws
+    from .sim_outcomes import observation_draw, type_index
+    from .simulate import thinned_draws
+
+    data, spec = result.data, result.spec
+    pp = posterior_predictions(result)
+    n_obs = data.n_obs
+    ipred, pred = pp["IPRED"].values.reshape(-1, n_obs), pp["PRED"].values.reshape(-1, n_obs)
+    sd = pp["RES_SD"].values.reshape(-1, n_obs)
+    rng = np.random.default_rng(seed)
+    _, draws = thinned_draws(result, n_sims)
+    new = new_subject_draws(spec, draws, rng)
+    out = evaluate_draws(result.built, new, ("ipred", "residual_sd"))
+    sims = observation_draw(spec, data, out["ipred"], out["residual_sd"], new, rng)
+    cens = data.obs_cens if data.obs_cens is not None else np.zeros(n_obs, int)
+    dv = data.obs_dv.astype(float)
+    iwres, cwres, scores = (np.full(n_obs, np.nan) for _ in range(3))
+    kind = np.empty(n_obs, dtype=object)
+    k = sims.shape[0]
+    for m, idx in type_index(spec.observation_models(), data):
+        if not len(idx):
+            continue
+        if m.likelihood in CONTINUOUS:
+            f, s_ = ipred[:, idx], sd[:, idx]
+            eps = rng.standard_normal(f.shape)
+            log = m.likelihood == "exponential"
+            iwres[idx] = (((np.log(dv[idx]) - np.log(f)) if log else (dv[idx] - f)) / s_).mean(0)
+            yrep = f * np.exp(s_ * eps) if log else f + s_ * eps
+            cwres[idx] = (dv[idx] - yrep.mean(0)) / yrep.std(0, ddof=1)
+            c = cens[idx] != 0
+            iwres[idx[c]], cwres[idx[c]] = np.nan, np.nan
+            y = impute_censored(dv[idx], cens[idx], None if data.obs_limit is None else data.obs_limit[idx],
+                                sims[:, idx], rng)
+            scores[idx] = npde(y, data.obs_subject[idx], sims[:, idx])
+            kind[idx] = "npde"
+            continue
+        if m.likelihood == "tte":
+            t_sim, event_sim = simulate_event_times(result, n_draws=k, seed=seed + 3, dvid=m.dvid)
+            t_obs, event_obs, tidx = tte_observed(result, dvid=m.dvid)
+            below = ((event_sim == 1) & (t_sim < t_obs[None, :])).mean(0)   # F(T) (F(C) when censored)
+            lo, hi = below, np.where(event_obs == 1, below, 1.0)
+            idx = tidx
+        else:   # discrete: the simulated CDF just below and at the observed value
+            lo, hi = (sims[:, idx] < dv[idx]).mean(0), (sims[:, idx] <= dv[idx]).mean(0)
+        u = rng.uniform(lo, np.maximum(hi, lo))
+        scores[idx] = stats.norm.ppf(np.clip(u, 0.5 / k, 1 - 0.5 / k))
+        kind[idx] = "randomized PIT"
+    ids = np.array([str(i) for i in data.ids])
+    table = pd.DataFrame({
+        "ROW": data.obs_row, "ID": ids[data.obs_subject], "TIME": data.obs_time, "DV": data.obs_dv,
+        "PRED": np.median(pred, 0), "IPRED": np.median(ipred, 0),
+        "IPRED_q5": np.quantile(ipred, 0.05, 0), "IPRED_q95": np.quantile(ipred, 0.95, 0),
+        "IWRES": iwres, "CWRES": cwres, "NPDE": scores, "NPDE_KIND": kind,
+    })
+    if data.obs_dvid is not None:
+        table.insert(3, "DVID", data.obs_dvid)
+    if (cens != 0).any():
+        table["CENS"] = cens
     return table
 
 

@@ -92,15 +92,33 @@ def test_joint_outcome_fit_recovers_truth(fit):
                              "cutpoint_2_ORD", "phi_NB", "lambda_LOGHR", "shape_LOGHR"]
     # OMEGA is checked against the SD of the 160 ETAs actually drawn (0.349; the data cannot tell the
     # generating 0.3 from the realised value); every fixed effect against its truth
+    # Within 3 posterior SDs: asking all 13 truths to sit inside their 90% intervals would hold for only
+    # ~1 seed in 4 (0.9^13) and so assert luck, not correctness.
     truths = {**TRUTH, "omega_R0": fit.realised_omega}
     for name, truth in truths.items():
         row = s.loc[name]
-        assert row["q5"] < truth < row["q95"], (name, truth, row[["q5", "q95"]].tolist())
+        assert abs(row["q50"] - truth) < 3 * row["sd"], (name, truth, row[["q50", "sd"]].tolist())
     assert (s["r_hat"] < 1.05).all()
     # sensible widths: slopes pinned to well under their prior SD
     assert s.loc["B1", "q95"] - s.loc["B1", "q5"] < 1.5
     assert s.loc["R1", "q95"] - s.loc["R1", "q5"] < 0.4
     assert s.loc["shape_LOGHR", "q95"] - s.loc["shape_LOGHR", "q5"] < 0.8
+
+
+def test_gof_gives_randomized_pit_residuals_per_type(fit):
+    """Binary, ordinal, count and time-to-event records get randomized PIT residuals, N(0, 1) under the model.
+
+    160 subjects per type (the 4 Poisson records of a subject share its random intercept): SE of a mean
+    ~0.08 and of an SD ~0.06; 4 SE allowed.  Seed 0 gave means -0.07..0.02 and SDs 0.91..1.01.
+    """
+    from bayesnlme.diagnostics import gof_table
+
+    gof = gof_table(fit, n_npde=200, seed=0)
+    assert len(gof) == fit.data.n_obs and (gof["NPDE_KIND"] == "randomized PIT").all()
+    assert np.isfinite(gof["NPDE"]).all() and gof[["IWRES", "CWRES"]].isna().all().all()
+    by_type = gof.groupby("DVID")["NPDE"].agg(["mean", "std"])
+    assert list(by_type.index) == [1, 2, 3, 4, 5]
+    assert (by_type["mean"].abs() < 0.32).all() and ((by_type["std"] - 1).abs() < 0.25).all(), by_type
 
 
 def test_pointwise_loglik_for_loo(fit):
