@@ -237,7 +237,7 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
     settings = {"method": method, "sampler": sampler if method == "nuts" else method, "chains": chains,
                 "draws": draws, "tune": tune, "seed": seed}
     problems = []
-    check_start(built)   # a non-finite start gets one line naming its cause, not a sampler backtrace
+    flat = check_start(built)   # a non-finite start gets one line naming its cause, not a sampler backtrace
     if method != "nuts":
         idata, problems = _approximate(built, method, draws, seed, progress)
         settings.update(chains=1, tune=0)
@@ -247,8 +247,8 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
             start = {k: np.asarray(mode[k]) for k in start}
             settings["init"] = "map"
         if init == "map":
-            check_start(built, start)
-        idata = _nuts(model, start, sampler, chains, draws, tune, seed, progress, target_accept)
+            flat = check_start(built, start)
+        idata = _nuts(model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat)
     with model:
         pm.compute_log_likelihood(idata, extend_inferencedata=True, progressbar=False)
     _add_data_groups(idata, built.data)
@@ -270,9 +270,9 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
     return result
 
 
-def _nuts(model, start, sampler, chains, draws, tune, seed, progress, target_accept):
+def _nuts(model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat=()):
     try:
-        return _sample(model, start, sampler, chains, draws, tune, seed, progress, target_accept)
+        return _sample(model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat)
     except (KeyboardInterrupt, MemoryError, BayesNLMEInputError):
         raise
     except Exception as exc:   # nutpie's Rust errors, PyMC's SamplingError: one line, what to try
@@ -291,11 +291,15 @@ def sampling_failure(exc: Exception, sampler: str) -> str:
             f"longer warm-up, or the other sampler (--sampler pymc / nutpie)")
 
 
-def _sample(model, start, sampler, chains, draws, tune, seed, progress, target_accept):
+def _sample(model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat=()):
     if sampler == "nutpie":
         import nutpie
 
-        jitter = {v for v in model.free_RVs if v.name in ("eta_z", "kappa_z") or v.name.startswith(("omega_", "sigma_"))}
+        # random effects and SDs start jittered; typical values at their prior medians (keeps oral models
+        # out of the flip-flop mode), except those whose gradient is exactly 0 there: nutpie scales its
+        # initial mass matrix by the gradient and cannot start from a zero component
+        jitter = {v for v in model.free_RVs if v.name in ("eta_z", "kappa_z") or v.name in flat
+                  or v.name.startswith(("omega_", "sigma_"))}
         keep = [v.name for v in model.free_RVs + model.deterministics]   # not the *_log__ copies
         compiled = nutpie.compile_pymc_model(model, initial_points=start, jitter_rvs=jitter, var_names=keep)
         return nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import SpecError
+from .errors import BayesNLMEInputError, SpecError
 from .simulate import iter_simulations, regimen_data
 
 METRICS = ("AUCTAU", "CMAX", "CMIN", "CTROUGH")
@@ -64,6 +64,26 @@ def _band_pools(result, bands: dict | None):
             raise SpecError(f"bands: no fitted subject has {cov} in [{lo:g}, {hi:g}); choose other edges")
         pools.append((f"{cov} {lo:g}-{hi:g}", pool[names] if names else None))
     return pools
+
+
+def concentration_dvid(spec) -> int | None:
+    """The DVID of the observation model of the drug concentration (output ``CP``), or None without DVIDs.
+
+    Raises
+    ------
+    BayesNLMEInputError
+        The spec's observation models observe no concentration, so there is nothing to summarise.
+    """
+    if not spec.observations:
+        return None
+    models = spec.observation_models()
+    for m in models:
+        if m.output == "CP":
+            return m.dvid if m.dvid is not None else 1
+    raise BayesNLMEInputError(
+        f"regimen evaluation summarises the predicted drug concentration (CP), and {spec.name} observes none "
+        f"(its observation models: {', '.join(f'{m.output} {m.likelihood}' for m in models)}); simulate the "
+        f"regimen with bayesnlme.simulate.simulate to see its effect on these outcomes instead")
 
 
 def evaluate_regimens(result, doses, intervals, *, duration: float = 0.0, cmt: int = 0,
@@ -116,6 +136,7 @@ def evaluate_regimens(result, doses, intervals, *, duration: float = 0.0, cmt: i
         Per simulated subject and draw: ``REGIMEN, BAND, DRAW, SUBJECT`` and the metrics.
     """
     rng = np.random.default_rng(seed)
+    dvid = concentration_dvid(result.spec)
     pools = _band_pools(result, bands)
     if n_doses is None and getattr(result.spec.structural, "per_subject", False):
         n_doses = _ODE_DOSES
@@ -134,6 +155,8 @@ def evaluate_regimens(result, doses, intervals, *, duration: float = 0.0, cmt: i
         f["ID"] += offset
         offset += n_subjects
     design = pd.concat(frames, ignore_index=True)
+    if dvid is not None:   # the design's records are concentrations: the type that observes CP
+        design["DVID"] = np.where(design["EVID"] == 0, dvid, 0)
     if exact is None:
         exact = n_doses is None and _linear_closed_form(result.spec) and "CL" in result.spec.parameters
     extra = ("individual.CL",) + (("individual.F",) if "F" in result.spec.parameters else ()) if exact else ()

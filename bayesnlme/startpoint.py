@@ -39,7 +39,7 @@ def transformed_start(built, start: dict | None = None) -> dict:
     return fn(0)
 
 
-def check_start(built, start: dict | None = None) -> None:
+def check_start(built, start: dict | None = None) -> list[str]:
     """Raise :class:`StartPointError` when the log-density or its gradient is not finite at the start.
 
     Parameters
@@ -48,6 +48,15 @@ def check_start(built, start: dict | None = None) -> None:
     start : dict, optional
         Start values in natural units by variable name (default: the model's
         own start, prior medians and ETA = 0).
+
+    Returns
+    -------
+    list of str
+        Free variables with a gradient component exactly 0 at the start.  A
+        sampler that scales its initial mass matrix by the gradient (nutpie)
+        cannot start there; this happens where a parameter has no influence
+        at the start (EC50 while EMAX starts at its prior median 0) and its
+        own prior is flat at its median.  Start those elsewhere (jitter).
 
     Raises
     ------
@@ -72,7 +81,7 @@ def check_start(built, start: dict | None = None) -> None:
     ipred = out[len(terms) + len(grads)] if built.ipred is not None else None
     sd = out[len(terms) + len(grads) + 1] if built.residual_sd is not None else None
     if all(np.isfinite(x).all() for x in out[:len(terms) + len(grads)]):
-        return
+        return [rv.name for rv, g in zip(model.free_RVs, grad) if (np.asarray(g) == 0).any()]
     raise StartPointError(_cause(built, start if start is not None else built.initial_point, lp_free,
                                  lp_obs, grad, ipred, sd))
 

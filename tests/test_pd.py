@@ -153,3 +153,44 @@ def test_errors():
                             structural=LIBRARY["pkpd_1cmt_iv_emax"])
     with pytest.raises(ValueError, match="closed-form PK model"):
         pd_model("emax", "pk")
+
+
+def test_regimens_of_a_joint_pkpd_fit_use_the_concentration_type(joint):
+    """Regimen evaluation of a spec with DVID types simulates the CP type: AUCtau = Dose / CL exactly."""
+    from bayesnlme.regimens import evaluate_regimens
+
+    table, metrics = evaluate_regimens(joint, doses=[100, 200], intervals=[12], n_subjects=40, n_draws=40,
+                                       targets=[{"metric": "CTROUGH", "above": 1.0}])
+    assert list(table["DOSE"]) == [100, 200]
+    cl = joint.posterior_draws("CL")
+    # the median over new subjects and draws of Dose / CL_i; CL_i log-normal around the typical CL
+    for dose, auc in zip(table["DOSE"], table["AUCTAU_median"]):
+        assert abs(auc / (dose / np.median(cl)) - 1) < 0.1, (dose, auc, np.median(cl))
+    assert table["AUCTAU_median"].iloc[1] == pytest.approx(2 * table["AUCTAU_median"].iloc[0], rel=0.1)
+
+
+def test_regimens_refused_in_one_sentence_without_a_concentration_type():
+    from bayesnlme.errors import BayesNLMEInputError
+    from bayesnlme.regimens import concentration_dvid
+    from bayesnlme.spec import load_spec
+
+    assert concentration_dvid(load_spec("pk_1cmt_oral")) is None
+    assert concentration_dvid(load_spec("pd_emax")) == 1
+    with pytest.raises(BayesNLMEInputError, match=r"observes none \(its observation models: EFFECT poisson\)"):
+        concentration_dvid(load_spec("count_poisson"))
+
+
+def test_library_pd_emax_starts_although_emax_starts_at_zero():
+    """EMAX starts at its prior median 0, where EC50 has no influence and its gradient is exactly 0.
+
+    nutpie scales its initial mass matrix by the gradient and could not start there ("All
+    initialization points failed"); such variables are now jittered like the random effects.
+    """
+    from bayesnlme.spec import load_spec
+    from bayesnlme.startpoint import check_start
+
+    df = simulate()
+    spec = load_spec("pd_emax")
+    assert "EC50" in check_start(build_model(spec, df))
+    res = fit_model(spec, df, chains=1, draws=30, tune=30, seed=1, progress=False)
+    assert np.isfinite(res.posterior_draws("EC50")).all()
