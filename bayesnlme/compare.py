@@ -231,17 +231,26 @@ def compare(results, level: str = "subject", ic: str = "loo") -> pd.DataFrame:
 def describe_comparison(df: pd.DataFrame) -> str:
     """The result of :func:`compare` in a few plain sentences."""
     level, ic, best = df.attrs.get("level", "subject"), df.attrs.get("ic", "loo"), df.index[0]
-    out = [f"{best} predicts {_NEW[level]} best ({'PSIS-LOO' if ic == 'loo' else 'WAIC'} ELPD "
-           f"{df.loc[best, 'elpd']:.1f}, SE {df.loc[best, 'se']:.1f})."]
+    handled = "elpd_handled" in df
+    elpd, se, d_col, dse_col = (("elpd_handled", "se_handled", "elpd_diff_handled", "dse_handled") if handled
+                                else ("elpd", "se", "elpd_diff", "dse"))
+    how = ("leave-one-subject-out ELPD after automatic high-k handling" if handled
+           else f"{'PSIS-LOO' if ic == 'loo' else 'WAIC'} ELPD")
+    out = [f"{best} predicts {_NEW[level]} best ({how} {df.loc[best, elpd]:.1f}, SE {df.loc[best, se]:.1f})."]
     for name in df.index[1:]:
-        diff, dse = df.loc[name, "elpd_diff"], df.loc[name, "dse"]
+        diff, dse = df.loc[name, d_col], df.loc[name, dse_col]
         ratio = f"{diff / dse:.1f} SE" if dse > 0 else "SE 0"
         verdict = ("practically indistinguishable (a difference below 4 is small)" if diff < 4 else
                    f"clearly worse ({ratio})" if diff > 2 * dse else
                    f"worse, but within 2 SE ({ratio}): not a decisive difference")
         out.append(f"{name}: ELPD lower by {diff:.1f} (SE of the difference {dse:.1f}), {verdict}.")
-    out += [f"Caution: {name} has {n} {level}s with high Pareto k (influential): its ELPD is uncertain."
-            for name, n in df["n_high_pareto_k"].items() if n]
+    if handled:
+        out += [f"Caution: {name} has {n} subjects whose contribution is still unreliable after handling "
+                f"(high Pareto k even with random effects integrated out): its ELPD is uncertain."
+                for name, n in df["n_unreliable"].items() if n]
+    else:
+        out += [f"Caution: {name} has {n} {level}s with high Pareto k (influential): its ELPD is uncertain."
+                for name, n in df["n_high_pareto_k"].items() if n]
     return " ".join(out)
 
 

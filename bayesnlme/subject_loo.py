@@ -101,7 +101,9 @@ def _psis(loglik: np.ndarray, n_chains: int, ids) -> az.ELPDData:
     arr = loglik[:s].reshape(n_chains, s // n_chains, -1)
     idata = az.InferenceData(log_likelihood=xr.Dataset(
         {"DV": (("chain", "draw", "ID"), arr)}, coords={"ID": list(ids)}))
-    return az.loo(idata, pointwise=True, reff=1.0)   # thinned draws: close to independent
+    with warnings.catch_warnings():   # high Pareto k is reported per subject in the table, not as a warning
+        warnings.simplefilter("ignore", UserWarning)
+        return az.loo(idata, pointwise=True, reff=1.0)   # thinned draws: close to independent
 
 
 def subject_loo(result, *, n_draws: int = 400, n_is: int = 100, seed: int = 0,
@@ -132,7 +134,9 @@ def subject_loo(result, *, n_draws: int = 400, n_is: int = 100, seed: int = 0,
     """
     from .compare import loo
 
-    cond = loo(result, level="subject")
+    with warnings.catch_warnings():   # high Pareto k is what this function handles; reported in the table
+        warnings.simplefilter("ignore", UserWarning)
+        cond = loo(result, level="subject")
     ids = [str(i) for i in result.data.ids]
     n_chain = result.idata.posterior.sizes["chain"]
     good_k = float(getattr(cond, "good_k", 0.7))
@@ -222,12 +226,23 @@ def add_high_k_handling(table: pd.DataFrame, results: dict, *, refit_budget_s: f
     Returns
     -------
     table : pandas.DataFrame
-        With ``elpd_handled``, ``se_handled`` and ``n_unreliable`` columns.
+        With ``elpd_handled``, ``se_handled``, ``elpd_diff_handled``, ``dse_handled`` (the
+        difference from the best model by handled ELPD and its SE, from the paired per-subject
+        values) and ``n_unreliable`` columns, sorted by ``elpd_handled`` (best first): where
+        conditional PSIS is unreliable for many subjects, the handled figures decide the ranking.
     details : dict of str -> (per-subject DataFrame, summary dict)
     """
     details = {name: subject_loo(results[name], refit_budget_s=refit_budget_s, seed=seed) for name in table.index}
     out = table.copy()
     out["elpd_handled"] = [details[n][1]["elpd"] for n in out.index]
     out["se_handled"] = [details[n][1]["se"] for n in out.index]
+    pointwise = {n: details[n][0].set_index("ID")["elpd"] for n in out.index}
+    best = out["elpd_handled"].idxmax()
+    diffs = {n: (pointwise[best] - pointwise[n].reindex(pointwise[best].index)).to_numpy() for n in out.index}
+    out["elpd_diff_handled"] = [float(diffs[n].sum()) for n in out.index]
+    out["dse_handled"] = [float(np.sqrt(len(d) * d.var(ddof=1))) if n != best else 0.0 for n, d in diffs.items()]
     out["n_unreliable"] = [details[n][1].get("unreliable", 0) for n in out.index]
+    out = out.sort_values("elpd_handled", ascending=False)
+    out["rank"] = np.arange(len(out))   # the handled ranking (elpd_diff, dse and weight stay conditional PSIS's)
+    out.attrs.update(table.attrs, handled=True)
     return out, details

@@ -219,7 +219,8 @@ def test_compare_command_line_helpers(saved, tmp_path, capsys, monkeypatch):
     assert "one_cmt" in stdout and "two_cmt" in stdout and "two_cmt predicts a new subject best" in stdout
     assert "Pareto k" in stdout and f"wrote {out}" in stdout
     table = pd.read_csv(out)
-    assert list(table.columns) == ["model"] + COMPARE_COLUMNS + ["elpd_handled", "se_handled", "n_unreliable"]
+    assert list(table.columns) == ["model"] + COMPARE_COLUMNS + ["elpd_handled", "se_handled", "elpd_diff_handled",
+                                                                "dse_handled", "n_unreliable"]
     assert list(table["model"]) == ["two_cmt", "one_cmt"]
     assert "automatic handling: leave-one-subject-out ELPD" in stdout
     # integrating out the ETAs: where conditional PSIS is unreliable for every subject (two_cmt: 20 of 20
@@ -229,6 +230,11 @@ def test_compare_command_line_helpers(saved, tmp_path, capsys, monkeypatch):
     two, one = table.set_index("model").loc["two_cmt"], table.set_index("model").loc["one_cmt"]
     assert two["n_high_pareto_k"] > 10 and two["elpd_handled"] < two["elpd"] - two["se_handled"]
     assert one["n_high_pareto_k"] < 10 and abs(one["elpd_handled"] - one["elpd"]) < 0.5 * one["se_handled"]
+    # the ranking and the summary use the handled figures: differences of the paired per-subject values
+    assert table["elpd_handled"].is_monotonic_decreasing and two["elpd_diff_handled"] == 0
+    assert one["elpd_diff_handled"] == pytest.approx(two["elpd_handled"] - one["elpd_handled"])
+    assert 0 < one["dse_handled"] < one["elpd_diff_handled"]
+    assert "after automatic high-k handling" in stdout
     assert [p.name for p in out.parent.iterdir()] == ["cmp.csv"]  # no temporary file left
     # default output: comparison.csv in the current folder; observation level
     monkeypatch.chdir(tmp_path)
