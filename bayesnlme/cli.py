@@ -169,14 +169,13 @@ def _diagnose(args) -> int:
     for name, (fig, _) in figures.items():
         write_atomic(out / name, lambda tmp, fig=fig: fig.savefig(tmp, dpi=100, format="png"))
         plt.close(fig)
-    lik = None
-    if "eta_z" in result.idata.posterior:
-        from .likelihood import marginal_loglik
+    from .likelihood import marginal_loglik
 
-        try:
-            lik = marginal_loglik(result, seed=args.seed)
-        except BayesNLMEInputError as exc:   # centred ETAs, IOV, DVID/BLQ: not integrated by this method
-            print(f"marginal likelihood not computed: {exc}")
+    lik = None
+    try:
+        lik = marginal_loglik(result, seed=args.seed)
+    except BayesNLMEInputError as exc:   # occasion effects (IOV): not integrated by this method
+        print(f"marginal likelihood not computed: {exc}")
     if lik is not None:
         write_text_atomic(out / "likelihood.csv", pd.DataFrame([{
             "loglik": lik.loglik, "mc_se": lik.mc_se, "minus2ll": lik.minus2ll, "aic": lik.aic, "bic": lik.bic,

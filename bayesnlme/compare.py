@@ -288,7 +288,7 @@ def run_compare(args) -> int:
     check_same_data(named)
     table, loos = _compare(named, args.level, args.ic)
     handled = None
-    if args.level == "subject" and args.ic == "loo" and all("eta_z" in r.idata.posterior for r in named.values()):
+    if args.level == "subject" and args.ic == "loo" and all("ETA" in r.idata.posterior for r in named.values()):
         from .subject_loo import add_high_k_handling, describe
 
         table, handled = add_high_k_handling(table, named, refit_budget_s=args.refit_budget)

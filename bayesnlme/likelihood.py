@@ -8,8 +8,8 @@ marginal log-likelihood of the data at population parameters ``theta`` is
     \\log p(y \\mid \\theta) = \\sum_i \\log \\int p(y_i \\mid \\theta, z_i)\\, N(z_i; 0, I)\\, dz_i ,
 
 where ``z_i`` are subject ``i``'s standardised random effects (the model's
-non-centred ``eta_z``; ``ETA_i = z_i * omega``, or ``L z_i`` for an OMEGA
-block).  Each subject's integral is estimated by importance sampling, as
+non-centred ``eta_z``, ``ETA_i = z_i * omega`` or ``L z_i`` for an OMEGA
+block, and ``eta_<P> / omega_<P>`` for a centred parameter P).  Each subject's integral is estimated by importance sampling, as
 NONMEM's ``$EST METHOD=IMP`` and Monolix's "importance sampling" log-likelihood
 do:
 
@@ -175,17 +175,61 @@ class _Population:
 def require_integrable(built) -> None:
     """Raise a clear error for models whose random effects this importance sampling does not integrate.
 
-    It integrates the non-centred ``eta_z`` of each subject, under any observation model (continuous,
-    censored M3 records, binary, ordinal, counts, time-to-event: the per-record log-likelihood is the
-    model's own, :attr:`BuiltModel.loglik`).  Centred ETAs and occasion effects (KAPPA) are further
-    random effects that it does not integrate.
+    It integrates each subject's ETAs -- non-centred ``eta_z`` and centred ``eta_<P>`` alike, in the
+    standardised space ``z`` (:func:`random_effect_names`) -- under any observation model
+    (continuous, censored M3 records, binary, ordinal, counts, time-to-event: the per-record
+    log-likelihood is the model's own, :attr:`BuiltModel.loglik`).  Occasion effects (KAPPA) are
+    random effects shared by a subject's records of one occasion, which it does not integrate.
     """
-    unsupported = [p for p, par in built.spec.parameters.items() if par.centered or par.omega_iov is not None]
-    if unsupported:
+    iov = [p for p, par in built.spec.parameters.items() if par.omega_iov is not None]
+    if iov:
         raise BayesNLMEInputError(
-            f"the importance-sampling likelihood integrates non-centred ETAs only; parameter(s) "
-            f"{', '.join(unsupported)} are centred or have IOV. Refit with the default non-centred "
-            f"ETAs and without omega_iov to compute -2LL or subject-level LOO")
+            f"the importance-sampling likelihood integrates the ETAs of each subject, not occasion effects; "
+            f"parameter(s) {', '.join(iov)} have inter-occasion variability (omega_iov). Refit without "
+            f"omega_iov to compute -2LL or subject-level LOO")
+
+
+def random_effect_names(built) -> tuple[list[str], list[str]]:
+    """The free variables that are random effects, and the centred parameters among them.
+
+    ``z`` (n_sub, n_eta) stacks the standardised random effects: first the columns of the
+    non-centred ``eta_z``, then ``eta_<P> / omega_<P>`` for each centred parameter P, in
+    ``spec.eta_parameters`` order.
+    """
+    free = {rv.name for rv in built.model.free_RVs}
+    centred = [p for p in built.spec.eta_parameters if built.spec.parameters[p].centered]
+    return ([n for n in ["eta_z"] if n in free] + [f"eta_{p}" for p in centred]), centred
+
+
+def _omega_of(built, p: str, draws: dict):
+    """OMEGA (SD) of centred parameter P: its draws (leading dim) or the fixed value."""
+    fixed = built.spec.parameters[p].omega_fixed
+    return np.asarray(draws[f"omega_{p}"], float) if fixed is None else np.asarray(float(fixed))
+
+
+def z_to_draws(built, z: np.ndarray, draws: dict) -> dict:
+    """Population draws (leading dim K) plus the random effects for standardised ``z`` (K, n_sub, n_eta)."""
+    _, centred = random_effect_names(built)
+    n_nc = z.shape[2] - len(centred)
+    out = dict(draws)
+    if n_nc:
+        out["eta_z"] = z[..., :n_nc]
+    for j, p in enumerate(centred):
+        omega = _omega_of(built, p, draws)
+        out[f"eta_{p}"] = z[..., n_nc + j] * (omega[:, None] if omega.ndim else omega)
+    return out
+
+
+def posterior_z(result) -> np.ndarray:
+    """Posterior draws of the standardised random effects ``z``: shape (n_draws, n_sub, n_eta)."""
+    built = result.built
+    names, centred = random_effect_names(built)
+    cols = [result.posterior_draws("eta_z")] if "eta_z" in names else []
+    for p in centred:
+        omega = _omega_of(built, p, {f"omega_{p}": result.posterior_draws(f"omega_{p}")}
+                          if built.spec.parameters[p].omega_fixed is None else {})
+        cols.append((result.posterior_draws(f"eta_{p}") / (omega[:, None] if omega.ndim else omega))[..., None])
+    return np.concatenate(cols, axis=2)
 
 
 def _population(built) -> _Population:
@@ -195,8 +239,8 @@ def _population(built) -> _Population:
         return cache["_population"]
     model = built.model
     require_integrable(built)
-    pop = [rv for rv in model.free_RVs if rv.name != "eta_z"]
-    eta = [rv for rv in model.free_RVs if rv.name == "eta_z"]
+    random, _ = random_effect_names(built)
+    pop = [rv for rv in model.free_RVs if rv.name not in random]
     start = model.initial_point()
     shapes, values, naturals, nat_in, unc = [], [], [], [], []
     for rv in pop:
@@ -219,7 +263,7 @@ def _population(built) -> _Population:
     n_eta = len(built.spec.eta_parameters)
     info = _Population(names=[rv.name for rv in pop], shapes=shapes,
                        sizes=[int(np.prod(s)) for s in shapes], to_natural=to_nat,
-                       to_unconstrained=to_unc, log_prior=log_prior, has_eta=bool(eta), n_eta=n_eta)
+                       to_unconstrained=to_unc, log_prior=log_prior, has_eta=bool(random), n_eta=n_eta)
     cache["_population"] = info
     return info
 
@@ -337,7 +381,7 @@ def _conditional_loglik(built, theta: dict, z: np.ndarray | None, k: int = 1) ->
         k = z.shape[0]
     draws = {n: np.broadcast_to(np.asarray(v, float), (k, *np.shape(v))).copy() for n, v in theta.items()}
     if z is not None:
-        draws["eta_z"] = z
+        draws = z_to_draws(built, z, draws)
     return subject_loglik(built, draws)
 
 
@@ -378,8 +422,9 @@ def _objective_function(built):
     from pytensor.graph.replace import vectorize_graph
 
     model, data = built.model, built.data
-    pop = [rv for rv in model.free_RVs if rv.name != "eta_z"]
-    eta = [rv for rv in model.free_RVs if rv.name == "eta_z"]
+    random, centred = random_effect_names(built)
+    pop = [rv for rv in model.free_RVs if rv.name not in random]
+    by_name = {rv.name: rv for rv in model.free_RVs}
     values = [model.rvs_to_values[rv] for rv in pop]
     replace = {}
     for rv, value in zip(pop, values):
@@ -387,12 +432,18 @@ def _objective_function(built):
         replace[rv] = value if tr is None else tr.backward(value, *rv.owner.inputs)
     log_ratio = pt.matrix("log_ratio")
     inputs = list(values)
-    if eta:
-        z = pt.tensor("z", shape=(None, *eta[0].type.shape), dtype=eta[0].dtype)
-        replace[eta[0]] = z
+    if random:
+        z = pt.tensor("z", shape=(None, data.n_subjects, len(built.spec.eta_parameters)), dtype="float64")
+        n_nc = len(built.spec.eta_parameters) - len(centred)
+        if n_nc:
+            replace[by_name["eta_z"]] = z[:, :, :n_nc]
+        for j, p in enumerate(centred):
+            fixed = built.spec.parameters[p].omega_fixed
+            omega = replace[by_name[f"omega_{p}"]] if fixed is None else pt.as_tensor_variable(float(fixed))
+            replace[by_name[f"eta_{p}"]] = z[:, :, n_nc + j] * omega
         inputs.append(z)
     ll = vectorize_graph(built.loglik, replace=replace)
-    if not eta:
+    if not random:
         ll = ll[None, :]
     per_subject = pt.inc_subtensor(pt.zeros((data.n_subjects, ll.shape[0]))[data.obs_subject], ll.T).T
     objective = pt.logsumexp(per_subject + log_ratio, axis=0).sum()
@@ -419,13 +470,14 @@ def _objective_function(built):
 
 
 def _posterior_proposal(result) -> _Proposal | None:
-    """Proposals from the posterior of eta_z; None for a model without random effects."""
+    """Proposals from the posterior of the standardised random effects; None for a model without them."""
     if not _population(result.built).has_eta:
         return None
-    if "eta_z" not in result.idata.posterior:    # no draws to start from: N(0, I), then adaptation
+    names, _ = random_effect_names(result.built)
+    if not all(n in result.idata.posterior for n in names):   # no draws to start from: N(0, I), then adaptation
         n_sub, d = result.built.data.n_subjects, len(result.built.spec.eta_parameters)
         return _Proposal(np.zeros((n_sub, d)), np.broadcast_to(np.eye(d), (n_sub, d, d)).copy())
-    return _Proposal.from_draws(result.posterior_draws("eta_z"))
+    return _Proposal.from_draws(posterior_z(result))
 
 
 # ---------------------------------------------------------------------- public functions

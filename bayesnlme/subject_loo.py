@@ -37,13 +37,15 @@ from scipy.special import logsumexp
 
 from .errors import ConvergenceWarning
 from .data import record_columns
-from .likelihood import _base_draws, _Proposal, require_integrable, subject_loglik
+from .likelihood import (_base_draws, _Proposal, posterior_z, random_effect_names, require_integrable,
+                         subject_loglik, z_to_draws)
 
 _CHUNK_ROWS = 20000
 
 
 def _population_names(built) -> list[str]:
-    return [rv.name for rv in built.model.free_RVs if rv.name != "eta_z"]
+    random, _ = random_effect_names(built)
+    return [rv.name for rv in built.model.free_RVs if rv.name not in random]
 
 
 def marginal_subject_loglik(result, *, n_draws: int = 400, n_is: int = 100, seed: int = 0,
@@ -70,9 +72,9 @@ def marginal_subject_loglik(result, *, n_draws: int = 400, n_is: int = 100, seed
     built = result.built
     require_integrable(built)
     names = _population_names(built)
-    if "eta_z" not in [rv.name for rv in built.model.free_RVs]:
+    if not random_effect_names(built)[0]:
         raise ValueError("the model has no random effects: its conditional likelihood is already marginal")
-    z_post = result.posterior_draws("eta_z")
+    z_post = posterior_z(result)
     proposal = _Proposal.from_draws(z_post)
     if theta_draws is None:
         theta_draws = {n: result.posterior_draws(n) for n in names}
@@ -87,8 +89,7 @@ def marginal_subject_loglik(result, *, n_draws: int = 400, n_is: int = 100, seed
         rows = slice(start, min(start + per_chunk, len(idx)))
         s = rows.stop - rows.start
         z, log_ratio = proposal.sample(_base_draws(rng, s * n_is, n_sub, d))
-        draws = {n: np.repeat(v[rows], n_is, axis=0) for n, v in theta.items()}
-        draws["eta_z"] = z
+        draws = z_to_draws(built, z, {n: np.repeat(v[rows], n_is, axis=0) for n, v in theta.items()})
         per_subject = subject_loglik(built, draws)
         log_w = np.where(np.isnan(per_subject + log_ratio), -np.inf, per_subject + log_ratio)
         out[rows] = logsumexp(log_w.reshape(s, n_is, n_sub), axis=1) - np.log(n_is)
@@ -146,7 +147,7 @@ def subject_loo(result, *, n_draws: int = 400, n_is: int = 100, seed: int = 0,
     table["elpd"] = np.where(table["method"] == "PSIS", table["elpd_conditional"], np.nan)
     table["k_integrated"] = np.nan
     table["elpd_integrated"] = np.nan
-    if (table["method"] != "PSIS").any() and "eta_z" in result.idata.posterior:
+    if (table["method"] != "PSIS").any() and random_effect_names(result.built)[0]:
         integ = _psis(marginal_subject_loglik(result, n_draws=n_draws, n_is=n_is, seed=seed), n_chain, ids)
         table["k_integrated"] = np.asarray(integ.pareto_k)
         table["elpd_integrated"] = np.asarray(integ.loo_i)
