@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bayesnlme.atomic import OutputError
 from bayesnlme.datasets import dataset_path, load_indometacin
 from bayesnlme.errors import BayesNLMEInputError
 from bayesnlme.fit import SUMMARY_COLUMNS, FitResult, _mode_problems, fit_model
@@ -77,7 +78,9 @@ def test_failed_save_keeps_the_previous_file(theo, tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(az.InferenceData, "to_netcdf", broken)
-    with pytest.raises(OSError, match="disk full"):
+    # the project's one-line error (exit status 1 on the command line), not a bare OSError
+    with pytest.raises(OutputError, match=r"fit.nc: could not write the result \(disk full\); the earlier file "
+                                          r"is unchanged"):
         theo.save(path)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before
     assert os.listdir(tmp_path) == ["fit.nc"]
