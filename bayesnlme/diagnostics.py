@@ -48,7 +48,10 @@ import pandas as pd
 from scipy import stats
 
 from .fit import ESS_MIN, R_HAT_MAX
-from .predict import posterior_predictions, simulate_replicates
+from .event_times import simulate_event_times, tte_observed
+from .predict import evaluate_draws, new_subject_draws, posterior_predictions
+from .sim_outcomes import observation_draw, type_index
+from .simulate import thinned_draws
 
 BFMI_MIN = 0.3
 
@@ -143,8 +146,11 @@ def gof_table(result, *, n_npde: int = 1000, seed: int = 0) -> pd.DataFrame:
     -------
     pandas.DataFrame
         Columns ``ROW, ID, TIME, DV, PRED, IPRED, IPRED_q5, IPRED_q95, IWRES,
-        CWRES, NPDE`` (PRED and IPRED are posterior medians, in DV units), and
-        ``CENS`` when the data have censored (BLQ) records.
+        CWRES, NPDE`` (PRED and IPRED are posterior medians, in DV units);
+        ``DVID`` for specs with ``[[observations]]``; ``NPDE_KIND`` (``npde`` or
+        ``randomized PIT``) when some records are not continuous; ``CENS`` when
+        the data have censored (BLQ) records.  One code path for every spec: a
+        single ``[residual]`` is one continuous observation model.
 
     Notes
     -----
@@ -158,52 +164,15 @@ def gof_table(result, *, n_npde: int = 1000, seed: int = 0) -> pd.DataFrame:
     Under the model, NPDE stay N(0, 1) with censoring; a misfit below the LLOQ
     shows as a shifted NPDE distribution at those records.
     """
-    if result.spec.observations:
-        return _gof_by_type(result, n_npde, seed)
-    data = result.data
-    cens = data.obs_cens if data.obs_cens is not None else np.zeros(data.n_obs, int)
-    censored = cens != 0
-    pp = posterior_predictions(result)
-    n_obs = data.n_obs
-    ipred = pp["IPRED"].values.reshape(-1, n_obs)
-    pred = pp["PRED"].values.reshape(-1, n_obs)
-    sd = pp["RES_SD"].values.reshape(-1, n_obs)
-    dv = data.obs_dv
-    rng = np.random.default_rng(seed)
-    eps = rng.standard_normal(ipred.shape)
-    if result.spec.residual.kind == "exponential":
-        iwres = ((np.log(dv) - np.log(ipred)) / sd).mean(0)
-        yrep = ipred * np.exp(sd * eps)
-    else:
-        iwres = ((dv - ipred) / sd).mean(0)
-        yrep = ipred + sd * eps
-    cwres = (dv - yrep.mean(0)) / yrep.std(0, ddof=1)
-    iwres, cwres = np.where(censored, np.nan, iwres), np.where(censored, np.nan, cwres)
-    ids = np.array([str(i) for i in data.ids])
-    table = pd.DataFrame({
-        "ROW": data.obs_row, "ID": ids[data.obs_subject], "TIME": data.obs_time, "DV": dv,
-        "PRED": np.median(pred, 0), "IPRED": np.median(ipred, 0),
-        "IPRED_q5": np.quantile(ipred, 0.05, 0), "IPRED_q95": np.quantile(ipred, 0.95, 0),
-        "IWRES": iwres, "CWRES": cwres,
-    })
-    sims = simulate_replicates(result, n_npde, seed=seed + 1)
-    if censored.any():
-        dv = impute_censored(dv, cens, data.obs_limit, sims, np.random.default_rng(seed + 2))
-        table["CENS"] = cens
-    table["NPDE"] = npde(dv, data.obs_subject, sims)
-    return table
+    return _gof(result, n_npde, seed)
 
 
 CONTINUOUS = ("additive", "proportional", "combined", "exponential")
 
 
-def _gof_by_type(result, n_sims: int, seed: int) -> pd.DataFrame:
-    """GOF of a spec with ``[[observations]]``: NPDE per continuous type, randomized PIT otherwise."""
-    from .event_times import simulate_event_times, tte_observed
-    from .predict import evaluate_draws, new_subject_draws
-    from .sim_outcomes import observation_draw, type_index
-    from .simulate import thinned_draws
-
+def _gof(result, n_sims: int, seed: int) -> pd.DataFrame:
+    """GOF per observation model (a single ``[residual]`` is one continuous model): NPDE per continuous
+    type, randomized PIT residuals otherwise."""
     data, spec = result.data, result.spec
     pp = posterior_predictions(result)
     n_obs = data.n_obs
@@ -252,9 +221,11 @@ def _gof_by_type(result, n_sims: int, seed: int) -> pd.DataFrame:
         "ROW": data.obs_row, "ID": ids[data.obs_subject], "TIME": data.obs_time, "DV": data.obs_dv,
         "PRED": np.median(pred, 0), "IPRED": np.median(ipred, 0),
         "IPRED_q5": np.quantile(ipred, 0.05, 0), "IPRED_q95": np.quantile(ipred, 0.95, 0),
-        "IWRES": iwres, "CWRES": cwres, "NPDE": scores, "NPDE_KIND": kind,
+        "IWRES": iwres, "CWRES": cwres, "NPDE": scores,
     })
-    if data.obs_dvid is not None:
+    if (kind != "npde").any():
+        table["NPDE_KIND"] = kind
+    if data.obs_dvid is not None and spec.observations:
         table.insert(3, "DVID", data.obs_dvid)
     if (cens != 0).any():
         table["CENS"] = cens

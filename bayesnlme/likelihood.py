@@ -7,11 +7,11 @@ marginal log-likelihood of the data at population parameters ``theta`` is
 
     \\log p(y \\mid \\theta) = \\sum_i \\log \\int p(y_i \\mid \\theta, z_i)\\, N(z_i; 0, I)\\, dz_i ,
 
-where ``z_i`` are subject ``i``'s standardised random effects (the model's
-non-centred ``eta_z``, ``ETA_i = z_i * omega`` or ``L z_i`` for an OMEGA
-block, and ``eta_<P> / omega_<P>`` for a centred parameter P).  Each subject's integral is estimated by importance sampling, as
-NONMEM's ``$EST METHOD=IMP`` and Monolix's "importance sampling" log-likelihood
-do:
+where ``z_i`` are subject ``i``'s standardised random effects: the model's
+non-centred ``eta_z`` (``ETA_i = z_i * omega``, or ``L z_i`` for an OMEGA
+block) and ``eta_<P> / omega_<P>`` for a centred parameter P.  Each
+subject's integral is estimated by importance sampling, as NONMEM's
+``$EST METHOD=IMP`` and Monolix's "importance sampling" log-likelihood do:
 
 * proposal ``q_i``: a multivariate Student-t (5 degrees of freedom) centred at
   the conditional mean of ``z_i`` with (slightly inflated) conditional

@@ -82,8 +82,10 @@ def test_joint_pkpd_recovers_truth(joint):
     s = joint.summary()
     assert list(s.index) == ["CL", "V", "E0", "EMAX", "EC50", "omega_CL", "omega_V", "sigma_prop_CP",
                              "sigma_add_EFFECT"]
-    for name, truth in {**TRUTH, **joint.realised}.items():   # SIGMAs against the realised residual SDs
-        assert s.loc[name, "q5"] < truth < s.loc[name, "q95"], (name, s.loc[name, ["q5", "q95"]].tolist())
+    # SIGMAs against the realised residual SDs; within 3 posterior SDs (7 simultaneous 90% intervals
+    # would all hold for only ~half of the seeds: 0.9^7)
+    for name, truth in {**TRUTH, **joint.realised}.items():
+        assert abs(s.loc[name, "q50"] - truth) < 3 * s.loc[name, "sd"], (name, s.loc[name, ["q50", "sd"]].tolist())
     assert s.loc["EC50", "q95"] / s.loc["EC50", "q5"] < 2.5     # EC50 pinned within a factor 2.5
     assert (s["r_hat"] < 1.05).all()
     # IPRED is each record's own output: concentrations on DVID 1, effects on DVID 2
@@ -103,10 +105,11 @@ def test_sequential_pd_recovers_truth(sequential):
     # the sequential exposure is close to the true concentrations (PK well determined)
     assert obs["CIPRED"].gt(0).all()
     s = pd_fit.summary()
-    for name in ("E0", "EMAX", "EC50"):
-        assert s.loc[name, "q5"] < TRUTH[name] < s.loc[name, "q95"], (name, s.loc[name, ["q5", "q95"]].tolist())
+    for name in ("E0", "EMAX", "EC50"):   # within 3 posterior SDs, not 90% intervals (see above)
+        assert abs(s.loc[name, "q50"] - TRUTH[name]) < 3 * s.loc[name, "sd"], \
+            (name, s.loc[name, ["q50", "sd"]].tolist())
     realised = pd_fit.realised_sigma
-    assert s.loc["sigma_add", "q5"] < realised < s.loc["sigma_add", "q95"]
+    assert abs(s.loc["sigma_add", "q50"] - realised) < 3 * s.loc["sigma_add", "sd"]
 
 
 def test_drug_effects_match_numpy():

@@ -186,13 +186,14 @@ def pop_fit():
     return fit_model(spec, df, chains=2, draws=500, tune=500, seed=5, progress=False), truth
 
 
-def test_allometry_block_omega_and_iov_recovered_inside_90_percent_intervals(pop_fit):
+def test_allometry_block_omega_and_iov_recovered_within_3_posterior_sd(pop_fit):
     res, truth = pop_fit
     summ = res.summary()
     assert list(summ.index) == ["CL", "V", "WT_on_CL", "WT_on_V", "omega_CL", "omega_V", "omega_iov_CL",
                                 "corr_CL_V", "sigma_prop"]
+    # 3 posterior SDs: nine simultaneous 90% intervals would all hold for only ~4 seeds in 10 (0.9^9)
     for name, value in truth.items():
-        assert summ.loc[name, "q5"] < value < summ.loc[name, "q95"], (name, value, summ.loc[name].to_dict())
+        assert abs(summ.loc[name, "q50"] - value) < 3 * summ.loc[name, "sd"], (name, value, summ.loc[name].to_dict())
     # intervals are informative, not just wide
     assert summ.loc["WT_on_CL", "q95"] - summ.loc["WT_on_CL", "q5"] < 0.8
     assert summ.loc["omega_iov_CL", "q95"] - summ.loc["omega_iov_CL", "q5"] < 0.15

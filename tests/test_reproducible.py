@@ -1,7 +1,8 @@
 """The same answer twice: same data, spec and seed give bit-identical draws in fresh processes.
 
-The first process compiles into an empty home directory (a cold PyTensor/numba cache, as on a new
-machine or in CI); the second reuses that cache (warm) and runs with one thread for BLAS/OpenMP/numba.
+Indometacin (6 subjects, 1-compartment IV), the smallest bundled study.  The first process compiles
+into an empty home directory (a cold PyTensor/numba cache, as on a new machine or in CI); the second
+reuses that cache (warm) and runs with one thread for BLAS/OpenMP/numba.
 Before numba's fastmath was turned off for model graphs, the warm run gave different draws from the
 cold one (a cached log-density was optimised differently from a fresh compile).
 """
@@ -17,7 +18,7 @@ SCRIPT = """
 import sys, warnings
 warnings.simplefilter("ignore")
 from bayesnlme import datasets, fit_model, load_spec
-res = fit_model(load_spec("pk_1cmt_oral"), datasets.dataset_path("theophylline"), chains=2, draws=60, tune=60,
+res = fit_model(load_spec("pk_1cmt_iv"), datasets.dataset_path("indometacin"), chains=2, draws=60, tune=60,
                 seed=11, progress=False)
 res.save(sys.argv[1])
 """
@@ -39,7 +40,7 @@ def test_draws_identical_across_processes_cold_and_warm_cache(tmp_path):
     cold = _run(tmp_path / "cold.nc", home)
     assert (home / ".pytensor").is_dir()   # the first run filled the cache the second one reuses
     warm = _run(tmp_path / "warm.nc", home, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
-    assert set(cold) == set(warm) and {"CL", "V", "KA", "ETA"} <= set(cold)
+    assert set(cold) == set(warm) and {"CL", "V", "ETA"} <= set(cold)
     for name in cold:
         np.testing.assert_array_equal(cold[name], warm[name], err_msg=name)
     # the seed matters: the draws are not a constant
