@@ -43,17 +43,25 @@ def plot_observed_vs_predicted(gof: pd.DataFrame):
 
 
 def plot_residuals(gof: pd.DataFrame):
-    """CWRES and NPDE against TIME and PRED, with zero and +/-1.96 reference lines."""
+    """CWRES and NPDE against TIME and PRED, with zero and +/-1.96 reference lines.
+
+    Censored (BLQ) records, whose NPDE come from imputed values, are drawn in red.
+    """
     fig, axes = plt.subplots(2, 2, figsize=(10, 8))
+    cens = gof["CENS"].to_numpy() != 0 if "CENS" in gof else np.zeros(len(gof), bool)
     for row, res in enumerate(("CWRES", "NPDE")):
         for col, x in enumerate(("TIME", "PRED")):
             ax = axes[row, col]
-            ax.scatter(gof[x], gof[res], s=12, alpha=0.7)
+            ax.scatter(gof.loc[~cens, x], gof.loc[~cens, res], s=12, alpha=0.7, label="observed")
+            if cens.any() and gof.loc[cens, res].notna().any():
+                ax.scatter(gof.loc[cens, x], gof.loc[cens, res], s=12, alpha=0.7, color="tab:red",
+                           label="censored (BLQ), imputed")
+                ax.legend(fontsize=8)
             for level, style in ((0, "-"), (1.96, ":"), (-1.96, ":")):
                 ax.axhline(level, color="k", lw=1, ls=style)
             ax.set(xlabel=x, ylabel=res, title=f"{res} vs {x}")
     fig.tight_layout()
-    return fig, gof[["ID", "TIME", "PRED", "CWRES", "NPDE"]]
+    return fig, gof[["ID", "TIME", "PRED", "CWRES", "NPDE"] + (["CENS"] if "CENS" in gof else [])]
 
 
 def plot_qq(gof: pd.DataFrame):
@@ -61,7 +69,7 @@ def plot_qq(gof: pd.DataFrame):
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.5))
     rows = []
     for ax, res in zip(axes, ("CWRES", "NPDE")):
-        sample = np.sort(gof[res].to_numpy())
+        sample = np.sort(gof[res].dropna().to_numpy())   # CWRES is undefined at censored records
         theo = stats.norm.ppf((np.arange(1, len(sample) + 1) - 0.5) / len(sample))
         ax.scatter(theo, sample, s=10)
         _identity(ax, theo, sample)
