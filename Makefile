@@ -6,7 +6,7 @@
 # make test : create .venv if missing, install, run the test suite
 # make fuzz : 10,000 random cases per fuzz target (data reader, spec parser, regimen files); docs/reliability.md
 # make qualify : reference problems against published answers (nlme, NONMEM, posteriordb, R loo, BLQ);
-#                writes qualification/qualification.{csv,md} (~10 min; not part of make test)
+#                writes qualification/qualification.{csv,md} (1-4 min; not part of make test)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
