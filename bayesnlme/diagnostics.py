@@ -49,6 +49,7 @@ from scipy import stats
 
 from .fit import ESS_MIN, R_HAT_MAX
 from .event_times import simulate_event_times, tte_observed
+from .observation import NORMAL_KINDS
 from .predict import evaluate_draws, new_subject_draws, posterior_predictions
 from .sim_outcomes import observation_draw, type_index
 from .simulate import thinned_draws
@@ -167,9 +168,6 @@ def gof_table(result, *, n_npde: int = 1000, seed: int = 0) -> pd.DataFrame:
     return _gof(result, n_npde, seed)
 
 
-CONTINUOUS = ("additive", "proportional", "combined", "exponential")
-
-
 def _gof(result, n_sims: int, seed: int) -> pd.DataFrame:
     """GOF per observation model (a single ``[residual]`` is one continuous model): NPDE per continuous
     type, randomized PIT residuals otherwise."""
@@ -191,7 +189,7 @@ def _gof(result, n_sims: int, seed: int) -> pd.DataFrame:
     for m, idx in type_index(spec.observation_models(), data):
         if not len(idx):
             continue
-        if m.likelihood in CONTINUOUS:
+        if m.likelihood in NORMAL_KINDS:
             f, s_ = ipred[:, idx], sd[:, idx]
             eps = rng.standard_normal(f.shape)
             log = m.likelihood == "exponential"

@@ -225,9 +225,10 @@ def posterior_z(result) -> np.ndarray:
     built = result.built
     names, centred = random_effect_names(built)
     cols = [result.posterior_draws("eta_z")] if "eta_z" in names else []
+    omegas = {f"omega_{p}": result.posterior_draws(f"omega_{p}") for p in centred
+              if built.spec.parameters[p].omega_fixed is None}
     for p in centred:
-        omega = _omega_of(built, p, {f"omega_{p}": result.posterior_draws(f"omega_{p}")}
-                          if built.spec.parameters[p].omega_fixed is None else {})
+        omega = _omega_of(built, p, omegas)
         cols.append((result.posterior_draws(f"eta_{p}") / (omega[:, None] if omega.ndim else omega))[..., None])
     return np.concatenate(cols, axis=2)
 

@@ -33,6 +33,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit
 
+from .observation import NORMAL_KINDS
+
 
 def type_index(models: tuple, data) -> list:
     """Records of each observation model: ``[(model, index array), ...]``."""
@@ -67,7 +69,7 @@ def draw_type(m, f: np.ndarray, sd: np.ndarray, draws: dict, rng: np.random.Gene
     """
     n = f.shape[0]
     k = m.likelihood
-    if k in ("additive", "proportional", "combined", "exponential"):
+    if k in NORMAL_KINDS:
         eps = rng.standard_normal(f.shape)
         return f * np.exp(sd * eps) if k == "exponential" else f + sd * eps
     if k == "bernoulli":
