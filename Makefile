@@ -37,7 +37,7 @@ fuzz: $(STAMP)
 	    --hypothesis-show-statistics
 
 qualify: $(STAMP)
-	$(BIN)/python -m bayesnlme.qualify --out qualification
+	$(BIN)/python -m bayesnlme.cli.qualify --out qualification
 
 case-studies: $(STAMP)
 	$(BIN)/python case_studies/run_all.py case_studies/html

@@ -12,11 +12,12 @@ import warnings as _warnings
 _warnings.filterwarnings("ignore", message="ArviZ is undergoing a major refactor", category=FutureWarning)
 _warnings.filterwarnings("ignore", message=".*could not link to a BLAS installation.*")
 
+from bayesnlme.data import NMData, read_nonmem  # noqa: E402
+from bayesnlme.errors import BayesNLMEInputError, ConvergenceWarning, DataError, SpecError  # noqa: E402
+from bayesnlme.spec import ModelSpec, load_spec  # noqa: E402
+from bayesnlme.structural import StructuralModel  # noqa: E402
+
 from . import datasets  # noqa: E402
-from .data import NMData, read_nonmem  # noqa: E402
-from .errors import BayesNLMEInputError, ConvergenceWarning, DataError, SpecError  # noqa: E402
-from .spec import ModelSpec, load_spec  # noqa: E402
-from .structural import StructuralModel  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -24,10 +25,10 @@ __version__ = "0.1.0"
 def __getattr__(name):
     # build/fit import PyMC; load them on first use so `bayesnlme --help` and data checks stay fast
     if name in ("fit_model", "FitResult"):
-        from . import fit
-        return getattr(fit, name)
+        from bayesnlme import inference
+        return getattr(inference, name)
     if name in ("build_model", "BuiltModel"):
-        from . import build
+        from bayesnlme import build
         return getattr(build, name)
     raise AttributeError(name)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .data import NMData, read_nonmem
+from bayesnlme.data import NMData, read_nonmem
 
 #: A numeric covariate with at most this many distinct integer values is treated as categorical.
 MAX_CATEGORIES = 5
@@ -40,7 +40,6 @@ def covariate_kinds(data) -> dict:
 
 def blq_mask(data) -> np.ndarray | None:
     """Boolean (n_obs,): observation below the limit of quantification; None when the data do not say.
-
     From ``CENS == 1``, else ``BLQ != 0``, else ``DV < LLOQ``.
     """
     data = _data(data)
@@ -60,7 +59,6 @@ def blq_mask(data) -> np.ndarray | None:
 
 def data_summary(data) -> pd.DataFrame:
     """Counts that describe a data set: subjects, doses, observations, exclusions, BLQ share.
-
     Returns
     -------
     pandas.DataFrame
@@ -89,7 +87,6 @@ def data_summary(data) -> pd.DataFrame:
 
 def covariate_summary(data) -> pd.DataFrame:
     """Baseline covariates: continuous ones overall and by each categorical level, categorical level counts.
-
     Returns
     -------
     pandas.DataFrame
@@ -120,7 +117,6 @@ def covariate_summary(data) -> pd.DataFrame:
 
 def outlier_table(data, *, k: float = 4.0) -> pd.DataFrame:
     """Observations worth a second look, each with the reason.
-
     Reasons: a concentration before the subject's first dose; a non-positive
     DV not flagged BLQ; an observation far from the subject's own trend (its
     log DV, after the subject's peak, differs from the log-linear
@@ -204,7 +200,6 @@ def spaghetti_table(data, *, dose_normalised: bool = False, by: str | None = Non
 def plot_spaghetti(data, *, log: bool = False, dose_normalised: bool = False, by: str | None = None,
                    facet: bool = False, max_facets: int = 9):
     """DV versus time, one line per subject.
-
     Parameters
     ----------
     log : bool
@@ -262,7 +257,6 @@ def plot_spaghetti(data, *, log: bool = False, dose_normalised: bool = False, by
 
 def plot_covariate_boxplots(data):
     """Box plots of each continuous baseline covariate by each categorical covariate.
-
     Returns
     -------
     fig : matplotlib Figure or None
@@ -300,7 +294,6 @@ def _numeric_baseline(data: NMData) -> pd.DataFrame:
 
 def plot_covariate_scatter(data):
     """Scatter matrix of the numeric baseline covariates (histograms on the diagonal).
-
     Returns ``(None, table)`` with fewer than two numeric covariates; ``table`` is
     the baseline covariate table (index ID).
     """
@@ -328,7 +321,6 @@ def plot_covariate_scatter(data):
 
 def plot_covariate_correlation(data):
     """Heat map of Pearson correlations between numeric baseline covariates, values written in the cells.
-
     Returns ``(None, table)`` with fewer than two numeric covariates; ``table`` is the correlation matrix.
     """
     import matplotlib.pyplot as plt

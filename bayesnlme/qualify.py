@@ -27,7 +27,6 @@ It takes 1-4 minutes on 2 cores (58 s with warm compile caches, about 4 min from
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import hashlib
 import platform
@@ -42,11 +41,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from bayesnlme.evaluate.likelihood import marginal_loglik
+from bayesnlme.inference import fit_model
+from bayesnlme.inference.fit import package_versions
+from bayesnlme.spec import ModelSpec, load_spec
+
 from . import datasets
-from .atomic import output_lock, write_text_atomic
-from .fit import fit_model, package_versions
-from .likelihood import marginal_loglik
-from .spec import ModelSpec, load_spec
 
 # nlme 3.1-162 ML fit of theophylline (docs/likelihood.md): CL, V, KA, omegas, sigma
 NLME = {"CL": 2.7691, "V": 31.4759, "KA": 1.5629, "omega_CL": 0.2647301, "omega_V": 0.1349591,
@@ -117,7 +117,6 @@ blq = "%s"
 
 def simulate_blq_study(n: int = 20, seed: int = 11) -> pd.DataFrame:
     """1-compartment IV study with about a quarter of the concentrations below the LLOQ (CENS = 1).
-
     IV bolus 100 mg at time 0, 12 samples 0.5-36 h, CL 2 L/h and V 20 L with log-normal IIV (SD 0.2 and
     0.15), additive error SD 0.4 mg/L; a BLQ record carries DV = LLOQ = 0.5 mg/L and CENS = 1.
     """
@@ -136,7 +135,6 @@ def simulate_blq_study(n: int = 20, seed: int = 11) -> pd.DataFrame:
 
 def loo_reference_matrix(n_draws: int = 2000) -> np.ndarray:
     """A fixed (draws x 20) log-likelihood matrix made without random numbers (R builds the same one).
-
     Normal data ``y_i = (i - 10.5) / 4`` for i = 1..19 and an outlier ``y_20 = 6``; draws of the mean
     ``mu_s = 0.3 + 0.45 qnorm((s - 0.5) / S)`` and, in a fixed permuted order, of the SD
     ``sigma_s = 2 exp(0.16 qnorm((p_s - 0.5) / S))`` with ``p_s = (s * 7919) mod S + 1`` (about the
@@ -289,23 +287,3 @@ def to_markdown(table: pd.DataFrame, record: dict) -> str:
         lines.append(f"| {cell(r.problem)} | {cell(r.quantity)} | {r.ours:.6g} | {r.reference:.6g} | "
                      f"{cell(r.tolerance)} | {'pass' if r.passed else 'FAIL'} |")
     return "\n".join(lines) + "\n"
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bayesnlme.qualify", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="qualification", help="output folder (default: %(default)s)")
-    p.add_argument("--only", nargs="+", choices=sorted(PROBLEMS), help="run only these problems")
-    p.add_argument("--draws", type=int, default=1000, help="draws (and warm-up) per chain (default: %(default)s)")
-    args = p.parse_args(argv)
-    with output_lock(args.out) as out:
-        table, record = run(args.only, draws=args.draws)
-        write_text_atomic(out / "qualification.csv", table.to_csv(index=False))
-        write_text_atomic(out / "qualification.md", to_markdown(table, record))
-    with pd.option_context("display.width", 160, "display.max_colwidth", 60):
-        print(table[["problem", "quantity", "ours", "reference", "passed"]].to_string(index=False))
-    print(f"\n{int(table['passed'].sum())} of {len(table)} checks passed; wrote {out / 'qualification.md'}")
-    return 0 if table["passed"].all() else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,7 +5,7 @@ observations) three ways, all with nutpie and the same seed, chains, draws,
 tuning, initial point and jittered variables (``eta_z``, ``omega_*``, ``sigma_*``):
 
 ``fit_model``
-    :func:`bayesnlme.fit.fit_model` end to end (build, compile, sample,
+    :func:`bayesnlme.inference.fit.fit_model` end to end (build, compile, sample,
     pointwise log-likelihood, data groups, convergence checks, metadata).
 ``library``
     :func:`bayesnlme.build.build_model`, then ``nutpie.compile_pymc_model``,
@@ -122,7 +122,7 @@ def run_variant(variant: str, draws: int, tune: int, chains: int, seed: int = 1)
     from bayesnlme import load_spec
     from bayesnlme.build import build_model
     from bayesnlme.datasets import dataset_path
-    from bayesnlme.fit import fit_model
+    from bayesnlme.inference.fit import fit_model
 
     spec, path = load_spec("pk_1cmt_oral"), dataset_path("theophylline")
     cores = min(chains, os.cpu_count() or 1)                  # as fit_model chooses

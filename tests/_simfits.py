@@ -8,7 +8,7 @@ import pandas as pd
 
 from bayesnlme.data import read_nonmem
 from bayesnlme.errors import ConvergenceWarning
-from bayesnlme.fit import fit_model
+from bayesnlme.inference.fit import fit_model
 from bayesnlme.spec import load_spec
 from bayesnlme.structural import LIBRARY, evaluate
 

@@ -14,6 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import theophylline as bench  # noqa: E402
+
 from bayesnlme import load_spec  # noqa: E402
 from bayesnlme.build import build_model  # noqa: E402
 from bayesnlme.datasets import dataset_path  # noqa: E402

@@ -7,16 +7,15 @@ to come out high, so the terminal phase looks flatter and CL is biased low.
 """
 
 import numpy as np
-import pandas as pd
 import pytensor.tensor as pt
 import pytest
 from scipy import stats
 
-from bayesnlme import obs_likelihood as ol
 from bayesnlme.build import build_model
+from bayesnlme.build import observations as ol
 from bayesnlme.data import read_nonmem
 from bayesnlme.errors import DataError, SpecError
-from bayesnlme.fit import fit_model
+from bayesnlme.inference.fit import fit_model
 from bayesnlme.qualify import BLQ_SPEC, BLQ_TRUTH, simulate_blq_study
 from bayesnlme.spec import ModelSpec
 
@@ -107,7 +106,7 @@ def test_no_cens_keeps_plain_normal_likelihood():
 
 def test_gof_with_censored_records_imputes_npde(fits):
     """NPDE of a correct M3 model stay N(0, 1) with 25% BLQ records (censored ones imputed, npde package)."""
-    from bayesnlme.diagnostics import gof_table
+    from bayesnlme.evaluate.diagnostics import gof_table
 
     res = fits["m3"]
     gof = gof_table(res, n_npde=400, seed=1)
@@ -121,7 +120,7 @@ def test_gof_with_censored_records_imputes_npde(fits):
 
 
 def test_imputed_values_lie_inside_the_censoring_interval():
-    from bayesnlme.diagnostics import impute_censored
+    from bayesnlme.evaluate.diagnostics import impute_censored
 
     rng = np.random.default_rng(0)
     sims = rng.normal(0.0, 1.0, size=(4000, 4))
@@ -137,8 +136,8 @@ def test_imputed_values_lie_inside_the_censoring_interval():
 
 
 def test_subject_loo_and_likelihood_integrate_censored_records(fits):
-    from bayesnlme.likelihood import marginal_loglik
-    from bayesnlme.subject_loo import subject_loo
+    from bayesnlme.evaluate.likelihood import marginal_loglik
+    from bayesnlme.evaluate.subject_loo import subject_loo
 
     table, summary = subject_loo(fits["m3"], n_draws=200, n_is=100, seed=0)
     assert np.isfinite(table["elpd"]).all() and summary["n_subjects"] == 20

@@ -178,7 +178,7 @@ def test_normal_and_logit_iiv_build_and_predict():
     ip = built.model.initial_point()
     assert np.isfinite(built.model.compile_logp()(ip))
     assert list(built.model.coords["eta_parameter"]) == ["CL", "V", "KA", "F"]
-    from bayesnlme.predict import evaluate_draws
+    from bayesnlme.evaluate.predict import evaluate_draws
 
     point = {k: np.asarray(v)[None] for k, v in built.initial_point.items()}
     out = evaluate_draws(built, point, ("pred", "ipred"))

@@ -7,7 +7,6 @@ outputs.  Any cell that raises fails the test.
 """
 
 import json
-import os
 import sys
 from pathlib import Path
 

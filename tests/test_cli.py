@@ -1,8 +1,8 @@
 """Command line: malformed inputs give one-line errors and exit 1; a fit writes fit.nc and summary.csv."""
 
 import hashlib
-import re
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +12,7 @@ import pytest
 
 from bayesnlme.cli import main
 from bayesnlme.datasets import dataset_path
-from bayesnlme.fit import SUMMARY_COLUMNS
+from bayesnlme.inference.fit import SUMMARY_COLUMNS
 
 THEO = dataset_path("theophylline")
 GOOD = THEO.read_text().splitlines()

@@ -1,6 +1,5 @@
 """Model comparison: subject-level log-likelihood, PSIS-LOO/WAIC, Pareto k verdicts, compare(), CLI helpers."""
 
-import argparse
 import dataclasses
 import warnings
 
@@ -10,11 +9,20 @@ import pandas as pd
 import pytest
 from scipy.special import logsumexp
 
-from bayesnlme.compare import (COMPARE_COLUMNS, add_compare_parser, compare, describe_comparison, loo,
-                               pareto_k_report, run_compare, subject_log_likelihood, waic)
+from bayesnlme.cli.compare import run as run_compare
+from bayesnlme.cli.parsers import parser as command_parser
 from bayesnlme.data import read_nonmem
 from bayesnlme.errors import BayesNLMEInputError, ConvergenceWarning
-from bayesnlme.fit import FitResult, fit_model
+from bayesnlme.evaluate.compare import (
+    COMPARE_COLUMNS,
+    compare,
+    describe_comparison,
+    loo,
+    pareto_k_report,
+    subject_log_likelihood,
+    waic,
+)
+from bayesnlme.inference.fit import FitResult, fit_model
 from bayesnlme.spec import ModelSpec, load_spec
 
 # loo() passes ArviZ's generic high-k warning through; these tests read the verdicts instead
@@ -209,8 +217,7 @@ def test_compare_rejects_fits_to_different_data(fits, sim_data):
 
 @pytest.mark.slow
 def test_compare_command_line_helpers(saved, tmp_path, capsys, monkeypatch):
-    parser = argparse.ArgumentParser(prog="bayesnlme")
-    add_compare_parser(parser.add_subparsers(dest="command", required=True))
+    parser = command_parser()
     out = tmp_path / "tables" / "cmp.csv"
     args = parser.parse_args(["compare", str(saved / "one_cmt"), str(saved / "two_cmt"), "--out", str(out)])
     assert (args.level, args.ic) == ("subject", "loo")

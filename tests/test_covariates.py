@@ -3,17 +3,14 @@
 import arviz as az
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
-
-from bayesnlme.datasets import load_phenobarbital
 import pytensor.tensor as pt
 import pytest
 
-from bayesnlme.covariates import effect_ratios, log_factor, plot_covariate_forest
 from bayesnlme.data import read_nonmem
-from bayesnlme.fit import FitResult
+from bayesnlme.datasets import load_phenobarbital
+from bayesnlme.evaluate.covariates import effect_ratios, log_factor, plot_covariate_forest
+from bayesnlme.inference.fit import FitResult
 from bayesnlme.spec import CovariateEffect, ModelSpec, load_spec
-
 
 
 @pytest.mark.parametrize("kind,thetas,expected", [

@@ -6,11 +6,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bayesnlme import diagnostics, plots
 from bayesnlme.cli import main
 from bayesnlme.datasets import dataset_path
-from bayesnlme.fit import FitResult, fit_model
-from bayesnlme.predict import posterior_predictions, simulate_replicates
+from bayesnlme.evaluate import diagnostics, plots
+from bayesnlme.evaluate.predict import posterior_predictions, simulate_replicates
+from bayesnlme.inference.fit import FitResult, fit_model
 from bayesnlme.spec import load_spec
 from bayesnlme.structural import evaluate
 
@@ -151,7 +151,7 @@ def test_cli_diagnose_writes_tables_and_plots(saved, capsys):
 
 @pytest.mark.slow
 def test_predictions_at_new_times_match_the_data_times(saved, gof):
-    from bayesnlme.predict import predict_at_times
+    from bayesnlme.evaluate.predict import predict_at_times
 
     res = saved[1]
     curves = predict_at_times(res, np.unique(res.data.obs_time), n_draws=10**6)   # all 600 draws

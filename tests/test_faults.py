@@ -24,7 +24,7 @@ import pytest
 from bayesnlme.atomic import output_lock
 from bayesnlme.cli import main
 from bayesnlme.datasets import dataset_path
-from bayesnlme.fit import FitResult
+from bayesnlme.inference.fit import FitResult
 
 THEO = str(dataset_path("theophylline"))
 REGIMENS = ("doses = [100]\nintervals = [12]\nn_subjects = 10\nn_draws = 10\n[[targets]]\n"

@@ -12,7 +12,7 @@ import pytest
 from bayesnlme.atomic import OutputError
 from bayesnlme.datasets import dataset_path, load_indometacin
 from bayesnlme.errors import BayesNLMEInputError
-from bayesnlme.fit import SUMMARY_COLUMNS, FitResult, _mode_problems, fit_model
+from bayesnlme.inference.fit import SUMMARY_COLUMNS, FitResult, _mode_problems, fit_model
 from bayesnlme.spec import ModelSpec, load_spec
 
 pytestmark = pytest.mark.slow

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from bayesnlme.data import read_nonmem
 from bayesnlme.datasets import dataset_path
 from bayesnlme.errors import BayesNLMEInputError
-from bayesnlme.regimens import load_regimens
+from bayesnlme.evaluate.regimens import load_regimens
 from bayesnlme.spec import ModelSpec, library_names, load_spec
 
 EXAMPLES = int(os.environ.get("BAYESNLME_FUZZ_EXAMPLES", "60"))

@@ -14,9 +14,9 @@ from scipy import optimize, stats
 from bayesnlme.build import build_model
 from bayesnlme.datasets import dataset_path, load_theophylline
 from bayesnlme.errors import BayesNLMEInputError, ConvergenceWarning
-from bayesnlme.fit import FitResult, fit_model
-from bayesnlme.likelihood import (MarginalLik, _conditional_loglik, _population, marginal_loglik,
-                                  population_mode)
+from bayesnlme.evaluate.importance import population
+from bayesnlme.evaluate.likelihood import MarginalLik, _conditional_loglik, marginal_loglik, population_mode
+from bayesnlme.inference.fit import FitResult, fit_model
 from bayesnlme.spec import ModelSpec, load_spec
 from bayesnlme.structural import StructuralModel
 
@@ -205,7 +205,7 @@ def test_conditional_loglik_matches_pymc_exponential_error():
     assert ours.shape == (2, built.data.n_subjects)
     dv = model.observed_RVs[0]
     logp = pytensor.function(model.value_vars, model.logp(vars=[dv], sum=False)[0], on_unused_input="ignore")
-    info = _population(built)
+    info = population(built)
     u = dict(zip(info.names, info.to_unconstrained(*[np.asarray(theta[n], float) for n in info.names])))
     for k in range(2):
         point = {model.rvs_to_values[rv].name: (z[k] if rv.name == "eta_z" else u[rv.name])
@@ -222,7 +222,7 @@ def test_centred_eta_integrated_like_the_non_centred(theo_fit):
     Centred ETAs enter the importance sampling standardised (``eta_V / omega_V``), next to ``eta_z``.
     Seed 1, 4000 samples: -180.369 (non-centred) and -180.366 (centred), MC SE 0.024 each.
     """
-    from bayesnlme.subject_loo import subject_loo
+    from bayesnlme.evaluate.subject_loo import subject_loo
 
     d = theophylline_additive_spec().to_dict()
     d["parameters"]["V"]["centered"] = True

@@ -16,8 +16,8 @@ from scipy import stats
 from scipy.special import logsumexp, roots_hermitenorm
 
 from bayesnlme.errors import ConvergenceWarning
-from bayesnlme.fit import fit_model
-from bayesnlme.likelihood import marginal_loglik, posterior_median
+from bayesnlme.evaluate.likelihood import marginal_loglik, posterior_median
+from bayesnlme.inference.fit import fit_model
 from bayesnlme.qualify import BLQ_SPEC, simulate_blq_study
 from bayesnlme.spec import ModelSpec, load_spec
 

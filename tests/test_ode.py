@@ -8,7 +8,6 @@ import pytensor
 import pytensor.tensor as pt
 import pytest
 from scipy.integrate import solve_ivp
-from scipy.stats import norm
 
 from bayesnlme import datasets, fit_model
 from bayesnlme.data import read_nonmem

@@ -12,10 +12,10 @@ import pytensor.tensor as pt
 import pytest
 from scipy import integrate, stats
 
-from bayesnlme import obs_likelihood as ol
 from bayesnlme.build import build_model
+from bayesnlme.build import observations as ol
 from bayesnlme.errors import DataError, SpecError
-from bayesnlme.fit import fit_model
+from bayesnlme.inference.fit import fit_model
 from bayesnlme.spec import ModelSpec, load_spec
 from bayesnlme.structural import LIBRARY, StructuralModel
 
@@ -111,7 +111,7 @@ def test_gof_gives_randomized_pit_residuals_per_type(fit):
     160 subjects per type (the 4 Poisson records of a subject share its random intercept): SE of a mean
     ~0.08 and of an SD ~0.06; 4 SE allowed.  Seed 0 gave means -0.07..0.02 and SDs 0.91..1.01.
     """
-    from bayesnlme.diagnostics import gof_table
+    from bayesnlme.evaluate.diagnostics import gof_table
 
     gof = gof_table(fit, n_npde=200, seed=0)
     assert len(gof) == fit.data.n_obs and (gof["NPDE_KIND"] == "randomized PIT").all()

@@ -14,8 +14,8 @@ import pytest
 
 from bayesnlme.build import build_model
 from bayesnlme.errors import DataError, SpecError
-from bayesnlme.fit import fit_model
-from bayesnlme.sequential import add_pk_predictions
+from bayesnlme.evaluate.sequential import add_pk_predictions
+from bayesnlme.inference.fit import fit_model
 from bayesnlme.spec import ModelSpec
 from bayesnlme.structural import LIBRARY, evaluate
 from bayesnlme.structural.pd import drug_effect, pd_model
@@ -89,7 +89,7 @@ def test_joint_pkpd_recovers_truth(joint):
     assert s.loc["EC50", "q95"] / s.loc["EC50", "q5"] < 2.5     # EC50 pinned within a factor 2.5
     assert (s["r_hat"] < 1.05).all()
     # IPRED is each record's own output: concentrations on DVID 1, effects on DVID 2
-    from bayesnlme.predict import posterior_predictions
+    from bayesnlme.evaluate.predict import posterior_predictions
 
     ipred = posterior_predictions(joint)["IPRED"].median(("chain", "draw")).values
     dvid, dv = joint.data.obs_dvid, joint.data.obs_dv
@@ -160,7 +160,7 @@ def test_errors():
 
 def test_regimens_of_a_joint_pkpd_fit_use_the_concentration_type(joint):
     """Regimen evaluation of a spec with DVID types simulates the CP type: AUCtau = Dose / CL exactly."""
-    from bayesnlme.regimens import evaluate_regimens
+    from bayesnlme.evaluate.regimens import evaluate_regimens
 
     table, metrics = evaluate_regimens(joint, doses=[100, 200], intervals=[12], n_subjects=40, n_draws=40,
                                        targets=[{"metric": "CTROUGH", "above": 1.0}])
@@ -174,7 +174,7 @@ def test_regimens_of_a_joint_pkpd_fit_use_the_concentration_type(joint):
 
 def test_regimens_refused_in_one_sentence_without_a_concentration_type():
     from bayesnlme.errors import BayesNLMEInputError
-    from bayesnlme.regimens import concentration_dvid
+    from bayesnlme.evaluate.regimens import concentration_dvid
     from bayesnlme.spec import load_spec
 
     assert concentration_dvid(load_spec("pk_1cmt_oral")) is None
@@ -189,8 +189,8 @@ def test_library_pd_emax_starts_although_emax_starts_at_zero():
     nutpie scales its initial mass matrix by the gradient and could not start there ("All
     initialization points failed"); such variables are now jittered like the random effects.
     """
+    from bayesnlme.inference.startpoint import check_start
     from bayesnlme.spec import load_spec
-    from bayesnlme.startpoint import check_start
 
     df = simulate()
     spec = load_spec("pd_emax")

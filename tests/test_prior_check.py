@@ -7,7 +7,7 @@ import pytest
 
 from bayesnlme.cli import main
 from bayesnlme.datasets import dataset_path
-from bayesnlme.prior_check import plot_prior_check, prior_check_table, prior_predictive
+from bayesnlme.evaluate.prior_check import plot_prior_check, prior_check_table, prior_predictive
 from bayesnlme.spec import load_spec
 
 

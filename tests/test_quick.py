@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from bayesnlme.datasets import dataset_path
-from bayesnlme.diagnostics import convergence_report
 from bayesnlme.errors import BayesNLMEInputError, ConvergenceWarning
-from bayesnlme.fit import FitResult, fit_model
+from bayesnlme.evaluate.diagnostics import convergence_report
+from bayesnlme.inference.fit import FitResult, fit_model
 from bayesnlme.spec import load_spec
 
 THETAS = ("CL", "V", "KA")

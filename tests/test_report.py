@@ -20,7 +20,7 @@ from bayesnlme import report
 from bayesnlme.cli import main
 from bayesnlme.datasets import dataset_path
 from bayesnlme.errors import BayesNLMEInputError
-from bayesnlme.fit import fit_model
+from bayesnlme.inference.fit import fit_model
 from bayesnlme.spec import load_spec
 
 HOSTILE_ID = '<script>alert("id")</script>'
@@ -80,7 +80,7 @@ def test_estimates_and_record_match_the_fit(fits):
         assert cells[:3] == [f"{s.loc[name, q]:.4g}" for q in ("q50", "q5", "q95")]
     cv = re.findall(r"<td>(.*?)</td>", re.search(r"<tr><th>omega_CL</th>(.*?)</tr>", single).group(1))[4]
     assert float(cv) == pytest.approx(s.loc["omega_CL", "cv_percent"], rel=1e-3)
-    from bayesnlme.diagnostics import shrinkage
+    from bayesnlme.evaluate.diagnostics import shrinkage
 
     cells = re.findall(r"<td>(.*?)</td>", re.search(r"<tr><th>omega_V</th>(.*?)</tr>", single).group(1))
     assert float(cells[7]) == pytest.approx(100 * shrinkage(result)["V"], rel=1e-3)
@@ -153,7 +153,7 @@ def test_cli_exit_codes(fits, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(report, "render_report", broken)
+    monkeypatch.setattr("bayesnlme.cli.report.render_report", broken)   # the name the command calls
     assert main(["report", str(one), "--out", str(tmp_path / "r.html")]) == 2
     assert not (tmp_path / "r.html").exists()
     assert oct(fits["single_path"].stat().st_mode & 0o777) == "0o644"

@@ -3,12 +3,12 @@
 import numpy as np
 import pandas as pd
 import pytest
-
 from _simfits import fitted
+
 from bayesnlme.cli import main
 from bayesnlme.errors import BayesNLMEInputError, DataError, SpecError
-from bayesnlme.regimens import evaluate_regimens, load_regimens
-from bayesnlme.simulate import iter_simulations, regimen_data, simulate
+from bayesnlme.evaluate.regimens import evaluate_regimens, load_regimens
+from bayesnlme.evaluate.simulate import iter_simulations, regimen_data, simulate
 
 
 @pytest.fixture(scope="module")

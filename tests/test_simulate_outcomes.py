@@ -21,11 +21,11 @@ from scipy.special import expit
 
 from bayesnlme.cli import main
 from bayesnlme.errors import BayesNLMEInputError, ConvergenceWarning
-from bayesnlme.fit import fit_model
-from bayesnlme.observation import observation_from_dict
-from bayesnlme.sim_outcomes import draw_type, record_lloq
-from bayesnlme.simulate import simulate
+from bayesnlme.evaluate.outcomes import draw_type, record_lloq
+from bayesnlme.evaluate.simulate import simulate
+from bayesnlme.inference.fit import fit_model
 from bayesnlme.spec import ModelSpec
+from bayesnlme.spec.observation import observation_from_dict
 from bayesnlme.structural import LIBRARY
 from bayesnlme.vpc import vpc, vpc_table
 
@@ -317,7 +317,7 @@ def test_tte_records_simulate_as_nan_and_get_a_km_vpc(tmp_path, capsys):
 
 
 def test_default_categories_of_outcome_vpcs():
-    from bayesnlme.vpc_types import _default_categories
+    from bayesnlme.vpc.types import _default_categories
 
     assert _default_categories(_model(likelihood="bernoulli"), np.array([0, 1])) == [0, 1]
     assert _default_categories(_model(likelihood="ordinal", categories=4), np.array([0.0])) == [0, 1, 2, 3]

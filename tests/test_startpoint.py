@@ -16,9 +16,9 @@ import pytest
 from bayesnlme.build import build_model
 from bayesnlme.datasets import dataset_path
 from bayesnlme.errors import DataError, StartPointError
-from bayesnlme.fit import sampling_failure
+from bayesnlme.inference.fit import sampling_failure
+from bayesnlme.inference.startpoint import check_start
 from bayesnlme.spec import load_spec
-from bayesnlme.startpoint import check_start
 
 
 def _theophylline():

@@ -306,7 +306,7 @@ def test_steady_state_errors_name_row_and_column(records, row, column, problem):
 
 def test_library_specs_build_with_steady_state_data():
     from bayesnlme.build import build_model
-    from bayesnlme.predict import evaluate_draws
+    from bayesnlme.evaluate.predict import evaluate_draws
     from bayesnlme.spec import load_spec
 
     for name in ("pk_3cmt_iv", "pk_3cmt_infusion", "pk_3cmt_oral"):

@@ -6,9 +6,9 @@ from scipy import stats
 from scipy.special import logsumexp
 
 from bayesnlme.datasets import load_indometacin
-from bayesnlme.fit import fit_model
+from bayesnlme.evaluate.subject_loo import describe, exact_subject_elpd, marginal_subject_loglik, subject_loo
+from bayesnlme.inference.fit import fit_model
 from bayesnlme.spec import load_spec
-from bayesnlme.subject_loo import describe, exact_subject_elpd, marginal_subject_loglik, subject_loo
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ def test_marginal_loglik_matches_brute_force_monte_carlo(indo):
     ll = marginal_subject_loglik(indo, n_draws=3, n_is=400, seed=1)
     assert ll.shape == (3, 6) and np.isfinite(ll).all()
     built = indo.built
-    from bayesnlme.predict import evaluate_draws
+    from bayesnlme.evaluate.predict import evaluate_draws
 
     names = [rv.name for rv in built.model.free_RVs if rv.name != "eta_z"]
     total = indo.posterior_draws("CL").shape[0]

@@ -3,10 +3,10 @@
 import numpy as np
 import pandas as pd
 import pytest
-
 from _simfits import fitted
+
 from bayesnlme.cli import main
-from bayesnlme.simulate import simulate
+from bayesnlme.evaluate.simulate import simulate
 from bayesnlme.vpc import assign_bins, vpc, vpc_statistics, vpc_table
 
 EDGES = [0, 1.5, 5, 11, 13, 20, 24.2, 28, 37]

@@ -11,14 +11,22 @@ import pandas as pd
 import pytest
 from scipy import integrate
 
-from bayesnlme import event_times
 from bayesnlme.build import build_model
 from bayesnlme.errors import BayesNLMEInputError, ConvergenceWarning, DataError
-from bayesnlme.fit import fit_model
+from bayesnlme.evaluate import event_times
+from bayesnlme.inference.fit import fit_model
 from bayesnlme.spec import ModelSpec, load_spec
 from bayesnlme.structural import LIBRARY
-from bayesnlme.vpc_outcomes import (categorical_vpc_table, kaplan_meier, km_vpc, km_vpc_table,
-                                    plot_categorical_vpc, plot_km_vpc, simulate_event_times, tte_observed)
+from bayesnlme.vpc.outcomes import (
+    categorical_vpc_table,
+    kaplan_meier,
+    km_vpc,
+    km_vpc_table,
+    plot_categorical_vpc,
+    plot_km_vpc,
+    simulate_event_times,
+    tte_observed,
+)
 
 matplotlib.use("Agg")
 

@@ -2,7 +2,7 @@
 
 Each loader returns a :class:`pandas.DataFrame` with the columns of the file
 (ID, TIME, DV, AMT, EVID, MDV, CMT and covariates).  Pass it to
-:func:`bayesnlme.data.read_nonmem` or to :func:`bayesnlme.fit.fit_model`.
+:func:`bayesnlme.data.read_nonmem` or to :func:`bayesnlme.inference.fit.fit_model`.
 :func:`dataset_path` gives the CSV file itself, e.g. for the command line.
 """
 

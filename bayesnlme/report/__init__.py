@@ -15,19 +15,18 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
-import io
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..atomic import write_atomic, write_text_atomic
-
-#: Sub-folders of a fit folder whose PNG/CSV outputs are embedded, with their section titles.
-EXTRA_SECTIONS = (("vpc", "Visual predictive check"), ("simulation", "Simulation"),
-                  ("prior_check", "Prior predictive check"))
-MAX_TABLE_ROWS = 60
+from bayesnlme import __version__, eda
+from bayesnlme.atomic import write_atomic, write_text_atomic
+from bayesnlme.errors import BayesNLMEInputError
+from bayesnlme.evaluate.compare import compare, describe_comparison
+from bayesnlme.inference import FitResult
+from bayesnlme.report.fit_section import fit_section
+from bayesnlme.report.html import figure_base64, table
 
 
 def _env():
@@ -38,46 +37,10 @@ def _env():
                               trim_blocks=True, lstrip_blocks=True)
 
 
-def _fmt(v) -> str:
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return ""
-    if isinstance(v, (float, np.floating)):
-        return f"{v:.4g}"
-    return str(v)
-
-
-def table(df: pd.DataFrame, *, index: bool = False, max_rows: int = MAX_TABLE_ROWS, n_total=None) -> dict:
-    """A DataFrame as the template's table: text cells (escaped by the template), at most ``max_rows`` rows."""
-    shown = df.head(max_rows)
-    rows = [(_fmt(label), [_fmt(v) for v in row]) for label, row in zip(shown.index, shown.itertuples(index=False))]
-    total = len(df) if n_total is None else n_total
-    return {"columns": [str(c) for c in df.columns], "rows": rows, "truncated": total > len(shown),
-            "n_total": total, "index_name": (str(df.index.name or "") if index else None)}
-
-
-def figure_base64(fig, dpi: int = 90) -> str:
-    """A matplotlib figure as base64 PNG text (the figure is closed)."""
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _png_file(path: Path, caption: str) -> dict:
-    return {"base64": base64.b64encode(path.read_bytes()).decode("ascii"), "caption": caption}
-
-
-# --------------------------------------------------------------------------- EDA
-
-
 def eda_figures(data) -> list[tuple[str, str, object, pd.DataFrame]]:
     """The standard exploratory figures as ``(file stem, caption, fig, table)``.
-
     Figures with nothing to show (no categorical covariate, one dose amount) are left out.
     """
-    from .. import eda
 
     data = eda._data(data)
     kinds = eda.covariate_kinds(data)
@@ -117,13 +80,11 @@ def _safe_stem(stem: str) -> str:
 
 def write_eda(data, out) -> list[Path]:
     """Write the exploratory tables (CSV), figures (PNG) and ``index.html`` into folder ``out``.
-
     Returns
     -------
     list of pathlib.Path
         The files written.
     """
-    from .. import eda
 
     data = eda._data(data)
     out = Path(out)
@@ -149,7 +110,6 @@ def write_eda(data, out) -> list[Path]:
 
 
 def _data_section(data) -> dict:
-    from .. import eda
 
     cov = eda.covariate_summary(data)
     return {"summary": table(eda.data_summary(data)), "covariates": table(cov) if len(cov) else None,
@@ -159,7 +119,6 @@ def _data_section(data) -> dict:
 
 def render_report(dirs, out, *, command: str | None = None, npde_sims: int = 200, seed: int = 0) -> Path:
     """Write one self-contained HTML report of the fits in ``dirs``.
-
     Parameters
     ----------
     dirs : list of path
@@ -176,10 +135,6 @@ def render_report(dirs, out, *, command: str | None = None, npde_sims: int = 200
     -------
     pathlib.Path
     """
-    from .. import __version__
-    from ..errors import BayesNLMEInputError
-    from ..fit import FitResult
-    from .fit_section import fit_section
 
     dirs = [Path(d) for d in dirs]
     if not dirs:
@@ -196,8 +151,6 @@ def render_report(dirs, out, *, command: str | None = None, npde_sims: int = 200
 
 
 def _comparison(results, fits) -> dict:
-    from ..compare import compare, describe_comparison
-    from ..errors import BayesNLMEInputError
 
     named = {}
     for r, f in zip(results, fits):
@@ -210,15 +163,3 @@ def _comparison(results, fits) -> dict:
     except BayesNLMEInputError as exc:   # e.g. fits to different data: say why there is no ranking
         return {"text": f"No comparison: {exc}", "table": None}
     return {"text": describe_comparison(df), "table": table(df, index=True)}
-
-
-def record_table(result, folder: Path) -> tuple[pd.DataFrame, str]:
-    """Reproducibility record (key/value table) and the spec text stored in the fit."""
-    meta = result.metadata
-    rows = [("fit folder", str(folder)), ("created", meta.get("created", "")),
-            ("command", meta.get("command", "")), ("data file", meta.get("data_source", result.data.source)),
-            ("data SHA-256", meta.get("data_sha256", result.data.sha256))]
-    rows += [(f"sampler setting: {k}", v) for k, v in (meta.get("settings") or result.settings).items()]
-    rows += [(f"version: {k}", v) for k, v in (meta.get("versions") or {}).items()]
-    df = pd.DataFrame([(k, v) for k, v in rows if v not in ("", None)], columns=["item", "value"])
-    return df, json.dumps(result.spec.to_dict(), indent=2, default=str)

@@ -7,8 +7,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import EXTRA_SECTIONS, _png_file, figure_base64, record_table, table
-from .model_text import covariate_table, equations, parameter_table, residual_table
+from bayesnlme.eda import blq_mask
+from bayesnlme.errors import BayesNLMEInputError
+from bayesnlme.evaluate import diagnostics, plots
+from bayesnlme.report.html import EXTRA_SECTIONS, figure_base64, png_file, record_table, table
+from bayesnlme.report.model_text import covariate_table, equations, parameter_table, residual_table
 
 _GOF_FILES = (("gof_observed_vs_predicted.png", "Observed versus PRED and IPRED"),
               ("gof_residuals.png", "CWRES and IWRES versus time and PRED"), ("gof_qq.png", "Q-Q plots of residuals"),
@@ -18,8 +21,6 @@ _GOF_FILES = (("gof_observed_vs_predicted.png", "Observed versus PRED and IPRED"
 
 def assumptions(result) -> list[str]:
     """Plain sentences on what the fit used and left out of the data."""
-    from ..eda import blq_mask
-
     data, f = result.data, result.data.frame
     out = [f"{data.n_obs} observations (EVID=0, MDV=0) of {data.n_subjects} subjects are fitted; "
            f"{int(data.dose_valid.sum())} doses (ADDL expanded) enter the structural model."]
@@ -74,10 +75,8 @@ def _gof(result, folder: Path, npde_sims: int, seed: int) -> tuple[list, str]:
     diag = folder / "diagnostics"
     present = [(diag / name, cap) for name, cap in _GOF_FILES if (diag / name).is_file()]
     if present:
-        return [_png_file(p, cap) for p, cap in present], ""
-    from .. import diagnostics, plots
+        return [png_file(p, cap) for p, cap in present], ""
 
-    from ..errors import BayesNLMEInputError
 
     try:
         gof = diagnostics.gof_table(result, n_npde=npde_sims, seed=seed)
@@ -95,7 +94,7 @@ def _extras(folder: Path) -> list[dict]:
         sub = folder / key
         if not sub.is_dir():
             continue
-        figures = [_png_file(p, p.stem.replace("_", " ")) for p in sorted(sub.glob("*.png"))]
+        figures = [png_file(p, p.stem.replace("_", " ")) for p in sorted(sub.glob("*.png"))]
         tables = []
         for p in sorted(sub.glob("*.csv")):
             with open(p, encoding="utf-8", errors="replace") as fh:
@@ -108,7 +107,6 @@ def _extras(folder: Path) -> list[dict]:
 
 def fit_section(result, folder: Path, *, npde_sims: int = 200, seed: int = 0) -> dict:
     """Everything the report template shows for one fit."""
-    from .. import diagnostics
 
     spec = result.spec
     conv, verdict = diagnostics.convergence_report(result)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..spec import ModelSpec, Prior
+from bayesnlme.spec import ModelSpec, Prior
 
 _IIV_EQUATION = {
     "lognormal": "{p}_i = TV{p}_i · exp(ETA_{p},i)",

@@ -19,7 +19,7 @@ The exposure ``X`` (the ``driver``) is
 * ``"dose"``: the amount of the subject's latest dose before the record (0 before any);
 * ``"column"``: a data column at the record (an observed concentration, an
   exposure metric such as AUC or Cmax, or -- sequential PK/PD -- individual
-  predictions from a PK fit, see :func:`bayesnlme.sequential.add_pk_predictions`).
+  predictions from a PK fit, see :func:`bayesnlme.evaluate.sequential.add_pk_predictions`).
 
 ``EFFECT`` is whatever the observation model says it is: a continuous
 response, the logit of a response probability (``bernoulli``), the linear
@@ -38,6 +38,10 @@ from functools import partial
 
 import numpy as np
 import pytensor.tensor as pt
+
+from bayesnlme.errors import DataError
+from bayesnlme.structural.base import StructuralModel, dose_events
+from bayesnlme.structural.pk import DoseEvents
 
 EFFECTS = {"emax": ("E0", "EMAX", "EC50"), "sigmoid_emax": ("E0", "EMAX", "EC50", "GAMMA"),
            "linear": ("E0", "SLOPE"), "loglinear": ("E0", "SLOPE")}
@@ -66,7 +70,6 @@ def _latest_dose(data) -> np.ndarray:
 
 
 def _column(data, column: str) -> np.ndarray:
-    from ..errors import DataError
 
     if column not in data.frame.columns:
         raise DataError(f"exposure column {column!r} is not in the data", source=data.source, column=column)
@@ -87,8 +90,6 @@ def pd_numeric(x) -> np.ndarray:
 
 def _pk_at(pk, params_obs: dict, data, times=None):
     """CP from a closed-form PK model at the records, or at ``times`` (n_obs, Q) -> (n_obs, Q)."""
-    from . import dose_events
-
     data0 = replace(data, obs_cmt=np.zeros_like(data.obs_cmt))   # DVID, not CMT, says what a record is
     doses = dose_events(data0, pk)
     if times is None:
@@ -99,7 +100,6 @@ def _pk_at(pk, params_obs: dict, data, times=None):
     if doses.ss is not None:
         raise NotImplementedError("time-varying hazards with steady-state doses (SS) are not supported")
     applies = np.repeat(data.dose_applies[:, None, :], q, axis=1) & (dt > 0)
-    from .pk import DoseEvents
 
     dq = DoseEvents(dt=dt.reshape(n * q, -1), amt=rep(doses.amt), rate=rep(doses.rate), depot=rep(doses.depot),
                     applies=applies.reshape(n * q, -1), time=times.reshape(-1))
@@ -108,10 +108,12 @@ def _pk_at(pk, params_obs: dict, data, times=None):
     return cp.reshape((n, q))
 
 
-def _function(params_by_subject: dict, data, model, *, effect, driver, pk, column, times=None):
+def _function(params_by_subject: dict, data, model, *, effect, driver, pk, column, times=None, obs_log=None):
     s = data.obs_subject
     p = {k: pt.as_tensor_variable(v) for k, v in params_by_subject.items()}
     p = {k: (v[s] if v.ndim else v * pt.ones(len(s))) for k, v in p.items()}
+    for k, term in (obs_log or {}).items():   # within-subject changes: time-varying covariates, KAPPA
+        p[k] = p[k] * pt.exp(term)
     out = {}
     if driver == "pk":
         x = _pk_at(pk, p, data, times)
@@ -129,7 +131,6 @@ def _function(params_by_subject: dict, data, model, *, effect, driver, pk, colum
 def pd_model(effect: str = "emax", driver: str = "column", *, pk=None, column: str = "EXPOSURE",
              name: str | None = None):
     """A PD / exposure-response :class:`~bayesnlme.structural.StructuralModel`.
-
     Parameters
     ----------
     effect : {"emax", "sigmoid_emax", "linear", "loglinear"}
@@ -144,10 +145,9 @@ def pd_model(effect: str = "emax", driver: str = "column", *, pk=None, column: s
     StructuralModel
         Outputs ``("CP", "EFFECT")`` for ``driver="pk"``, else ``("EFFECT",)``.
         Its function accepts ``times`` (n_obs, Q) to evaluate the outputs inside
-        each record's interval (used for time-varying hazards).
+        each record's interval (used for time-varying hazards), and ``obs_log``
+        (log multipliers of parameters at each record: time-varying covariates, IOV).
     """
-    from . import StructuralModel
-
     if effect not in EFFECTS:
         raise ValueError(f"unknown effect {effect!r}; known: {', '.join(EFFECTS)}")
     if driver not in DRIVERS:
@@ -162,7 +162,7 @@ def pd_model(effect: str = "emax", driver: str = "column", *, pk=None, column: s
         function=fn, optional=dict(pk.optional) if driver == "pk" else {},
         depot_cmt=pk.depot_cmt if driver == "pk" else None,
         central_cmt=pk.central_cmt if driver == "pk" else 1,
-        outputs=("CP", "EFFECT") if driver == "pk" else ("EFFECT",), per_subject=True,
+        outputs=("CP", "EFFECT") if driver == "pk" else ("EFFECT",), per_subject=True, per_record=True,
         description=f"{effect} drug effect on E0 driven by {what}")
 
 

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytensor.tensor as pt
 
-from . import steady_state
+from bayesnlme.structural import steady_state
+from bayesnlme.structural.steady_state import exp_difference
 
 
 @dataclass(frozen=True)
@@ -70,29 +71,6 @@ class DoseEvents:
     def steady(self) -> np.ndarray:
         """True where a dose is a steady-state dose (shape of ``amt``)."""
         return np.zeros(np.shape(self.amt), bool) if self.ss is None else np.asarray(self.ss) > 0
-
-
-_SERIES_BELOW = 1e-2
-
-
-def exp_difference(a, b, t):
-    """``(exp(-a t) - exp(-b t)) / (b - a)`` for ``a, b > 0``, ``t >= 0``, stable for ``a ~ b``.
-
-    Where ``|b - a| t >= 0.01`` the difference is formed directly: both
-    exponentials are at most 1, so nothing overflows, and cancellation costs
-    at most ~1e-14 relative.  Closer to the flip-flop point it equals
-    ``exp(-(a + b) t / 2) * t * sinh(y) / y`` with ``y = (b - a) t / 2``, whose
-    series ``1 + y^2/6 + y^4/120`` is exact to double precision for
-    ``|y| < 0.005``.  Both forms are symmetric in ``a`` and ``b``, so values and
-    gradients are right at exactly ``KA == k``.
-    """
-    d = b - a
-    x = d * t
-    small = pt.abs(x) < _SERIES_BELOW
-    y2 = 0.25 * x * x
-    series = pt.exp(-0.5 * (a + b) * t) * t * (1.0 + y2 / 6.0 + y2 * y2 / 120.0)
-    direct = (pt.exp(-a * t) - pt.exp(-b * t)) / pt.switch(small, 1.0, d)
-    return pt.switch(small, series, direct)
 
 
 def _given(mask, dt):

@@ -1,0 +1,439 @@
+"""Turn a :class:`~bayesnlme.spec.ModelSpec` and data into one PyMC model.
+
+This is the only module that creates PyMC random variables.  The model has
+
+* coords ``ID`` (subjects), ``obs`` (observation records, labelled by their
+  1-based record number) and ``eta_parameter`` (parameters with an ETA);
+* one free variable per estimated typical value, named by its symbol
+  (``CL``, ``V`` ...), ``omega_<P>`` (SD of ETA on P), ``corr_<P1>_<P2>``
+  (a deterministic from the LKJ correlation of an OMEGA block), covariate
+  effects ``<COV>_on_<P>`` and residual SDs ``sigma_add`` / ``sigma_prop`` /
+  ``sigma_exp``;
+* non-centred random effects ``eta_z`` (standard normal, dims ID x
+  eta_parameter) and the deterministic ``ETA`` = z scaled by OMEGA (and its
+  Cholesky factor for blocks);
+* the observed variable ``DV`` (dims ``obs``), whose pointwise log-likelihood
+  ArviZ uses for LOO.
+
+Everything is vectorised: individual parameters are computed for all subjects
+at once, gathered to observations, and the structural model superposes all
+doses with array operations; there is no Python loop over subjects or
+observations in the graph.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+import pymc as pm
+import pytensor
+import pytensor.tensor as pt
+
+from bayesnlme.build.covariates import log_factor
+from bayesnlme.build.observations import pointwise_loglik
+from bayesnlme.build.priors import prior_dist, prior_rv
+from bayesnlme.data import NMData, read_nonmem
+from bayesnlme.errors import DataError, SpecError
+from bayesnlme.spec import ModelSpec
+from bayesnlme.spec.observation import ObservationModel, check_positive_dv
+from bayesnlme.structural import LIBRARY, DoseEvents, dose_events
+from bayesnlme.structural.pd import time_varying
+
+# Bit-reproducible draws.  With numba's fastmath, LLVM may reassociate floating-point arithmetic, and a
+# log-density loaded from pytensor's on-disk numba cache was optimised differently from a fresh compile
+# of the same graph: the same seed gave different draws on a cold and on a warm cache (and so on a new
+# machine).  Without fastmath a cold compile, a warm cache and a second process agree bit for bit, at the
+# same sampling speed (measured on theophylline).  A user who sets numba__fastmath in PYTENSOR_FLAGS keeps
+# their choice; the saved fit records which was used.
+if "numba__fastmath" not in os.environ.get("PYTENSOR_FLAGS", ""):
+    pytensor.config.numba__fastmath = False
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    """A PyMC model made from a spec and data.
+    Attributes
+    ----------
+    model : pymc.Model
+    spec : ModelSpec
+        The spec bound to the data (categorical levels filled in).
+    data : NMData
+    initial_point : dict
+        Sampler start values by variable name (prior medians of typical
+        values, ETA = 0), so oral models start in the absorption-faster-than-
+        elimination mode rather than the flip-flop one.
+    """
+    model: pm.Model
+    spec: ModelSpec
+    data: NMData
+    initial_point: dict
+    ipred: object = None
+    pred: object = None
+    residual_sd: object = None
+    individual: dict = None
+    excluded: object = None   # ROW numbers dropped from the likelihood (BLQ M1)
+    loglik: object = None     # per-record log-likelihood (n_obs,): the very graph behind DV's density
+
+
+def _estimate(name, prior, fixed, init):
+    """A free RV with its prior, or the fixed value as a constant."""
+    if fixed is not None:
+        return pt.as_tensor_variable(float(fixed))
+    init[name] = prior.median()
+    return prior_rv(name, prior)
+
+
+def _covariate_log_factors(spec: ModelSpec, data: NMData, init: dict) -> tuple[dict, dict]:
+    """Sums of log covariate factors per parameter.
+    Returns
+    -------
+    by_subject : dict
+        Baseline-covariate terms, shape (n_subjects,).
+    by_observation : dict
+        Time-varying-covariate terms, shape (n_obs,) (the covariate carried
+        forward to each observation).
+    """
+    by_subject, by_obs = {}, {}
+    for eff in spec.covariates:
+        thetas = [_estimate(n, eff.prior, f, init) for n, f in zip(eff.effect_names(), eff.fixed_values())]
+        if eff.time_varying:
+            x, out = data.observation_covariates([eff.covariate])[eff.covariate].to_numpy(), by_obs
+        else:
+            x, out = data.baseline_covariates([eff.covariate])[eff.covariate].to_numpy(), by_subject
+        if eff.kind != "categorical":
+            x = x.astype(float)
+        out[eff.parameter] = out.get(eff.parameter, 0.0) + log_factor(eff, x, thetas, pt)
+    return by_subject, by_obs
+
+
+def _omega(p: str, par, init: dict):
+    if par.omega_fixed is not None:
+        return pt.as_tensor_variable(par.omega_fixed)
+    init[f"omega_{p}"] = min(par.omega.median(), 0.3)
+    return prior_rv(f"omega_{p}", par.omega)
+
+
+def _random_effects(spec: ModelSpec, n_sub: int, init: dict):
+    """ETA per parameter, shape (n_subjects,): diagonal or block OMEGA.
+    Non-centred by default: ``ETA = z * omega`` for a diagonal element; for a
+    block, ``ETA = z @ L.T`` with ``L`` the Cholesky factor of OMEGA (LKJ prior
+    on the correlations, the members' omega priors on the SDs, via
+    ``pm.LKJCholeskyCov``).  A ``centered`` parameter samples
+    ``eta_<P> ~ Normal(0, omega)`` directly.
+    """
+    names = spec.eta_parameters
+    if not names:
+        return {}
+    z_names = [p for p in names if not spec.parameters[p].centered]
+    col = {}
+    if z_names:
+        z_dim = "eta_parameter" if z_names == names else "eta_z_parameter"
+        z = pm.Normal("eta_z", 0.0, 1.0, dims=("ID", z_dim))
+        init["eta_z"] = np.zeros((n_sub, len(z_names)))
+        col = {p: z[:, i] for i, p in enumerate(z_names)}
+    eta = {}
+    in_block = {p for block in spec.omega_blocks for p in block}
+    for p in names:
+        if p in in_block:
+            continue
+        par = spec.parameters[p]
+        omega = _omega(p, par, init)
+        if par.centered:
+            eta[p] = pm.Normal(f"eta_{p}", 0.0, omega, dims="ID")
+            init[f"eta_{p}"] = np.zeros(n_sub)
+        else:
+            eta[p] = col[p] * omega
+    for block in spec.omega_blocks:
+        k = len(block)
+        packed = np.zeros(k * (k + 1) // 2)   # start at OMEGA = diag(omega0^2), no correlation
+        packed[[i * (i + 1) // 2 + i for i in range(k)]] = [
+            min(spec.parameters[p].omega.median(), 0.3) for p in block]
+        init[f"chol_{'_'.join(block)}"] = packed
+        chol, corr, sds = pm.LKJCholeskyCov(
+            f"chol_{'_'.join(block)}", n=len(block), eta=spec.lkj_eta, compute_corr=True,
+            sd_dist=prior_dist([spec.parameters[p].omega for p in block]))
+        correlated = pt.stack([col[p] for p in block], axis=1) @ chol.T   # rows ~ N(0, OMEGA)
+        for i, p in enumerate(block):
+            pm.Deterministic(f"omega_{p}", sds[i])
+            eta[p] = correlated[:, i]
+            for j in range(i + 1, len(block)):
+                pm.Deterministic(f"corr_{p}_{block[j]}", corr[i, j])
+    pm.Deterministic("ETA", pt.stack([eta[p] for p in names], axis=1), dims=("ID", "eta_parameter"))
+    return eta
+
+
+def occasions(data: NMData) -> tuple[np.ndarray, list[str]]:
+    """Each observation's (subject, occasion) index and the labels ``"<ID>/<OCC>"``.
+    Raises
+    ------
+    DataError
+        The data have no ``OCC`` column or an observation has no occasion.
+    """
+    if "OCC" not in data.frame.columns:
+        raise DataError("inter-occasion variability (omega_iov) needs an OCC column", source=data.source,
+                        column="OCC")
+    occ = data.frame.loc[data.frame["_OBS"], "OCC"].to_numpy()
+    if pd.isna(occ).any():
+        i = int(np.flatnonzero(pd.isna(occ))[0])
+        raise DataError("observation without an occasion (OCC is missing)", source=data.source,
+                        row=int(data.obs_row[i]), column="OCC")
+    keys = pd.Series([f"{data.ids[s]}/{_occ_label(o)}" for s, o in zip(data.obs_subject, occ)])
+    index, labels = pd.factorize(keys)
+    return index, list(labels)
+
+
+def _occ_label(o) -> str:
+    return str(int(o)) if isinstance(o, float) and o.is_integer() else str(o)
+
+
+def _occasion_effects(spec: ModelSpec, occ_index, init: dict) -> dict:
+    """KAPPA per parameter at each observation, shape (n_obs,): non-centred, ``KAPPA = z * omega_iov``."""
+    names = [p for p, par in spec.parameters.items() if par.omega_iov is not None]
+    if not names:
+        return {}
+    z = pm.Normal("kappa_z", 0.0, 1.0, dims=("OCC", "iov_parameter"))
+    init["kappa_z"] = np.zeros((int(occ_index.max()) + 1, len(names)))
+    kappa = []
+    for i, p in enumerate(names):
+        prior = spec.parameters[p].omega_iov
+        init[f"omega_iov_{p}"] = min(prior.median(), 0.2)
+        kappa.append(z[:, i] * prior_rv(f"omega_iov_{p}", prior))
+    kappa = pm.Deterministic("KAPPA", pt.stack(kappa, axis=1), dims=("OCC", "iov_parameter"))
+    return {p: kappa[occ_index, i] for i, p in enumerate(names)}
+
+
+def individual_parameters(spec: ModelSpec, data: NMData, init: dict,
+                          occ_index=None) -> tuple[dict, dict, dict, dict]:
+    """Individual and typical-subject parameters.
+    Returns
+    -------
+    individual, typical : dict
+        Per-subject parameters, shape (n_subjects,): typical values, baseline
+        covariate effects and ETAs combined (``typical``: ETA = 0, each
+        subject's covariates kept -- the parameters behind PRED).
+    obs_log_individual, obs_log_typical : dict
+        Log multipliers at each observation, shape (n_obs,), for parameters
+        that change within a subject: time-varying covariates and (individual
+        only) KAPPA.  Empty when nothing changes within subjects.
+
+    Notes
+    -----
+    With time-varying covariates or IOV a parameter changes between
+    observations of a subject; closed-form models then evaluate each
+    observation with the parameters in force at that observation (for all
+    earlier doses).  That is exact while parameters are constant over the time
+    a dose's drug is in the body (occasions separated by wash-out, slowly
+    changing covariates) and an approximation otherwise.
+    """
+    cov_sub, cov_obs = _covariate_log_factors(spec, data, init)
+    eta = _random_effects(spec, data.n_subjects, init)
+    kappa = _occasion_effects(spec, occ_index, init) if occ_index is not None else {}
+    ones = np.ones(data.n_subjects)
+    individual, typical = {}, {}
+    for p, par in spec.parameters.items():
+        tv = _estimate(p, par.prior, par.fixed, init)
+        for out, e in ((individual, eta.get(p, 0.0)), (typical, 0.0)):
+            if par.iiv == "lognormal" or (par.iiv == "none" and (p in cov_sub or p in cov_obs)):
+                out[p] = pt.exp(pt.log(tv) + cov_sub.get(p, 0.0) + e) * ones
+            elif par.iiv == "normal":
+                out[p] = (tv * pt.exp(cov_sub.get(p, 0.0)) + e) * ones
+            elif par.iiv == "logit":
+                out[p] = pm.math.invlogit(pt.log(tv) - pt.log1p(-tv) + e) * ones
+            else:
+                out[p] = tv * ones
+    obs_typical = dict(cov_obs)
+    obs_individual = {p: cov_obs.get(p, 0.0) + kappa.get(p, 0.0) for p in set(cov_obs) | set(kappa)}
+    return individual, typical, obs_individual, obs_typical
+
+
+def at_observations(params: dict, obs_log: dict, data: NMData) -> dict:
+    """Per-subject parameters gathered to observations, times their within-subject multipliers."""
+    out = {p: v[data.obs_subject] for p, v in params.items()}
+    for p, term in obs_log.items():
+        out[p] = out[p] * pt.exp(term)
+    return out
+
+
+def _check_residual(spec: ModelSpec, data: NMData, doses: DoseEvents) -> None:
+    if spec.observations:   # each observation model checks its own records (observation.py)
+        return
+    kind = spec.residual.kind
+    if kind == "exponential" and (data.obs_dv <= 0).any():
+        i = int(np.flatnonzero(data.obs_dv <= 0)[0])
+        raise DataError(f"exponential (log-scale) residual error needs DV > 0, got {data.obs_dv[i]:g} "
+                        f"({int((data.obs_dv <= 0).sum())} such observations); exclude them (MDV=1) or use "
+                        f"a combined error model", source=data.source, row=int(data.obs_row[i]), column="DV")
+    # the prediction is 0 before the first dose only for a concentration; an effect driven by an exposure
+    # column (outputs ("EFFECT",)) does not depend on doses
+    if kind in ("proportional", "exponential") and spec.structural.outputs[0] == "CP":
+        dt = np.asarray(doses.dt)
+        contributes = doses.applies & (~(doses.depot & (dt <= 0)) | doses.steady)   # an SS dose's history is present
+        zero = ~contributes.any(axis=1)
+        if zero.any():
+            i = int(np.flatnonzero(zero)[0])
+            raise DataError(f"{kind} residual error: the prediction is exactly 0 at this observation "
+                            f"(no dose has reached the central compartment yet; {int(zero.sum())} such "
+                            f"observations), so its error SD would be 0; exclude pre-dose observations "
+                            f"(MDV=1) or use a combined error model", source=data.source,
+                            row=int(data.obs_row[i]), column="DV")
+    if kind == "proportional":
+
+        every = np.ones(data.n_obs, bool)
+        check_positive_dv(ObservationModel(output=spec.structural.outputs[0], likelihood=kind), data,
+                           data.obs_dv, data.obs_row, every)
+
+
+def _check_dosed(spec: ModelSpec, data: NMData) -> None:
+    """A library PK model predicts 0 for every observation of a subject never dosed: a data error."""
+    st = spec.structural
+    if spec.observations or tuple(st.outputs) != ("CP",) or LIBRARY.get(st.name) is not st:
+        return   # PD/outcome types can be observed without a dose (placebo, baseline); user models may not need one
+    frame = data.frame
+    dosed = np.zeros(data.n_subjects, bool)
+    dosed[frame.loc[frame["EVID"].isin([1, 4]), "_SUBJ"].to_numpy(int)] = True
+    undosed = ~dosed[data.obs_subject]
+    if undosed.any():
+        subject = int(data.obs_subject[np.flatnonzero(undosed)[0]])
+        n_obs = int((data.obs_subject == subject).sum())
+        others = int((~dosed[np.unique(data.obs_subject)]).sum()) - 1
+        also = f" ({others} more subjects like it)" if others > 0 else ""
+        raise DataError(f"subject {data.ids[subject]} has {n_obs} observations and no dose{also}: the PK "
+                        f"model predicts 0 at every one; add its dose records (EVID=1, AMT > 0) or remove "
+                        f"the subject", source=data.source, row=int(data.obs_row[np.flatnonzero(undosed)[0]]),
+                        column="AMT")
+
+
+def _residual_sd(spec: ModelSpec, ipred, init: dict):
+    """Residual SD at each observation (on the log scale for exponential error)."""
+    r = spec.residual
+    sig = {}
+    for s in r.sigma_names():
+        sig[s] = prior_rv(s, r.priors[s])
+        if not r.priors[s].is_fixed:
+            init[s] = r.priors[s].median()
+    if r.kind == "additive":
+        return sig["sigma_add"] * pt.ones_like(ipred)
+    if r.kind == "proportional":
+        return sig["sigma_prop"] * ipred
+    if r.kind == "combined":
+        return pt.sqrt(sig["sigma_add"] ** 2 + (sig["sigma_prop"] * ipred) ** 2)
+    return sig["sigma_exp"] * pt.ones_like(ipred)
+
+
+def _likelihood(spec: ModelSpec, ipred, sd, dv):
+    if spec.residual.kind == "exponential":
+        return pm.LogNormal("DV", mu=pt.log(ipred), sigma=sd, observed=dv, dims="obs")
+    return pm.Normal("DV", mu=ipred, sigma=sd, observed=dv, dims="obs")
+
+
+def build_model(spec: ModelSpec, data, *, check_residual: bool = True) -> BuiltModel:
+    """Build the PyMC model for ``spec`` on ``data``.
+    Parameters
+    ----------
+    spec : ModelSpec
+    data : NMData, path or pandas.DataFrame
+        NONMEM-format data (read with :func:`bayesnlme.data.read_nonmem` if needed).
+
+    Returns
+    -------
+    BuiltModel
+
+    Raises
+    ------
+    SpecError, DataError
+        When the spec and data do not fit together (missing covariates,
+        doses into compartments the model lacks, DV <= 0 with exponential error...).
+    """
+    data = read_nonmem(data)
+    spec = spec.bind(data)
+    # with observation types, DVID (not CMT) says what an observation record is
+    doses = dose_events(_dvid_data(spec, data), spec.structural)
+    if check_residual:   # off when the "observations" are prediction times, not data
+        _check_residual(spec, data, doses)
+        _check_dosed(spec, data)
+    coords = {"ID": [str(i) for i in data.ids], "obs": data.obs_row.tolist(),
+              "eta_parameter": spec.eta_parameters}
+    centred = [p for p in spec.eta_parameters if spec.parameters[p].centered]
+    if centred and len(centred) < len(spec.eta_parameters):
+        coords["eta_z_parameter"] = [p for p in spec.eta_parameters if p not in centred]
+    occ_index = None
+    iov = [p for p, par in spec.parameters.items() if par.omega_iov is not None]
+    if iov:
+        occ_index, coords["OCC"] = occasions(data)
+        coords["iov_parameter"] = iov
+    init: dict = {}
+    with pm.Model(coords=coords) as model:
+        individual, typical, obs_ind, obs_typ = individual_parameters(spec, data, init, occ_index)
+        if _observation_models_needed(spec, data):
+            return _build_observations(model, spec, data, doses, init, individual, typical, obs_ind, obs_typ)
+        ipred, pred = (_predict(spec, data, doses, params, obs_log)
+                       for params, obs_log in ((individual, obs_ind), (typical, obs_typ)))
+        sd = _residual_sd(spec, ipred, init)
+        dv = _likelihood(spec, ipred, sd, data.obs_dv)
+    return BuiltModel(model=model, spec=spec, data=data, initial_point=init,
+                      ipred=ipred, pred=pred, residual_sd=sd, individual=individual,
+                      loglik=pm.logp(dv, data.obs_dv))
+
+
+def _dvid_data(spec: ModelSpec, data: NMData) -> NMData:
+    if spec.observations and data.obs_dvid is not None:
+
+        return replace(data, obs_cmt=np.zeros_like(data.obs_cmt))
+    return data
+
+
+def _observation_models_needed(spec: ModelSpec, data: NMData) -> bool:
+    """Observation models by DVID, outcome likelihoods or censored (BLQ) records: the general likelihood."""
+    return bool(spec.observations) or (data.obs_cens is not None and bool((data.obs_cens != 0).any()))
+
+
+def _within_subject(st, obs_log: dict) -> dict:
+    """Keyword arguments passing within-subject parameter changes to a per-subject structural function."""
+    if not obs_log:
+        return {}
+    if not st.per_record:   # an ODE solution has one parameter set per subject
+        raise SpecError(f"structural model {st.name} is an ODE model: its parameters are constant within a "
+                        f"subject, so time-varying covariates and inter-occasion variability (omega_iov) "
+                        f"cannot enter it")
+    return {"obs_log": obs_log}
+
+
+def _outputs(spec: ModelSpec, data: NMData, doses: DoseEvents, params: dict, obs_log: dict) -> dict:
+    """Every structural output at the records, ``{name: tensor (n_obs,)}`` (contract 1)."""
+    st = spec.structural
+    if st.per_subject:
+        out = st.function(params, data, st, **_within_subject(st, obs_log))
+    else:
+        out = st.function(at_observations(params, obs_log, data), doses)
+    return out if isinstance(out, dict) else {st.outputs[0]: out}
+
+
+def _build_observations(model, spec, data, doses, init, individual, typical, obs_ind, obs_typ) -> BuiltModel:
+    """The observed ``DV`` as the sum of per-record log-densities of each record's observation model."""
+    st = spec.structural
+    outs = _outputs(spec, data, doses, individual, obs_ind)
+    at_times = ((lambda tq: st.function(individual, data, st, times=tq, **_within_subject(st, obs_ind)))
+                if time_varying(st) else None)
+    ll, ipred, sd, excluded = pointwise_loglik(spec, data, outs, init, at_times)
+    pred_outs = _outputs(spec, data, doses, typical, obs_typ)
+    pred = pt.zeros(data.n_obs)
+    for m in spec.observation_models():
+        idx = np.flatnonzero(data.obs_dvid == m.dvid) if m.dvid is not None else np.arange(data.n_obs)
+        pred = pt.set_subtensor(pred[idx], pred_outs[m.output][idx])
+    with model:
+        pm.CustomDist("DV", ll, logp=lambda value, lp: lp, observed=data.obs_dv, dims="obs")
+    return BuiltModel(model=model, spec=spec, data=data, initial_point=init, ipred=ipred, pred=pred,
+                      residual_sd=sd, individual=individual, excluded=excluded, loglik=ll)
+
+
+def _predict(spec: ModelSpec, data: NMData, doses: DoseEvents, params: dict, obs_log: dict):
+    # optional parameters the spec leaves out are absent: functions use params.get(name, default)
+    st = spec.structural
+    if not st.per_subject:
+        return st.function(at_observations(params, obs_log, data), doses)
+    out = st.function(params, data, st, **_within_subject(st, obs_log))
+    # contract 1: a dict of outputs; until observation types (DVID) pick one per record, the first
+    return out[st.outputs[0]] if isinstance(out, dict) else out

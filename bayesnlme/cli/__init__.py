@@ -1,0 +1,76 @@
+"""The ``bayesnlme`` command line.
+
+Exit status: 0 success, 1 bad input (a one-line message naming the file, row,
+column or parameter), 2 internal error (a bug: run again with ``--debug`` for
+the traceback).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from bayesnlme.atomic import output_lock
+from bayesnlme.cli.parsers import parser
+from bayesnlme.errors import BayesNLMEInputError, ConvergenceWarning
+
+# command -> (module of bayesnlme.cli, function)
+COMMANDS = {"fit": ("fitting", "run_fit"), "diagnose": ("fitting", "run_diagnose"), "library": ("fitting", "run_library"),
+            "compare": ("compare", "run"), "vpc": ("vpc", "run"), "simulate": ("simulate", "run"),
+            "prior-check": ("prior_check", "run"), "eda": ("report", "run_eda"), "report": ("report", "run")}
+
+
+def _dispatch(args) -> int:
+    module, function = COMMANDS[args.command]
+    # a command's module imports PyMC (seconds); load it only when that command runs, so that
+    # `bayesnlme --help` and usage errors answer at once
+    return getattr(importlib.import_module(f"bayesnlme.cli.{module}"), function)(args)
+
+
+def _output_folder(args) -> Path | None:
+    """The folder a command writes into (locked while it runs), or None for commands that write nothing."""
+    if args.command in ("fit", "eda", "prior-check"):
+        return Path(args.out)
+    if args.command in ("diagnose", "vpc"):
+        return Path(args.dir)
+    if args.command == "simulate":
+        return Path(args.out) if args.out else Path(args.dir)
+    if args.command in ("report", "compare"):
+        return Path(args.out).parent
+    return None
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``bayesnlme`` command; returns the exit status."""
+    args = parser().parse_args(argv)
+    warnings.simplefilter("ignore", ConvergenceWarning)  # printed in plain words after the summary
+    try:
+        folder = _output_folder(args)
+        with output_lock(folder) if folder is not None else contextlib.nullcontext():
+            return _dispatch(args)
+    except BayesNLMEInputError as exc:
+        if args.debug:
+            raise
+        print(f"bayesnlme: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bayesnlme: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except BrokenPipeError:   # output piped into e.g. `head`, which closed it: not an error
+        # Python would complain again when flushing stdout at exit; point it at /dev/null
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as exc:  # noqa: BLE001 - anything else is a bug; say so in one line
+        if args.debug:
+            raise
+        print(f"bayesnlme: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""``bayesnlme fit``, ``bayesnlme diagnose`` and ``bayesnlme library``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from bayesnlme.atomic import write_atomic, write_text_atomic
+from bayesnlme.errors import BayesNLMEInputError
+from bayesnlme.evaluate import diagnostics, plots
+from bayesnlme.evaluate.covariates import plot_covariate_forest
+from bayesnlme.evaluate.likelihood import marginal_loglik
+from bayesnlme.evaluate.predict import predict_at_times
+from bayesnlme.inference import FitResult, fit_model
+from bayesnlme.inference.fit import SUMMARY_COLUMNS
+from bayesnlme.spec import library_names, library_path, load_spec
+
+
+def run_fit(args) -> int:
+    spec = load_spec(args.model)
+    result = fit_model(spec, args.data, chains=args.chains, draws=args.draws, tune=args.tune,
+                       seed=args.seed, sampler=args.sampler, progress=not args.no_progress,
+                       method=args.method, init=args.init)
+    result.metadata["command"] = " ".join(["bayesnlme"] + sys.argv[1:])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result.save(out / "fit.nc")
+    table = result.summary()
+    write_text_atomic(out / "summary.csv", table.reset_index()[SUMMARY_COLUMNS].to_csv(index=False))
+    with pd.option_context("display.width", 120, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
+        print(f"{spec.name} on {result.data.source}: {result.data.n_subjects} subjects, "
+              f"{result.data.n_obs} observations; " + (f"{args.chains} chains x {args.draws} draws"
+              if not result.approximate else f"{args.method.upper()}: {args.draws} approximate draws"))
+        print(table.to_string())
+    if result.approximate:
+        print(f"\napproximate fit ({result.method}): no convergence diagnostics; confirm with NUTS")
+    if result.problems:
+        print("\nconvergence problems:")
+        for p in result.problems:
+            print(f"  - {p}")
+    elif not result.approximate:
+        print("\nconvergence: no problems found (R-hat <= 1.01, bulk ESS >= 400, no divergences)")
+    print(f"\nwrote {out / 'fit.nc'} and {out / 'summary.csv'}")
+    return 0
+
+
+def run_diagnose(args) -> int:
+
+    folder = Path(args.dir)
+    result = FitResult.load(folder / "fit.nc")
+    if args.npde_sims < 10:
+        raise BayesNLMEInputError(f"--npde-sims must be at least 10, got {args.npde_sims}")
+    out = folder / "diagnostics"
+    out.mkdir(exist_ok=True)
+    table, verdict = diagnostics.convergence_report(result)
+    gof = diagnostics.gof_table(result, n_npde=args.npde_sims, seed=args.seed)
+    etas = diagnostics.eta_table(result)
+    shrink = diagnostics.shrinkage(result)
+
+    curves = predict_at_times(result, np.linspace(0, result.data.obs_time.max(), 120))
+    tables = {"convergence.csv": table, "gof.csv": gof, "eta.csv": etas,
+              "shrinkage.csv": shrink.to_frame(), "eta_correlation.csv": diagnostics.eta_correlation(result)}
+    for name, df in tables.items():
+        write_text_atomic(out / name, df.to_csv(index=name != "gof.csv"))
+    write_text_atomic(out / "convergence.txt", verdict + "\n")
+    figures = {"gof_observed_vs_predicted.png": plots.plot_observed_vs_predicted(gof),
+               "gof_residuals.png": plots.plot_residuals(gof), "gof_qq.png": plots.plot_qq(gof),
+               "individual_fits.png": plots.plot_individual_fits(gof, curves=curves),
+               "eta_vs_covariates.png": plots.plot_eta_covariates(etas),
+               "eta_correlation.png": plots.plot_eta_correlation(etas), "trace_rank.png": plots.plot_trace(result)}
+    if result.spec.covariates:   # ratio to the reference subject at P5/P95 and each category
+
+        fig, forest = plot_covariate_forest(result)
+        figures["covariate_forest.png"] = (fig, forest)
+        write_text_atomic(out / "covariate_forest.csv", forest.to_csv(index=False))
+    for name, (fig, _) in figures.items():
+        write_atomic(out / name, lambda tmp, fig=fig: fig.savefig(tmp, dpi=100, format="png"))
+        plt.close(fig)
+
+    lik = None
+    try:
+        lik = marginal_loglik(result, seed=args.seed)
+    except BayesNLMEInputError as exc:   # e.g. a fit without draws of its population parameters
+        print(f"marginal likelihood not computed: {exc}")
+    if lik is not None:
+        write_text_atomic(out / "likelihood.csv", pd.DataFrame([{
+            "loglik": lik.loglik, "mc_se": lik.mc_se, "minus2ll": lik.minus2ll, "aic": lik.aic, "bic": lik.bic,
+            "n_parameters": lik.n_parameters, "n_obs": lik.n_obs}]).to_csv(index=False))
+    print(verdict)
+    if lik is not None:
+        print(f"\nmarginal log-likelihood at the posterior mode (importance sampling): {lik.loglik:.2f} "
+              f"(MC SE {lik.mc_se:.2f}); -2LL {lik.minus2ll:.2f}, AIC {lik.aic:.2f}, BIC {lik.bic:.2f} "
+              f"({lik.n_parameters} parameters, {lik.n_obs} observations)")
+    print("\nETA shrinkage (SD-based): " + ", ".join(f"{p} {100 * v:.0f}%" for p, v in shrink.items()))
+    cwres = (f"CWRES mean {gof['CWRES'].mean():.2f}, SD {gof['CWRES'].std():.2f}; " if gof["CWRES"].notna().any()
+             else "CWRES: none (no continuous observations); ")
+    what = "NPDE / randomized PIT" if "NPDE_KIND" in gof and (gof["NPDE_KIND"] != "npde").any() else "NPDE"
+    print(f"{cwres}{what} mean {gof['NPDE'].mean():.2f}, SD {gof['NPDE'].std():.2f} (expected 0 and 1)")
+    print(f"\nwrote {len(tables) + 1 + (lik is not None)} tables and {len(figures)} plots to {out}")
+    return 0
+
+
+def run_library(args) -> int:
+    if args.name:
+        print(library_path(args.name).read_text(), end="")
+        return 0
+    names = library_names()
+    width = max(len(n) for n in names) + 2
+    for name in names:
+        print(f"{name:{width}s}{load_spec(name).description}")
+    return 0

@@ -1,0 +1,191 @@
+"""Every argparse line of the ``bayesnlme`` command: subcommands, options, help and examples.
+
+Nothing here imports PyMC, so ``bayesnlme --help`` and usage errors answer at once; each command's code
+lives in its own module of :mod:`bayesnlme.cli`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+# the choices bayesnlme.evaluate.compare accepts (checked there again for API calls)
+LEVELS, ICS = ("subject", "observation"), ("loo", "waic")
+
+EXAMPLES = """examples:
+  bayesnlme eda --data theophylline.csv --out eda_theo    data summary, spaghetti plots, covariates, outliers
+  bayesnlme fit --model pk_1cmt_oral --data theophylline.csv --out fits/theo
+  bayesnlme fit --model my_model.toml --data study.csv --out fits/run2 --chains 4 --draws 2000 --seed 7
+  bayesnlme diagnose fits/theo      convergence, GOF, residual and ETA plots into fits/theo/diagnostics/
+  bayesnlme compare fits/1cmt fits/2cmt --level subject    rank models by PSIS-LOO
+  bayesnlme vpc fits/theo --pc     VPC and prediction-corrected VPC into fits/theo/vpc/
+  bayesnlme simulate fits/theo --regimens regimens.toml    steady-state exposure, target attainment
+  bayesnlme library                 list the model library
+  bayesnlme library pk_1cmt_oral    show one entry (its TOML, with the reasoning behind its priors)
+  bayesnlme report fits/theo --out theo_report.html      one self-contained HTML report
+  bayesnlme report fits/1cmt fits/2cmt --out comparison.html
+
+exit status: 0 success, 1 bad input (one-line message), 2 internal error (--debug shows the traceback)
+"""
+
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are bad input: exit status 1 (argparse's own is 2, which here means a bug)."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(1, f"{self.prog}: error: {message}\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="bayesnlme", description="Bayesian nonlinear mixed-effects "
+                                "(population PK/PD) models on PyMC.", epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    sub = p.add_subparsers(dest="command", required=True)
+    f = sub.add_parser("fit", help="fit a model to NONMEM-format data with NUTS",
+                       description="Fit MODEL to DATA and write OUT/fit.nc (posterior, log-likelihood, "
+                       "spec, data, seed, versions) and OUT/summary.csv.",
+                       epilog="example:\n  bayesnlme fit --model pk_1cmt_oral --data theophylline.csv --out fits/theo",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    f.add_argument("--model", required=True, help="a .toml spec file or a model_library entry name")
+    f.add_argument("--data", required=True, help="NONMEM-format CSV file")
+    f.add_argument("--out", default="bayesnlme_fit", help="output folder (default: %(default)s)")
+    f.add_argument("--chains", type=int, default=4, help="number of chains (default: %(default)s)")
+    f.add_argument("--draws", type=int, default=1000, help="draws per chain after warm-up (default: %(default)s)")
+    f.add_argument("--tune", type=int, default=1000, help="warm-up draws per chain (default: %(default)s)")
+    f.add_argument("--seed", type=int, default=1, help="random seed (default: %(default)s)")
+    f.add_argument("--sampler", choices=["nutpie", "pymc"], default="nutpie", help="NUTS implementation (default: %(default)s)")
+    f.add_argument("--method", choices=["nuts", "map", "advi"], default="nuts",
+                   help="nuts (default), or a quick approximate fit: map (posterior mode + Laplace) or advi")
+    f.add_argument("--init", choices=["prior", "map"], default="prior",
+                   help="NUTS start: prior medians or the posterior mode (default: %(default)s)")
+    f.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d = sub.add_parser("diagnose", help="convergence report, goodness-of-fit and ETA plots and tables",
+                       description="Read DIR/fit.nc and write into DIR/diagnostics/: convergence.txt and "
+                       "convergence.csv, likelihood.csv (-2LL, AIC, BIC by importance sampling), gof.csv (DV, PRED, IPRED, IWRES, CWRES, NPDE per observation), "
+                       "eta.csv, shrinkage.csv, eta_correlation.csv and PNG plots.",
+                       epilog="example:\n  bayesnlme diagnose fits/theo",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("dir", help="fit folder (containing fit.nc)")
+    d.add_argument("--npde-sims", type=int, default=1000, help="simulated data sets for NPDE (default: %(default)s)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the NPDE/CWRES simulations (default: %(default)s)")
+    _add_compare(sub)
+    _add_vpc(sub)
+    _add_simulate(sub)
+    _add_prior_check(sub)
+    _add_eda_report(sub)
+    lib = sub.add_parser("library", help="list model_library entries or show one",
+                         description="Without NAME: list the model_library entries with their descriptions. "
+                         "With NAME: print that entry's TOML (priors explained in its comments).",
+                         epilog="examples:\n  bayesnlme library\n  bayesnlme library pk_1cmt_oral\n"
+                         "  bayesnlme library pk_1cmt_oral > my_model.toml   start a model of your own",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    lib.add_argument("name", nargs="?", help="entry to show")
+    return p
+
+
+def _add_vpc(subparsers) -> None:
+    """Register ``bayesnlme vpc``."""
+    p = subparsers.add_parser(
+        "vpc", help="visual predictive check (VPC, pcVPC) of a fit",
+        description="Simulate the study with new subjects at posterior draws and write DIR/vpc/vpc.csv and "
+        "vpc.png (with --pc also pcvpc.csv and pcvpc.png): per time bin the observed percentiles, the "
+        "simulated percentiles' prediction interval and median, and OUTSIDE when an observed percentile "
+        "falls outside its interval; simulations.csv.gz holds the simulated studies.",
+        epilog="examples:\n  bayesnlme vpc fits/theo\n  bayesnlme vpc fits/theo --bins 0,1,2,4,8,12,25 --pc --log"
+               "\n  bayesnlme vpc fits/pheno --stratify DOSE --bins NTIME --lloq 0.5"
+               "\n  bayesnlme vpc fits/pkpd --dvid 2      # one observation type of a joint fit",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dir", help="fit folder (containing fit.nc)")
+    p.add_argument("--bins", default="8", help="number of quantile bins of TIME, comma-separated edges, or a "
+                   "nominal-time column (default: %(default)s)")
+    p.add_argument("--pc", action="store_true", help="also write the prediction-corrected VPC")
+    p.add_argument("--varcorr", action="store_true", help="variability correction of the pcVPC")
+    p.add_argument("--log", action="store_true", help="logarithmic DV axis")
+    p.add_argument("--stratify", help="data column to stratify by (DOSE: first dose amount)")
+    p.add_argument("--lloq", type=float, help="lower limit of quantification (BLQ-aware VPC; with a CENS "
+                   "column the data's LLOQ is used)")
+    p.add_argument("--dvid", type=int, help="observation type to check (required when the fit has several); "
+                   "binary/ordinal/count types get a categorical VPC, time-to-event types a Kaplan-Meier VPC; "
+                   "files are then named vpc_dvid<k>.csv ...")
+    p.add_argument("--pi", type=float, default=90, help="prediction interval, percent (default: %(default)s)")
+    p.add_argument("--n-sim", type=int, default=500, help="simulated replicates of the study (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="simulation seed (default: %(default)s)")
+
+
+def _add_simulate(subparsers) -> None:
+    """Register ``bayesnlme simulate``."""
+    p = subparsers.add_parser(
+        "simulate", help="steady-state exposure and target attainment of dosing regimens",
+        description="Simulate new subjects at posterior draws under each regimen of a TOML file (doses x "
+        "intervals, optional weight bands and targets) and write OUT/regimens.csv (summary), "
+        "OUT/regimen_metrics.csv (per simulated subject and draw) and OUT/regimens.png.",
+        epilog="example:\n  bayesnlme simulate fits/theo --regimens regimens.toml --out fits/theo/simulation\n\n"
+               "regimens.toml:\n  doses = [200, 300, 400]      # AMT units\n  intervals = [12, 24]         # h\n"
+               "  n_subjects = 200\n  n_draws = 200\n  [[targets]]\n  metric = \"CTROUGH\"   # AUCTAU, CMAX, CMIN, CTROUGH\n"
+               "  above = 5.0",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dir", help="fit folder (containing fit.nc)")
+    p.add_argument("--regimens", required=True, help="regimen TOML file")
+    p.add_argument("--out", help="output folder (default: DIR/simulation)")
+
+
+def _add_prior_check(subparsers) -> None:
+    """Register ``bayesnlme prior-check``."""
+    p = subparsers.add_parser(
+        "prior-check", help="prior predictive check: DV simulated from the priors against the data",
+        description="Simulate DV from the priors alone and write OUT/prior_check/prior_check.csv (per time "
+        "bin: prior predictive percentiles, share of observations inside the band) and prior_check.png.")
+    p.add_argument("--model", required=True, help="a .toml spec file or a model_library entry name")
+    p.add_argument("--data", required=True, help="NONMEM-format CSV file")
+    p.add_argument("--out", default="bayesnlme_fit", help="output folder (default: %(default)s)")
+    p.add_argument("--draws", type=int, default=500, help="prior draws (default: %(default)s)")
+    p.add_argument("--bins", type=int, default=8, help="TIME bins (default: %(default)s)")
+    p.add_argument("--log", action="store_true", help="logarithmic DV axis")
+    p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+
+
+def _add_compare(subparsers) -> None:
+    """Add the ``compare`` subcommand to a ``bayesnlme`` argument parser's subparsers."""
+    p = subparsers.add_parser(
+        "compare", help="rank fitted models by predictive accuracy (PSIS-LOO or WAIC)",
+        description="Rank fits to the same data by expected log predictive density (ELPD), best first; "
+        "print the table, a summary and a Pareto k verdict per model, and write the table to CSV.",
+        epilog="example:\n  bayesnlme compare fits/one_cmt fits/two_cmt --level subject --out comparison.csv",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="fit folders, each holding fit.nc (bayesnlme fit --out DIR)")
+    p.add_argument("--level", choices=LEVELS, default="subject", help="leave out one what (default: %(default)s)")
+    p.add_argument("--ic", choices=ICS, default="loo", help="information criterion (default: %(default)s)")
+    p.add_argument("--out", default="comparison.csv", metavar="CSV", help="table to write (default: %(default)s)")
+    p.add_argument("--refit-budget", type=float, default=0.0, metavar="SECONDS",
+                   help="subject level: time allowed per model for exact refits of subjects whose Pareto k "
+                   "stays high after integrating out their random effects (default: %(default)s, no refits)")
+
+
+def _add_eda_report(subparsers) -> None:
+    """Register the ``eda`` and ``report`` subcommands."""
+    e = subparsers.add_parser(
+        "eda", help="exploratory analysis of a data file: summary, spaghetti plots, covariates, outliers",
+        description="Read a NONMEM-format CSV and write into OUT: data_summary.csv, covariate_summary.csv, "
+        "outliers.csv, spaghetti plots (linear, log, dose-normalised, by covariate), covariate box plots, "
+        "scatter matrix and correlation heat map (PNG, each with the CSV it draws) and index.html.",
+        epilog="example:\n  bayesnlme eda --data theophylline.csv --out eda_theo",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("--data", required=True, help="NONMEM-format CSV file")
+    e.add_argument("--out", default="bayesnlme_eda", help="output folder (default: %(default)s)")
+    r = subparsers.add_parser(
+        "report", help="one self-contained HTML report of one or more fits",
+        description="Write one HTML file (figures embedded, no external requests) with the data summary and "
+        "exploratory figures, the model written out, assumptions and exclusions, estimates, convergence, "
+        "goodness of fit, whatever DIR/vpc, DIR/simulation and DIR/prior_check hold, a comparison table "
+        "when several fits are given, and a reproducibility record.",
+        epilog="examples:\n  bayesnlme report fits/theo --out theo_report.html\n"
+        "  bayesnlme report fits/1cmt fits/2cmt --out comparison.html",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("dirs", nargs="+", metavar="DIR", help="fit folder(s) containing fit.nc")
+    r.add_argument("--out", default="report.html", help="HTML file to write (default: %(default)s)")
+    r.add_argument("--npde-sims", type=int, default=200,
+                   help="NPDE simulations when DIR/diagnostics has no plots (default: %(default)s)")
+    r.add_argument("--seed", type=int, default=0, help="seed of those simulations (default: %(default)s)")

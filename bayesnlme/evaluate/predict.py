@@ -1,0 +1,257 @@
+"""Predictions from a fitted model: IPRED, PRED, residual SD and simulated replicates.
+
+All functions evaluate the builder's prediction graph (the same closed form
+or user function that defined the likelihood) at posterior draws, vectorised
+over draws with :func:`pytensor.graph.replace.vectorize_graph` and evaluated
+in chunks so that memory stays bounded.
+
+Definitions (all on the observation records of the fitted data):
+
+* IPRED: the individual prediction, with the subject's own ETA;
+* PRED: the population prediction, the typical subject (ETA = 0) with the
+  subject's covariates and doses;
+* RES_SD: the residual-error SD at the observation (log scale for
+  exponential error);
+* new-subject replicates: ETA drawn afresh from N(0, OMEGA) of the same
+  posterior draw, residual error added -- the simulations behind NPDE.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+import xarray as xr
+from pytensor.graph.replace import vectorize_graph
+
+from bayesnlme.build import build_model
+from bayesnlme.data import read_nonmem, record_columns
+from bayesnlme.errors import BayesNLMEInputError
+
+_CHUNK = 500
+#: Simulation modes: new subjects (ETAs drawn from OMEGA) or the fitted subjects (their posterior ETAs).
+MODES = ("new_subjects", "individual")
+# a density's parameter check (sigma > 0) gives -inf, as in the sampler, instead of raising
+EVAL_MODE = pytensor.compile.get_mode("FAST_RUN").including("local_check_parameter_to_ninf_switch")
+
+
+def _compiled(built, outputs: tuple[str, ...]):
+    """A function of stacked free-RV draws -> stacked outputs (leading dim = draw)."""
+    cache = built.__dict__.setdefault("_compiled_cache", {})
+    key = outputs
+    if key not in cache:
+        rvs = list(built.model.free_RVs)
+        batched = [pt.tensor(name=rv.name, shape=(None, *rv.type.shape), dtype=rv.dtype) for rv in rvs]
+        outs = [output_tensor(built, o) for o in outputs]
+        vec = vectorize_graph(outs, replace=dict(zip(rvs, batched)))
+        cache[key] = ([rv.name for rv in rvs],
+                      pytensor.function(batched, vec, on_unused_input="ignore", mode=EVAL_MODE))
+    return cache[key]
+
+
+def output_tensor(built, name: str):
+    """A builder output by name: ``ipred``, ``pred``, ``residual_sd``, ``loglik`` (per-record log-likelihood)
+    or ``individual.<P>`` (per subject)."""
+    if name.startswith("individual."):
+        return built.individual[name.split(".", 1)[1]]
+    return getattr(built, name)
+
+
+def evaluate_draws(built, draws: dict, outputs=("ipred", "pred", "residual_sd")) -> dict:
+    """Evaluate builder outputs at stacked draws of the free random variables.
+    Parameters
+    ----------
+    built : bayesnlme.build.BuiltModel
+    draws : dict of str -> numpy.ndarray
+        Each free RV's values with a leading draw dimension (natural scale).
+    outputs : tuple of str
+        Attributes of ``built`` to evaluate.
+
+    Returns
+    -------
+    dict of str -> numpy.ndarray, shape (n_draws, n_obs)
+    """
+    names, fn = _compiled(built, tuple(outputs))
+    n = len(next(iter(draws.values())))
+    pieces = []
+    for start in range(0, n, _CHUNK):
+        m = min(_CHUNK, n - start)
+        out = fn(*[np.asarray(draws[k][start:start + _CHUNK]) for k in names])
+        # an output that depends on no random variable (e.g. the unit SD of non-continuous records)
+        # comes back without the draw dimension
+        pieces.append([v if np.ndim(v) > output_tensor(built, o).ndim else np.broadcast_to(v, (m, *np.shape(v)))
+                       for o, v in zip(outputs, out)])
+    return {o: np.concatenate([p[i] for p in pieces]) for i, o in enumerate(outputs)}
+
+
+def posterior_predictions(result) -> xr.Dataset:
+    """IPRED, PRED and RES_SD at every posterior draw.
+    Returns
+    -------
+    xarray.Dataset
+        Variables ``IPRED``, ``PRED``, ``RES_SD`` with dims (chain, draw, obs),
+        in the units of DV.
+    """
+    built = result.built
+    post = result.idata.posterior
+    names = [rv.name for rv in built.model.free_RVs]
+    out = evaluate_draws(built, {n: result.posterior_draws(n) for n in names})
+    shape = (post.sizes["chain"], post.sizes["draw"], -1)
+    coords = {"chain": post["chain"].values, "draw": post["draw"].values, "obs": result.data.obs_row}
+    return xr.Dataset({k.upper().replace("RESIDUAL_SD", "RES_SD"): (("chain", "draw", "obs"), v.reshape(shape))
+                       for k, v in out.items()}, coords=coords)
+
+
+def new_subject_draws(spec, draws: dict, rng: np.random.Generator, shapes: dict | None = None) -> dict:
+    """Replace the fitted subjects' random effects by new subjects' in a dict of posterior draws.
+    Non-centred ``eta_z`` and ``kappa_z`` become fresh standard normals (so
+    ETA ~ N(0, OMEGA) and KAPPA ~ N(0, omega_iov^2) of each draw); a centred
+    ``eta_<P>`` becomes ``omega_<P>`` of the same draw times a standard normal.
+
+    Parameters
+    ----------
+    shapes : dict of str -> tuple, optional
+        Per-draw shapes of the random effects in another design (e.g.
+        ``BuiltModel.initial_point`` shapes of a model built on new data);
+        default: the shapes in ``draws`` (the fitted subjects).
+    """
+    draws = dict(draws)
+    n = len(next(iter(draws.values())))
+
+    def shape(name):
+        return draws[name].shape if shapes is None else (n, *np.shape(shapes[name]))
+
+    for name in ("eta_z", "kappa_z"):
+        if name in draws:
+            draws[name] = rng.standard_normal(shape(name))
+    for p, par in spec.parameters.items():
+        if par.centered and f"eta_{p}" in draws:
+            omega = draws[f"omega_{p}"] if f"omega_{p}" in draws else np.full(n, par.omega_fixed)
+            draws[f"eta_{p}"] = np.asarray(omega)[:, None] * rng.standard_normal(shape(f"eta_{p}"))
+    return draws
+
+
+def require_single_residual(spec, what: str) -> None:
+    """Raise a clear error where ``what`` is defined for one continuous residual model only.
+    CWRES and NPDE (:func:`bayesnlme.evaluate.diagnostics.gof_table`) standardise a
+    continuous ``spec.residual``; specs with ``[[observations]]`` (DVID types,
+    non-continuous outcomes) have no such residual.  Censored (BLQ) records of
+    a continuous model are handled (imputed NPDE).  The likelihood, LOO,
+    simulation and VPC handle every observation model.
+    """
+    if getattr(spec, "observations", ()):
+        raise BayesNLMEInputError(f"{what} standardise one continuous [residual] model; this spec has "
+                                  f"[[observations]] (DVID types / non-continuous outcomes), whose records "
+                                  f"have no single residual SD")
+
+
+def residual_draw(spec, ipred: np.ndarray, sd: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Observations simulated around IPRED with the single ``[residual]`` model (log-normal for exponential).
+    Specs with ``[[observations]]`` are simulated by type with
+    :func:`bayesnlme.evaluate.outcomes.observation_draw` (as :func:`bayesnlme.evaluate.simulate.simulate` does).
+    """
+    if getattr(spec, "observations", ()):
+        require_single_residual(spec, "predict.residual_draw (use bayesnlme.evaluate.simulate.simulate)")
+    eps = rng.standard_normal(np.shape(ipred))
+    if spec.residual.kind == "exponential":
+        return ipred * np.exp(sd * eps)
+    return ipred + sd * eps
+
+
+def simulate_replicates(result, n_rep: int | None = None, *, new_subjects: bool = True,
+                        seed: int = 0) -> np.ndarray:
+    """Replicates of the observed data, one per (thinned) posterior draw.
+    Parameters
+    ----------
+    n_rep : int, optional
+        Number of replicates (posterior draws used, evenly thinned); default all.
+    new_subjects : bool
+        True: ETA drawn afresh from N(0, OMEGA) of each draw (new subjects with
+        the same design and covariates, as for NPDE and VPC); False: each
+        subject's own posterior ETA (individual predictive check).
+    seed : int
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_rep, n_obs)
+    """
+    built = result.built
+    rng = np.random.default_rng(seed)
+    names = [rv.name for rv in built.model.free_RVs]
+    draws = {n: result.posterior_draws(n) for n in names}
+    total = len(next(iter(draws.values())))
+    idx = np.arange(total) if n_rep is None else np.linspace(0, total - 1, n_rep).round().astype(int)
+    draws = {k: v[idx] for k, v in draws.items()}
+    if new_subjects:
+        draws = new_subject_draws(result.spec, draws, rng)
+    out = evaluate_draws(built, draws, ("ipred", "residual_sd"))
+    return residual_draw(result.spec, out["ipred"], out["residual_sd"], rng)
+
+
+def predict_at_times(result, times, *, n_draws: int = 200):
+    """IPRED (median and 90% band) and PRED of every fitted subject at chosen times.
+    The subjects' own dose records and covariates are kept; the observation
+    records are replaced by one record per subject and time, and the model is
+    rebuilt on that design and evaluated at (thinned) posterior draws.
+
+    Parameters
+    ----------
+    times : array-like
+        Times (the data's time unit), e.g. a fine grid for smooth curves.
+    n_draws : int
+        Posterior draws used (evenly thinned).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``ID, TIME, IPRED, IPRED_q5, IPRED_q95, PRED`` (PRED at the
+        posterior median typical values, i.e. the median over draws).
+    """
+    import pandas as pd
+
+
+    data = result.data
+    frame = data.frame
+    keep = frame[~frame["_OBS"] & ~((frame["EVID"] == 0) & (frame["MDV"] == 1))]
+    times = np.asarray(sorted(set(np.asarray(times, float))))
+    first = frame.groupby("_SUBJ", sort=True).first()
+    grid = first.loc[np.repeat(first.index, len(times))].reset_index()
+    grid["TIME"] = np.tile(times, len(first))
+    grid[["EVID", "MDV", "AMT", "RATE", "DUR", "II", "ADDL", "SS", "CMT"]] = 0.0
+    grid["DV"] = 1.0
+    keep = keep.assign(_ORDER=0)
+    grid = grid.assign(_ORDER=1)
+    combined = pd.concat([keep, grid], ignore_index=True).sort_values(
+        ["_SUBJ", "TIME", "_ORDER"], kind="stable")
+    cols = record_columns(frame)
+    design = read_nonmem(combined[cols].reset_index(drop=True), name=f"{data.source} (prediction grid)")
+    built = build_model(result.spec, design, check_residual=False)
+    names = [rv.name for rv in built.model.free_RVs]
+    draws = {n: result.posterior_draws(n) for n in names}
+    total = len(next(iter(draws.values())))
+    idx = np.linspace(0, total - 1, min(n_draws, total)).round().astype(int)
+    out = evaluate_draws(built, {k: v[idx] for k, v in draws.items()}, ("ipred", "pred"))
+    ids = np.array([str(i) for i in design.ids])
+    return pd.DataFrame({
+        "ID": ids[design.obs_subject], "TIME": design.obs_time,
+        "IPRED": np.median(out["ipred"], 0), "IPRED_q5": np.quantile(out["ipred"], 0.05, 0),
+        "IPRED_q95": np.quantile(out["ipred"], 0.95, 0), "PRED": np.median(out["pred"], 0)})
+
+
+def thinned_draws(result, n_draws: int | None) -> tuple[np.ndarray, dict]:
+    """Evenly thinned posterior draws of every free random variable.
+    Returns
+    -------
+    idx : numpy.ndarray of int
+        Draw indices (chains concatenated).
+    draws : dict of str -> numpy.ndarray
+        Each free RV's values at those draws (leading dimension = draw).
+    """
+    names = [rv.name for rv in result.built.model.free_RVs]
+    draws = {n: result.posterior_draws(n) for n in names}
+    total = len(next(iter(draws.values())))
+    if n_draws is not None and n_draws < 1:
+        raise BayesNLMEInputError(f"number of posterior draws must be at least 1, got {n_draws}")
+    idx = np.arange(total) if n_draws is None or n_draws >= total else \
+        np.linspace(0, total - 1, n_draws).round().astype(int)
+    return idx, {k: v[idx] for k, v in draws.items()}

@@ -1,0 +1,398 @@
+"""Sample an NLME model with NUTS and hold the result.
+
+:func:`fit_model` builds the PyMC model, samples it with nutpie (default) or
+PyMC's NUTS, adds the pointwise log-likelihood, checks convergence and returns
+a :class:`FitResult`, which wraps an :class:`arviz.InferenceData`, knows its
+spec and data, gives a pharmacometric :meth:`~FitResult.summary` and saves
+to / loads from a single netCDF file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import warnings
+from dataclasses import dataclass, field, replace
+from importlib import metadata
+from pathlib import Path
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import pymc as pm
+import pytensor
+import xarray as xr
+
+from bayesnlme.atomic import write_atomic
+from bayesnlme.build import build_model
+from bayesnlme.data import NMData, read_nonmem
+from bayesnlme.errors import BayesNLMEInputError, ConvergenceWarning, SamplingError
+from bayesnlme.inference import quick
+from bayesnlme.inference.convergence import ESS_MIN, R_HAT_MAX, divergence_location
+from bayesnlme.inference.startpoint import check_start
+from bayesnlme.spec import ModelSpec
+
+SAMPLERS = ("nutpie", "pymc")
+FIT_METHODS = ("nuts", "map", "advi", "fullrank_advi")
+SUMMARY_COLUMNS = ["parameter", "mean", "sd", "q5", "q50", "q95", "r_hat", "ess_bulk", "ess_tail"]
+_PACKAGES = ("bayesnlme", "pymc", "pytensor", "arviz", "nutpie", "numpy", "pandas", "xarray", "scipy")
+
+
+def package_versions() -> dict:
+    """Versions of bayesnlme and the packages its results depend on."""
+    out = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+@dataclass
+class FitResult:
+    """A sampled NLME model.
+    Attributes
+    ----------
+    idata : arviz.InferenceData
+        Groups ``posterior``, ``sample_stats``, ``log_likelihood`` (variable
+        ``DV``, dims chain, draw, obs), ``observed_data``, ``constant_data``
+        (``ID`` and ``TIME`` of each observation) and ``nonmem_data`` (the data
+        records as read).
+    spec : ModelSpec
+        The spec bound to the data.
+    data : NMData
+    settings : dict
+        Sampler, chains, draws, tune and seed.
+    problems : list of str
+        Convergence problems in plain words (empty when none was found).
+    """
+    idata: az.InferenceData
+    spec: ModelSpec
+    data: NMData
+    settings: dict
+    problems: list = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def built(self):
+        """The PyMC model of this fit (rebuilt from spec and data on first use)."""
+        if "_built" not in self.__dict__:
+            self.__dict__["_built"] = build_model(self.spec, self.data)
+        return self.__dict__["_built"]
+
+    @property
+    def method(self) -> str:
+        """How the fit was made: ``"nuts"``, ``"map"`` (MAP + Laplace) or ``"advi"``/``"fullrank_advi"``."""
+        return self.settings.get("method", "nuts")
+
+    @property
+    def approximate(self) -> bool:
+        """True for MAP/Laplace and ADVI fits: approximate intervals, no convergence diagnostics."""
+        return self.method != "nuts"
+
+    # ------------------------------------------------------------------ tables
+    def parameter_names(self) -> list[str]:
+        """Population parameters in summary order: THETA, covariate effects, OMEGA, correlations, SIGMA."""
+        s = self.spec
+        names = [p for p, par in s.parameters.items() if par.fixed is None]
+        names += [n for eff in s.covariates for n in eff.estimated_names()]
+        names += [f"omega_{p}" for p in s.eta_parameters if s.parameters[p].omega_fixed is None]
+        names += [f"omega_iov_{p}" for p, par in s.parameters.items() if par.omega_iov is not None]
+        for block in s.omega_blocks:
+            names += [f"corr_{a}_{b}" for i, a in enumerate(block) for b in block[i + 1:]]
+        names += s.observation_parameter_names()
+        return names
+
+    def summary(self) -> pd.DataFrame:
+        """Posterior summary of the population parameters.
+        Returns
+        -------
+        pandas.DataFrame
+            One row per parameter (index ``parameter``) with columns ``mean``,
+            ``sd``, ``q5``, ``q50``, ``q95``, ``r_hat`` (rank-normalised split
+            R-hat), ``ess_bulk``, ``ess_tail`` (all NaN for an approximate fit:
+            see :attr:`approximate`) and ``cv_percent`` (for OMEGA of
+            log-normal parameters: the posterior median of
+            ``100 sqrt(exp(omega^2) - 1)``; for logit/normal IIV empty).
+            Typical values are in the parameters' natural units; ``omega_<P>``
+            is the SD of ETA on P.
+        """
+        names = self.parameter_names()
+        post = self.idata.posterior
+        draws = {n: post[n].values.reshape(post[n].shape[0], post[n].shape[1]) for n in names}
+        if self.approximate:   # one chain from an approximation: R-hat/ESS would be meaningless
+            diag = pd.DataFrame(np.nan, index=names, columns=["r_hat", "ess_bulk", "ess_tail"])
+        else:
+            diag = az.summary(self.idata, var_names=names, kind="diagnostics", round_to="none")
+        rows = []
+        for n in names:
+            x = draws[n].ravel()
+            q5, q50, q95 = np.quantile(x, [0.05, 0.5, 0.95])
+            cv = np.nan
+            par = n[10:] if n.startswith("omega_iov_") else n[6:]
+            if n.startswith("omega_") and self.spec.parameters[par].iiv == "lognormal":
+                cv = float(np.median(100 * np.sqrt(np.expm1(x ** 2))))
+            rows.append({"parameter": n, "mean": x.mean(), "sd": x.std(ddof=1), "q5": q5, "q50": q50,
+                         "q95": q95, "r_hat": diag.loc[n, "r_hat"], "ess_bulk": diag.loc[n, "ess_bulk"],
+                         "ess_tail": diag.loc[n, "ess_tail"], "cv_percent": cv})
+        return pd.DataFrame(rows).set_index("parameter")
+
+    def posterior_draws(self, name: str) -> np.ndarray:
+        """All draws of a parameter, chains concatenated."""
+        return self.idata.posterior[name].values.reshape(-1, *self.idata.posterior[name].shape[2:])
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path) -> Path:
+        """Write the fit to one netCDF file, atomically.
+        The file is written to a temporary name in the same folder and renamed
+        over ``path`` only when complete, so an interrupted save never leaves a
+        truncated file and never destroys an earlier good one.
+        """
+        self.idata.posterior.attrs["bayesnlme_metadata"] = json.dumps(self.metadata)
+        write_atomic(path, self.idata.to_netcdf)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path, *, structural=None) -> "FitResult":
+        """Read a fit written by :meth:`save`.
+        Parameters
+        ----------
+        structural : StructuralModel, optional
+            Needed only when the fit used a user-written structural function
+            (functions are not stored in the file).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise BayesNLMEInputError(f"{path}: no such fit file")
+        try:
+            idata = az.from_netcdf(path)
+            attrs = dict(idata.posterior.attrs)
+        except (OSError, ValueError, KeyError, AttributeError) as exc:
+            raise BayesNLMEInputError(f"{path}: not a readable fit file ({type(exc).__name__}: {exc})") from None
+        if "bayesnlme_spec" not in attrs or "bayesnlme_metadata" not in attrs or "nonmem_data" not in idata.groups():
+            raise BayesNLMEInputError(f"{path}: not a bayesnlme fit (no bayesnlme_spec/metadata or data)")
+        meta = json.loads(attrs["bayesnlme_metadata"])
+        spec = ModelSpec.from_dict(json.loads(attrs["bayesnlme_spec"]), structural=structural,
+                                   source=str(path))
+        frame = idata["nonmem_data"].to_dataframe().reset_index(drop=True)
+        # the records are stored, not the file: keep the original file's SHA-256
+        data = replace(read_nonmem(frame, name=meta["data_source"]), sha256=meta["data_sha256"])
+        return cls(idata=idata, spec=spec.bind(data), data=data, settings=meta["settings"],
+                   problems=meta.get("problems", []), metadata=meta)
+
+
+# ---------------------------------------------------------------------- sampling
+
+
+def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune: int = 1000,
+              seed: int = 1, sampler: str = "nutpie", progress: bool = True,
+              target_accept: float = 0.8, method: str = "nuts", init: str = "prior") -> FitResult:
+    """Fit an NLME model with NUTS, or approximately (MAP + Laplace, ADVI).
+    Parameters
+    ----------
+    spec : ModelSpec
+    data : NMData, path or pandas.DataFrame
+    chains, draws, tune : int
+        Number of chains, kept draws per chain and warm-up draws per chain.
+    seed : int
+        Random seed; the same data, spec, sampler and seed give the same draws.
+    sampler : {"nutpie", "pymc"}
+    progress : bool
+        Show a progress bar.
+    target_accept : float
+        NUTS target acceptance rate (PyMC sampler; nutpie adapts its own).
+    method : {"nuts", "map", "advi", "fullrank_advi"}
+        ``"map"``: posterior mode plus a Laplace approximation (Gaussian on the
+        unconstrained scale, covariance = inverse Hessian of -log posterior);
+        ``"advi"`` / ``"fullrank_advi"``: variational approximation.  Both give
+        ``draws`` draws in one chain, with no R-hat or ESS (approximate fits).
+    init : {"prior", "map"}
+        NUTS start: prior medians (ETA = 0), or the posterior mode.
+
+    Returns
+    -------
+    FitResult
+    """
+    if sampler not in SAMPLERS:
+        raise BayesNLMEInputError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if method not in FIT_METHODS:
+        raise BayesNLMEInputError(f"unknown fit method {method!r}; choose one of {', '.join(FIT_METHODS)}")
+    if init not in ("prior", "map"):
+        raise BayesNLMEInputError(f"unknown init {init!r}; choose 'prior' or 'map'")
+    for name, value, low in (("chains", chains, 1), ("draws", draws, 1), ("tune", tune, 0)):
+        if not isinstance(value, (int, np.integer)) or value < low:
+            raise BayesNLMEInputError(f"{name} must be an integer >= {low}, got {value!r}")
+    data = read_nonmem(data)
+    built = build_model(spec, data)
+    model, start = built.model, built.initial_point
+    settings = {"method": method, "sampler": sampler if method == "nuts" else method, "chains": chains,
+                "draws": draws, "tune": tune, "seed": seed}
+    problems = []
+    flat = check_start(built)   # a non-finite start gets one line naming its cause, not a sampler backtrace
+    if method != "nuts":
+        idata, problems = _approximate(built, method, draws, seed, progress)
+        settings.update(chains=1, tune=0)
+    else:
+        if init == "map":
+            mode = quick.find_map(built)
+            start = {k: np.asarray(mode[k]) for k in start}
+            settings["init"] = "map"
+        if init == "map":
+            flat = check_start(built, start)
+        idata = _nuts(model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat)
+    with model:
+        pm.compute_log_likelihood(idata, extend_inferencedata=True, progressbar=False)
+    _add_data_groups(idata, built.data)
+    result = FitResult(idata=idata, spec=built.spec, data=built.data, settings=settings)
+    result.problems = problems if method != "nuts" else convergence_problems(result)
+    for p in result.problems:
+        warnings.warn(p, ConvergenceWarning, stacklevel=2)
+    result.metadata = {
+        "data_source": data.source, "data_sha256": data.sha256, "settings": settings,
+        "versions": package_versions(), "problems": result.problems,
+        "numba_fastmath": bool(pytensor.config.numba__fastmath),   # False: draws reproducible bit for bit
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    idata.posterior.attrs["bayesnlme_spec"] = json.dumps(built.spec.to_dict())
+    idata.posterior.attrs["bayesnlme_metadata"] = json.dumps(result.metadata)
+    idata.posterior.attrs["data_sha256"] = data.sha256
+    idata.posterior.attrs["seed"] = seed
+    idata.posterior.attrs["fit_method"] = method
+    return result
+
+
+def _nuts(model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat=()):
+    try:
+        return _sample(model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat)
+    except (KeyboardInterrupt, MemoryError, BayesNLMEInputError):
+        raise
+    except Exception as exc:   # nutpie's Rust errors, PyMC's SamplingError: one line, what to try
+        raise SamplingError(sampling_failure(exc, sampler)) from exc
+
+
+def sampling_failure(exc: Exception, sampler: str) -> str:
+    """One line for an exception raised inside the sampler: what happened and what to try."""
+    text = " ".join(str(exc).split())
+    first = text.split(" Stack backtrace")[0].split(" Caused by")[0][:300]
+    if "initial" in text.lower() and ("gradient" in text.lower() or "point" in text.lower()):
+        return (f"{sampler} could not start a chain ({first}): the model's start point passed the check, "
+                f"so a chain's randomly jittered start did not; try another --seed, or start at the "
+                f"posterior mode (--init map / init='map')")
+    return (f"{sampler} stopped while sampling ({type(exc).__name__}: {first}); try another --seed, a "
+            f"longer warm-up, or the other sampler (--sampler pymc / nutpie)")
+
+
+def _sample(model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat=()):
+    if sampler == "nutpie":
+        import nutpie
+
+        # random effects and SDs start jittered; typical values at their prior medians (keeps oral models
+        # out of the flip-flop mode), except those whose gradient is exactly 0 there: nutpie scales its
+        # initial mass matrix by the gradient and cannot start from a zero component
+        jitter = {v for v in model.free_RVs if v.name in ("eta_z", "kappa_z") or v.name in flat
+                  or v.name.startswith(("omega_", "sigma_"))}
+        keep = [v.name for v in model.free_RVs + model.deterministics]   # not the *_log__ copies
+        compiled = nutpie.compile_pymc_model(model, initial_points=start, jitter_rvs=jitter, var_names=keep)
+        return nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,
+                             progress_bar=progress, save_warmup=False, cores=min(chains, os.cpu_count() or 1))
+    with model:
+        return pm.sample(draws=draws, tune=tune, chains=chains, random_seed=seed, initvals=start,
+                         init="adapt_diag", progressbar=progress, target_accept=target_accept,
+                         cores=min(chains, os.cpu_count() or 1), compute_convergence_checks=False)
+
+
+def _approximate(built, method, draws, seed, progress):
+    """Draws of an approximate fit (one chain) and its problems in plain words."""
+    if method == "map":
+        mode = quick.find_map(built, progress=progress)
+        return quick.laplace_draws(built, mode, draws, seed)
+    return quick.advi_draws(built, draws=draws, seed=seed, method=method, progress=progress)
+
+
+def _add_data_groups(idata: az.InferenceData, data: NMData) -> None:
+    obs = {"obs": data.obs_row}
+    ids = np.array([str(i) for i in data.ids])
+    groups = {}
+    if "observed_data" not in idata.groups():
+        groups["observed_data"] = xr.Dataset({"DV": ("obs", data.obs_dv)}, coords=obs)
+    groups["constant_data"] = xr.Dataset({"ID": ("obs", ids[data.obs_subject]), "TIME": ("obs", data.obs_time)},
+                                         coords=obs)
+    frame = data.records
+    table = {}
+    for c in frame.columns:
+        col = frame[c]
+        table[c] = ("record", col.to_numpy(float) if pd.api.types.is_numeric_dtype(col)
+                    else col.astype(str).where(col.notna(), ".").to_numpy(dtype=str))
+    groups["nonmem_data"] = xr.Dataset(table, coords={"record": data.frame["ROW"].to_numpy()})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "nonmem_data" is not an ArviZ schema group
+        idata.add_groups(groups)
+
+
+# ---------------------------------------------------------------------- convergence
+
+
+def convergence_problems(result: FitResult) -> list[str]:
+    """Convergence problems of a fit, each in plain words.
+    Checks divergent transitions, rank-normalised R-hat above 1.01 and bulk
+    ESS below 400 for the population parameters (and the worst ETA), and
+    chains that settled in different modes (for oral models, the flip-flop
+    swap of KA and the elimination rate constant CL/V).
+    """
+    idata, out = result.idata, []
+    n_chain = idata.posterior.sizes["chain"]
+    div = int(idata.sample_stats["diverging"].sum()) if "diverging" in idata.sample_stats else 0
+    if div:
+
+        total = idata.sample_stats["diverging"].size
+        out.append(f"{div} of {total} post-warm-up transitions diverged ({divergence_location(result)}): "
+                   f"the posterior has regions the sampler cannot explore; treat the estimates with caution "
+                   f"(reparameterise, tighten priors or simplify the random effects)")
+    summ = result.summary()
+    bad_rhat = summ[summ["r_hat"] > R_HAT_MAX]
+    if len(bad_rhat) and n_chain > 1:
+        worst = bad_rhat["r_hat"].idxmax()
+        out.append(f"R-hat above {R_HAT_MAX} for {', '.join(bad_rhat.index)} (worst {worst}: "
+                   f"{bad_rhat.loc[worst, 'r_hat']:.3f}): the chains have not mixed; run longer chains")
+    if "ETA" in idata.posterior and n_chain > 1:
+        eta_rhat = az.rhat(idata, var_names=["ETA"])["ETA"]
+        if float(eta_rhat.max()) > R_HAT_MAX:
+            pos = np.unravel_index(int(np.argmax(eta_rhat.values)), eta_rhat.shape)
+            out.append(f"R-hat {float(eta_rhat.max()):.3f} for ETA of {eta_rhat['eta_parameter'].values[pos[1]]} "
+                       f"in ID {eta_rhat['ID'].values[pos[0]]}: individual estimates have not converged")
+    low_ess = summ[summ["ess_bulk"] < ESS_MIN]
+    if len(low_ess):
+        worst = low_ess["ess_bulk"].idxmin()
+        out.append(f"bulk ESS below {ESS_MIN} for {', '.join(low_ess.index)} (lowest {worst}: "
+                   f"{low_ess.loc[worst, 'ess_bulk']:.0f}): too few effective draws for reliable "
+                   f"90% intervals; run more draws")
+    out += _mode_problems(result)
+    return out
+
+
+def _mode_problems(result: FitResult) -> list[str]:
+    post = result.idata.posterior
+    if post.sizes["chain"] < 2:
+        return []
+    out = []
+    if {"KA", "CL", "V"} <= set(post.data_vars) and result.spec.structural.depot_cmt is not None:
+        ka_above = (post["KA"] > post["CL"] / post["V"]).mean("draw").values
+        if (ka_above > 0.5).any() and (ka_above < 0.5).any():
+            flip = [str(c) for c, a in zip(post["chain"].values, ka_above) if a < 0.5]
+            out.append(f"chains disagree on a mode: in chain(s) {', '.join(flip)} absorption is slower "
+                       f"than elimination (KA < CL/V, the flip-flop mode) and in the others faster; the "
+                       f"estimates mix two different solutions; give KA an informative prior or fix "
+                       f"its relation to CL/V")
+            return out
+    for name in result.parameter_names():
+        x = post[name].values.reshape(post.sizes["chain"], -1)
+        med = np.median(x, axis=1)
+        within = np.mean(np.std(x, axis=1))
+        if within > 0 and (med.max() - med.min()) > 4 * within:
+            lo, hi = int(np.argmin(med)), int(np.argmax(med))
+            out.append(f"chains disagree on a mode for {name}: chain {post['chain'].values[lo]} is centred "
+                       f"at {med[lo]:.4g} and chain {post['chain'].values[hi]} at {med[hi]:.4g}; the "
+                       f"posterior is multimodal or some chains are stuck")
+    return out
