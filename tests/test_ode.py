@@ -169,6 +169,37 @@ def test_steady_state_gradient_matches_finite_differences():
     assert np.abs(fd[:, LINEAR.function.keywords["system"].parameters.index("ALAG")]).max() > 0.1
 
 
+def _reset_regimens() -> pd.DataFrame:
+    """Resets: EVID 3 (reset only) with an observation at its time before it and one after it; an
+    infusion cut by an EVID 4 (reset and dose) while it runs; ADDL doses cancelled by a reset."""
+    rows = [_rec(1, 0.0, 100, cmt=1, addl=3, ii=12), _rec(1, 2.0, dv=1.0), _rec(1, 20.0, dv=1.0),
+            dict(ID=1, TIME=20.0, DV=0.0, AMT=0.0, EVID=3, MDV=1, CMT=2, RATE=0.0, ADDL=0, II=0.0, SS=0)]
+    rows += [_rec(1, t, dv=1.0) for t in (20.5, 24.5, 30, 40)]
+    rows += [_rec(2, 0.0, 200, cmt=2, rate=20), _rec(2, 4.0, dv=1.0),
+             dict(ID=2, TIME=5.0, DV=0.0, AMT=80.0, EVID=4, MDV=1, CMT=1, RATE=0.0, ADDL=0, II=0.0, SS=0)]
+    rows += [_rec(2, t, dv=1.0) for t in (5.5, 8, 12, 24)]
+    rows += [_rec(3, 0.0, 150, cmt=1)] + [_rec(3, t, dv=1.0) for t in (1, 3, 6)]
+    return pd.DataFrame(rows)
+
+
+def test_resets_evid_3_and_4_match_closed_form():
+    data = read_nonmem(_reset_regimens())
+    ode = evaluate(LINEAR, PARAMS, data)
+    ref = evaluate(LIBRARY["2cmt_oral"], PARAMS, data)
+    np.testing.assert_allclose(ode, ref, rtol=1e-6, atol=1e-9 * ref.max())
+    # the resets matter: right after the EVID 3 nothing is left (later ADDL doses are cancelled), and
+    # the infusion cut at 5 h no longer adds to the concentration
+    after = (data.obs_subject == 0) & (data.obs_time >= 20.5)
+    assert np.all(ode[after] == 0.0)
+    frame = _reset_regimens()
+    frame.loc[frame["EVID"] == 4, "EVID"] = 1              # the same dose without the reset
+    kept = evaluate(LINEAR, PARAMS, read_nonmem(frame))
+    at = (data.obs_subject == 1) & (data.obs_time > 5.0)
+    assert np.all(kept[at] > 2 * ode[at])
+    grad, fd, scale = _gradient_and_fd(data, PARAMS)
+    assert np.all(np.abs(grad - fd) <= 5e-6 * scale + 1e-9)
+
+
 def test_unsupported_steady_state_doses_name_the_row():
     frame = _steady_state_regimens()
     frame.loc[(frame["ID"] == 2) & (frame["AMT"] > 0), "SS"] = 2

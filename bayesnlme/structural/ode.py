@@ -334,12 +334,14 @@ def _numba_ode_solve(op, node=None, **kwargs):
 
     @numba.njit
     def solve(P, t0, obs_time, obs_order, obs_start, obs_first, dose_time, dose_amt, dose_rate,
-              dose_state, dose_lagged, dose_valid, dose_ss, dose_ii, idx, opts, obs_subject):
+              dose_state, dose_lagged, dose_valid, dose_ss, dose_ii, reset_time, reset_row, obs_row, idx, opts,
+              obs_subject):
         # copies: constants arrive read-only, which would be another (slow) numba specialisation
         return kernel(np.ascontiguousarray(P).copy(), t0.copy(), obs_time.copy(), obs_order.copy(),
                       obs_start.copy(), obs_first.copy(), dose_time.copy(), dose_amt.copy(),
                       dose_rate.copy(), dose_state.copy(), dose_lagged.copy(), dose_valid.copy(),
-                      dose_ss.copy(), dose_ii.copy(), idx.copy(), opts.copy())
+                      dose_ss.copy(), dose_ii.copy(), reset_time.copy(), reset_row.copy(), obs_row.copy(),
+                      idx.copy(), opts.copy())
 
     return solve
 
@@ -358,16 +360,11 @@ def schedule(data, model, system: ODESystem, rtol: float, atol: float, max_steps
     Raises
     ------
     DataError
-        Dose into a compartment the model does not have; resets (EVID 3/4);
+        Dose into a compartment the model does not have;
         steady-state doses the ODE solver does not handle (SS=2, constant
         infusions with AMT=0, infusions longer than II).
     """
     n = system.n_states
-    fr = data.frame
-    if fr["EVID"].isin([3, 4]).any():
-        row = int(fr.loc[fr["EVID"].isin([3, 4]), "ROW"].iloc[0])
-        raise DataError(f"ODE model {model.name}: reset records (EVID 3/4) are not supported",
-                        source=data.source, row=row, column="EVID")
     ss = np.zeros(data.dose_time.shape, np.int64) if data.dose_ss is None else data.dose_ss.astype(np.int64)
     ii = np.zeros(data.dose_time.shape) if data.dose_ii is None else data.dose_ii.astype(float)
     ss = np.where(data.dose_valid, ss, 0)
@@ -402,8 +399,23 @@ def schedule(data, model, system: ODESystem, rtol: float, atol: float, max_steps
     scale = float(np.max(data.dose_amt, initial=0.0)) or 1.0
     return [t0.astype(float), data.obs_time.astype(float), order, start, data.dose_applies.astype(bool),
             data.dose_time.astype(float), data.dose_amt.astype(float), data.dose_rate.astype(float),
-            (cmt - 1).astype(np.int64), lagged.astype(bool), data.dose_valid.astype(bool), ss, ii, idx,
+            (cmt - 1).astype(np.int64), lagged.astype(bool), data.dose_valid.astype(bool), ss, ii,
+            *_resets(data), data.obs_row.astype(np.int64), idx,
             np.array([rtol, atol * scale, max_steps], float), data.obs_subject.astype(np.int64)]
+
+
+def _resets(data) -> tuple[np.ndarray, np.ndarray]:
+    """Reset (EVID 3/4) times and data rows per subject, shape (n_sub, max resets) (inf / -1 padded)."""
+    fr = data.frame
+    rs = fr[fr["EVID"].isin([3, 4])] if "_SUBJ" in fr.columns else fr.iloc[:0]
+    counts = rs.groupby("_SUBJ").size()
+    width = max(int(counts.max()) if len(counts) else 0, 1)
+    times = np.full((data.n_subjects, width), np.inf)
+    rows = np.full((data.n_subjects, width), -1, np.int64)
+    for subj, g in rs.groupby("_SUBJ"):
+        times[int(subj), :len(g)] = g["TIME"].to_numpy(float)
+        rows[int(subj), :len(g)] = g["ROW"].to_numpy(int)
+    return times, rows
 
 
 def _dose_row(data, subj: int, d: int):

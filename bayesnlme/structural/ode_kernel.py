@@ -210,7 +210,7 @@ def make_kernel(rhs, init, n, n_p, steady: bool):
 
     @numba.njit(cache=False)
     def kernel(P, t0, obs_time, obs_order, obs_start, obs_first, dose_time, dose_amt, dose_rate,
-               dose_state, dose_lagged, dose_valid, dose_ss, dose_ii, idx, opts):
+               dose_state, dose_lagged, dose_valid, dose_ss, dose_ii, reset_time, reset_row, obs_row, idx, opts):
         P = np.ascontiguousarray(P)   # one type specialisation of the compiled functions
         n_sub = P.shape[0]
         n_obs = obs_time.shape[0]
@@ -233,12 +233,14 @@ def make_kernel(rhs, init, n, n_p, steady: bool):
         S = np.empty((n, n_p))
         rate = np.empty(n)
         for i in range(n_sub):
-            # events: kind 3 steady-state reset (SS=1, at the record time), 0 bolus, 1 infusion
-            # start, 2 infusion end; sorted by time (stable: a reset precedes its own dose).
+            # events: kind 4 reset (EVID 3/4), 3 steady-state reset (SS=1, at the record time),
+            # 0 bolus, 1 infusion start, 2 infusion end; sorted by time (stable: a reset precedes
+            # its own dose and the doses of later records at its time).
             # A lagged SS dose with ALAG >= II has floor(ALAG / II) doses of its train still
             # in their lag at the record time: they arrive after it, as boluses.
             lag = P[i, lag_idx] if lag_idx >= 0 else 0.0
-            cap = 3 * D
+            R = reset_time.shape[1]
+            cap = 3 * D + R
             for d in range(D):
                 if dose_valid[i, d] and dose_ss[i, d] == 1 and dose_lagged[i, d] and dose_rate[i, d] <= 0:
                     cap += int(lag // dose_ii[i, d])
@@ -246,6 +248,10 @@ def make_kernel(rhs, init, n, n_p, steady: bool):
             ev_k = np.empty(cap, np.int64)
             ev_d = np.empty(cap, np.int64)
             m = 0
+            for q in range(R):
+                if np.isfinite(reset_time[i, q]):
+                    ev_t[m], ev_k[m], ev_d[m] = reset_time[i, q], 4, q
+                    m += 1
             for d in range(D):
                 if not dose_valid[i, d]:
                     continue
@@ -271,6 +277,7 @@ def make_kernel(rhs, init, n, n_p, steady: bool):
             S[:, :] = S0[i]
             rate[:] = 0.0
             t, h, target = t0[i], 0.0, t0[i]
+            t_reset = -np.inf   # infusions started before the last reset no longer run
             ep, op, oend = 0, obs_start[i], obs_start[i + 1]
             # step budget: a base plus a share per stop (dose event or observation); past it
             # the subject's remaining outputs stay NaN (log density -inf, the sampler rejects
@@ -292,8 +299,11 @@ def make_kernel(rhs, init, n, n_p, steady: bool):
                     to = obs_time[o]
                     # a dose (or SS reset) at an observation's time comes first only if it
                     # precedes it in the records; infusion starts/ends make no jump
-                    ev_first = has_ev and (te < to or (te == to and (ek[ep] == 1 or ek[ep] == 2
-                                                                      or obs_first[o, ed[ep]])))
+                    if has_ev and ek[ep] == 4:   # a reset at an observation's time: by record order
+                        ev_first = te < to or (te == to and reset_row[i, ed[ep]] < obs_row[o])
+                    else:
+                        ev_first = has_ev and (te < to or (te == to and (ek[ep] == 1 or ek[ep] == 2
+                                                                          or obs_first[o, ed[ep]])))
                     tn = te if ev_first else to
                     if tn > t:
                         # integrate to the next dose event (or the last observation);
@@ -306,12 +316,20 @@ def make_kernel(rhs, init, n, n_p, steady: bool):
                         op += 1
                         continue
                     d, k = ed[ep], ek[ep]
-                    c = dose_state[i, d]
                     ep += 1
+                    if k == 4:   # EVID 3/4: every state back to its initial value, infusions stop
+                        y[:] = Y0[i]
+                        S[:, :] = S0[i]
+                        rate[:] = 0.0
+                        t_reset = t
+                        h = 0.0
+                        continue
+                    c = dose_state[i, d]
                     if k == 1:
                         rate[c] += dose_rate[i, d]
                     elif k == 2:
-                        rate[c] -= dose_rate[i, d]
+                        if dose_time[i, d] >= t_reset:
+                            rate[c] -= dose_rate[i, d]
                     elif k == 3:
                         used = _steady_state(i, d, t, P, Y0, S0, y, S, x, r, r2, K, KS, ys, Ss, act, dose_amt,
                                              dose_rate, dose_state, dose_lagged, dose_ii, f_idx, lag_idx, rtol, atol,
