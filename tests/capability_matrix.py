@@ -244,14 +244,19 @@ def markdown(results: dict) -> str:
 
 def main(argv=None) -> int:
     import argparse
+    import json
     import tempfile
 
     from bayesnlme.atomic import write_text_atomic
 
     p = argparse.ArgumentParser(description="run the capability matrix and write docs/capabilities.md")
     p.add_argument("--out", default="docs/capabilities.md")
+    p.add_argument("--results", default="docs/capabilities.json",
+                   help="cell results, kept between runs: --only updates its cells")
     p.add_argument("--only", nargs="*", help="library names to run (default: all)")
     args = p.parse_args(argv)
+    store = Path(args.results)
+    saved = json.loads(store.read_text()) if args.only and store.is_file() else {}
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, blq in models():
@@ -259,11 +264,14 @@ def main(argv=None) -> int:
                 continue
             cell = run_cell(name, blq, Path(tmp) / f"{name}{'_blq' if blq else ''}")
             results[(name, blq)] = cell
+            saved[f"{name}|{int(blq)}"] = cell
+            write_text_atomic(store, json.dumps(saved, indent=1, sort_keys=True) + "\n")   # resumable
             print(f"{name:28s} {'BLQ' if blq else '   '} " +
                   " ".join(f"{c}={'ok' if v == 'ok' else repr(v)}" for c, v in cell.items()), flush=True)
-    if not args.only:
-        write_text_atomic(Path(args.out), markdown(results))
-        print(f"wrote {args.out}")
+    every = {(k.split("|")[0], k.endswith("|1")): v for k, v in sorted(saved.items())}
+    order = [c for c in models() if c in every]
+    write_text_atomic(Path(args.out), markdown({c: every[c] for c in order}))
+    print(f"wrote {args.out} ({len(order)} of {len(models())} cells)")
     bad = [(k, c, v) for k, cell in results.items() for c, v in cell.items()
            if c in CAPABILITIES and v != "ok" and not str(v).startswith("n/a")]
     return 1 if bad else 0

@@ -7,6 +7,7 @@ import pytest
 
 from bayesnlme.cli import main
 from bayesnlme.datasets import dataset_path
+from bayesnlme.errors import BayesNLMEInputError
 from bayesnlme.evaluate.prior_check import plot_prior_check, prior_check_table, prior_predictive
 from bayesnlme.spec import load_spec
 
@@ -47,3 +48,15 @@ def test_cli_writes_table_and_plot(tmp_path, capsys):
     table = pd.read_csv(tmp_path / "prior_check" / "prior_check.csv")
     assert len(table) == 3 and (tmp_path / "prior_check" / "prior_check.png").stat().st_size > 0
     assert "inside the prior predictive 90% band" in capsys.readouterr().out
+
+
+def test_outcome_models_are_simulated_by_their_own_family():
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"ID": np.repeat(np.arange(1, 21), 2), "TIME": np.tile([0.0, 1.0], 20), "EVID": 0,
+                       "EXPOSURE": np.repeat(rng.uniform(0, 3, 20), 2)})
+    df["DV"] = rng.integers(0, 4, len(df)).astype(float)
+    sims, _ = prior_predictive(load_spec("er_ordinal"), df, draws=40, seed=1)
+    assert sims.shape == (40, 40) and set(np.unique(sims)) == {0.0, 1.0, 2.0, 3.0}
+    tte = pd.DataFrame({"ID": [1, 2], "TIME": [5.0, 24.0], "DV": [1.0, 0.0], "EVID": 0, "EXPOSURE": [1.0, 2.0]})
+    with pytest.raises(BayesNLMEInputError, match="time-to-event observation model, whose outcome is the event time"):
+        prior_predictive(load_spec("tte_weibull"), tte)

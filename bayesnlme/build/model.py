@@ -33,7 +33,7 @@ import pytensor
 import pytensor.tensor as pt
 
 from bayesnlme.build.covariates import log_factor
-from bayesnlme.build.observations import pointwise_loglik
+from bayesnlme.build.observations import dv_draw_inputs, pointwise_loglik
 from bayesnlme.build.priors import prior_dist, prior_rv
 from bayesnlme.data import NMData, read_nonmem
 from bayesnlme.errors import DataError, SpecError
@@ -417,14 +417,17 @@ def _build_observations(model, spec, data, doses, init, individual, typical, obs
     outs = _outputs(spec, data, doses, individual, obs_ind)
     at_times = ((lambda tq: st.function(individual, data, st, times=tq, **_within_subject(st, obs_ind)))
                 if time_varying(st) else None)
-    ll, ipred, sd, excluded = pointwise_loglik(spec, data, outs, init, at_times)
+    ll, ipred, sd, excluded, families = pointwise_loglik(spec, data, outs, init, at_times)
     pred_outs = _outputs(spec, data, doses, typical, obs_typ)
     pred = pt.zeros(data.n_obs)
     for m in spec.observation_models():
         idx = np.flatnonzero(data.obs_dvid == m.dvid) if m.dvid is not None else np.arange(data.n_obs)
         pred = pt.set_subtensor(pred[idx], pred_outs[m.output][idx])
     with model:
-        pm.CustomDist("DV", ll, logp=lambda value, lp: lp, observed=data.obs_dv, dims="obs")
+        # logp: the per-record log-likelihood graph; random: each record's observation model draws it
+        scalars, random = dv_draw_inputs(families)
+        pm.CustomDist("DV", ll, ipred, sd, *scalars, logp=lambda value, lp, *rest: lp, random=random,
+                      observed=data.obs_dv, dims="obs")
     return BuiltModel(model=model, spec=spec, data=data, initial_point=init, ipred=ipred, pred=pred,
                       residual_sd=sd, individual=individual, excluded=excluded, loglik=ll)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
-from pymc.distributions.dist_math import normal_lcdf, normal_lccdf
+from pymc.distributions.dist_math import normal_lccdf, normal_lcdf
 from scipy.special import gammaln, roots_legendre
 
 from bayesnlme.build.priors import DIST_ARGS, prior_rv
@@ -201,6 +201,9 @@ def pointwise_loglik(spec: ModelSpec, data, outputs: dict, init: dict, at_times=
         Each record's own output, and its residual SD (1 for non-normal families).
     excluded : numpy.ndarray of int
         Record numbers (ROW) dropped by M1 (their log-likelihood is 0).
+    families : list of (ObservationModel, index array, dict)
+        Each model's records and its own parameters (``phi``, ``cutpoints``) as tensors: what
+        its random draw needs besides IPRED and SD (:meth:`ObservationModel.draw`).
     """
     models = spec.observation_models()
     check_data(models, data)
@@ -209,7 +212,7 @@ def pointwise_loglik(spec: ModelSpec, data, outputs: dict, init: dict, at_times=
     cens = data.obs_cens if data.obs_cens is not None else np.zeros(n, int)
     limit = data.obs_limit if data.obs_limit is not None else np.full(n, np.nan)
     ll, ipred, sd = pt.zeros(n), pt.zeros(n), pt.ones(n)
-    excluded = []
+    excluded, families = [], []
     for m in models:
         idx = np.flatnonzero(data.obs_dvid == m.dvid) if multi else np.arange(n)
         full = idx   # IPRED and SD stay defined at M1-dropped records (simulation draws there)
@@ -223,6 +226,7 @@ def pointwise_loglik(spec: ModelSpec, data, outputs: dict, init: dict, at_times=
         y = data.obs_dv[idx]
         p = {b: (_cutpoints(m, init) if b == "cutpoints" else _param(b + m.suffix, m.priors[b], init))
              for b in m.base_names()}
+        families.append((m, full, {b: p[b] for b in ("phi", "cutpoints") if b in p}))
         if m.is_normal:
             s = _residual_sd(m.likelihood, p, f)
             sd = pt.set_subtensor(sd[full], _residual_sd(m.likelihood, p, outputs[m.output][full]))
@@ -243,7 +247,37 @@ def pointwise_loglik(spec: ModelSpec, data, outputs: dict, init: dict, at_times=
                 nodes_lp = at_times(tq)[m.output][idx]
             lp = tte_logp(m.hazard, y, data.obs_time[idx], p["lambda"], p.get("shape"), f, nodes_lp, m.nodes)
         ll = pt.set_subtensor(ll[idx], lp)
-    return ll, ipred, sd, np.array(sorted(excluded), int)
+    return ll, ipred, sd, np.array(sorted(excluded), int), families
+
+
+def dv_draw_inputs(families: list) -> tuple[list, object]:
+    """The scalar family parameters the observed DV's ``random`` needs, and that ``random``.
+
+    ``pm.CustomDist`` broadcasts its inputs with DV's (n_obs,) shape, so every input is a scalar
+    (a vector of cutpoints is passed one cutpoint at a time).  ``random(ll, ipred, sd, *scalars,
+    rng, size)`` draws each record by its own observation model (:meth:`ObservationModel.draw`).
+    """
+    scalars, layout = [], []
+    for m, idx, p in families:
+        sizes = {}
+        for b, v in p.items():
+            n = int(m.categories) - 1 if b == "cutpoints" else 1
+            scalars += [v[j] for j in range(n)] if b == "cutpoints" else [v]
+            sizes[b] = n
+        layout.append((m, idx, sizes))
+
+    def random(ll, ipred, sd, *values, rng=None, size=None):
+        out = np.full(np.shape(ipred), np.nan)
+        at = 0
+        for m, idx, sizes in layout:
+            params = {}
+            for b, n in sizes.items():
+                params[b] = np.asarray(values[at:at + n], float).reshape(1, n)
+                at += n
+            out[idx] = m.draw(np.asarray(ipred, float)[None, idx], np.asarray(sd, float)[None, idx], params, rng)[0]
+        return out
+
+    return scalars, random
 
 
 def _residual_sd(kind, p, f):

@@ -31,9 +31,6 @@ NaN where there is none (and for non-continuous types).
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit
-
-from bayesnlme.spec.observation import NORMAL_KINDS
 
 
 def type_index(models: tuple, data) -> list:
@@ -66,24 +63,8 @@ def draw_type(m, f: np.ndarray, sd: np.ndarray, draws: dict, rng: np.random.Gene
     -------
     numpy.ndarray, shape (n_draws, n_records)
     """
-    n = f.shape[0]
-    k = m.likelihood
-    if k in NORMAL_KINDS:
-        eps = rng.standard_normal(f.shape)
-        return f * np.exp(sd * eps) if k == "exponential" else f + sd * eps
-    if k == "bernoulli":
-        return (rng.random(f.shape) < expit(f)).astype(float)
-    if k == "ordinal":
-        cut = _value(m, "cutpoints", draws, n).reshape(n, 1, -1)
-        cum = expit(cut - f[:, :, None])                        # P(Y <= k), k = 0..K-2
-        return (rng.random(f.shape)[:, :, None] > cum).sum(axis=2).astype(float)
-    if k in ("poisson", "negbin"):
-        mean = np.exp(f) if m.link == "log" else np.maximum(f, 0.0)
-        if k == "negbin":
-            phi = _value(m, "phi", draws, n)[:, None]
-            mean = rng.gamma(phi, mean / phi)                   # NB2 = Poisson with a gamma-distributed mean
-        return rng.poisson(mean).astype(float)
-    return np.full(f.shape, np.nan)                             # tte: event times simulated elsewhere
+    params = {b: _value(m, b, draws, f.shape[0]) for b in ("phi", "cutpoints") if b in m.base_names()}
+    return m.draw(f, sd, params, rng)
 
 
 def observation_draw(spec, data, ipred: np.ndarray, sd: np.ndarray, draws: dict,

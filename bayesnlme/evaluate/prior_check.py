@@ -25,6 +25,12 @@ def prior_predictive(spec, data, *, draws: int = 500, seed: int = 0) -> tuple[np
     data : NMData
     """
     data = read_nonmem(data)
+    tte = [m for m in spec.observation_models() if m.likelihood == "tte"]
+    if tte:
+        raise BayesNLMEInputError(
+            f"prior predictive check: model {spec.name} has a time-to-event observation model, whose outcome is "
+            f"the event time, not a DV value at a record's time; check its priors with a Kaplan-Meier VPC "
+            f"(bayesnlme vpc --dvid) of a short fit instead")
     built = build_model(spec, data)
     with built.model:
         try:

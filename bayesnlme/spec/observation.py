@@ -67,6 +67,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+from scipy.special import expit
+
 from bayesnlme.errors import SpecError
 from bayesnlme.spec.priors import Prior, check_keys
 
@@ -156,6 +159,46 @@ class ObservationModel:
     @property
     def is_normal(self) -> bool:
         return self.likelihood in NORMAL_KINDS
+
+    def draw(self, f: np.ndarray, sd: np.ndarray, params: dict, rng: np.random.Generator) -> np.ndarray:
+        """Random DV of this model's records: the numpy side of its log-density.
+
+        Parameters
+        ----------
+        f, sd : numpy.ndarray, shape (n_draws, n_records)
+            Model output at the records (the prediction; the logit, linear predictor or log
+            rate for non-continuous families) and residual SD (1 for non-continuous families).
+        params : dict of str -> numpy.ndarray
+            The family's own parameters by base name, leading dimension n_draws: ``phi``
+            (n_draws,), ``cutpoints`` (n_draws, categories - 1).
+        rng : numpy.random.Generator
+
+        Returns
+        -------
+        numpy.ndarray, shape (n_draws, n_records)
+            Continuous: ``f + sd eps`` (``f exp(sd eps)`` for exponential error), the uncensored
+            value also for censored records; bernoulli 0/1 with probability ``expit(f)``; ordinal
+            category k with ``P(Y <= k) = expit(c_k - f)``; Poisson with mean ``exp(f)`` (identity
+            link: ``f``); negative binomial as a gamma--Poisson mixture; time to event: NaN (the
+            event time is simulated over the hazard, :mod:`bayesnlme.evaluate.event_times`).
+        """
+        k = self.likelihood
+        if k in NORMAL_KINDS:
+            eps = rng.standard_normal(np.shape(f))
+            return f * np.exp(sd * eps) if k == "exponential" else f + sd * eps
+        if k == "bernoulli":
+            return (rng.random(np.shape(f)) < expit(f)).astype(float)
+        if k == "ordinal":
+            cut = np.asarray(params["cutpoints"], float).reshape(len(f), 1, -1)
+            cum = expit(cut - f[:, :, None])                        # P(Y <= k), k = 0..K-2
+            return (rng.random(np.shape(f))[:, :, None] > cum).sum(axis=2).astype(float)
+        if k in ("poisson", "negbin"):
+            mean = np.exp(f) if self.link == "log" else np.maximum(f, 0.0)
+            if k == "negbin":
+                phi = np.asarray(params["phi"], float).reshape(-1, 1)
+                mean = rng.gamma(phi, mean / phi)                   # NB2 = Poisson with a gamma-distributed mean
+            return rng.poisson(mean).astype(float)
+        return np.full(np.shape(f), np.nan)
 
     def to_dict(self) -> dict:
         d = {"output": self.output, "likelihood": self.likelihood,
