@@ -5,6 +5,8 @@
 # make docs : API reference from the numpydoc docstrings into docs/_build/ (pdoc)
 # make test : create .venv if missing, install, run the test suite
 # make fuzz : 10,000 random cases per fuzz target (data reader, spec parser, regimen files); docs/reliability.md
+# make capabilities : every model_library entry through fit, diagnose, -2LL, subject LOO, VPC and
+#                      regimens (~40 min on 2 cores); writes docs/capabilities.md
 # make qualify : reference problems against published answers (nlme, NONMEM, posteriordb, R loo, BLQ);
 #                writes qualification/qualification.{csv,md} (1-4 min; not part of make test)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -12,7 +14,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install benchmark clean case-studies docs fuzz qualify
+.PHONY: demo test install benchmark clean case-studies docs fuzz qualify capabilities
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,11 +32,14 @@ demo: $(STAMP)
 	$(BIN)/bayesnlme report demo_output --out demo_output/report.html
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 fuzz: $(STAMP)
 	BAYESNLME_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py \
 	    --hypothesis-show-statistics
+
+capabilities: $(STAMP)
+	$(BIN)/python tests/capability_matrix.py --out docs/capabilities.md
 
 qualify: $(STAMP)
 	$(BIN)/python -m bayesnlme.cli.qualify --out qualification

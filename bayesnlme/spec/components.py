@@ -8,11 +8,12 @@ import re
 from dataclasses import dataclass, field
 
 from bayesnlme.errors import SpecError
+from bayesnlme.spec.observation import NORMAL_KINDS
 from bayesnlme.spec.priors import Prior, check_keys, number, omega_prior, omega_sd
 
 IIV_KINDS = ("lognormal", "normal", "logit", "none")
 COVARIATE_KINDS = ("power", "exponential", "linear", "categorical", "piecewise")
-RESIDUAL_KINDS = ("additive", "proportional", "combined", "exponential")
+RESIDUAL_KINDS = NORMAL_KINDS   # [residual] is shorthand for one continuous observation model
 #: Allowed values of structural parameters the library knows: (lower, upper).
 KNOWN_DOMAINS = {"CL": (0, math.inf), "V": (0, math.inf), "Q": (0, math.inf), "V2": (0, math.inf),
                  "Q3": (0, math.inf), "V3": (0, math.inf),
