@@ -22,8 +22,18 @@ from . import datasets  # noqa: E402
 __version__ = "0.1.0"
 
 
+# modules that were top level before the layout by stage, still reachable as `from bayesnlme import diagnostics`
+_MOVED = {**{m: f"bayesnlme.evaluate.{m}" for m in ("compare", "diagnostics", "likelihood", "plots", "predict",
+                                                  "prior_check", "regimens", "simulate", "subject_loo")},
+          "fit": "bayesnlme.inference.fit", "quick": "bayesnlme.inference.quick"}
+
+
 def __getattr__(name):
     # build/fit import PyMC; load them on first use so `bayesnlme --help` and data checks stay fast
+    if name in _MOVED:
+        import importlib
+
+        return importlib.import_module(_MOVED[name])
     if name in ("fit_model", "FitResult"):
         from bayesnlme import inference
         return getattr(inference, name)
