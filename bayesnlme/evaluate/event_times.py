@@ -10,10 +10,12 @@ cumulative hazard reaches ``E``; it is censored at its end of follow-up
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from bayesnlme.errors import BayesNLMEInputError, DataError
-from bayesnlme.evaluate.predict import MODES, evaluate_draws, new_subject_draws, thinned_draws
+from bayesnlme.evaluate.predict import MODES, compiled_function, evaluate_draws, new_subject_draws, thinned_draws
 from bayesnlme.structural.pd import time_varying
 
 _CELLS = 20_000_000   # array elements per vectorised block (bounds memory)
@@ -100,20 +102,13 @@ def _effect_on_grid(built, m, idx, grid_t):
     (n_draws, n_sub, G); the chunk size bounds the (draws, records, G, doses)
     arrays the closed-form PK builds.
     """
-    import pytensor
-    import pytensor.tensor as pt
-    from pytensor.graph.replace import vectorize_graph
-
     data, st = built.data, built.spec.structural
     tq = np.zeros((data.n_obs, grid_t.shape[1]))
     tq[idx] = grid_t
-    out = st.function(built.individual, data, st, times=tq)[m.output]
-    rvs = list(built.model.free_RVs)
-    batched = [pt.tensor(name=rv.name, shape=(None, *rv.type.shape), dtype=rv.dtype) for rv in rvs]
-    fn = pytensor.function(batched, vectorize_graph(out, replace=dict(zip(rvs, batched))),
-                           on_unused_input="ignore")
+    key = ("output_on_grid", m.output, hashlib.sha256(tq.tobytes()).hexdigest())
+    names, fn = compiled_function(built, key, lambda: [st.function(built.individual, data, st, times=tq)[m.output]])
     step = max(1, _CELLS // max(1, tq.size * max(1, data.dose_time.shape[1])))
-    return (lambda draws: fn(*[np.asarray(draws[rv.name]) for rv in rvs])[:, idx]), step
+    return (lambda draws: fn(*[np.asarray(draws[n]) for n in names])[0][:, idx]), step
 
 
 def _invert_on_grid(hazard, grid_t, f, e, lam, shape):

@@ -1,4 +1,9 @@
-"""Predictions from a fitted model: IPRED, PRED, residual SD and simulated replicates.
+"""The posterior-evaluation engine: IPRED, PRED, residual SD, the per-record log-likelihood and draws.
+
+Compiled functions of a fit are built and cached in one place, :func:`compiled_function` (one cache
+per built model, keyed by what is computed), and posterior draws are thinned in one place,
+:func:`thinned_draws`; simulation, residual diagnostics, the marginal likelihood, LOO, event times
+and VPCs all evaluate through them.
 
 All functions evaluate the builder's prediction graph (the same closed form
 or user function that defined the likelihood) at posterior draws, vectorised
@@ -35,18 +40,40 @@ MODES = ("new_subjects", "individual")
 EVAL_MODE = pytensor.compile.get_mode("FAST_RUN").including("local_check_parameter_to_ninf_switch")
 
 
-def _compiled(built, outputs: tuple[str, ...]):
-    """A function of stacked free-RV draws -> stacked outputs (leading dim = draw)."""
+def compiled_function(built, key, make) -> tuple[list, object]:
+    """The one cache of a built model's compiled evaluation functions.
+
+    Every module that evaluates a fit at posterior draws (predictions, simulation, residual
+    diagnostics, the likelihood, LOO, event times) compiles through here, once per model and key.
+
+    Parameters
+    ----------
+    built : BuiltModel
+    key : hashable
+        What is computed (e.g. the output names).
+    make : callable
+        ``make() -> list of tensors`` of the model's free random variables, called on a cache miss.
+
+    Returns
+    -------
+    names : list of str
+        The free random variables, in the order the function takes their stacked draws.
+    function
+        ``function(*draws) -> list of arrays``, each with a leading draw dimension.
+    """
     cache = built.__dict__.setdefault("_compiled_cache", {})
-    key = outputs
     if key not in cache:
         rvs = list(built.model.free_RVs)
         batched = [pt.tensor(name=rv.name, shape=(None, *rv.type.shape), dtype=rv.dtype) for rv in rvs]
-        outs = [output_tensor(built, o) for o in outputs]
-        vec = vectorize_graph(outs, replace=dict(zip(rvs, batched)))
+        vec = vectorize_graph(list(make()), replace=dict(zip(rvs, batched)))
         cache[key] = ([rv.name for rv in rvs],
                       pytensor.function(batched, vec, on_unused_input="ignore", mode=EVAL_MODE))
     return cache[key]
+
+
+def _compiled(built, outputs: tuple[str, ...]):
+    """A function of stacked free-RV draws -> stacked builder outputs (leading dim = draw)."""
+    return compiled_function(built, outputs, lambda: [output_tensor(built, o) for o in outputs])
 
 
 def output_tensor(built, name: str):
