@@ -13,15 +13,8 @@ from bayesnlme.cli.compare import run as run_compare
 from bayesnlme.cli.parsers import parser as command_parser
 from bayesnlme.data import read_nonmem
 from bayesnlme.errors import BayesNLMEInputError, ConvergenceWarning
-from bayesnlme.evaluate.compare import (
-    COMPARE_COLUMNS,
-    compare,
-    describe_comparison,
-    loo,
-    pareto_k_report,
-    subject_log_likelihood,
-    waic,
-)
+from bayesnlme.evaluate.compare import COMPARE_COLUMNS, compare, describe_comparison
+from bayesnlme.evaluate.elpd import loo, pareto_k_report, subject_log_likelihood, waic
 from bayesnlme.inference.fit import FitResult, fit_model
 from bayesnlme.spec import ModelSpec, load_spec
 
@@ -197,6 +190,12 @@ def test_two_compartment_model_wins_at_subject_level(fits):
     # a list is named by spec; WAIC and the observation level agree on the ranking
     by_list = compare(list(fits.values()), level="observation", ic="waic")
     assert list(by_list.index) == ["pk_2cmt_iv", "pk_1cmt_iv"] and "elpd" in by_list.columns
+    # integrate=True: the Python API gives what `bayesnlme compare` gives, ranked by the handled ELPD
+    handled = compare(fits, integrate=True)
+    assert list(handled.columns) == COMPARE_COLUMNS + ["elpd_handled", "se_handled", "elpd_diff_handled",
+                                                       "dse_handled", "n_unreliable"]
+    assert handled["elpd_handled"].is_monotonic_decreasing and list(handled["rank"]) == [0, 1]
+    assert describe_comparison(handled).count("after automatic high-k handling") == 1
 
 
 @pytest.mark.slow

@@ -8,14 +8,8 @@ import pandas as pd
 
 from bayesnlme.atomic import write_text_atomic
 from bayesnlme.errors import BayesNLMEInputError
-from bayesnlme.evaluate.compare import (
-    check_choices,
-    check_same_data,
-    compare_table,
-    describe_comparison,
-    named_results,
-    pareto_k_report,
-)
+from bayesnlme.evaluate.compare import check_same_data, compare_table, describe_comparison, named_results
+from bayesnlme.evaluate.elpd import check_choices, pareto_k_report
 from bayesnlme.evaluate.subject_loo import add_high_k_handling, describe
 from bayesnlme.inference import FitResult
 

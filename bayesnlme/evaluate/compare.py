@@ -13,8 +13,9 @@ back to the population distribution, a large step for subjects with rich data.
 High-k subjects are reported (:func:`pareto_k_report`, ``n_high_pareto_k`` in
 :func:`compare`) and handled by :mod:`bayesnlme.evaluate.subject_loo`: their random
 effects are integrated out (integrated PSIS), and those still unreliable can
-be refitted without the subject within a time budget; ``bayesnlme compare``
-adds the resulting ``elpd_handled``, ``se_handled`` and ``n_unreliable``.
+be refitted without the subject within a time budget; ``bayesnlme compare`` and
+``compare(..., integrate=True)`` add the resulting ``elpd_handled``, ``se_handled``
+and ``n_unreliable`` and rank by them.
 """
 
 from __future__ import annotations
@@ -24,125 +25,13 @@ import warnings
 import arviz as az
 import numpy as np
 import pandas as pd
-import xarray as xr
 
 from bayesnlme.errors import BayesNLMEInputError
+from bayesnlme.evaluate.elpd import check_choices, loo, waic
+from bayesnlme.evaluate.subject_loo import add_high_k_handling
 
-LEVELS, ICS = ("subject", "observation"), ("loo", "waic")
 COMPARE_COLUMNS = ["rank", "elpd", "se", "p", "elpd_diff", "dse", "weight", "warning", "n_high_pareto_k"]
 _NEW = {"subject": "a new subject", "observation": "a left-out observation of a known subject"}
-
-
-def check_choices(level, ic="loo") -> None:
-    for what, value, allowed in (("level", level, LEVELS), ("information criterion", ic, ICS)):
-        if value not in allowed:
-            raise BayesNLMEInputError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
-
-
-def subject_log_likelihood(idata) -> xr.DataArray:
-    """Pointwise log-likelihood summed over each subject's observations.
-    Parameters
-    ----------
-    idata : arviz.InferenceData
-        A fit's ``idata``: ``log_likelihood`` variable ``DV`` (dims chain, draw,
-        obs) and ``constant_data`` variable ``ID`` (dim obs).
-
-    Returns
-    -------
-    xarray.DataArray
-        ``DV``, dims ``(chain, draw, ID)``: log-likelihood of each subject's whole
-        profile per draw; subjects in order of first appearance in the data.
-    """
-    if (not {"log_likelihood", "constant_data"} <= set(idata.groups()) or "DV" not in idata.log_likelihood
-            or "ID" not in idata.constant_data):
-        raise BayesNLMEInputError("the fit has no pointwise log-likelihood with subject IDs "
-                                  "(log_likelihood DV, constant_data ID); refit it with bayesnlme")
-    ll = idata.log_likelihood["DV"].transpose("chain", "draw", "obs")
-    codes, ids = pd.factorize(np.asarray(idata.constant_data["ID"].values).astype(str))
-    total = np.zeros((len(ids),) + ll.shape[:2])
-    np.add.at(total, codes, np.moveaxis(ll.values, -1, 0))  # one vectorised pass over observations
-    return xr.DataArray(np.moveaxis(total, 0, -1), dims=("chain", "draw", "ID"), name="DV",
-                        coords={"chain": ll["chain"].values, "draw": ll["draw"].values, "ID": ids})
-
-
-def _level_idata(result, level: str) -> az.InferenceData:
-    """InferenceData holding the posterior (for the MCMC efficiency) and the level's log-likelihood."""
-    idata = getattr(result, "idata", result)
-    ll = subject_log_likelihood(idata) if level == "subject" else idata.log_likelihood["DV"]
-    return az.InferenceData(posterior=idata.posterior, log_likelihood=xr.Dataset({"DV": ll}))
-
-
-def loo(result, level: str = "subject", pointwise: bool = True):
-    """PSIS-LOO estimate of the expected log predictive density.
-    Parameters
-    ----------
-    result : FitResult or arviz.InferenceData
-    level : {"subject", "observation"}
-        Leave out whole subjects (default) or single observations.
-    pointwise : bool
-        Keep ``loo_i`` and ``pareto_k`` (dim ``ID``, or ``obs``: the record number).
-
-    Returns
-    -------
-    arviz.ELPDData
-        From :func:`arviz.loo`: ``elpd_loo``, ``se``, ``p_loo`` (effective number
-        of parameters), ``good_k``, ...
-    """
-    check_choices(level)
-    return az.loo(_level_idata(result, level), pointwise=pointwise)
-
-
-def waic(result, level: str = "subject", pointwise: bool = True):
-    """WAIC estimate of the expected log predictive density; parameters as :func:`loo`."""
-    check_choices(level)
-    return az.waic(_level_idata(result, level), pointwise=pointwise)
-
-
-def pareto_k_report(elpd_data, labels=None) -> tuple[pd.DataFrame, str]:
-    """Pareto k of each PSIS-LOO contribution, as a table and a verdict in words.
-    Parameters
-    ----------
-    elpd_data : arviz.ELPDData
-        From :func:`loo` with ``pointwise=True``.
-    labels : sequence of str, optional
-        One per subject (observation); default: the IDs (``record <n>``).
-
-    Returns
-    -------
-    table : pandas.DataFrame
-        Columns ``label``, ``pareto_k``, ``elpd_loo_i``, ``category``: ``good``
-        (k <= good_k = min(1 - 1/log10(S), 0.7) for S draws), ``bad`` (k <= 1)
-        or ``very bad``.
-    verdict : str
-        Whether the estimate can be trusted, naming the subjects that cannot.
-    """
-    if "pareto_k" not in elpd_data:
-        raise BayesNLMEInputError("no Pareto k values: pass the result of loo(..., pointwise=True)")
-    k = elpd_data["pareto_k"]
-    subject = k.dims[0] == "ID"
-    unit = "subject" if subject else "observation"
-    labels = [str(x) for x in (labels if labels is not None else
-                               [v if subject else f"record {v}" for v in k[k.dims[0]].values])]
-    if len(labels) != k.size:
-        raise BayesNLMEInputError(f"{len(labels)} labels for {k.size} Pareto k values")
-    n_draws = int(elpd_data["n_samples"])
-    good_k = float(elpd_data["good_k"]) if "good_k" in elpd_data else min(1 - 1 / np.log10(n_draws), 0.7)
-    kv = np.asarray(k.values, dtype=float)
-    table = pd.DataFrame({"label": labels, "pareto_k": kv, "elpd_loo_i": np.asarray(elpd_data["loo_i"].values),
-                          "category": np.where(kv <= good_k, "good", np.where(kv <= 1, "bad", "very bad"))})
-    high = table[table["pareto_k"] > good_k]
-    if high.empty:
-        return table, (f"all Pareto k <= {good_k:.2f} ({k.size} {unit}s, {n_draws} draws): "
-                       f"the PSIS-LOO estimate is reliable")
-    which, worst = ("IDs " if len(high) > 1 else "ID ") if subject else "", table[table["pareto_k"] > 1]
-    _join = lambda x: ", ".join(x[:10]) + (f" and {len(x) - 10} more" if len(x) > 10 else "")  # noqa: E731
-    verdict = (f"{len(high)} of {k.size} {unit}s {'have' if len(high) > 1 else 'has'} Pareto k > {good_k:.2f} "
-               f"({which}{_join(list(high['label']))}): their LOO contributions are unreliable"
-               + (f" (k > 1 for {_join(list(worst['label']))}: badly biased)" if len(worst) else ""))
-    return table, verdict + (
-        f"; the ELPD of this model and differences involving it are uncertain. These {unit}s are influential: "
-        "check their records (dosing, outlying concentrations) and consider a more robust model (heavier-tailed "
-        f"residual or ETA distributions) or K-fold cross-validation {'by subject' if subject else 'for them'}")
 
 
 def named_results(results) -> dict:
@@ -191,7 +80,7 @@ def compare_table(named: dict, level: str, ic: str):
     return table, loos
 
 
-def compare(results, level: str = "subject", ic: str = "loo") -> pd.DataFrame:
+def compare(results, level: str = "subject", ic: str = "loo", *, integrate: bool = False) -> pd.DataFrame:
     """Rank fitted models by expected log predictive density, best first.
     Parameters
     ----------
@@ -201,6 +90,11 @@ def compare(results, level: str = "subject", ic: str = "loo") -> pd.DataFrame:
         Predict a new subject (default) or a left-out observation.
     ic : {"loo", "waic"}
         PSIS-LOO (default) or WAIC, through :func:`arviz.compare`.
+    integrate : bool
+        Subject level: also integrate out the random effects of high Pareto-k subjects
+        (:func:`bayesnlme.evaluate.subject_loo.add_high_k_handling`, as ``bayesnlme compare`` does),
+        adding ``elpd_handled``, ``se_handled``, ``elpd_diff_handled``, ``dse_handled`` and
+        ``n_unreliable`` and ranking by the handled ELPD.  Costs an importance-sampling pass per fit.
 
     Returns
     -------
@@ -218,7 +112,10 @@ def compare(results, level: str = "subject", ic: str = "loo") -> pd.DataFrame:
     check_choices(level, ic)
     named = named_results(results)
     check_same_data(named)
-    return compare_table(named, level, ic)[0]
+    table = compare_table(named, level, ic)[0]
+    if integrate and level == "subject" and ic == "loo":
+        table = add_high_k_handling(table, named)[0]
+    return table
 
 
 def describe_comparison(df: pd.DataFrame) -> str:

@@ -37,7 +37,7 @@ from scipy.special import logsumexp
 
 from bayesnlme.data import record_columns
 from bayesnlme.errors import ConvergenceWarning
-from bayesnlme.evaluate.compare import loo
+from bayesnlme.evaluate.elpd import loo
 from bayesnlme.evaluate.importance import (
     Proposal,
     base_draws,
