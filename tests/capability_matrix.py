@@ -236,10 +236,22 @@ def markdown(results: dict) -> str:
     for (name, blq), cell in results.items():
         vals = [str(cell.get(c, "")).replace("|", "/") for c in CAPABILITIES]
         lines.append(f"| {name} | {'25%' if blq else ''} | " + " | ".join(vals) + f" | {cell.get('seconds', '')} |")
+    commits = sorted({str(cell.get("commit", "unknown")) for cell in results.values()})
     n_ok = sum(v == "ok" for cell in results.values() for c, v in cell.items() if c in CAPABILITIES)
     n_na = sum(str(v).startswith("n/a") for cell in results.values() for c, v in cell.items() if c in CAPABILITIES)
-    lines += ["", f"{n_ok} of {len(results) * len(CAPABILITIES) - n_na} cells ok ({n_na} not applicable)."]
+    lines += ["", f"{n_ok} of {len(results) * len(CAPABILITIES) - n_na} cells ok ({n_na} not applicable).",
+              "", f"Run on commit(s) {', '.join(commits)}; seconds are wall time per model on 2 cores."]
     return "\n".join(lines) + "\n"
+
+
+def _commit() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def main(argv=None) -> int:
@@ -254,6 +266,7 @@ def main(argv=None) -> int:
     p.add_argument("--results", default="docs/capabilities.json",
                    help="cell results, kept between runs: --only updates its cells")
     p.add_argument("--only", nargs="*", help="library names to run (default: all)")
+    p.add_argument("--commit", default=_commit(), help="the commit the cells run on (recorded per cell)")
     args = p.parse_args(argv)
     store = Path(args.results)
     saved = json.loads(store.read_text()) if args.only and store.is_file() else {}
@@ -263,6 +276,7 @@ def main(argv=None) -> int:
             if args.only and name not in args.only:
                 continue
             cell = run_cell(name, blq, Path(tmp) / f"{name}{'_blq' if blq else ''}")
+            cell["commit"] = args.commit
             results[(name, blq)] = cell
             saved[f"{name}|{int(blq)}"] = cell
             write_text_atomic(store, json.dumps(saved, indent=1, sort_keys=True) + "\n")   # resumable

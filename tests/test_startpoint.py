@@ -111,3 +111,15 @@ def test_pk_subject_without_dose_is_a_data_error_but_pd_types_are_not():
     # prediction designs (check_residual=False) are not data: no refusal
     build_model(load_spec("pk_1cmt_oral"), df, check_residual=False)
     assert np.isfinite(df["DV"]).all()
+
+
+def test_uninformed_parameters_at_their_prior_median_are_jittered():
+    """Parameters the data do not inform start where their own prior is flat: gradient 0 in the
+    sampler's compiled graph, ~1e-17 after the Python linker's exp/log round trip.  Both count as
+    zero, so nutpie (which scales its first mass matrix by the gradient) gets them jittered; found by
+    the capability matrix on the indirect-response models observed through CP only."""
+    df = pd.read_csv(dataset_path("theophylline"))
+    df["DVID"] = 1                                   # concentrations only: the PD part is uninformed
+    df = df[(df["EVID"] == 1) | (df["TIME"] > 0)]   # pre-dose records do not suit proportional error
+    flat = check_start(build_model(load_spec("pd_emax"), df))
+    assert {"E0", "EC50"} <= set(flat) and not {"CL", "V", "KA"} & set(flat)
