@@ -265,7 +265,7 @@ def test_diagnose_cli_on_an_iov_fit_writes_forest_and_likelihood(pop_fit, tmp_pa
 
     res, truth = pop_fit
     res.save(tmp_path / "fit.nc")
-    assert main(["diagnose", str(tmp_path), "--npde-sims", "50"]) == 0
+    assert main(["diagnose", str(tmp_path), "--npde-sims", "50", "--is-samples", "300"]) == 0
     forest = pd.read_csv(tmp_path / "diagnostics" / "covariate_forest.csv")
     assert set(forest["effect"]) == {"WT_on_CL", "WT_on_V"}
     wt = res.data.baseline_covariates(["WT"])["WT"]

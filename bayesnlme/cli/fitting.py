@@ -54,6 +54,8 @@ def run_diagnose(args) -> int:
     result = FitResult.load(folder / "fit.nc")
     if args.npde_sims < 10:
         raise BayesNLMEInputError(f"--npde-sims must be at least 10, got {args.npde_sims}")
+    if args.is_samples < 10:
+        raise BayesNLMEInputError(f"--is-samples must be at least 10, got {args.is_samples}")
     out = folder / "diagnostics"
     out.mkdir(exist_ok=True)
     table, verdict = diagnostics.convergence_report(result)
@@ -83,7 +85,7 @@ def run_diagnose(args) -> int:
 
     lik = None
     try:
-        lik = marginal_loglik(result, seed=args.seed)
+        lik = marginal_loglik(result, seed=args.seed, n_samples=args.is_samples)
     except BayesNLMEInputError as exc:   # e.g. a fit without draws of its population parameters
         print(f"marginal likelihood not computed: {exc}")
     if lik is not None:

@@ -70,6 +70,9 @@ def parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     d.add_argument("dir", help="fit folder (containing fit.nc)")
     d.add_argument("--npde-sims", type=int, default=1000, help="simulated data sets for NPDE (default: %(default)s)")
+    d.add_argument("--is-samples", type=int, default=2000,
+                   help="importance samples per subject for the marginal likelihood (-2LL, AIC, BIC), as "
+                   "NONMEM's ISAMPLE (default: %(default)s)")
     d.add_argument("--seed", type=int, default=0, help="seed of the NPDE/CWRES simulations (default: %(default)s)")
     _add_compare(sub)
     _add_vpc(sub)
