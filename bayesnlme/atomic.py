@@ -19,8 +19,10 @@ LOCK_NAME = ".bayesnlme.lock"
 class OutputError(BayesNLMEInputError):
     """A result could not be written (disk full, no permission) or its folder is in use."""
 
+
 def write_atomic(path, write: Callable[[str], object]) -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it to ``path``.
+
     The parent folder is created if needed; on any error the temporary file is
     removed and ``path`` is left as it was.
     """
@@ -51,6 +53,7 @@ def write_text_atomic(path, text: str) -> Path:
 @contextlib.contextmanager
 def output_lock(folder):
     """Hold an exclusive lock on an output folder while a command writes into it.
+
     A second process that tries to write into the same folder at the same time
     is refused with :class:`OutputError` instead of interleaving its files with
     the first one's.  The lock is an advisory ``flock`` on ``folder/.bayesnlme.lock``,

@@ -40,6 +40,7 @@ def covariate_kinds(data) -> dict:
 
 def blq_mask(data) -> np.ndarray | None:
     """Boolean (n_obs,): observation below the limit of quantification; None when the data do not say.
+
     From ``CENS == 1``, else ``BLQ != 0``, else ``DV < LLOQ``.
     """
     data = _data(data)
@@ -59,6 +60,7 @@ def blq_mask(data) -> np.ndarray | None:
 
 def data_summary(data) -> pd.DataFrame:
     """Counts that describe a data set: subjects, doses, observations, exclusions, BLQ share.
+
     Returns
     -------
     pandas.DataFrame
@@ -87,6 +89,7 @@ def data_summary(data) -> pd.DataFrame:
 
 def covariate_summary(data) -> pd.DataFrame:
     """Baseline covariates: continuous ones overall and by each categorical level, categorical level counts.
+
     Returns
     -------
     pandas.DataFrame
@@ -117,6 +120,7 @@ def covariate_summary(data) -> pd.DataFrame:
 
 def outlier_table(data, *, k: float = 4.0) -> pd.DataFrame:
     """Observations worth a second look, each with the reason.
+
     Reasons: a concentration before the subject's first dose; a non-positive
     DV not flagged BLQ; an observation far from the subject's own trend (its
     log DV, after the subject's peak, differs from the log-linear
@@ -200,6 +204,7 @@ def spaghetti_table(data, *, dose_normalised: bool = False, by: str | None = Non
 def plot_spaghetti(data, *, log: bool = False, dose_normalised: bool = False, by: str | None = None,
                    facet: bool = False, max_facets: int = 9):
     """DV versus time, one line per subject.
+
     Parameters
     ----------
     log : bool
@@ -257,6 +262,7 @@ def plot_spaghetti(data, *, log: bool = False, dose_normalised: bool = False, by
 
 def plot_covariate_boxplots(data):
     """Box plots of each continuous baseline covariate by each categorical covariate.
+
     Returns
     -------
     fig : matplotlib Figure or None
@@ -294,6 +300,7 @@ def _numeric_baseline(data: NMData) -> pd.DataFrame:
 
 def plot_covariate_scatter(data):
     """Scatter matrix of the numeric baseline covariates (histograms on the diagonal).
+
     Returns ``(None, table)`` with fewer than two numeric covariates; ``table`` is
     the baseline covariate table (index ID).
     """
@@ -321,6 +328,7 @@ def plot_covariate_scatter(data):
 
 def plot_covariate_correlation(data):
     """Heat map of Pearson correlations between numeric baseline covariates, values written in the cells.
+
     Returns ``(None, table)`` with fewer than two numeric covariates; ``table`` is the correlation matrix.
     """
     import matplotlib.pyplot as plt

@@ -117,6 +117,7 @@ blq = "%s"
 
 def simulate_blq_study(n: int = 20, seed: int = 11) -> pd.DataFrame:
     """1-compartment IV study with about a quarter of the concentrations below the LLOQ (CENS = 1).
+
     IV bolus 100 mg at time 0, 12 samples 0.5-36 h, CL 2 L/h and V 20 L with log-normal IIV (SD 0.2 and
     0.15), additive error SD 0.4 mg/L; a BLQ record carries DV = LLOQ = 0.5 mg/L and CENS = 1.
     """
@@ -135,6 +136,7 @@ def simulate_blq_study(n: int = 20, seed: int = 11) -> pd.DataFrame:
 
 def loo_reference_matrix(n_draws: int = 2000) -> np.ndarray:
     """A fixed (draws x 20) log-likelihood matrix made without random numbers (R builds the same one).
+
     Normal data ``y_i = (i - 10.5) / 4`` for i = 1..19 and an outlier ``y_20 = 6``; draws of the mean
     ``mu_s = 0.3 + 0.45 qnorm((s - 0.5) / S)`` and, in a fixed permuted order, of the SD
     ``sigma_s = 2 exp(0.16 qnorm((p_s - 0.5) / S))`` with ``p_s = (s * 7919) mod S + 1`` (about the
@@ -280,6 +282,7 @@ def to_markdown(table: pd.DataFrame, record: dict) -> str:
              "- data SHA-256: " + ", ".join(f"{k} {v[:16]}" for k, v in record["data_sha256"].items()), "",
              f"**{int(table['passed'].sum())} of {len(table)} checks passed.**", "",
              "| problem | quantity | ours | reference | tolerance | result |", "|---|---|---|---|---|---|"]
+
     def cell(text):
         return str(text).replace("|", "\\|")
 

@@ -55,6 +55,7 @@ if "numba__fastmath" not in os.environ.get("PYTENSOR_FLAGS", ""):
 @dataclass(frozen=True)
 class BuiltModel:
     """A PyMC model made from a spec and data.
+
     Attributes
     ----------
     model : pymc.Model
@@ -88,6 +89,7 @@ def _estimate(name, prior, fixed, init):
 
 def _covariate_log_factors(spec: ModelSpec, data: NMData, init: dict) -> tuple[dict, dict]:
     """Sums of log covariate factors per parameter.
+
     Returns
     -------
     by_subject : dict
@@ -118,6 +120,7 @@ def _omega(p: str, par, init: dict):
 
 def _random_effects(spec: ModelSpec, n_sub: int, init: dict):
     """ETA per parameter, shape (n_subjects,): diagonal or block OMEGA.
+
     Non-centred by default: ``ETA = z * omega`` for a diagonal element; for a
     block, ``ETA = z @ L.T`` with ``L`` the Cholesky factor of OMEGA (LKJ prior
     on the correlations, the members' omega priors on the SDs, via
@@ -167,6 +170,7 @@ def _random_effects(spec: ModelSpec, n_sub: int, init: dict):
 
 def occasions(data: NMData) -> tuple[np.ndarray, list[str]]:
     """Each observation's (subject, occasion) index and the labels ``"<ID>/<OCC>"``.
+
     Raises
     ------
     DataError
@@ -208,6 +212,7 @@ def _occasion_effects(spec: ModelSpec, occ_index, init: dict) -> dict:
 def individual_parameters(spec: ModelSpec, data: NMData, init: dict,
                           occ_index=None) -> tuple[dict, dict, dict, dict]:
     """Individual and typical-subject parameters.
+
     Returns
     -------
     individual, typical : dict
@@ -331,6 +336,7 @@ def _likelihood(spec: ModelSpec, ipred, sd, dv):
 
 def build_model(spec: ModelSpec, data, *, check_residual: bool = True) -> BuiltModel:
     """Build the PyMC model for ``spec`` on ``data``.
+
     Parameters
     ----------
     spec : ModelSpec

@@ -29,6 +29,7 @@ _LOG_2PI = float(np.log(2 * np.pi))
 
 def normal_logp(kind: str, y, f, sd, cens=None, limit=None):
     """Log-density (or, for censored records, log-probability) of continuous observations.
+
     Parameters
     ----------
     kind : {"additive", "proportional", "combined", "exponential"}
@@ -104,7 +105,6 @@ def ordinal_logp(y, eta, cutpoints):
 
 def poisson_logp(y, lp, link="log"):
 
-
     y = np.asarray(y, float)
     log_rate = lp if link == "log" else pt.log(lp)
     return y * log_rate - pt.exp(log_rate) - gammaln(y + 1)
@@ -142,6 +142,7 @@ def cumulative_baseline_hazard(hazard, t, lam, shape=None):
 
 def tte_logp(hazard, y, t, lam, shape, lp_at_t, lp_nodes=None, nodes=32):
     """``DV log h(T) - H(T)`` with ``h = h0 exp(lp)``.
+
     ``lp_nodes`` None: ``lp`` is constant on [0, T] and ``H = H0(T) exp(lp)`` exactly;
     otherwise ``lp_nodes`` (n, Q) holds lp at the Gauss--Legendre nodes ``T (x + 1) / 2``.
     """
@@ -186,6 +187,7 @@ def _cutpoints(m, init):
 
 def pointwise_loglik(spec: ModelSpec, data, outputs: dict, init: dict, at_times=None):
     """Parameters of every observation model and the log-likelihood of each record.
+
     Parameters
     ----------
     outputs : dict of str -> tensor (n_obs,)

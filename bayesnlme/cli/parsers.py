@@ -29,7 +29,6 @@ exit status: 0 success, 1 bad input (one-line message), 2 internal error (--debu
 """
 
 
-
 class _Parser(argparse.ArgumentParser):
     """Usage errors are bad input: exit status 1 (argparse's own is 2, which here means a bug)."""
 

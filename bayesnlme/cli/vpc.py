@@ -27,8 +27,6 @@ def parse_bins(text: str):
     return text
 
 
-
-
 def run(args) -> int:
     """``bayesnlme vpc``: write the VPC (and pcVPC) tables and plots; returns the exit status."""
     folder = Path(args.dir)

@@ -19,11 +19,10 @@ RESERVED_COLUMNS = ("ID",) + NUMERIC_COLUMNS + ("DVID", "DVNAME", "CENS", "LIMIT
 MISSING = {"", ".", "NA", "NaN", "nan"}
 
 
-
-
 @dataclass(frozen=True)
 class NMData:
     """A validated NONMEM-format data set and the dense arrays a likelihood needs.
+
     Subjects are indexed ``0..n_subjects-1`` in order of first appearance.
     Doses are the explicit dose records plus the additional doses implied by
     ADDL/II, sorted in event order and padded per subject to ``n_dose_max``.
@@ -127,6 +126,7 @@ class NMData:
 
     def require_covariates(self, names) -> None:
         """Check that every subject has a value of each covariate in ``names``.
+
         Raises
         ------
         DataError
@@ -164,5 +164,3 @@ def record_columns(frame: pd.DataFrame) -> list[str]:
 
 
 # --------------------------------------------------------------------------- reading
-
-

@@ -49,6 +49,7 @@ from bayesnlme.errors import DataError
 
 def read_nonmem(source, *, name: str | None = None) -> NMData:
     """Read and validate NONMEM-format data.
+
     Parameters
     ----------
     source : str, os.PathLike or pandas.DataFrame
@@ -335,6 +336,7 @@ def _observation_columns(df: pd.DataFrame, rows: np.ndarray) -> dict:
 
 def _expand_events(df: pd.DataFrame) -> pd.DataFrame:
     """Explicit records plus ADDL-implied doses, in event order per subject.
+
     An implied dose at the same time as a record is placed after that record
     (an observation recorded at a dosing time is the trough).  A reset (EVID 3
     or 4) cancels the implied doses of earlier records that fall after it.

@@ -82,6 +82,7 @@ def compare_table(named: dict, level: str, ic: str):
 
 def compare(results, level: str = "subject", ic: str = "loo", *, integrate: bool = False) -> pd.DataFrame:
     """Rank fitted models by expected log predictive density, best first.
+
     Parameters
     ----------
     results : dict of {str: FitResult} or list of FitResult

@@ -15,6 +15,7 @@ _FORMULA = {"power": "({cov}/{ref:g})**theta", "exponential": "exp(theta*({cov}-
 
 def effect_ratios(result, values: dict | None = None, quantiles=(0.05, 0.95), ci: float = 0.9) -> pd.DataFrame:
     """Ratio of each covariate-affected parameter to the reference subject's, with credible intervals.
+
     Parameters
     ----------
     result : bayesnlme.inference.fit.FitResult
@@ -65,6 +66,7 @@ def effect_ratios(result, values: dict | None = None, quantiles=(0.05, 0.95), ci
 
 def plot_covariate_forest(result, values: dict | None = None, quantiles=(0.05, 0.95), ci: float = 0.9):
     """Forest plot of covariate effects: ratio to the reference subject on a log axis.
+
     A vertical line marks no effect (ratio 1) and a shaded band the 0.8-1.25
     range conventionally regarded as clinically unimportant.
 

@@ -62,6 +62,7 @@ BFMI_MIN = 0.3
 
 def convergence_report(result) -> tuple[pd.DataFrame, str]:
     """Per-parameter convergence diagnostics and a plain-words verdict.
+
     Returns
     -------
     table : pandas.DataFrame
@@ -116,6 +117,7 @@ def convergence_report(result) -> tuple[pd.DataFrame, str]:
 
 def gof_table(result, *, n_npde: int = 1000, seed: int = 0) -> pd.DataFrame:
     """One row per observation: DV, PRED, IPRED (with 90% band), IWRES, CWRES and NPDE.
+
     Parameters
     ----------
     n_npde : int
@@ -214,6 +216,7 @@ def _gof(result, n_sims: int, seed: int) -> pd.DataFrame:
 def impute_censored(dv: np.ndarray, cens: np.ndarray, limit, sims: np.ndarray,
                     rng: np.random.Generator) -> np.ndarray:
     """Values for censored records drawn from the simulated distribution inside their interval.
+
     Parameters
     ----------
     dv : numpy.ndarray, shape (n_obs,)
@@ -253,6 +256,7 @@ def impute_censored(dv: np.ndarray, cens: np.ndarray, limit, sims: np.ndarray,
 
 def npde(dv: np.ndarray, subject: np.ndarray, sims: np.ndarray) -> np.ndarray:
     """NPDE with decorrelation (Brendel/Comets) from simulated new-subject data.
+
     Parameters
     ----------
     dv : numpy.ndarray, shape (n_obs,)

@@ -21,6 +21,7 @@ def check_choices(level, ic="loo") -> None:
 
 def subject_log_likelihood(idata) -> xr.DataArray:
     """Pointwise log-likelihood summed over each subject's observations.
+
     Parameters
     ----------
     idata : arviz.InferenceData
@@ -54,6 +55,7 @@ def level_idata(result, level: str) -> az.InferenceData:
 
 def loo(result, level: str = "subject", pointwise: bool = True):
     """PSIS-LOO estimate of the expected log predictive density.
+
     Parameters
     ----------
     result : FitResult or arviz.InferenceData
@@ -80,6 +82,7 @@ def waic(result, level: str = "subject", pointwise: bool = True):
 
 def pareto_k_report(elpd_data, labels=None) -> tuple[pd.DataFrame, str]:
     """Pareto k of each PSIS-LOO contribution, as a table and a verdict in words.
+
     Parameters
     ----------
     elpd_data : arviz.ELPDData

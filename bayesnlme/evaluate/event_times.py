@@ -33,6 +33,7 @@ def _tte_model(spec, dvid=None):
 
 def tte_observed(result, *, dvid=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The fitted data's time-to-event records, one per subject.
+
     Returns
     -------
     time : numpy.ndarray, shape (n_sub,)
@@ -98,6 +99,7 @@ def _obs_parameter(m, base: str, draws: dict, n: int) -> np.ndarray:
 
 def _effect_on_grid(built, m, idx, grid_t):
     """A function of draws -> ``f(t)`` at per-subject grid times ``grid_t`` (n_sub, G), and its draw chunk size.
+
     The returned function maps a dict of stacked free-RV draws to an array
     (n_draws, n_sub, G); the chunk size bounds the (draws, records, G, doses)
     arrays the closed-form PK builds.
@@ -113,6 +115,7 @@ def _effect_on_grid(built, m, idx, grid_t):
 
 def _invert_on_grid(hazard, grid_t, f, e, lam, shape):
     """Event times where the cumulative hazard on the grid reaches ``e``; inf where it does not.
+
     ``H`` is integrated with the baseline's exact increments times the mean of
     ``exp(f)`` at the two ends of each interval (exact for constant ``f``, and
     finite for a Weibull hazard with shape < 1 at t = 0).
@@ -134,6 +137,7 @@ def simulate_event_times(result, *, n_draws: int = 200, seed: int = 0, mode: str
                          t_max: float | None = None, grid: int = 400,
                          dvid=None) -> tuple[np.ndarray, np.ndarray]:
     """Simulated event times of the fitted subjects' design, one study per posterior draw.
+
     The hazard is ``h(t) = h0(t) exp(f(t))`` (:mod:`bayesnlme.spec.observation`).
     For each subject and draw, ``E = -log(U)`` with ``U ~ Uniform(0, 1)``, and
     the event time solves ``H(T) = E``: exactly (``H0`` inverted in closed

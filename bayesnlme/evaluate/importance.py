@@ -188,6 +188,7 @@ def base_draws(rng: np.random.Generator, k: int, n_sub: int, d: int, df: float =
 
 def subject_loglik(built, draws: dict) -> np.ndarray:
     """``log p(y_i | draw)`` per subject at stacked draws of all free RVs: shape (K, n_sub).
+
     Sums the model's own per-record log-likelihood (:attr:`BuiltModel.loglik`, the graph of DV's
     density in the fit: every observation model, censored records included) over each subject's records.
     """

@@ -87,6 +87,7 @@ _CHECK_TO_NINF = "local_check_parameter_to_ninf_switch"   # a density check (sig
 @dataclass
 class MarginalLik:
     """The marginal likelihood of a fitted model at population parameters ``theta``.
+
     Attributes
     ----------
     loglik : float
@@ -142,10 +143,6 @@ class MarginalLik:
 # ---------------------------------------------------------------------- population parameters
 
 
-
-
-
-
 # ---------------------------------------------------------------------- importance sampling core
 
 
@@ -183,6 +180,7 @@ def _summarise(log_w: np.ndarray):
 
 def _objective_function(built):
     """Compiled ``f(*unconstrained, z, log_ratio, use_prior) -> [objective, *gradients]``.
+
     ``objective = sum_i logsumexp_k(log p(y_i | theta, z_ik) + log_ratio_ik) + use_prior * log p(theta)``
     (without the ``- n_sub log K``), differentiated by pytensor with respect to the
     unconstrained population parameters.  Without random effects ``z`` is absent
@@ -263,6 +261,7 @@ def _posterior_proposal(result) -> Proposal | None:
 def population_mode(result, *, prior: bool = True, n_samples: int = 2000, seed: int = 0,
                     start: dict | None = None, max_rounds: int = 4, tol: float = 1e-3) -> dict:
     """Posterior mode (or maximum-likelihood estimate) of the population parameters.
+
     Maximises ``log p(y | theta) + log p(theta)`` (``prior=True``) or the
     marginal log-likelihood alone (``prior=False``: the MLE, as NONMEM and
     nlme estimate) over all population free variables -- typical values,
@@ -367,6 +366,7 @@ def population_mode(result, *, prior: bool = True, n_samples: int = 2000, seed: 
 
 def marginal_loglik(result, *, theta=None, n_samples: int = 2000, seed: int = 0) -> MarginalLik:
     """Marginal log-likelihood, -2LL, AIC and BIC of a fit at population parameters ``theta``.
+
     Each subject's random effects are integrated out by importance sampling
     in the standardised space ``z`` (see the module documentation): Student-t
     proposals centred on the posterior of ``z_i``, adapted twice at ``theta``

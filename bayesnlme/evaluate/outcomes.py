@@ -50,6 +50,7 @@ def _value(m, base: str, draws: dict, n: int) -> np.ndarray:
 
 def draw_type(m, f: np.ndarray, sd: np.ndarray, draws: dict, rng: np.random.Generator) -> np.ndarray:
     """Simulated DV of one observation model's records.
+
     Parameters
     ----------
     m : bayesnlme.spec.observation.ObservationModel
@@ -70,6 +71,7 @@ def draw_type(m, f: np.ndarray, sd: np.ndarray, draws: dict, rng: np.random.Gene
 def observation_draw(spec, data, ipred: np.ndarray, sd: np.ndarray, draws: dict,
                      rng: np.random.Generator) -> np.ndarray:
     """Simulated DV of every record by its observation model (types in spec order).
+
     Parameters
     ----------
     spec : ModelSpec
@@ -92,6 +94,7 @@ def observation_draw(spec, data, ipred: np.ndarray, sd: np.ndarray, draws: dict,
 
 def record_lloq(data, lloq: float | None = None, models: tuple | None = None) -> np.ndarray | None:
     """LLOQ of each observation record (DV units), or None when the data have none.
+
     Parameters
     ----------
     data : NMData

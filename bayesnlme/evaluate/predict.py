@@ -86,6 +86,7 @@ def output_tensor(built, name: str):
 
 def evaluate_draws(built, draws: dict, outputs=("ipred", "pred", "residual_sd")) -> dict:
     """Evaluate builder outputs at stacked draws of the free random variables.
+
     Parameters
     ----------
     built : bayesnlme.build.BuiltModel
@@ -113,6 +114,7 @@ def evaluate_draws(built, draws: dict, outputs=("ipred", "pred", "residual_sd"))
 
 def posterior_predictions(result) -> xr.Dataset:
     """IPRED, PRED and RES_SD at every posterior draw.
+
     Returns
     -------
     xarray.Dataset
@@ -131,6 +133,7 @@ def posterior_predictions(result) -> xr.Dataset:
 
 def new_subject_draws(spec, draws: dict, rng: np.random.Generator, shapes: dict | None = None) -> dict:
     """Replace the fitted subjects' random effects by new subjects' in a dict of posterior draws.
+
     Non-centred ``eta_z`` and ``kappa_z`` become fresh standard normals (so
     ETA ~ N(0, OMEGA) and KAPPA ~ N(0, omega_iov^2) of each draw); a centred
     ``eta_<P>`` becomes ``omega_<P>`` of the same draw times a standard normal.
@@ -160,6 +163,7 @@ def new_subject_draws(spec, draws: dict, rng: np.random.Generator, shapes: dict 
 
 def require_single_residual(spec, what: str) -> None:
     """Raise a clear error where ``what`` is defined for one continuous residual model only.
+
     CWRES and NPDE (:func:`bayesnlme.evaluate.diagnostics.gof_table`) standardise a
     continuous ``spec.residual``; specs with ``[[observations]]`` (DVID types,
     non-continuous outcomes) have no such residual.  Censored (BLQ) records of
@@ -174,6 +178,7 @@ def require_single_residual(spec, what: str) -> None:
 
 def residual_draw(spec, ipred: np.ndarray, sd: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Observations simulated around IPRED with the single ``[residual]`` model (log-normal for exponential).
+
     Specs with ``[[observations]]`` are simulated by type with
     :func:`bayesnlme.evaluate.outcomes.observation_draw` (as :func:`bayesnlme.evaluate.simulate.simulate` does).
     """
@@ -188,6 +193,7 @@ def residual_draw(spec, ipred: np.ndarray, sd: np.ndarray, rng: np.random.Genera
 def simulate_replicates(result, n_rep: int | None = None, *, new_subjects: bool = True,
                         seed: int = 0) -> np.ndarray:
     """Replicates of the observed data, one per (thinned) posterior draw.
+
     Parameters
     ----------
     n_rep : int, optional
@@ -217,6 +223,7 @@ def simulate_replicates(result, n_rep: int | None = None, *, new_subjects: bool 
 
 def predict_at_times(result, times, *, n_draws: int = 200):
     """IPRED (median and 90% band) and PRED of every fitted subject at chosen times.
+
     The subjects' own dose records and covariates are kept; the observation
     records are replaced by one record per subject and time, and the model is
     rebuilt on that design and evaluated at (thinned) posterior draws.
@@ -235,7 +242,6 @@ def predict_at_times(result, times, *, n_draws: int = 200):
         posterior median typical values, i.e. the median over draws).
     """
     import pandas as pd
-
 
     data = result.data
     frame = data.frame
@@ -267,6 +273,7 @@ def predict_at_times(result, times, *, n_draws: int = 200):
 
 def thinned_draws(result, n_draws: int | None) -> tuple[np.ndarray, dict]:
     """Evenly thinned posterior draws of every free random variable.
+
     Returns
     -------
     idx : numpy.ndarray of int

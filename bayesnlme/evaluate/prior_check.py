@@ -18,6 +18,7 @@ from bayesnlme.errors import BayesNLMEInputError
 
 def prior_predictive(spec, data, *, draws: int = 500, seed: int = 0) -> tuple[np.ndarray, object]:
     """DV simulated from the priors (population parameters, ETAs and residual error).
+
     Returns
     -------
     sims : numpy.ndarray
@@ -43,6 +44,7 @@ def prior_predictive(spec, data, *, draws: int = 500, seed: int = 0) -> tuple[np
 
 def prior_check_table(data, sims: np.ndarray, n_bins: int = 8, pi: float = 90.0) -> pd.DataFrame:
     """Per time bin: prior predictive percentiles and the share of observations inside the band.
+
     Parameters
     ----------
     data : NMData
@@ -82,6 +84,7 @@ def prior_check_table(data, sims: np.ndarray, n_bins: int = 8, pi: float = 90.0)
 def plot_prior_check(spec, data, *, draws: int = 500, seed: int = 0, n_bins: int = 8, pi: float = 90.0,
                      log: bool = False):
     """Observed DV against TIME over the prior predictive band.
+
     Returns
     -------
     fig : matplotlib.figure.Figure

@@ -68,6 +68,7 @@ def _band_pools(result, bands: dict | None):
 
 def concentration_dvid(spec) -> int | None:
     """The DVID of the observation model of the drug concentration (output ``CP``), or None without DVIDs.
+
     Raises
     ------
     BayesNLMEInputError
@@ -91,6 +92,7 @@ def evaluate_regimens(result, doses, intervals, *, duration: float = 0.0, cmt: i
                       subject_chunk: int = 500, exact: bool | None = None,
                       n_doses: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Steady-state exposure and target attainment for a grid of regimens.
+
     Parameters
     ----------
     result : FitResult
@@ -217,6 +219,7 @@ def _summarise(metrics, keys, duration, targets, ci) -> pd.DataFrame:
 
 def plot_regimens(table: pd.DataFrame, targets=()):
     """Steady-state AUCTAU/CTROUGH by regimen and target attainment with credible intervals.
+
     Returns
     -------
     (matplotlib.figure.Figure, pandas.DataFrame)
@@ -247,6 +250,7 @@ def plot_regimens(table: pd.DataFrame, targets=()):
 
 def load_regimens(path) -> dict:
     """Read and validate a regimen TOML file (keyword arguments of :func:`evaluate_regimens`).
+
     Raises
     ------
     SpecError

@@ -27,6 +27,7 @@ from bayesnlme.structural import evaluate
 
 def individual_estimates(result, statistic: str = "median") -> pd.DataFrame:
     """Each subject's individual parameters at a posterior summary.
+
     Parameters
     ----------
     result : FitResult
@@ -49,6 +50,7 @@ def individual_estimates(result, statistic: str = "median") -> pd.DataFrame:
 
 def add_pk_predictions(result, data, column: str = "CIPRED", statistic: str = "median") -> pd.DataFrame:
     """``data`` with a column of PK predictions (individual parameters fixed at the posterior ``statistic``).
+
     Parameters
     ----------
     result : FitResult

@@ -37,6 +37,7 @@ _STANDARD = ("ID", "TIME", "DV", "AMT", "EVID", "MDV", "CMT", "RATE", "DUR", "II
 @dataclass(frozen=True)
 class Simulation:
     """Simulated observations on a design.
+
     Attributes
     ----------
     data : NMData
@@ -99,11 +100,11 @@ class Simulation:
         return frame
 
 
-
 def regimen_data(dose: float, ii: float, n_doses: int = 1, *, dur: float = 0.0, cmt: int = 0,
                  times=None, n_subjects: int = 1, steady_state: bool = False,
                  covariates: pd.DataFrame | dict | None = None) -> pd.DataFrame:
     """A NONMEM-format design for a dosing regimen.
+
     Parameters
     ----------
     dose : float
@@ -158,6 +159,7 @@ def regimen_data(dose: float, ii: float, n_doses: int = 1, *, dur: float = 0.0, 
 
 def assign_covariates(frame: pd.DataFrame, result, covariates, rng: np.random.Generator) -> pd.DataFrame:
     """Give every subject of a design its covariate vector.
+
     Parameters
     ----------
     covariates : None, "resample" or pandas.DataFrame
@@ -221,6 +223,7 @@ def _individual_draws(result, draws: dict, design: NMData, shapes: dict, rng) ->
 
 def _placeholder_dv(nm: NMData) -> pd.DataFrame:
     """A design's records with the (ignored) DV of uncensored observations set to 1.
+
     Why: the builder checks DV against each record's likelihood (0/1 for
     bernoulli, DV != 0 for proportional error ...); 1 is valid for all of them.
     Censored records keep their DV, which is their limit (LLOQ).
@@ -243,6 +246,7 @@ def iter_simulations(result, data=None, *, n_draws: int | None = 200, mode: str 
                      covariates=None, seed: int = 0, subject_chunk: int = 500,
                      extra_outputs: tuple = (), progress: bool = False):
     """Simulate a design chunk by chunk of subjects (memory bounded).
+
     Yields
     ------
     design : NMData
@@ -294,6 +298,7 @@ def simulate(result, data=None, *, n_draws: int | None = 200, mode: str = "new_s
              covariates=None, seed: int = 0, subject_chunk: int = 500, progress: bool = False,
              lloq: float | None = None) -> Simulation:
     """Simulate observations from a fit.
+
     Parameters
     ----------
     result : FitResult

@@ -59,6 +59,7 @@ def _population_names(built) -> list[str]:
 def marginal_subject_loglik(result, *, n_draws: int = 400, n_is: int = 100, seed: int = 0,
                             theta_draws: dict | None = None) -> np.ndarray:
     """``log p(y_i | theta_s)`` with each subject's random effects integrated out.
+
     Parameters
     ----------
     result : FitResult
@@ -116,6 +117,7 @@ def _psis(loglik: np.ndarray, n_chains: int, ids) -> az.ELPDData:
 def subject_loo(result, *, n_draws: int = 400, n_is: int = 100, seed: int = 0,
                 refit_budget_s: float = 0.0, refit_kwargs: dict | None = None):
     """Leave-one-subject-out ELPD with automatic handling of high Pareto-k subjects.
+
     Parameters
     ----------
     result : FitResult
@@ -181,6 +183,7 @@ def subject_loo(result, *, n_draws: int = 400, n_is: int = 100, seed: int = 0,
 def exact_subject_elpd(result, subject_id, *, n_is: int = 100, seed: int = 0, chains: int = 2,
                        draws: int = 500, tune: int = 500) -> float:
     """``log p(y_i | y_-i)`` by refitting without subject ``subject_id``.
+
     The refit's population draws give ``p(y_i | theta_s)`` by importance
     sampling over the subject's random effects; the result is the log of
     their mean over draws.
@@ -215,6 +218,7 @@ def describe(summary: dict) -> str:
 def add_high_k_handling(table: pd.DataFrame, results: dict, *, refit_budget_s: float = 0.0,
                         seed: int = 0) -> tuple[pd.DataFrame, dict]:
     """Add the subject-level ELPD after automatic high-k handling to a comparison table.
+
     Parameters
     ----------
     table : pandas.DataFrame

@@ -53,6 +53,7 @@ def package_versions() -> dict:
 @dataclass
 class FitResult:
     """A sampled NLME model.
+
     Attributes
     ----------
     idata : arviz.InferenceData
@@ -107,6 +108,7 @@ class FitResult:
 
     def summary(self) -> pd.DataFrame:
         """Posterior summary of the population parameters.
+
         Returns
         -------
         pandas.DataFrame
@@ -146,6 +148,7 @@ class FitResult:
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> Path:
         """Write the fit to one netCDF file, atomically.
+
         The file is written to a temporary name in the same folder and renamed
         over ``path`` only when complete, so an interrupted save never leaves a
         truncated file and never destroys an earlier good one.
@@ -157,6 +160,7 @@ class FitResult:
     @classmethod
     def load(cls, path, *, structural=None) -> "FitResult":
         """Read a fit written by :meth:`save`.
+
         Parameters
         ----------
         structural : StructuralModel, optional
@@ -190,6 +194,7 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
               seed: int = 1, sampler: str = "nutpie", progress: bool = True,
               target_accept: float = 0.8, method: str = "nuts", init: str = "prior") -> FitResult:
     """Fit an NLME model with NUTS, or approximately (MAP + Laplace, ADVI).
+
     Parameters
     ----------
     spec : ModelSpec
@@ -336,6 +341,7 @@ def _add_data_groups(idata: az.InferenceData, data: NMData) -> None:
 
 def convergence_problems(result: FitResult) -> list[str]:
     """Convergence problems of a fit, each in plain words.
+
     Checks divergent transitions, rank-normalised R-hat above 1.01 and bulk
     ESS below 400 for the population parameters (and the worst ETA), and
     chains that settled in different modes (for oral models, the flip-flop

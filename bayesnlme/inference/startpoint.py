@@ -45,6 +45,7 @@ def transformed_start(built, start: dict | None = None) -> dict:
 
 def check_start(built, start: dict | None = None) -> list[str]:
     """Raise :class:`StartPointError` when the log-density or its gradient is not finite at the start.
+
     Parameters
     ----------
     built : BuiltModel

@@ -39,6 +39,7 @@ def _env():
 
 def eda_figures(data) -> list[tuple[str, str, object, pd.DataFrame]]:
     """The standard exploratory figures as ``(file stem, caption, fig, table)``.
+
     Figures with nothing to show (no categorical covariate, one dose amount) are left out.
     """
 
@@ -80,6 +81,7 @@ def _safe_stem(stem: str) -> str:
 
 def write_eda(data, out) -> list[Path]:
     """Write the exploratory tables (CSV), figures (PNG) and ``index.html`` into folder ``out``.
+
     Returns
     -------
     list of pathlib.Path
@@ -119,6 +121,7 @@ def _data_section(data) -> dict:
 
 def render_report(dirs, out, *, command: str | None = None, npde_sims: int = 200, seed: int = 0) -> Path:
     """Write one self-contained HTML report of the fits in ``dirs``.
+
     Parameters
     ----------
     dirs : list of path

@@ -77,7 +77,6 @@ def _gof(result, folder: Path, npde_sims: int, seed: int) -> tuple[list, str]:
     if present:
         return [png_file(p, cap) for p, cap in present], ""
 
-
     try:
         gof = diagnostics.gof_table(result, n_npde=npde_sims, seed=seed)
     except BayesNLMEInputError as exc:   # e.g. non-continuous outcomes: say why there are no GOF plots

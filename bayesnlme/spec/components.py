@@ -19,10 +19,12 @@ KNOWN_DOMAINS = {"CL": (0, math.inf), "V": (0, math.inf), "Q": (0, math.inf), "V
                  "Q3": (0, math.inf), "V3": (0, math.inf),
                  "KA": (0, math.inf), "F": (0, 1), "ALAG": (0, math.inf)}
 
+
 # distribution name -> (required parameters, support function)
 @dataclass(frozen=True)
 class Parameter:
     """An individual parameter: typical value (THETA) and inter-individual variability.
+
     Attributes
     ----------
     name : str
@@ -86,6 +88,7 @@ class Parameter:
 @dataclass(frozen=True)
 class CovariateEffect:
     """How a covariate changes the typical value of a parameter.
+
     The factor multiplying the typical value is
 
     * power: ``(COV / reference) ** theta`` (allometry: ``theta`` fixed to 0.75 or 1);
@@ -159,6 +162,7 @@ def _level_label(v) -> str:
 @dataclass(frozen=True)
 class ResidualError:
     """Residual (within-subject) error model.
+
     * additive: ``DV ~ Normal(IPRED, sigma_add)``
     * proportional: ``DV ~ Normal(IPRED, sigma_prop * IPRED)``
     * combined: ``DV ~ Normal(IPRED, sqrt(sigma_add**2 + (sigma_prop * IPRED)**2))``
@@ -184,9 +188,6 @@ DEFAULT_SIGMA = {"sigma_add": Prior("halfnormal", {"sigma": 1.0}),
                   "sigma_exp": Prior("halfnormal", {"sigma": 0.5})}
 DEFAULT_OMEGA = Prior("halfnormal", {"sigma": 0.5})
 DEFAULT_COV_PRIOR = Prior("normal", {"mu": 0.0, "sigma": 1.0})
-
-
-
 
 
 def parameter_from_dict(name, d, source):
@@ -272,5 +273,3 @@ def covariate_from_dict(d, source):
     return CovariateEffect(parameter=d["parameter"], covariate=d["covariate"], kind=kind,
                            reference=ref, prior=prior, fixed=fixed, knot=knot, fixed_above=fixed_above,
                            time_varying=tv)
-
-

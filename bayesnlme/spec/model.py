@@ -45,6 +45,7 @@ from bayesnlme.structural import LIBRARY, StructuralModel
 @dataclass(frozen=True)
 class ModelSpec:
     """A complete, validated NLME model specification.
+
     Construct with keyword arguments, :meth:`from_dict` or :meth:`from_toml`;
     the constructor validates everything that does not need the data.
     """
@@ -87,6 +88,7 @@ class ModelSpec:
     # ------------------------------------------------------------------ data binding
     def bind(self, data) -> "ModelSpec":
         """Check the spec against a data set; fill categorical levels from the data.
+
         Raises
         ------
         SpecError
@@ -151,6 +153,7 @@ class ModelSpec:
     def from_dict(cls, d: dict, *, structural: StructuralModel | None = None,
                   source: str = "spec") -> "ModelSpec":
         """Build a spec from the TOML layout (see ``model_library/``).
+
         Parameters
         ----------
         structural : StructuralModel, optional
@@ -181,6 +184,7 @@ class ModelSpec:
 # ---------------------------------------------------------------------- construction helpers
 def _parse(d, structural, source) -> "ModelSpec":
     """Every parse goes through here: a value of a type no check foresaw still gets a one-line SpecError.
+
     The checks below name the key at fault; this net only catches what they miss (the fuzz tests
     assert that it never fires for the inputs they generate).
     """
@@ -322,5 +326,3 @@ def _validate_spec(spec: ModelSpec) -> None:
         if key in names:
             raise SpecError(f"covariate effect {eff.covariate}_on_{eff.parameter} is given twice")
         names.add(key)
-
-

@@ -97,6 +97,7 @@ def _default_priors():
 @dataclass(frozen=True)
 class ObservationModel:
     """The likelihood of one observation type.
+
     Attributes
     ----------
     dvid : int or None
@@ -259,6 +260,7 @@ def observation_from_dict(d, where: str) -> ObservationModel:
 
 def resolve(observations: tuple, residual, structural) -> tuple[ObservationModel, ...]:
     """The spec's observation models (the ``[residual]`` one when none are given), suffixes set.
+
     Raises
     ------
     SpecError
@@ -289,6 +291,7 @@ def resolve(observations: tuple, residual, structural) -> tuple[ObservationModel
 
 def check_data(models: tuple, data) -> None:
     """Data-side checks: DVIDs known, DV in range for discrete likelihoods, CENS only where it means something.
+
     Raises
     ------
     DataError
@@ -334,6 +337,7 @@ def check_data(models: tuple, data) -> None:
 
 def check_positive_dv(m: ObservationModel, data, y, rows, sel) -> None:
     """Proportional error needs DV != 0 and exponential error DV > 0 on observed (uncensored) records.
+
     Why: with ``SD = sigma_prop * IPRED`` a DV of exactly 0 has a density that
     grows without bound as IPRED -> 0 (and is 0/0 = NaN at IPRED = 0, e.g.
     before a lag time), so the likelihood has no maximum; ``log DV`` does not

@@ -29,6 +29,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
 
 def _from_rse(dist: str, args: dict, where: str) -> dict:
     """An informative prior given as an earlier estimate with its relative standard error.
+
     ``lognormal(median=m, rse_percent=r)`` -> ``sigma = sqrt(log(1 + (r/100)^2))`` (the
     log-normal whose coefficient of variation is the RSE); ``normal(mu=m, rse_percent=r)``
     -> ``sigma = |m| r / 100``.
@@ -53,6 +54,7 @@ _OMEGA_SCALES = ("sd", "variance", "cv_percent")
 
 def omega_sd(d: dict, where: str) -> tuple[float, float]:
     """Convert an OMEGA reported as SD, variance or CV% to the SD of ETA.
+
     Returns
     -------
     sd : float
@@ -80,6 +82,7 @@ def omega_sd(d: dict, where: str) -> tuple[float, float]:
 
 def omega_prior(d, where: str) -> "Prior":
     """The OMEGA prior: a distribution table, or an earlier estimate (sd/variance/cv_percent + rse_percent).
+
     An earlier estimate becomes a log-normal prior on the SD of ETA with median at the
     converted SD and log-scale sigma ``dlog * sqrt(log(1 + RSE^2))`` (exact for a
     variance: half the log-normal sigma of the variance).
@@ -100,6 +103,7 @@ def omega_prior(d, where: str) -> "Prior":
 @dataclass(frozen=True)
 class Prior:
     """A prior distribution in natural units.
+
     Parameters
     ----------
     dist : str
@@ -197,8 +201,6 @@ class Prior:
         return {"dist": self.dist, **self.args}
 
 
-
-
 def check_keys(d, allowed, where):
     if not isinstance(d, dict):
         raise SpecError(f"{where}: expected a table, got {d!r}")
@@ -214,4 +216,3 @@ def number(v, where, positive=False):
     if positive and v <= 0:
         raise SpecError(f"{where}: must be positive, got {v}")
     return float(v)
-

@@ -80,8 +80,10 @@ __all__ = ["ODESystem", "ODESolveOp", "solve_states"]
 
 # Dormand-Prince 5(4) tableau (Hairer, Norsett & Wanner, Table 5.2)
 
+
 class ODESystem:
     """A compiled RHS with its Jacobians, and the batched DOPRI5 kernel.
+
     Parameters
     ----------
     rhs : callable
@@ -128,6 +130,7 @@ class ODESystem:
 
 def _derivatives(rhs, parameters, n, rows, t, cols):
     """Graph of the RHS ``f`` and its Jacobians: outputs f_a, J_y[a, c], J_p[a, b] (row-major).
+
     ``rows``/``cols`` are the states/parameters (scalars, or one vector per state/parameter
     over subjects, in which case gradients of the sums are the per-subject derivatives,
     exact because subjects are independent).
@@ -146,6 +149,7 @@ class _NotElementwise(Exception):
 
 def _scalar_rhs(rhs, parameters, n):
     """The RHS and its Jacobians as one numba function of scalars, or None.
+
     Returns ``call(x, out)`` with ``x = [y_0..y_{n-1}, t, p_0..]`` and ``out`` the
     ``n + n^2 + n n_p`` derivatives (no array is allocated per call: about 100x cheaper
     than the array version for one subject); None when the RHS is not elementwise
@@ -170,6 +174,7 @@ def _scalar_rhs(rhs, parameters, n):
 
 def scalar_graph(rhs, parameters, n):
     """The RHS and its Jacobians as a graph of pytensor scalars, or None.
+
     The RHS is traced on scalar states, time and parameters; when its graph (after
     pytensor's canonical rewrites) holds only elementwise operations, it is rebuilt from
     their scalar ops.  Returns (inputs, outputs): inputs ``y_0..y_{n-1}, t, p_0..``,
@@ -240,6 +245,7 @@ def _batched_rhs(rhs, parameters, n):
 
 class _StateColumns:
     """The state matrix ``y`` as the RHS sees it: ``y[:, k]`` is state k's own vector.
+
     Indexing a column returns the graph input itself (so gradients with respect
     to it stay elementwise); anything else acts on the stacked (n_sub, n_states)
     matrix.
@@ -285,6 +291,7 @@ def _as_matrix(out, n, what):
 
 class ODESolveOp(Op):
     """States at every observation record, and their sensitivities, for all subjects.
+
     Inputs: ``P`` (n_sub, n_params) individual parameters, then the constant
     schedule of :func:`schedule` .  Outputs: ``Y`` (n_obs, n_states) and
     ``S = dY/dP`` (n_obs, n_states, n_params).  The gradient uses ``S``
@@ -349,6 +356,7 @@ def _numba_ode_solve(op, node=None, **kwargs):
 def schedule(data, model, system: ODESystem, rtol: float, atol: float, max_steps: int = 2000,
              active=None) -> list:
     """The constant inputs of :class:`ODESolveOp` for a data set.
+
     ``active`` (bool per parameter, default all) marks the parameters whose
     sensitivities are integrated; the others (constants, e.g. a default ``F``)
     get zero sensitivities at no cost.
@@ -428,6 +436,7 @@ def _dose_row(data, subj: int, d: int):
 def solve_states(system: ODESystem, P, data, model, rtol: float = 1e-8, atol: float = 1e-10,
                  active=None):
     """States (n_obs, n_states) at the data's observation records, as a differentiable tensor.
+
     Parameters
     ----------
     system : ODESystem
@@ -451,6 +460,7 @@ def solve_states(system: ODESystem, P, data, model, rtol: float = 1e-8, atol: fl
 def ode_function(params_by_subject: dict, data, model, *, system: ODESystem, outputs: dict,
                  rtol: float, atol: float):
     """Contract-2 structural function of an ODE model: outputs at every observation record.
+
     Returns
     -------
     dict of str -> tensor (n_obs,)

@@ -33,9 +33,9 @@ _SS_BUDGET = 200        # step budget of one steady-state computation, in units 
 _E = _B - np.array([5179 / 57600, 0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40])
 
 
-
 def make_kernel(rhs, init, n, n_p, steady: bool):
     """The numba integrator for one compiled RHS (closure over the compiled functions).
+
     Subjects are integrated one after the other, each with its own adaptive steps; the
     scalar RHS makes one step cost a few hundred floating-point operations and no
     allocation.
@@ -61,11 +61,11 @@ def make_kernel(rhs, init, n, n_p, steady: bool):
             for a in range(n):
                 S[a, lag_idx] += r[a] - r2[a]
 
-
     @numba.njit(cache=False)
     def _integrate(t, t_end, h, y, S, rate, x, r, K, KS, ys, Ss, act, rtol, atol, budget, obs_time, obs_order, op, oend,
                    out_y, out_s):
         """DOPRI5 of the states ``y`` and sensitivities ``S`` from t to t_end (in place).
+
         Observations ``obs_order[op:oend]`` strictly before t_end are written from the dense
         output.  Returns (next step size, steps taken or -1 when the budget is exceeded or the
         error is not finite, next observation pointer).
@@ -130,11 +130,11 @@ def make_kernel(rhs, init, n, n_p, steady: bool):
                 h = hh * max(0.2, 0.9 * err ** -0.2)
         return h, steps, op
 
-
     @numba.njit(cache=False)
     def _steady_state(i, d, ts, P, Y0, S0, y, S, x, r, r2, K, KS, ys, Ss, act, dose_amt, dose_rate, dose_state,
                       dose_lagged, dose_ii, f_idx, lag_idx, rtol, atol, budget):
         """Reset subject i and replace its state at ts by the steady state of dose d every II.
+
         The state at the start of a dosing interval is the fixed point of one interval of
         dosing, found by iterating intervals from the initial state (what SS=1 means:
         reset, then the doses have been given forever); the sensitivities follow the same
@@ -382,6 +382,7 @@ def _dense(K, KS, y, S, h, x, out_y, out_s, n, n_p, act):
 @numba.njit(cache=True)
 def _stage(r, rate, S, K, KS, s, n, n_p, act):
     """Stage derivative: y' = f + infusion rate, S' = J_y S + J_p.
+
     ``r`` holds f_a, then J_y[a, c] (at n + a n + c), then J_p[a, b] (at n + n^2 + a n_p + b).
     """
     for a in range(n):

@@ -131,6 +131,7 @@ def _function(params_by_subject: dict, data, model, *, effect, driver, pk, colum
 def pd_model(effect: str = "emax", driver: str = "column", *, pk=None, column: str = "EXPOSURE",
              name: str | None = None):
     """A PD / exposure-response :class:`~bayesnlme.structural.StructuralModel`.
+
     Parameters
     ----------
     effect : {"emax", "sigmoid_emax", "linear", "loglinear"}

@@ -62,6 +62,7 @@ def _one_minus_q(lam, ii):
 
 def bolus(lams, coefs, t, ii):
     """Central amount per unit steady-state bolus, shape (n_obs, n_dose).
+
     Parameters
     ----------
     lams, coefs : sequence of tensors (n_obs, 1)
@@ -76,6 +77,7 @@ def bolus(lams, coefs, t, ii):
 
 def infusion(lams, coefs, t, dur, ii):
     """Central amount per unit infusion rate at steady state, shape (n_obs, n_dose).
+
     ``dur`` (time) may exceed ``ii``; ``t``, ``dur`` and ``ii`` are data, so the
     number of running infusions ``n`` is a constant of the graph.
     """
@@ -89,6 +91,7 @@ def infusion(lams, coefs, t, dur, ii):
 
 def absorption(lams, coefs, ka, t_lag, ii):
     """Central amount per unit absorbed amount and unit ``KA`` at steady state, (n_obs, n_dose).
+
     Parameters
     ----------
     ka : tensor (n_obs, 1)

@@ -31,6 +31,7 @@ def assign_bins(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 def observation_strata(data, column: str) -> np.ndarray:
     """Stratum of each observation: a data column at the observation records.
+
     ``DOSE`` without a DOSE column means each subject's first dose amount.
     """
     frame = data.frame

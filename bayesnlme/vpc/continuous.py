@@ -45,11 +45,10 @@ TABLE_COLUMNS = ["STRATUM", "BIN", "BIN_LO", "BIN_HI", "TIME", "N_OBS", "STATIST
                  "SIM_LO", "SIM_MEDIAN", "SIM_HI", "OUTSIDE"]
 
 
-
-
 def prediction_correct(y: np.ndarray, sims: np.ndarray, pred: np.ndarray, groups: np.ndarray,
                        variability: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Prediction-(and variability-)corrected observations and simulations.
+
     Parameters
     ----------
     y : numpy.ndarray, shape (n_obs,)
@@ -80,6 +79,7 @@ def prediction_correct(y: np.ndarray, sims: np.ndarray, pred: np.ndarray, groups
 
 def _censored_quantile(values: np.ndarray, q: np.ndarray, lloq, below=None) -> np.ndarray:
     """Quantiles with values below LLOQ ranked lowest; a quantile among them is NaN (unknown).
+
     ``below`` (default ``values < lloq``) marks the censored values when each has its own LLOQ.
     """
     if lloq is None:
@@ -92,6 +92,7 @@ def _censored_quantile(values: np.ndarray, q: np.ndarray, lloq, below=None) -> n
 def vpc_statistics(y, sims, time, *, bins=8, strata=None, percentiles=(5, 50, 95), pi: float = 90,
                    lloq: float | None = None) -> pd.DataFrame:
     """Observed percentiles and simulated prediction intervals per bin (and stratum).
+
     Parameters
     ----------
     y : array, shape (n_obs,)
@@ -163,11 +164,11 @@ def _bin_lloq(limits, m):
     return float(np.nanmax(limits[m]))
 
 
-
 def vpc_table(result, sim=None, *, n_sim: int = 200, bins=8, pc: bool = False, variability: bool = False,
               stratify: str | None = None, percentiles=(5, 50, 95), pi: float = 90,
               lloq: float | None = None, seed: int = 0, dvid: int | None = None) -> pd.DataFrame:
     """VPC (or pcVPC) table of a fit on its own data (one observation type).
+
     Parameters
     ----------
     result : FitResult
@@ -232,6 +233,7 @@ def vpc_table(result, sim=None, *, n_sim: int = 200, bins=8, pc: bool = False, v
 
 def plot_vpc(table: pd.DataFrame, *, log: bool = False, ylabel: str = "DV", title: str = "VPC"):
     """Draw a VPC table: shaded PIs of the simulated percentiles, their medians, observed percentiles.
+
     Returns
     -------
     (matplotlib.figure.Figure, pandas.DataFrame)
@@ -275,6 +277,7 @@ def plot_vpc(table: pd.DataFrame, *, log: bool = False, ylabel: str = "DV", titl
 
 def vpc(result, *, log: bool = False, **kwargs):
     """VPC (``pc=True``: pcVPC) of a fit: :func:`vpc_table` drawn by :func:`plot_vpc`.
+
     Returns
     -------
     (matplotlib.figure.Figure, pandas.DataFrame)

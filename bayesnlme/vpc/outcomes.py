@@ -55,6 +55,7 @@ def _strata(strata, n: int, what: str) -> np.ndarray:
 def categorical_vpc_table(y, sims, x, *, bins=6, categories=None, pi: float = 90,
                           strata=None) -> pd.DataFrame:
     """Observed vs simulated proportion of each category per bin (and stratum).
+
     Parameters
     ----------
     y : array, shape (n_obs,)
@@ -122,6 +123,7 @@ def _label(c: float):
 
 def plot_categorical_vpc(table: pd.DataFrame, *, xlabel: str = "time", title: str = "categorical VPC"):
     """Draw a categorical VPC table: one panel per category (columns) and stratum (rows).
+
     Returns
     -------
     (matplotlib.figure.Figure, pandas.DataFrame)
@@ -158,6 +160,7 @@ def plot_categorical_vpc(table: pd.DataFrame, *, xlabel: str = "time", title: st
 
 def kaplan_meier(time, event, grid) -> tuple[np.ndarray, np.ndarray]:
     """Kaplan--Meier survival (right censoring) at grid times, vectorised over leading dimensions.
+
     Parameters
     ----------
     time : array, shape (..., n)
@@ -203,6 +206,7 @@ def kaplan_meier(time, event, grid) -> tuple[np.ndarray, np.ndarray]:
 def km_vpc_table(obs_time, obs_event, sim_time, sim_event, *, times=None, pi: float = 90,
                  strata=None) -> pd.DataFrame:
     """Observed Kaplan--Meier curve against the simulated KM curves' median and prediction interval.
+
     Parameters
     ----------
     obs_time, obs_event : array, shape (n_sub,)
@@ -249,6 +253,7 @@ def km_vpc_table(obs_time, obs_event, sim_time, sim_event, *, times=None, pi: fl
 
 def plot_km_vpc(table: pd.DataFrame, *, xlabel: str = "time", title: str = "Kaplan-Meier VPC"):
     """Draw a KM VPC table: simulated PI band and median, observed KM curve, points outside the PI.
+
     Returns
     -------
     (matplotlib.figure.Figure, pandas.DataFrame)
@@ -278,6 +283,7 @@ def plot_km_vpc(table: pd.DataFrame, *, xlabel: str = "time", title: str = "Kapl
 def km_vpc(result, *, n_draws: int = 200, seed: int = 0, mode: str = "new_subjects", times=None,
            pi: float = 90, stratify: str | None = None, t_max: float | None = None, dvid=None):
     """Kaplan--Meier VPC of a TTE fit on its own data: :func:`km_vpc_table` drawn by :func:`plot_km_vpc`.
+
     Parameters
     ----------
     stratify : str, optional

@@ -31,6 +31,7 @@ _MAX_COUNT_CATEGORIES = 8
 
 def select_type(spec, data, dvid=None):
     """The observation model a VPC shows and its records.
+
     Parameters
     ----------
     spec : ModelSpec
@@ -71,6 +72,7 @@ def select_type(spec, data, dvid=None):
 
 def censored_observations(data, mask, lloq, models):
     """Observed values and per-record LLOQ of the selected records, censored records ranked lowest.
+
     Returns
     -------
     y : numpy.ndarray, shape (n_sel,)
@@ -91,6 +93,7 @@ def censored_observations(data, mask, lloq, models):
 def outcome_vpc_table(result, model, mask, sim=None, *, n_sim=200, time=None, bins=8, strata=None, pi=90.0,
                       seed=0, categories=None):
     """Categorical (bernoulli, ordinal, counts) or Kaplan--Meier (tte) VPC table of one observation type.
+
     Parameters
     ----------
     model, mask
