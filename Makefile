@@ -6,7 +6,7 @@
 # make test : create .venv if missing, install, run the test suite
 # make fuzz : 10,000 random cases per fuzz target (data reader, spec parser, regimen files); docs/reliability.md
 # make capabilities : every model_library entry through fit, diagnose, -2LL, subject LOO, VPC and
-#                      regimens (~40 min on 2 cores); writes docs/capabilities.md
+#                      regimens (~70 min on 2 cores); writes docs/capabilities.md
 # make qualify : reference problems against published answers (nlme, NONMEM, posteriordb, R loo, BLQ);
 #                writes qualification/qualification.{csv,md} (1-4 min; not part of make test)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)

@@ -9,7 +9,7 @@ subject-level LOO), ``vpc`` for each observation type (simulation of new subject
 model has doses, ``simulate --regimens``. A cell is ``ok`` when the command exits 0 and its table
 holds finite numbers, otherwise the first line of its error.
 
-Run ``make capabilities`` (about 25 minutes on 2 cores): it writes ``docs/capabilities.md``.
+Run ``make capabilities`` (about 70 minutes on 2 cores): it writes ``docs/capabilities.md``.
 ``tests/test_capabilities.py`` runs the same cells under pytest (marked ``capabilities``).
 """
 

@@ -2,7 +2,7 @@
 
 ``make test`` runs one cell (a PK model with 25% BLQ records) and
 checks that ``docs/capabilities.md`` covers every library entry with no refused cell. The whole
-matrix (about 30 minutes on 2 cores) runs with ``make capabilities``, or here with
+matrix (about 70 minutes on 2 cores) runs with ``make capabilities``, or here with
 ``BAYESNLME_CAPABILITIES=1``.
 """
 
