@@ -31,8 +31,11 @@ demo: $(STAMP)
 	$(BIN)/bayesnlme diagnose demo_output
 	$(BIN)/bayesnlme report demo_output --out demo_output/report.html
 
+# the suite runs in TEST_WORKERS processes, one test file per process (module-scoped fits are made once)
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 fuzz: $(STAMP)
 	BAYESNLME_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py \
