@@ -11,11 +11,14 @@ import sys
 
 # the choices bayesnlme.evaluate.compare accepts (checked there again for API calls)
 LEVELS, ICS = ("subject", "observation"), ("loo", "waic")
+# the engines and devices of bayesnlme.inference.engines (checked there again for API calls)
+SAMPLERS, DEVICES = ("nutpie", "pymc", "numpyro", "blackjax"), ("cpu", "gpu")
 
 EXAMPLES = """examples:
   bayesnlme eda --data theophylline.csv --out eda_theo    data summary, spaghetti plots, covariates, outliers
   bayesnlme fit --model pk_1cmt_oral --data theophylline.csv --out fits/theo
   bayesnlme fit --model my_model.toml --data study.csv --out fits/run2 --chains 4 --draws 2000 --seed 7
+  bayesnlme fit --model pk_1cmt_oral --data big_study.csv --out fits/big --sampler numpyro --device gpu
   bayesnlme diagnose fits/theo      convergence, GOF, residual and ETA plots into fits/theo/diagnostics/
   bayesnlme compare fits/1cmt fits/2cmt --level subject    rank models by PSIS-LOO
   bayesnlme vpc fits/theo --pc     VPC and prediction-corrected VPC into fits/theo/vpc/
@@ -55,7 +58,11 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--draws", type=int, default=1000, help="draws per chain after warm-up (default: %(default)s)")
     f.add_argument("--tune", type=int, default=1000, help="warm-up draws per chain (default: %(default)s)")
     f.add_argument("--seed", type=int, default=1, help="random seed (default: %(default)s)")
-    f.add_argument("--sampler", choices=["nutpie", "pymc"], default="nutpie", help="NUTS implementation (default: %(default)s)")
+    f.add_argument("--sampler", choices=SAMPLERS, default="nutpie",
+                   help="NUTS engine: nutpie (numba), pymc, or the JAX samplers numpyro and blackjax "
+                        "(pip install 'bayesnlme[jax]') (default: %(default)s)")
+    f.add_argument("--device", choices=DEVICES, default="cpu",
+                   help="where a JAX sampler runs; gpu needs JAX's CUDA build (default: %(default)s)")
     f.add_argument("--method", choices=["nuts", "map", "advi"], default="nuts",
                    help="nuts (default), or a quick approximate fit: map (posterior mode + Laplace) or advi")
     f.add_argument("--init", choices=["prior", "map"], default="prior",

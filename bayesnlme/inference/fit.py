@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import warnings
 from dataclasses import dataclass, field, replace
 from importlib import metadata
@@ -28,15 +27,16 @@ from bayesnlme.atomic import write_atomic
 from bayesnlme.build import build_model
 from bayesnlme.data import NMData, read_nonmem
 from bayesnlme.errors import BayesNLMEInputError, ConvergenceWarning, SamplingError
-from bayesnlme.inference import quick
+from bayesnlme.inference import engines, quick
 from bayesnlme.inference.convergence import ESS_MIN, R_HAT_MAX, divergence_location
+from bayesnlme.inference.engines import DEVICES, SAMPLERS  # noqa: F401  (re-exported)
 from bayesnlme.inference.startpoint import check_start
 from bayesnlme.spec import ModelSpec
 
-SAMPLERS = ("nutpie", "pymc")
 FIT_METHODS = ("nuts", "map", "advi", "fullrank_advi")
 SUMMARY_COLUMNS = ["parameter", "mean", "sd", "q5", "q50", "q95", "r_hat", "ess_bulk", "ess_tail"]
-_PACKAGES = ("bayesnlme", "pymc", "pytensor", "arviz", "nutpie", "numpy", "pandas", "xarray", "scipy")
+_PACKAGES = ("bayesnlme", "pymc", "pytensor", "arviz", "nutpie", "numpy", "pandas", "xarray", "scipy", "jax",
+             "numpyro", "blackjax")
 
 
 def package_versions() -> dict:
@@ -192,7 +192,8 @@ class FitResult:
 
 def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune: int = 1000,
               seed: int = 1, sampler: str = "nutpie", progress: bool = True,
-              target_accept: float = 0.8, method: str = "nuts", init: str = "prior") -> FitResult:
+              target_accept: float = 0.8, method: str = "nuts", init: str = "prior",
+              device: str = "cpu") -> FitResult:
     """Fit an NLME model with NUTS, or approximately (MAP + Laplace, ADVI).
 
     Parameters
@@ -203,7 +204,9 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
         Number of chains, kept draws per chain and warm-up draws per chain.
     seed : int
         Random seed; the same data, spec, sampler and seed give the same draws.
-    sampler : {"nutpie", "pymc"}
+    sampler : {"nutpie", "pymc", "numpyro", "blackjax"}
+        NUTS engine (:mod:`bayesnlme.inference.engines`): nutpie (numba, the default), PyMC's
+        own NUTS, or the JAX samplers numpyro and blackjax (``pip install 'bayesnlme[jax]'``).
     progress : bool
         Show a progress bar.
     target_accept : float
@@ -215,13 +218,14 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
         ``draws`` draws in one chain, with no R-hat or ESS (approximate fits).
     init : {"prior", "map"}
         NUTS start: prior medians (ETA = 0), or the posterior mode.
+    device : {"cpu", "gpu"}
+        Where a JAX engine runs; nutpie and PyMC run on the CPU only.
 
     Returns
     -------
     FitResult
     """
-    if sampler not in SAMPLERS:
-        raise BayesNLMEInputError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    engines.check_engine(sampler, device)
     if method not in FIT_METHODS:
         raise BayesNLMEInputError(f"unknown fit method {method!r}; choose one of {', '.join(FIT_METHODS)}")
     if init not in ("prior", "map"):
@@ -233,6 +237,7 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
     built = build_model(spec, data)
     model, start = built.model, built.initial_point
     settings = {"method": method, "sampler": sampler if method == "nuts" else method, "chains": chains,
+                "device": device,
                 "draws": draws, "tune": tune, "seed": seed}
     problems = []
     flat = check_start(built)   # a non-finite start gets one line naming its cause, not a sampler backtrace
@@ -246,7 +251,7 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
             settings["init"] = "map"
         if init == "map":
             flat = check_start(built, start)
-        idata = _nuts(model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat)
+        idata = _nuts(model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat, device)
     with model:
         pm.compute_log_likelihood(idata, extend_inferencedata=True, progressbar=False)
     _add_data_groups(idata, built.data)
@@ -268,9 +273,10 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
     return result
 
 
-def _nuts(model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat=()):
+def _nuts(model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat=(), device="cpu"):
     try:
-        return _sample(model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat)
+        return engines.sample(model, start, sampler, device=device, chains=chains, draws=draws, tune=tune,
+                              seed=seed, progress=progress, target_accept=target_accept, flat=flat)
     except (KeyboardInterrupt, MemoryError, BayesNLMEInputError):
         raise
     except Exception as exc:   # nutpie's Rust errors, PyMC's SamplingError: one line, what to try
@@ -286,26 +292,7 @@ def sampling_failure(exc: Exception, sampler: str) -> str:
                 f"so a chain's randomly jittered start did not; try another --seed, or start at the "
                 f"posterior mode (--init map / init='map')")
     return (f"{sampler} stopped while sampling ({type(exc).__name__}: {first}); try another --seed, a "
-            f"longer warm-up, or the other sampler (--sampler pymc / nutpie)")
-
-
-def _sample(model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat=()):
-    if sampler == "nutpie":
-        import nutpie
-
-        # random effects and SDs start jittered; typical values at their prior medians (keeps oral models
-        # out of the flip-flop mode), except those whose gradient is exactly 0 there: nutpie scales its
-        # initial mass matrix by the gradient and cannot start from a zero component
-        jitter = {v for v in model.free_RVs if v.name in ("eta_z", "kappa_z") or v.name in flat
-                  or v.name.startswith(("omega_", "sigma_"))}
-        keep = [v.name for v in model.free_RVs + model.deterministics]   # not the *_log__ copies
-        compiled = nutpie.compile_pymc_model(model, initial_points=start, jitter_rvs=jitter, var_names=keep)
-        return nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,
-                             progress_bar=progress, save_warmup=False, cores=min(chains, os.cpu_count() or 1))
-    with model:
-        return pm.sample(draws=draws, tune=tune, chains=chains, random_seed=seed, initvals=start,
-                         init="adapt_diag", progressbar=progress, target_accept=target_accept,
-                         cores=min(chains, os.cpu_count() or 1), compute_convergence_checks=False)
+            f"longer warm-up, or another sampler (--sampler {' / '.join(x for x in SAMPLERS if x != sampler)})")
 
 
 def _approximate(built, method, draws, seed, progress):

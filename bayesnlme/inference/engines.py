@@ -1,0 +1,184 @@
+"""NUTS engines: nutpie, PyMC, and the JAX samplers numpyro and blackjax, on CPU or GPU.
+
+Every engine samples the same PyMC model from the same start point and returns an
+:class:`arviz.InferenceData` with the same ``posterior`` variables (free parameters and
+deterministics on their natural scale) and the ``sample_stats`` the convergence checks read
+(``diverging``, ``tree_depth`` or ``depth``, ``step_size``), so :class:`~bayesnlme.inference.fit.FitResult`,
+``fit.nc`` and the summary do not depend on the engine.
+
+=============  ==================================================================  ==========
+engine         log-density compiled by                                             device
+=============  ==================================================================  ==========
+``nutpie``     numba (PyTensor's numba backend); Rust NUTS, one thread per chain   cpu
+``pymc``       PyTensor's C backend; PyMC's NUTS in one process per chain          cpu
+``numpyro``    JAX (PyTensor's JAX backend); numpyro NUTS, chains vectorised       cpu, gpu
+``blackjax``   JAX; blackjax NUTS with window adaptation, chains vectorised        cpu, gpu
+=============  ==================================================================  ==========
+
+JAX engines keep their compiled programs in a persistent cache (``$BAYESNLME_CACHE_DIR/jax``,
+default ``~/.cache/bayesnlme/jax``), so a second fit of the same model on data of the same shape,
+in a new process, skips XLA compilation.  JAX is an optional dependency:
+``pip install 'bayesnlme[jax]'`` (CPU) or ``pip install 'bayesnlme[jax]' 'jax[cuda12]'`` (NVIDIA GPU).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pymc as pm
+from pymc.initial_point import make_initial_point_fns_per_chain
+
+from bayesnlme.errors import BayesNLMEInputError
+from bayesnlme.structural import ode_jax
+
+SAMPLERS = ("nutpie", "pymc", "numpyro", "blackjax")
+JAX_SAMPLERS = ("numpyro", "blackjax")
+DEVICES = ("cpu", "gpu")
+
+
+def check_engine(sampler: str, device: str) -> None:
+    """Raise :class:`BayesNLMEInputError` naming what is wrong with an engine/device choice."""
+    if sampler not in SAMPLERS:
+        raise BayesNLMEInputError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if device not in DEVICES:
+        raise BayesNLMEInputError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    if sampler not in JAX_SAMPLERS:
+        if device != "cpu":
+            raise BayesNLMEInputError(f"sampler {sampler!r} runs on the CPU only; for --device {device} choose "
+                                      f"one of the JAX samplers ({', '.join(JAX_SAMPLERS)})")
+        return
+    jax_device(device, sampler)
+
+
+def jax_device(device: str, sampler: str = "numpyro"):
+    """The first JAX device of a kind ('cpu' or 'gpu'), with the persistent compile cache switched on."""
+    try:
+        import jax
+        __import__(sampler)
+    except ImportError as exc:
+        raise BayesNLMEInputError(
+            f"sampler {sampler!r} needs JAX and {sampler} ({exc.name} is not installed): "
+            f"pip install 'bayesnlme[jax]'") from exc
+    _persistent_cache(jax)
+    try:
+        found = jax.devices(device)
+    except RuntimeError:
+        found = []
+    if not found:
+        kinds = sorted({d.platform for d in jax.devices()})
+        raise BayesNLMEInputError(
+            f"--device {device}: JAX sees no {device.upper()} (it has: {', '.join(kinds)}); on a machine with an "
+            f"NVIDIA GPU install JAX's CUDA build (pip install 'jax[cuda12]'), or use --device cpu")
+    return found[0]
+
+
+def cache_dir() -> Path:
+    """Root of bayesnlme's compile caches: ``$BAYESNLME_CACHE_DIR`` or ``~/.cache/bayesnlme``."""
+    root = os.environ.get("BAYESNLME_CACHE_DIR")
+    return Path(root) if root else Path.home() / ".cache" / "bayesnlme"
+
+
+def _persistent_cache(jax) -> None:
+    path = cache_dir() / "jax"
+    if jax.config.jax_compilation_cache_dir != str(path):
+        path.mkdir(parents=True, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", str(path))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def jitter_names(model, flat=()) -> set[str]:
+    """Free variables whose start is jittered per chain.
+
+    Random effects and SDs start jittered; typical values at their prior medians (keeps oral models
+    out of the flip-flop mode), except those whose gradient is exactly 0 there (``flat``): nutpie
+    scales its initial mass matrix by the gradient and cannot start from a zero component.
+    """
+    return {v.name for v in model.free_RVs if v.name in ("eta_z", "kappa_z") or v.name in flat
+            or v.name.startswith(("omega_", "sigma_"))}
+
+
+def chain_starts(model, start: dict, jitter: set[str], chains: int, seed: int) -> list[dict]:
+    """One start per chain on the natural scale: ``start``, jittered by U(-1, 1) on the unconstrained
+    scale for the variables in ``jitter`` (PyMC's jitter), from a generator seeded by ``seed``."""
+    rvs = {v for v in model.free_RVs if v.name in jitter}
+    fns = make_initial_point_fns_per_chain(model=model, overrides=start, jitter_rvs=rvs, chains=chains)
+    seeds = np.random.SeedSequence([seed, 7]).generate_state(chains)
+    out = []
+    for fn, s in zip(fns, seeds):
+        point = fn(int(s))
+        natural = {}
+        for rv in model.free_RVs:
+            value_var = model.rvs_to_values[rv]
+            value = point[value_var.name]
+            transform = model.rvs_to_transforms.get(rv)
+            if transform is not None:
+                value = transform.backward(value, *rv.owner.inputs).eval()
+            natural[rv.name] = np.asarray(value)
+        out.append(natural)
+    return out
+
+
+def sample(model, start: dict, sampler: str, *, device: str = "cpu", chains: int, draws: int, tune: int,
+           seed: int, progress: bool, target_accept: float = 0.8, flat=()):
+    """Draw from ``model`` with one engine; returns :class:`arviz.InferenceData` (posterior, sample_stats)."""
+    jitter = jitter_names(model, flat)
+    keep = [v.name for v in model.free_RVs + model.deterministics]   # not the *_log__ copies
+    cores = min(chains, os.cpu_count() or 1)
+    if sampler == "nutpie":
+        import nutpie
+
+        rvs = {v for v in model.free_RVs if v.name in jitter}
+        compiled = nutpie.compile_pymc_model(model, initial_points=start, jitter_rvs=rvs, var_names=keep)
+        idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,
+                              progress_bar=progress, save_warmup=False, cores=cores)
+    elif sampler == "pymc":
+        with model:
+            idata = pm.sample(draws=draws, tune=tune, chains=chains, random_seed=seed, initvals=start,
+                              init="adapt_diag", progressbar=progress, target_accept=target_accept,
+                              cores=cores, compute_convergence_checks=False)
+    else:
+        idata = _sample_jax(model, start, sampler, device, chains, draws, tune, seed, progress, target_accept,
+                            jitter, keep)
+    return _harmonise(idata)
+
+
+MAX_TREE_DEPTH = 10   # every engine's default
+
+
+def _harmonise(idata):
+    """The same posterior variables and sampler statistics whatever the engine.
+
+    ``posterior``: natural-scale parameters and deterministics (nutpie also returns the unconstrained
+    ``*_log__`` copies: dropped).  ``sample_stats`` always has ``diverging``, ``tree_depth`` (number of
+    trajectory doublings), ``maxdepth_reached`` and ``n_steps`` (leapfrog steps).
+    """
+    post = idata.posterior
+    idata.posterior = post.drop_vars([v for v in post.data_vars if str(v).endswith("__")])
+    ss = idata.sample_stats
+    if "tree_depth" not in ss and "depth" in ss:                      # nutpie
+        ss["tree_depth"] = ss["depth"]
+    if "maxdepth_reached" not in ss:
+        if "reached_max_treedepth" in ss:                             # pymc
+            ss["maxdepth_reached"] = ss["reached_max_treedepth"]
+        elif "tree_depth" in ss:                                       # numpyro, blackjax
+            ss["maxdepth_reached"] = ss["tree_depth"] >= MAX_TREE_DEPTH
+    return idata
+
+
+def _sample_jax(model, start, sampler, device, chains, draws, tune, seed, progress, target_accept, jitter, keep):
+    from pymc.sampling.jax import sample_jax_nuts
+
+    target = jax_device(device, sampler)
+    ode_jax.register()
+    starts = chain_starts(model, start, jitter, chains, seed)
+    import jax
+
+    with jax.default_device(target):
+        return sample_jax_nuts(draws=draws, tune=tune, chains=chains, target_accept=target_accept,
+                               random_seed=seed, initvals=starts, jitter=False, model=model, var_names=keep,
+                               progressbar=progress, chain_method="vectorized",
+                               postprocessing_backend=device, compute_convergence_checks=False,
+                               nuts_sampler=sampler)

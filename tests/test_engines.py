@@ -1,0 +1,147 @@
+"""The JAX engines: the same log-density as PyTensor's, and the same posterior as nutpie.
+
+1. Every model_library entry, built on a small design, evaluates its log-density and gradient through
+   PyTensor's JAX backend (what numpyro and blackjax sample) to the same values as the C backend, at a
+   point away from the start; ODE models through the numba integrator called from JAX.
+2. Theophylline sampled by numpyro and by blackjax gives nutpie's posterior: means and SDs of the
+   population parameters agree within 4 combined Monte Carlo standard errors.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+pytest.importorskip("numpyro")
+pytest.importorskip("blackjax")
+
+import pytensor  # noqa: E402
+from capability_matrix import _design  # noqa: E402
+from pymc.initial_point import make_initial_point_fn  # noqa: E402
+from pymc.sampling.jax import get_jaxified_logp  # noqa: E402
+from pytensor.compile.mode import Mode  # noqa: E402
+
+from bayesnlme import datasets, load_spec  # noqa: E402
+from bayesnlme.build import build_model  # noqa: E402
+from bayesnlme.errors import BayesNLMEInputError  # noqa: E402
+from bayesnlme.inference import fit_model  # noqa: E402
+from bayesnlme.inference.engines import chain_starts, check_engine  # noqa: E402
+from bayesnlme.spec import library_names  # noqa: E402
+from bayesnlme.structural import ode_jax  # noqa: E402
+from bayesnlme.structural.ode import ODESolveOp  # noqa: E402
+
+
+def _built(name):
+    spec = load_spec(name)
+    design = _design(spec, np.random.default_rng(3))
+    design["DV"] = 1.0      # a value every observation model accepts
+    return build_model(spec, design)
+
+
+def _is_ode(model) -> bool:
+    from pytensor.graph.traversal import ancestors
+
+    return any(v.owner is not None and isinstance(v.owner.op, ODESolveOp) for v in ancestors([model.logp()]))
+
+
+@pytest.mark.parametrize("name", library_names())
+def test_jax_log_density_equals_pytensor(name):
+    built = _built(name)
+    model = built.model
+    ode_jax.register()
+    point = make_initial_point_fn(model=model, overrides=built.initial_point)(0)   # the fit's start
+    rng = np.random.default_rng(5)
+    # away from the start (ETA = 0, prior medians), where errors in one term could cancel
+    values = [point[v.name] + 0.1 * rng.standard_normal(np.shape(point[v.name])) for v in model.value_vars]
+    # reference: PyTensor's Python linker (no C compilation: the values, not the speed, are compared)
+    # (the terms summed here: the Python linker cannot evaluate an Elemwise of more than 32 inputs)
+    terms = model.logp(sum=False)
+    reference = pytensor.function(model.value_vars, [*terms, model.dlogp()], on_unused_input="ignore",
+                                  mode=Mode(linker="py", optimizer="fast_compile"))
+    *parts, expect_grad = reference(*values)
+    expect = sum(float(np.sum(p)) for p in parts)
+    logp = get_jaxified_logp(model)   # what blackjax samples (numpyro: its negative)
+    got, grads = jax.value_and_grad(logp)(values)
+    assert np.isfinite(expect)
+    np.testing.assert_allclose(float(got), expect, rtol=1e-9, atol=1e-8)
+    got_grad = np.concatenate([np.ravel(g) for g in grads])
+    np.testing.assert_allclose(got_grad, expect_grad, rtol=1e-7, atol=1e-7)
+    if _is_ode(model):
+        # vectorised chains (numpyro/blackjax vmap the log-density): the host callback once per chain
+        batch = [np.stack([x, x + 0.05]) for x in values]
+        both = jax.vmap(logp)(batch)
+        np.testing.assert_allclose(float(both[0]), expect, rtol=1e-9, atol=1e-8)
+        assert float(both[1]) != float(both[0])
+
+
+def test_engine_choice_errors_name_the_option():
+    with pytest.raises(BayesNLMEInputError, match="unknown sampler 'stan'"):
+        check_engine("stan", "cpu")
+    with pytest.raises(BayesNLMEInputError, match="runs on the CPU only"):
+        check_engine("nutpie", "gpu")
+    with pytest.raises(BayesNLMEInputError, match="unknown device 'tpu'"):
+        check_engine("numpyro", "tpu")
+    if not any(d.platform == "gpu" for d in jax.devices()):
+        with pytest.raises(BayesNLMEInputError, match="JAX sees no GPU"):
+            check_engine("numpyro", "gpu")
+
+
+def test_chain_starts_jitter_only_random_effects_and_sds():
+    built = _built("pk_1cmt_oral")
+    starts = chain_starts(built.model, built.initial_point, {"eta_z", "omega_CL", "sigma_add"}, 3, seed=4)
+    assert len(starts) == 3
+    for s in starts:
+        assert s["CL"] == pytest.approx(built.initial_point["CL"])     # typical values at prior medians
+        assert s["omega_CL"] > 0 and np.exp(-1) - 1e-9 <= s["omega_CL"] / 0.3 <= np.exp(1) + 1e-9
+    assert not np.allclose(starts[0]["eta_z"], starts[1]["eta_z"])
+    again = chain_starts(built.model, built.initial_point, {"eta_z", "omega_CL", "sigma_add"}, 3, seed=4)
+    np.testing.assert_array_equal(again[2]["eta_z"], starts[2]["eta_z"])
+
+
+@pytest.fixture(scope="module")
+def theophylline_fits():
+    spec = load_spec("pk_1cmt_oral")
+    path = datasets.dataset_path("theophylline")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {s: fit_model(spec, path, sampler=s, chains=4, draws=500, tune=500, seed=3, progress=False)
+                for s in ("nutpie", "numpyro", "blackjax")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["numpyro", "blackjax"])
+def test_jax_engine_gives_nutpie_posterior(theophylline_fits, engine):
+    import arviz as az
+
+    ref, got = theophylline_fits["nutpie"], theophylline_fits[engine]
+    names = ["CL", "V", "KA", "omega_CL", "omega_V", "omega_KA", "sigma_add", "sigma_prop"]
+    a = az.summary(ref.idata, var_names=names)
+    b = az.summary(got.idata, var_names=names)
+    for name in names:
+        tol_mean = 4 * np.hypot(a.loc[name, "mcse_mean"], b.loc[name, "mcse_mean"])
+        assert abs(a.loc[name, "mean"] - b.loc[name, "mean"]) < tol_mean, name
+        tol_sd = 4 * np.hypot(a.loc[name, "mcse_sd"], b.loc[name, "mcse_sd"])
+        assert abs(a.loc[name, "sd"] - b.loc[name, "sd"]) < tol_sd, name
+    # the same FitResult whatever the engine: groups, posterior variables, settings, checks
+    assert set(got.idata.posterior.data_vars) == set(ref.idata.posterior.data_vars)
+    assert {"posterior", "sample_stats", "log_likelihood", "observed_data", "constant_data"} <= set(got.idata.groups())
+    assert got.idata.log_likelihood["DV"].shape == ref.idata.log_likelihood["DV"].shape
+    assert got.settings["sampler"] == engine and got.settings["device"] == "cpu"
+    assert (got.idata.posterior.sizes["chain"], got.idata.posterior.sizes["draw"]) == (4, 500)
+    ss = got.idata.sample_stats
+    assert {"diverging", "tree_depth", "maxdepth_reached", "n_steps"} <= set(ss.data_vars)
+    assert int(ss["diverging"].sum()) == 0 and 1 <= int(ss["tree_depth"].min()) <= int(ss["tree_depth"].max()) <= 10
+
+
+def test_cli_engine_choice_error_is_one_line(capsys):
+    from bayesnlme.cli import main
+    from bayesnlme.cli.parsers import DEVICES as CLI_DEVICES
+    from bayesnlme.cli.parsers import SAMPLERS as CLI_SAMPLERS
+    from bayesnlme.inference.engines import DEVICES, SAMPLERS
+
+    assert (CLI_SAMPLERS, CLI_DEVICES) == (SAMPLERS, DEVICES)
+    data = str(datasets.dataset_path("indometacin"))
+    assert main(["fit", "--model", "pk_1cmt_iv", "--data", data, "--sampler", "pymc", "--device", "gpu"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "runs on the CPU only" in err and "numpyro" in err
