@@ -7,6 +7,9 @@
 # make fuzz : 10,000 random cases per fuzz target (data reader, spec parser, regimen files); docs/reliability.md
 # make capabilities : every model_library entry through fit, diagnose, -2LL, subject LOO, VPC and
 #                      regimens (~70 min on 2 cores); writes docs/capabilities.md
+# make benchmark / benchmark-scale / benchmark-gpu : theophylline against a hand-written model;
+#                 simulated populations (100 and 1,200 subjects) on nutpie, numpyro and blackjax;
+#                 10,000 and 100,000 subjects on a GPU.  Figures in docs/benchmarks.md
 # make qualify : reference problems against published answers (nlme, NONMEM, posteriordb, R loo, BLQ);
 #                writes qualification/qualification.{csv,md} (1-4 min; not part of make test)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -14,7 +17,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install benchmark clean case-studies docs fuzz qualify capabilities
+.PHONY: demo test install benchmark benchmark-scale benchmark-gpu clean case-studies docs fuzz qualify capabilities
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +61,15 @@ docs: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/theophylline.py
+
+benchmark-scale: $(STAMP)
+	$(BIN)/python benchmarks/scale.py --json benchmarks/scale_cpu.json
+
+# on a machine with an NVIDIA GPU: JAX's CUDA build, then 10,000 and 100,000 subjects (about 8 min)
+benchmark-gpu: $(STAMP)
+	$(BIN)/python -m pip install --quiet "jax[cuda12]"
+	$(BIN)/python benchmarks/scale.py --device gpu --sizes 10000 100000 --engines numpyro --phases cold \
+	    --json benchmarks/scale_gpu.json
 
 clean:
 	rm -rf demo_output .pytest_cache case_studies/html docs/_build qualification

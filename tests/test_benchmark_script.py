@@ -1,4 +1,4 @@
-"""benchmarks/theophylline.py compares like with like.
+"""benchmarks/theophylline.py and benchmarks/scale.py compare like with like.
 
 The hand-written model must have the library model's variables (same names,
 transforms, shapes and initial point) and the same log density at the same
@@ -70,3 +70,28 @@ def _grad_by_name(model, point):
     flat = model.compile_dlogp()(point)
     sizes = [int(np.prod(np.shape(point[v.name]))) for v in model.value_vars]
     return {v.name: g for v, g in zip(model.value_vars, np.split(flat, np.cumsum(sizes)[:-1]))}
+
+
+def test_scale_benchmark_models_have_the_library_log_density():
+    """benchmarks/scale.py: its simulated study fits the library model, and its hand-written numpyro
+    model has the library model's log density (same priors and transforms) at a random point."""
+    pytest.importorskip("numpyro")
+    import scale
+    from numpyro.infer.util import potential_energy
+
+    from bayesnlme.data import read_nonmem
+
+    df = scale.simulate(15, seed=4)
+    assert len(df) == 15 * (len(scale.TIMES) + 1) and (df.loc[df["EVID"] == 0, "DV"] != 0).all()
+    built = build_model(load_spec("pk_1cmt_oral"), read_nonmem(df))
+    model, _ = scale.numpyro_model(df)
+    rng = np.random.default_rng(8)
+    point = {v.name: rng.normal(0.0, 0.5, np.shape(built.model.initial_point()[v.name]))
+             for v in built.model.value_vars}
+    point["CL_log__"] += np.log(4.0)
+    point["V_log__"] += np.log(40.0)
+    expect = built.model.compile_logp()(point)
+    unconstrained = {k.removesuffix("_log__"): v for k, v in point.items()}
+    got = -float(potential_energy(model, (), {}, unconstrained))
+    assert np.isfinite(expect)
+    np.testing.assert_allclose(got, expect, rtol=1e-9)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import xarray as xr
 
 SCRIPT = """
@@ -19,16 +20,17 @@ import sys, warnings
 warnings.simplefilter("ignore")
 from bayesnlme import datasets, fit_model, load_spec
 res = fit_model(load_spec("pk_1cmt_iv"), datasets.dataset_path("indometacin"), chains=2, draws=60, tune=60,
-                seed=11, progress=False)
+                seed=11, progress=False, sampler=sys.argv[2])
 res.save(sys.argv[1])
 """
 
 
-def _run(out, home, **env):
+def _run(out, home, sampler="nutpie", **env):
     full = dict(os.environ, HOME=str(home), **env)
-    full.pop("PYTENSOR_FLAGS", None)
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(out)], env=full, capture_output=True, text=True,
-                          timeout=300)
+    for name in ("PYTENSOR_FLAGS", "BAYESNLME_CACHE_DIR"):
+        full.pop(name, None)
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(out), sampler], env=full, capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     with xr.open_dataset(out, group="posterior") as post:
         return {name: post[name].values.copy() for name in post.data_vars}
@@ -44,4 +46,20 @@ def test_draws_identical_across_processes_cold_and_warm_cache(tmp_path):
     for name in cold:
         np.testing.assert_array_equal(cold[name], warm[name], err_msg=name)
     # the seed matters: the draws are not a constant
+    assert np.std(cold["CL"]) > 0
+
+
+def test_jax_engine_draws_identical_cold_and_warm_persistent_cache(tmp_path):
+    """numpyro: the second process loads the compiled sampler from JAX's persistent cache (under
+    ~/.cache/bayesnlme/jax) and gives the same draws bit for bit."""
+    pytest.importorskip("numpyro")
+    home = tmp_path / "home"
+    home.mkdir()
+    cold = _run(tmp_path / "cold.nc", home, sampler="numpyro")
+    cache = home / ".cache" / "bayesnlme" / "jax"
+    assert len(list(cache.iterdir())) > 0       # the first run filled the persistent cache
+    warm = _run(tmp_path / "warm.nc", home, sampler="numpyro")
+    assert set(cold) == set(warm) and {"CL", "V", "ETA"} <= set(cold)
+    for name in cold:
+        np.testing.assert_array_equal(cold[name], warm[name], err_msg=name)
     assert np.std(cold["CL"]) > 0

@@ -24,6 +24,7 @@ in a new process, skips XLA compilation.  JAX is an optional dependency:
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -122,8 +123,13 @@ def chain_starts(model, start: dict, jitter: set[str], chains: int, seed: int) -
 
 
 def sample(model, start: dict, sampler: str, *, device: str = "cpu", chains: int, draws: int, tune: int,
-           seed: int, progress: bool, target_accept: float = 0.8, flat=()):
-    """Draw from ``model`` with one engine; returns :class:`arviz.InferenceData` (posterior, sample_stats)."""
+           seed: int, progress: bool, target_accept: float = 0.8, flat=(), timings: dict | None = None):
+    """Draw from ``model`` with one engine; returns :class:`arviz.InferenceData` (posterior, sample_stats).
+
+    ``timings``, when given, receives ``compile_s`` where the engine compiles apart from sampling
+    (nutpie: the numba compilation; JAX engines compile inside the sampler).
+    """
+    t0 = time.perf_counter()
     jitter = jitter_names(model, flat)
     keep = [v.name for v in model.free_RVs + model.deterministics]   # not the *_log__ copies
     cores = min(chains, os.cpu_count() or 1)
@@ -132,6 +138,8 @@ def sample(model, start: dict, sampler: str, *, device: str = "cpu", chains: int
 
         rvs = {v for v in model.free_RVs if v.name in jitter}
         compiled = nutpie.compile_pymc_model(model, initial_points=start, jitter_rvs=rvs, var_names=keep)
+        if timings is not None:
+            timings["compile_s"] = time.perf_counter() - t0
         idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,
                               progress_bar=progress, save_warmup=False, cores=cores)
     elif sampler == "pymc":
