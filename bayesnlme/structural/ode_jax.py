@@ -3,8 +3,9 @@
 :func:`register` teaches PyTensor's JAX backend to evaluate :class:`~bayesnlme.structural.ode.ODESolveOp`:
 the compiled DOPRI5 kernel (the same one nutpie runs) is called on the host through
 ``jax.pure_callback``, and its forward sensitivities ``S = dY/dP`` give the reverse-mode gradient
-(``jax.custom_vjp``), so numpyro and blackjax can differentiate the log-density.  Chains vectorised by
-``vmap`` call the kernel once per chain.  On a GPU each evaluation copies the individual parameters
+(``jax.custom_vjp``), so numpyro and blackjax can differentiate the log-density.  The dosing schedule
+(data) is bound when the function is built, so each call sends only the individual parameters; chains
+vectorised by ``vmap`` make one host call for all chains.  On a GPU each evaluation copies the individual parameters
 to the host and the states back; the integration itself runs on the CPU.
 
 JAX is imported when :func:`register` is first called, not when this module is imported.
@@ -32,17 +33,30 @@ def register() -> None:
 def _jax_ode_solve(op, node=None, **kwargs):
     import jax
     import jax.numpy as jnp
+    from pytensor.graph.basic import Constant
 
     kernel = op.kernel
     n_states, n_params = op.system.n_states, len(op.system.parameters)
+    schedule_inputs = list(node.inputs[1:-1]) if node is not None else []
+    fixed = None
+    if schedule_inputs and all(isinstance(v, Constant) for v in schedule_inputs):
+        # the schedule is data: bound here once, so each call sends only the parameters to the host
+        fixed = [np.array(v.data, order="C") for v in schedule_inputs]
 
     def host(P, *schedule):
-        y, s = kernel(np.array(P, dtype=np.float64, order="C"), *[np.array(x, order="C") for x in schedule])
+        P = np.asarray(P, dtype=np.float64)
+        if P.ndim == 3:       # chains vectorised by vmap: one host call for all of them
+            out = [host(p) for p in P]
+            return np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
+        sched = [x.copy() for x in fixed] if fixed is not None else [np.array(x, order="C") for x in schedule]
+        y, s = kernel(np.array(P, order="C"), *sched)
         return np.asarray(y, dtype=np.float64), np.asarray(s, dtype=np.float64)
 
     def call(P, schedule, n_obs):
         shapes = (jax.ShapeDtypeStruct((n_obs, n_states), jnp.float64),
                   jax.ShapeDtypeStruct((n_obs, n_states, n_params), jnp.float64))
+        if fixed is not None:
+            return jax.pure_callback(host, shapes, P, vmap_method="expand_dims")
         return jax.pure_callback(host, shapes, P, *schedule, vmap_method="sequential")
 
     @jax.custom_vjp
