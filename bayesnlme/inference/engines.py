@@ -3,7 +3,7 @@
 Every engine samples the same PyMC model from the same start point and returns an
 :class:`arviz.InferenceData` with the same ``posterior`` variables (free parameters and
 deterministics on their natural scale) and the ``sample_stats`` the convergence checks read
-(``diverging``, ``tree_depth`` or ``depth``, ``step_size``), so :class:`~bayesnlme.inference.fit.FitResult`,
+(``diverging``, ``tree_depth``, ``maxdepth_reached``, ``n_steps``), so :class:`~bayesnlme.inference.fit.FitResult`,
 ``fit.nc`` and the summary do not depend on the engine.
 
 =============  ==================================================================  ==========
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pymc as pm
-from pymc.initial_point import make_initial_point_fns_per_chain
+from pymc.initial_point import make_initial_point_fn
 
 from bayesnlme.errors import BayesNLMEInputError
 from bayesnlme.structural import ode_jax
@@ -105,21 +105,9 @@ def chain_starts(model, start: dict, jitter: set[str], chains: int, seed: int) -
     """One start per chain on the natural scale: ``start``, jittered by U(-1, 1) on the unconstrained
     scale for the variables in ``jitter`` (PyMC's jitter), from a generator seeded by ``seed``."""
     rvs = {v for v in model.free_RVs if v.name in jitter}
-    fns = make_initial_point_fns_per_chain(model=model, overrides=start, jitter_rvs=rvs, chains=chains)
+    fn = make_initial_point_fn(model=model, overrides=start, jitter_rvs=rvs, return_transformed=False)
     seeds = np.random.SeedSequence([seed, 7]).generate_state(chains)
-    out = []
-    for fn, s in zip(fns, seeds):
-        point = fn(int(s))
-        natural = {}
-        for rv in model.free_RVs:
-            value_var = model.rvs_to_values[rv]
-            value = point[value_var.name]
-            transform = model.rvs_to_transforms.get(rv)
-            if transform is not None:
-                value = transform.backward(value, *rv.owner.inputs).eval()
-            natural[rv.name] = np.asarray(value)
-        out.append(natural)
-    return out
+    return [{name: np.asarray(value) for name, value in fn(int(s)).items()} for s in seeds]
 
 
 def sample(model, start: dict, sampler: str, *, device: str = "cpu", chains: int, draws: int, tune: int,
@@ -131,7 +119,7 @@ def sample(model, start: dict, sampler: str, *, device: str = "cpu", chains: int
     """
     t0 = time.perf_counter()
     jitter = jitter_names(model, flat)
-    keep = [v.name for v in model.free_RVs + model.deterministics]   # not the *_log__ copies
+    keep = [v.name for v in model.free_RVs + model.deterministics]   # natural scale (_harmonise drops nutpie's *__)
     cores = min(chains, os.cpu_count() or 1)
     if sampler == "nutpie":
         import nutpie

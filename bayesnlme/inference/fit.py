@@ -253,7 +253,9 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
             flat = check_start(built, start)
         idata = _nuts(model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat, device)
     with model:
-        pm.compute_log_likelihood(idata, extend_inferencedata=True, progressbar=False, compile_kwargs={"mode": "NUMBA"})
+        # numba, not C: the C backend first scans PyTensor's whole C module cache (seconds)
+        pm.compute_log_likelihood(idata, extend_inferencedata=True, progressbar=False,
+                                  compile_kwargs={"mode": "NUMBA"})
     _add_data_groups(idata, built.data)
     result = FitResult(idata=idata, spec=built.spec, data=built.data, settings=settings)
     result.problems = problems if method != "nuts" else convergence_problems(result)
