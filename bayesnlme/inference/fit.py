@@ -96,15 +96,7 @@ class FitResult:
     # ------------------------------------------------------------------ tables
     def parameter_names(self) -> list[str]:
         """Population parameters in summary order: THETA, covariate effects, OMEGA, correlations, SIGMA."""
-        s = self.spec
-        names = [p for p, par in s.parameters.items() if par.fixed is None]
-        names += [n for eff in s.covariates for n in eff.estimated_names()]
-        names += [f"omega_{p}" for p in s.eta_parameters if s.parameters[p].omega_fixed is None]
-        names += [f"omega_iov_{p}" for p, par in s.parameters.items() if par.omega_iov is not None]
-        for block in s.omega_blocks:
-            names += [f"corr_{a}_{b}" for i, a in enumerate(block) for b in block[i + 1:]]
-        names += s.observation_parameter_names()
-        return names
+        return self.spec.population_parameter_names()
 
     def summary(self) -> pd.DataFrame:
         """Posterior summary of the population parameters.

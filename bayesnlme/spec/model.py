@@ -71,6 +71,20 @@ class ModelSpec:
         """Residual/outcome parameters in summary order (``sigma_add`` ... for a single residual)."""
         return [n for m in self.observation_models() for n in m.parameter_names()]
 
+    def population_parameter_names(self) -> list[str]:
+        """Estimated population parameters in summary order: THETA, covariate effects, OMEGA, correlations, SIGMA.
+
+        These are the names of the model's posterior variables (``omega_<P>`` is the SD of ETA on P).
+        """
+        names = [p for p, par in self.parameters.items() if par.fixed is None]
+        names += [n for eff in self.covariates for n in eff.estimated_names()]
+        names += [f"omega_{p}" for p in self.eta_parameters if self.parameters[p].omega_fixed is None]
+        names += [f"omega_iov_{p}" for p, par in self.parameters.items() if par.omega_iov is not None]
+        for block in self.omega_blocks:
+            names += [f"corr_{a}_{b}" for i, a in enumerate(block) for b in block[i + 1:]]
+        names += self.observation_parameter_names()
+        return names
+
     # ------------------------------------------------------------------ queries
     @property
     def eta_parameters(self) -> list[str]:
