@@ -20,6 +20,7 @@ STAGES = [
     ("inference", ("bayesnlme.inference",)),
     ("evaluate", ("bayesnlme.evaluate",)),
     ("vpc", ("bayesnlme.vpc",)),
+    ("workflows", ("bayesnlme.runner", "bayesnlme.sbc", "bayesnlme.covsearch", "bayesnlme.trial")),
     ("report", ("bayesnlme.report", "bayesnlme.qualify")),
     ("cli", ("bayesnlme.cli",)),
 ]
