@@ -334,7 +334,7 @@ def _likelihood(spec: ModelSpec, ipred, sd, dv):
     return pm.Normal("DV", mu=ipred, sigma=sd, observed=dv, dims="obs")
 
 
-def build_model(spec: ModelSpec, data, *, check_residual: bool = True) -> BuiltModel:
+def build_model(spec: ModelSpec, data, *, check_residual: bool = True, dv_data: bool = False) -> BuiltModel:
     """Build the PyMC model for ``spec`` on ``data``.
 
     Parameters
@@ -342,6 +342,13 @@ def build_model(spec: ModelSpec, data, *, check_residual: bool = True) -> BuiltM
     spec : ModelSpec
     data : NMData, path or pandas.DataFrame
         NONMEM-format data (read with :func:`bayesnlme.data.read_nonmem` if needed).
+    check_residual : bool
+        Check DV against the residual model (off when the observation records are a design).
+    dv_data : bool
+        Hold the observed DV in a data container ``DV_data`` (:func:`pymc.Data`) instead of a
+        constant, so that a compiled model can be sampled again for new DV values of the same design
+        (:mod:`bayesnlme.inference.refit`).  Single-residual models only: with ``[[observations]]`` or
+        censored records DV stays a constant (check ``"DV_data" in built.model.named_vars``).
 
     Returns
     -------
@@ -378,7 +385,8 @@ def build_model(spec: ModelSpec, data, *, check_residual: bool = True) -> BuiltM
         ipred, pred = (_predict(spec, data, doses, params, obs_log)
                        for params, obs_log in ((individual, obs_ind), (typical, obs_typ)))
         sd = _residual_sd(spec, ipred, init)
-        dv = _likelihood(spec, ipred, sd, data.obs_dv)
+        observed = pm.Data("DV_data", data.obs_dv, dims="obs") if dv_data else data.obs_dv
+        dv = _likelihood(spec, ipred, sd, observed)
     return BuiltModel(model=model, spec=spec, data=data, initial_point=init,
                       ipred=ipred, pred=pred, residual_sd=sd, individual=individual,
                       loglik=pm.logp(dv, data.obs_dv))

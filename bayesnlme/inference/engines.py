@@ -119,7 +119,7 @@ def sample(model, start: dict, sampler: str, *, device: str = "cpu", chains: int
     """
     t0 = time.perf_counter()
     jitter = jitter_names(model, flat)
-    keep = [v.name for v in model.free_RVs + model.deterministics]   # natural scale (_harmonise drops nutpie's *__)
+    keep = [v.name for v in model.free_RVs + model.deterministics]   # natural scale (harmonise drops nutpie's *__)
     cores = min(chains, os.cpu_count() or 1)
     if sampler == "nutpie":
         import nutpie
@@ -138,13 +138,13 @@ def sample(model, start: dict, sampler: str, *, device: str = "cpu", chains: int
     else:
         idata = _sample_jax(model, start, sampler, device, chains, draws, tune, seed, progress, target_accept,
                             jitter, keep)
-    return _harmonise(idata)
+    return harmonise(idata)
 
 
 MAX_TREE_DEPTH = 10   # every engine's default
 
 
-def _harmonise(idata):
+def harmonise(idata):
     """The same posterior variables and sampler statistics whatever the engine.
 
     ``posterior``: natural-scale parameters and deterministics (nutpie also returns the unconstrained
