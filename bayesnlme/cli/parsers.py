@@ -27,6 +27,7 @@ EXAMPLES = """examples:
   bayesnlme library pk_1cmt_oral    show one entry (its TOML, with the reasoning behind its priors)
   bayesnlme report fits/theo --out theo_report.html      one self-contained HTML report
   bayesnlme report fits/1cmt fits/2cmt --out comparison.html
+  bayesnlme sbc pk_1cmt_oral --data design.csv --n 200 --out sbc_1cmt    simulation-based calibration on Dask
 
 exit status: 0 success, 1 bad input (one-line message), 2 internal error (--debug shows the traceback)
 """
@@ -85,6 +86,7 @@ def parser() -> argparse.ArgumentParser:
     _add_simulate(sub)
     _add_prior_check(sub)
     _add_eda_report(sub)
+    _add_sbc(sub)
     lib = sub.add_parser("library", help="list model_library entries or show one",
                          description="Without NAME: list the model_library entries with their descriptions. "
                          "With NAME: print that entry's TOML (priors explained in its comments).",
@@ -198,3 +200,47 @@ def _add_eda_report(subparsers) -> None:
     r.add_argument("--npde-sims", type=int, default=200,
                    help="NPDE simulations when DIR/diagnostics has no plots (default: %(default)s)")
     r.add_argument("--seed", type=int, default=0, help="seed of those simulations (default: %(default)s)")
+
+
+def _add_runner_options(p) -> None:
+    """Options of every many-fits command (bayesnlme.runner)."""
+    g = p.add_argument_group("where the fits run (Dask)")
+    g.add_argument("--scheduler", help="Dask scheduler address (tcp://HOST:8786), 'local' for a new local cluster "
+                   "or 'serial' for no cluster (default: $DASK_SCHEDULER_ADDRESS, else a local cluster)")
+    g.add_argument("--workers", type=int, help="local cluster: worker processes (default: one per CPU core)")
+    g.add_argument("--memory-limit", help="local cluster: memory per worker, e.g. 4GiB (default: machine memory "
+                   "/ workers); a worker above 95%% of it is restarted and its task retried")
+    g.add_argument("--retry-failed", action="store_true",
+                   help="rerun the tasks that failed in an earlier run of this command (default: keep their errors)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_sbc(subparsers) -> None:
+    """Register ``bayesnlme sbc``."""
+    p = subparsers.add_parser(
+        "sbc", help="simulation-based calibration of a model on a design (many fits on Dask)",
+        description="Draw parameters from MODEL's priors, simulate DV at the design's records, fit, and rank "
+        "each true population parameter among the posterior draws; N replicates as independent tasks on "
+        "Dask. Writes OUT/manifest.json and OUT/tasks/<replicate>/ as each replicate finishes (a rerun "
+        "resumes), then OUT/sbc_ranks.csv, sbc_table.csv (per parameter: mean normalised rank, p-value of "
+        "the ECDF uniformity test, rejected, shape), sbc_fits.csv, sbc_verdict.txt, sbc_ranks.png and "
+        "sbc_ecdf.png, and prints the table and the verdict.",
+        epilog="examples:\n  bayesnlme sbc pk_1cmt_oral --data theophylline.csv --n 200 --out sbc_1cmt\n"
+               "  bayesnlme sbc pk_1cmt_oral --data design.csv --n 100 --fit-model narrow.toml --out sbc_check\n"
+               "  bayesnlme sbc my_model.toml --data design.csv --n 500 --scheduler tcp://head:8786 --out sbc_big",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="a .toml spec file or a model_library entry name (its priors simulate)")
+    p.add_argument("--data", required=True, help="design: NONMEM-format CSV with doses, sampling times and "
+                   "covariates (DV values are ignored)")
+    p.add_argument("--n", type=int, default=200, help="replicates (default: %(default)s)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--fit-model", help="fit the replicates with this model instead (e.g. other priors): "
+                   "checks that model against data from MODEL")
+    p.add_argument("--chains", type=int, default=2, help="chains per fit (default: %(default)s)")
+    p.add_argument("--draws", type=int, default=500, help="draws per chain (default: %(default)s)")
+    p.add_argument("--tune", type=int, default=500, help="warm-up draws per chain (default: %(default)s)")
+    p.add_argument("--ranks", type=int, default=100, help="possible ranks L+1, from L thinned draws "
+                   "(default: %(default)s)")
+    p.add_argument("--alpha", type=float, default=0.01, help="level of the uniformity test (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=1, help="run seed (default: %(default)s)")
+    _add_runner_options(p)
