@@ -168,6 +168,30 @@ def test_other_advans_map_names_and_error_models(tmp_path, advan, code, error, e
         assert res.data.DV.iloc[1] == pytest.approx(math.exp(5.1))
 
 
+def test_oral_bioavailability_and_lag(tmp_path):
+    path = _write(tmp_path, """$SUBROUTINE ADVAN2 TRANS2
+$PK
+CL = THETA(1)*EXP(ETA(1))
+V = THETA(2)
+KA = THETA(3)
+F1 = THETA(4)
+ALAG1 = THETA(5)*EXP(ETA(2))
+S2 = V
+S1 = 1
+$ERROR
+Y = F + F*EPS(1)
+$THETA (0, 5) (0, 50) (0, 1) (0, 0.8, 1) (0, 0.5)
+$OMEGA 0.1 0.04
+$SIGMA 0.04
+""")
+    res = import_nonmem(path)
+    f, alag = res.spec.parameters["F"], res.spec.parameters["ALAG"]
+    assert f.iiv == "none" and f.prior.dist == "truncatednormal" and f.prior.args["upper"] == 1.0
+    assert alag.iiv == "lognormal" and alag.prior.args["median"] == 0.5
+    assert alag.omega.args["sigma"] == pytest.approx(2 * 0.2)
+    assert any(i.line == 12 and "not observed" in i.reason for i in res.notes)   # S1 = 1
+
+
 def test_untranslatable_lines_are_named(tmp_path):
     path = _write(tmp_path, """$SUBROUTINE ADVAN1 TRANS2
 $PK

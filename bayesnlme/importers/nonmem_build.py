@@ -270,9 +270,14 @@ class Translation:
     def _unused_statements(self) -> None:
         for record, stmts in (("PK", self.pk), ("ERROR", getattr(self, "err", []))):
             for i, (sym, _) in enumerate(stmts):
-                if (record, i) not in self.used and not SPECIAL.match(str(sym)):
+                if (record, i) in self.used:
+                    continue
+                if not SPECIAL.match(str(sym)):
                     self.notes.append(self.lines.statement(record, i, "not used by the prediction or the "
                                                                       "error model (output only)"))
+                elif str(sym).startswith("S"):
+                    self.notes.append(self.lines.statement(record, i, "scale of a compartment that is not "
+                                                                      "observed (bayesnlme observes the central one)"))
 
     # ------------------------------------------------------------------ assembling
     def _spec_dict(self, structural, params, res, omegas, blocks):
