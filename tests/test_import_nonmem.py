@@ -292,3 +292,11 @@ def test_imported_pheno_fit_recovers_nonmem_estimates():
         draws = np.asarray(fit.posterior_draws(name)).ravel()
         assert abs(np.median(draws) - value) < 3 * draws.std(), (name, np.median(draws), value, draws.std())
     assert table["r_hat"].max() < 1.05
+
+
+def test_missing_pharmpy_is_one_line(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pharmpy.modeling", None)   # as if pharmpy-core were not installed
+    with pytest.raises(NonmemImportError, match=r"pip install 'bayesnlme\[nonmem\]'"):
+        import_nonmem(nonmem_path("phenobarbital"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 import sympy
-from pharmpy.model.external.nonmem.parsing import parse_column_info
 
 from bayesnlme.errors import SpecError
 from bayesnlme.importers import nonmem_priors as pri
@@ -102,6 +101,9 @@ class Translation:
         return structural, dict(names), scale
 
     def _columns(self) -> None:
+        # Pharmpy is a heavy optional dependency, imported only when a control stream is read
+        from pharmpy.model.external.nonmem.parsing import parse_column_info
+
         di = self.model.datainfo
         # reserved name -> the name the code uses (DV=CONC: {"DV": "CONC"}), as Pharmpy's reader sees $INPUT
         synonyms = {k: v for k, v in parse_column_info(self.cs)[2].items() if k in NM_ITEMS}
