@@ -16,6 +16,7 @@ MAX_LINES = 500
 STAGES = [
     ("base", ("bayesnlme.errors", "bayesnlme.atomic", "bayesnlme.datasets")),
     ("describe", ("bayesnlme.structural", "bayesnlme.spec", "bayesnlme.data", "bayesnlme.eda")),
+    ("importers", ("bayesnlme.importers",)),
     ("build", ("bayesnlme.build",)),
     ("inference", ("bayesnlme.inference",)),
     ("evaluate", ("bayesnlme.evaluate",)),

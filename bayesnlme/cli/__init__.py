@@ -22,7 +22,8 @@ from bayesnlme.errors import BayesNLMEInputError, ConvergenceWarning
 COMMANDS = {"fit": ("fitting", "run_fit"), "diagnose": ("fitting", "run_diagnose"), "library": ("fitting", "run_library"),
             "compare": ("compare", "run"), "vpc": ("vpc", "run"), "simulate": ("simulate", "run"),
             "prior-check": ("prior_check", "run"), "eda": ("report", "run_eda"), "report": ("report", "run"),
-            "sbc": ("sbc", "run")}
+            "sbc": ("sbc", "run"),
+            "import-nonmem": ("importers", "run_import_nonmem")}
 
 
 def _dispatch(args) -> int:
@@ -40,7 +41,7 @@ def _output_folder(args) -> Path | None:
         return Path(args.dir)
     if args.command == "simulate":
         return Path(args.out) if args.out else Path(args.dir)
-    if args.command in ("report", "compare"):
+    if args.command in ("report", "compare", "import-nonmem"):
         return Path(args.out).parent
     return None
 

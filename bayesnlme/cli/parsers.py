@@ -28,6 +28,7 @@ EXAMPLES = """examples:
   bayesnlme report fits/theo --out theo_report.html      one self-contained HTML report
   bayesnlme report fits/1cmt fits/2cmt --out comparison.html
   bayesnlme sbc pk_1cmt_oral --data design.csv --n 200 --out sbc_1cmt    simulation-based calibration on Dask
+  bayesnlme import-nonmem run1.mod --out run1.toml --priors estimates    a NONMEM control stream as a spec
 
 exit status: 0 success, 1 bad input (one-line message), 2 internal error (--debug shows the traceback)
 """
@@ -87,6 +88,7 @@ def parser() -> argparse.ArgumentParser:
     _add_prior_check(sub)
     _add_eda_report(sub)
     _add_sbc(sub)
+    _add_import_nonmem(sub)
     lib = sub.add_parser("library", help="list model_library entries or show one",
                          description="Without NAME: list the model_library entries with their descriptions. "
                          "With NAME: print that entry's TOML (priors explained in its comments).",
@@ -244,3 +246,29 @@ def _add_sbc(subparsers) -> None:
     p.add_argument("--alpha", type=float, default=0.01, help="level of the uniformity test (default: %(default)s)")
     p.add_argument("--seed", type=int, default=1, help="run seed (default: %(default)s)")
     _add_runner_options(p)
+def _add_import_nonmem(subparsers) -> None:
+    """Register ``bayesnlme import-nonmem``."""
+    p = subparsers.add_parser(
+        "import-nonmem", help="translate a NONMEM control stream into a bayesnlme spec (TOML)",
+        description="Read a NONMEM control stream with Pharmpy (pip install 'bayesnlme[nonmem]') and write "
+        "the equivalent bayesnlme spec: ADVAN1-4/11/12 (TRANS2/4) structural model, typical values, "
+        "exponential/additive ETAs, power/exponential/linear/categorical covariate models, OMEGA blocks, "
+        "additive/proportional/combined/exponential error, priors from $THETA/$OMEGA/$SIGMA or the .ext "
+        "estimates.  Prints what was translated and, by control-stream line, what was not; by default a "
+        "control stream with untranslatable lines is refused (exit status 1) and nothing is written.",
+        epilog="examples:\n  bayesnlme import-nonmem run1.mod --out run1.toml\n"
+               "  bayesnlme import-nonmem run1.mod --out run1.toml --priors estimates --ext run1.ext\n"
+               "  bayesnlme import-nonmem run1.mod --out run1.toml --data-out run1_bayesnlme.csv\n"
+               "  bayesnlme fit --model run1.toml --data run1_bayesnlme.csv --out fits/run1",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("control_stream", help="NONMEM control stream (.mod, .ctl)")
+    p.add_argument("--out", required=True, help="TOML spec file to write")
+    p.add_argument("--priors", choices=["weak", "estimates"], default="weak",
+                   help="weak: centred on the initial values; estimates: on the .ext final estimates, "
+                   "widths from their standard errors (default: %(default)s)")
+    p.add_argument("--ext", help="the run's .ext file (default: the control stream's name with .ext)")
+    p.add_argument("--data", help="the data file, if not where $DATA says")
+    p.add_argument("--data-out", help="also write the data as bayesnlme reads it (IGNORE applied, columns "
+                   "renamed, derived 0/1 columns added) to this CSV")
+    p.add_argument("--allow-untranslated", action="store_true",
+                   help="write the spec even if some lines do not translate (they are listed at its top)")

@@ -21,7 +21,7 @@ _FILES = {
     "posteriordb_mm": "posteriordb_one_comp_mm_elim_abs.csv",
 }
 
-__all__ = ["dataset_path", "load_theophylline", "load_indometacin",
+__all__ = ["dataset_path", "nonmem_path", "load_theophylline", "load_indometacin",
            "load_phenobarbital", "load_warfarin", "load_posteriordb_mm", "posteriordb_mm_reference",
            "DATASETS"]
 
@@ -38,6 +38,26 @@ def dataset_path(name: str) -> Path:
     if name not in _FILES:
         raise KeyError(f"unknown data set {name!r}; available: {', '.join(_FILES)}")
     return Path(str(resources.files(__name__).joinpath(_FILES[name])))
+
+
+#: NONMEM control streams for bundled data sets (each with the .ext file of its NONMEM run beside it)
+_NONMEM = {"phenobarbital": "phenobarbital.mod"}
+
+
+def nonmem_path(name: str) -> Path:
+    """Path of a bundled NONMEM control stream for a bundled data set.
+
+    ``"phenobarbital"``: the classic NONMEM ``pheno`` model (ADVAN1 TRANS2, CL and V proportional to
+    WT, V times ``1 + THETA(3)`` for Apgar < 5, exponential IIV on CL and V, proportional error) for
+    :func:`load_phenobarbital`.  Beside it, ``phenobarbital.ext`` holds NONMEM 7 FOCE-I final
+    estimates and standard errors for the same records, as distributed with Pharmpy's ``pheno``
+    example: CL 0.00470 L/h/kg, V 0.984 L/kg, THETA(3) 0.159, OMEGA 0.0294 (CL) and 0.0279 (V)
+    (variances), SIGMA 0.0132 (variance of the proportional error).  Read it with
+    :func:`bayesnlme.importers.import_nonmem`.
+    """
+    if name not in _NONMEM:
+        raise KeyError(f"no NONMEM control stream for {name!r}; available: {', '.join(_NONMEM)}")
+    return Path(str(resources.files(__name__).joinpath(_NONMEM[name])))
 
 
 def _load(name: str) -> pd.DataFrame:

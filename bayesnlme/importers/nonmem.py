@@ -1,0 +1,131 @@
+"""Import a NONMEM control stream as a bayesnlme model specification.
+
+The control stream is parsed by Pharmpy (``pharmpy-core``; ``pip install 'bayesnlme[nonmem]'``); the
+translation itself is :mod:`~bayesnlme.importers.nonmem_pk` ($PK: structural model, typical values,
+IIV, covariate effects), :mod:`~bayesnlme.importers.nonmem_error` ($ERROR: residual error),
+:mod:`~bayesnlme.importers.nonmem_priors` (priors from $THETA/$OMEGA/$SIGMA or the ``.ext`` file)
+and :mod:`~bayesnlme.importers.nonmem_data` ($DATA/$INPUT).  What maps is translated exactly (the
+imported model has the same likelihood as the NONMEM one); everything else is listed by
+control-stream line with the reason, never approximated and never dropped in silence.
+
+Units: THETAs keep their units (the data's); NONMEM's OMEGA and SIGMA are variances and become
+standard deviations (of ETA, on the log scale for log-normal IIV; of the residual, in DV units for
+additive error, as a fraction for proportional error).  Nothing read from the file is evaluated.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+from bayesnlme.importers import nonmem_priors as priors_mod
+from bayesnlme.importers.nonmem_build import Translation
+from bayesnlme.importers.nonmem_result import ImportResult, NonmemImportError
+
+
+def import_nonmem(path, *, priors: str = "weak", ext=None, data=None, strict: bool = True) -> ImportResult:
+    """Translate a NONMEM control stream into a bayesnlme model specification.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The control stream (``run1.mod``/``.ctl``).
+    priors : {"weak", "estimates"}
+        ``"weak"``: centred on the ``$THETA``/``$OMEGA``/``$SIGMA`` initial values;
+        ``"estimates"``: centred on the final estimates of the ``.ext`` file, widths from their
+        standard errors (see :mod:`bayesnlme.importers.nonmem_priors`).
+    ext : str or os.PathLike, optional
+        The ``.ext`` file (default: the control stream's name with ``.ext``).
+    data : str or os.PathLike, optional
+        The data file, if not where ``$DATA`` says.
+    strict : bool
+        Raise :class:`NonmemImportError` listing every untranslated line (default); with False,
+        return them in :attr:`ImportResult.untranslated` next to the spec of the rest.
+
+    Returns
+    -------
+    ImportResult
+
+    Raises
+    ------
+    NonmemImportError
+        Pharmpy is missing or cannot parse the file; no structural model maps; the spec would be
+        invalid; or (strict) some statements do not translate.  One line naming the file and lines.
+
+    Examples
+    --------
+    >>> from bayesnlme.importers import import_nonmem
+    >>> from bayesnlme.datasets import nonmem_path
+    >>> res = import_nonmem(nonmem_path("phenobarbital"), priors="estimates")
+    >>> res.spec.structural.name, sorted(res.spec.parameters), res.spec.residual.kind
+    ('1cmt_iv', ['CL', 'V'], 'proportional')
+    """
+    path = Path(path)
+    if priors not in ("weak", "estimates"):
+        raise NonmemImportError(f"priors must be 'weak' or 'estimates', got {priors!r}")
+    if not path.is_file():
+        raise NonmemImportError(f"{path}: control stream not found")
+    model = _read_model(path, data)
+    values = _values(model, path, priors, ext)
+    return Translation(model, path, values, ext_columns(model), priors == "estimates").run(strict)
+
+
+def _read_model(path: Path, data):
+    try:   # Pharmpy is a heavy optional dependency (sympy, lark, ...): loaded only when importing
+        from pharmpy.modeling import read_model, read_model_from_string
+    except ImportError:
+        raise NonmemImportError("importing NONMEM control streams needs Pharmpy: "
+                                "pip install 'bayesnlme[nonmem]'") from None
+    try:
+        with warnings.catch_warnings():   # Pharmpy's remarks on the data set; ours are in the result
+            warnings.simplefilter("ignore")
+            return _parse(path, data, read_model, read_model_from_string)
+    except Exception as exc:  # noqa: BLE001 - Pharmpy raises many types; one line names the file
+        msg = " ".join(str(exc).split())
+        raise NonmemImportError(f"{path}: Pharmpy cannot read this control stream "
+                                f"({type(exc).__name__}: {msg[:300]})") from None
+
+
+def _parse(path, data, read_model, read_model_from_string):
+    if data is None:
+        return read_model(str(path))
+    # the data file named on $DATA (one token, possibly quoted) replaced by the one given
+    text = re.sub(r"(\$DATA\s+)(\"[^\"]*\"|'[^']*'|\S+)", lambda m: m.group(1) + str(Path(data).resolve()),
+                  path.read_text(), count=1, flags=re.IGNORECASE)
+    return read_model_from_string(text)
+
+
+def _values(model, path, priors, ext) -> dict:
+    """Pharmpy parameter name -> :class:`~bayesnlme.importers.nonmem_priors.Value` (init or estimate)."""
+    est, se = {}, {}
+    if priors == "estimates":
+        ext = Path(ext) if ext is not None else path.with_suffix(".ext")
+        if not ext.is_file():
+            raise NonmemImportError(f"{ext}: .ext file not found (priors='estimates' centres the priors on "
+                                    f"the final estimates; give ext= or use priors='weak')")
+        est, se = priors_mod.read_ext(ext)
+    out = {}
+    for p, col in ext_columns(model).items():
+        par = model.parameters[p]
+        if priors == "estimates" and col not in est:
+            raise NonmemImportError(f"{ext}: no column {col} for {p}; is it the .ext file of {path.name}?")
+        out[p] = priors_mod.Value(est.get(col, par.init), se.get(col), par.lower, par.upper, par.fix)
+    return out
+
+
+def ext_columns(model) -> dict:
+    """Pharmpy parameter name -> its ``.ext`` column (``THETA1``, ``OMEGA(2,1)``, ``SIGMA(1,1)``)."""
+    rvs = model.random_variables
+    cols = {}
+    for kind, group in (("OMEGA", rvs.etas), ("SIGMA", rvs.epsilons)):
+        names = list(group.names)
+        for i, a in enumerate(names, 1):
+            for j, b in enumerate(names[:i], 1):
+                cov = rvs.get_covariance(a, b)
+                if cov != 0:
+                    cols[str(cov)] = f"{kind}({i},{j})"
+    rv_params = set(rvs.parameter_names)
+    thetas = [p.name for p in model.parameters if p.name not in rv_params]
+    cols.update({t: f"THETA{i}" for i, t in enumerate(thetas, 1)})
+    return cols

@@ -1,0 +1,141 @@
+"""The spec dict of a translated control stream: parameters with priors, covariate effects, OMEGA
+blocks and the residual, each with a comment saying which THETA/OMEGA/SIGMA it came from."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from bayesnlme.importers import nonmem_priors as pri
+from bayesnlme.importers.nonmem_pk import Untranslatable
+from bayesnlme.spec import KNOWN_DOMAINS
+
+_TRANSFORM_TEXT = {"identity": "{t}", "log": "log({t})", "log1p": "log(1 + {t})"}
+
+
+def assemble(t, structural: str, params: dict, res, omegas: dict, blocks: list):
+    """``(spec dict, comments)`` for :func:`bayesnlme.importers.toml_text.spec_toml`.
+
+    ``t`` is the :class:`~bayesnlme.importers.nonmem_build.Translation` (values, names, lists).
+    """
+    d = {"name": t.path.stem, "description": f"imported from NONMEM control stream {t.path.name}",
+         "structural": structural, "parameters": {}}
+    comments, covs, used = {}, [], set()
+    for bn, pm in params.items():
+        try:
+            entry, lines = _parameter(t, bn, pm, omegas, used)
+        except Untranslatable as exc:
+            t.fail(t.parameter_item(pm.nonmem, f"{bn}: {exc.reason}"))
+            continue
+        d["parameters"][bn] = entry
+        comments[f"parameters.{bn}"] = lines
+        for e in pm.effects:
+            try:
+                cov, line = _effect(t, bn, e, used)
+            except Untranslatable as exc:
+                t.fail(t.parameter_item(pm.nonmem, f"{bn}, effect of {e.covariate}: {exc.reason}"))
+                continue
+            comments[f"covariates.{len(covs)}"] = [line]
+            covs.append(cov)
+    if covs:
+        d["covariates"] = covs
+    blocks = [b for b in blocks if all(p in d["parameters"] and "omega" in d["parameters"][p] for p in b)]
+    if blocks:
+        d["random_effects"] = {"blocks": blocks, "lkj_eta": 2.0}
+        comments["random_effects"] = ["$OMEGA BLOCK: correlated ETAs with an LKJ(2) prior on the correlation; "
+                                      "the OMEGA off-diagonal values are not used by the prior"]
+        t.mapped.append(f"$OMEGA BLOCK -> random_effects.blocks = {blocks} (LKJ(2) on the correlations)")
+    if res is not None:
+        d["residual"], comments["residual"] = _residual(t, res, used)
+    unused = sorted(t.thetas - used, key=lambda p: int(t.nm[p][6:-1]))
+    for p in unused:
+        t.notes.append(_item(t, f"{t.nm[p]} ({p}) is used by no translated statement"))
+    return d, comments
+
+
+def _item(t, reason):
+    from_record = t.cs.get_records("THETA")
+    return t.lines.record(from_record[0], reason) if from_record else t.lines.statement("PK", -1, reason)
+
+
+def _name(t, p) -> str:
+    """``THETA(1)``, or ``THETA(1) (POP_CL)`` where the control stream names it in a comment."""
+    return t.nm[p] if re.fullmatch(r"(THETA|OMEGA|SIGMA)_[\d_]+", p) else f"{t.nm[p]} ({p})"
+
+
+def _parameter(t, bn, pm, omegas, used):
+    v = t.values[pm.theta]
+    used.add(pm.theta)
+    domain = (0.0, math.inf) if pm.iiv == "lognormal" else KNOWN_DOMAINS.get(bn, (-math.inf, math.inf))
+    entry = {"iiv": pm.iiv, **pri.typical_value(v, pm.scale, domain)}
+    scale = "" if pm.scale == 1 else f" x {pm.scale:g}"
+    lines = [f"{bn}: typical value {_name(t, pm.theta)}{scale}, "
+             + (f"FIX {v.value:g}" if v.fixed else f"{'estimate' if t.values_are_estimates else 'initial'} "
+                f"{v.value:g}" + (f", RSE {100 * v.se / abs(v.value):.0f}%" if v.se else ""))]
+    t.mapped.append(f"{_name(t, pm.theta)} -> {bn} typical value{scale}")
+    if pm.iiv != "none":
+        eta, ov = omegas[bn]
+        col = t.nm.get(str(t.model.random_variables.get_covariance(eta, eta)), "OMEGA")
+        eta = t.eta_nm.get(eta, eta)
+        if ov.fixed and ov.value == 0:
+            entry["iiv"] = "none"
+            lines.append(f"{eta}: {col} 0 FIX -> no IIV on {bn}")
+        else:
+            om = pri.sd_prior(ov, 1.0, variance=True)
+            if "fixed" in om:
+                entry["omega_fixed"] = om["fixed"]
+            else:
+                entry["omega"] = om["prior"]
+            kind = "log-normal (ETA on the log scale)" if pm.iiv == "lognormal" else "normal (additive ETA, " \
+                                                                                      "units of " + bn + ")"
+            lines.append(f"{eta}: {col} variance {ov.value:g}{' FIX' if ov.fixed else ''} -> omega_{bn} = "
+                         f"SD {math.sqrt(ov.value):.4g}, {kind}"
+                         + (f"; RSE of the variance {100 * ov.se / ov.value:.0f}%" if ov.se else ""))
+            t.mapped.append(f"{eta} {col} -> omega_{bn} = sqrt(variance), {pm.iiv} IIV")
+    entry["description"] = f"NONMEM {pm.name} ({lines[0].split(': ', 1)[1]})"
+    return entry, lines
+
+
+def _effect(t, bn, e, used):
+    cov = e.covariate if e.kind == "categorical" else t.columns.get(e.covariate) or e.covariate
+    entry = {"parameter": bn, "covariate": cov, "type": e.kind, "reference": e.reference}
+    if e.kind == "categorical":
+        t.derived[cov] = e.condition
+    if e.theta:
+        v = t.values[e.theta]
+        used.add(e.theta)
+        entry.update(pri.effect(v, e.kind, e.transform))
+        what = _TRANSFORM_TEXT[e.transform].format(t=t.nm[e.theta])
+        src = f"{_name(t, e.theta)}{' FIX' if v.fixed else ''}; bayesnlme's {cov}_on_{bn} = {what}"
+    else:
+        entry["fixed"] = e.fixed
+        src = f"exponent {e.fixed:g} written in the code (fixed)" if e.kind == "power" else \
+            f"constant {e.fixed:g} written in the code (fixed)"
+    if e.kind == "categorical":
+        c, op, val = e.condition
+        text = f"IF ({c}.{op}.{val}) {bn} x ratio: derived 0/1 column {cov}; {src}"
+    else:
+        text = {"power": f"({e.covariate}/{e.reference})**{t.nm.get(e.theta, e.fixed)}", "exponential":
+                f"EXP(theta*({e.covariate}-{e.reference}))", "linear":
+                f"(1+theta*({e.covariate}-{e.reference}))"}[e.kind] + f" on {bn}: {src}"
+    t.mapped.append(f"{e.kind} effect of {e.covariate} on {bn} ({src})")
+    return entry, text
+
+
+def _residual(t, res, used):
+    entry, lines = {"type": res.kind}, [f"$ERROR -> {res.kind} residual error"
+                                        + ("; DV is log-transformed in the NONMEM data" if res.log_dv else "")]
+    for name, src in res.sources.items():
+        v = t.values[src.name]
+        variance = src.kind == "sigma"
+        if not variance:
+            used.add(src.name)
+        pr = pri.sd_prior(v, src.factor, variance=variance)
+        entry[name] = pr if "fixed" in pr else pr["prior"]
+        factor = "" if src.factor == 1 else f"{src.factor:g} x "
+        sd = src.factor * (math.sqrt(v.value) if variance else abs(v.value))
+        what = f"sqrt({_name(t, src.name)})" if variance else f"|{_name(t, src.name)}|"
+        lines.append(f"{name}: {factor}{what}{' FIX' if v.fixed else ''} = SD {sd:.4g}"
+                     + (" (NONMEM's SIGMA is a variance)" if variance else " (the THETA is an SD; SIGMA fixed)"))
+        t.mapped.append(f"{_name(t, src.name)} -> {name}" + (" = sqrt(variance)" if variance else " (an SD)"))
+    return entry, lines

@@ -1,0 +1,324 @@
+"""The translation of one parsed control stream into a spec dict, step by step (see :mod:`.nonmem`)."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+import sympy
+
+from bayesnlme.errors import SpecError
+from bayesnlme.importers import nonmem_priors as pri
+from bayesnlme.importers.nonmem_assemble import assemble
+from bayesnlme.importers.nonmem_data import NM_ITEMS, column_mapping, translate_frame
+from bayesnlme.importers.nonmem_error import residual as classify_residual
+from bayesnlme.importers.nonmem_pk import (ADVANS, DEPOT_EXTRAS, EVENT_ITEMS, OTHER_TRANS, SPECIAL,
+                                          Untranslatable, decompose)
+from bayesnlme.importers.nonmem_result import ImportResult, Item, Lines, NonmemImportError
+from bayesnlme.importers.toml_text import spec_toml
+from bayesnlme.spec import KNOWN_DOMAINS, ModelSpec
+
+#: Records that carry model content bayesnlme has no place for.
+UNTRANSLATED_RECORDS = {"PRED": "$PRED models (no ADVAN)", "DES": "differential equations ($DES)",
+                        "MODEL": "$MODEL compartments", "MIX": "mixture models", "PRIOR": "NONMEM priors",
+                        "LEVEL": "nested random-effect levels", "INFN": "user Fortran", "AES": "$AES",
+                        "AESINITIAL": "$AES", "TTDF": "t-distributed ETAs", "PHIS": "$PHIS", "ETAS": "$ETAS"}
+#: Records about estimation and output, not the model.
+OUTPUT_RECORDS = {"ESTIMATION", "COVARIANCE", "TABLE", "SCATTERPLOT", "SIMULATION"}
+MODEL_RECORDS = {"PROBLEM", "SIZES", "DATA", "INPUT", "SUBROUTINES", "PK", "ERROR", "THETA", "OMEGA", "SIGMA",
+                 "ABBREVIATED"}
+
+
+class Translation:
+    """One control stream being translated; collects what maps, what does not and what is left out."""
+
+    def __init__(self, model, path, values: dict, ext_columns: dict, estimates: bool):
+        self.model, self.path, self.values = model, path, values
+        self.values_are_estimates = estimates
+        self.cs = model.internals.control_stream
+        self.lines = Lines(self.cs, path)
+        self.mapped, self.untranslated, self.notes = [], [], []
+        self.nm = {p: (f"THETA({c[5:]})" if c.startswith("THETA") else c) for p, c in ext_columns.items()}
+        self.thetas = {p for p, c in ext_columns.items() if c.startswith("THETA")}
+        self.eta_nm = {e: f"ETA({i})" for i, e in enumerate(model.random_variables.etas.names, 1)}
+
+    def fail(self, item: Item) -> None:
+        self.untranslated.append(item)
+
+    def error(self) -> NonmemImportError:
+        n = len(self.untranslated)
+        return NonmemImportError(f"{self.path}: {n} item{'s' if n != 1 else ''} cannot be translated to "
+                                 f"bayesnlme: " + "; ".join(str(i) for i in self.untranslated))
+
+    # ------------------------------------------------------------------ the steps
+    def run(self, strict: bool) -> ImportResult:
+        for rec in self.cs.records:
+            if rec.name in UNTRANSLATED_RECORDS:
+                self.fail(self.lines.record(rec, f"{UNTRANSLATED_RECORDS[rec.name]}: no bayesnlme equivalent"))
+            elif rec.name in OUTPUT_RECORDS:
+                self.notes.append(self.lines.record(rec, "estimation/output setting, not part of the model"))
+            elif rec.name not in MODEL_RECORDS:
+                self.fail(self.lines.record(rec, f"record ${rec.name} is not translated"))
+        structural, names, scale = self._structural()
+        self._columns()
+        self._pk_environment()
+        params = self._parameters(names, structural)
+        self._scale(scale, names)
+        res = self._residual()
+        omegas, blocks = self._omegas(params)
+        self._unused_statements()
+        d, comments = self._spec_dict(structural, params, res, omegas, blocks)
+        if self.untranslated and strict:
+            raise self.error()
+        try:
+            spec = ModelSpec.from_dict(d, source=self.path.name)
+        except SpecError as exc:
+            if self.untranslated:   # the spec lacks what did not translate: say that, not its symptom
+                raise self.error() from None
+            raise NonmemImportError(f"{self.path}: the translated model is not a valid bayesnlme spec "
+                                    f"({exc})") from None
+        toml = spec_toml(d, self._header(), comments)
+        data = self._data(res.log_dv if res else False)
+        return ImportResult(spec, toml, self.columns, {k: ".".join(map(str, v)) for k, v in self.derived.items()},
+                            bool(res and res.log_dv), data, self.mapped, self.untranslated, self.notes)
+
+    def _structural(self):
+        sub = self.cs.get_records("SUBROUTINES")
+        advan = trans = None
+        if sub:
+            advan = int(sub[0].advan[5:])
+            trans = int((sub[0].trans or "TRANS1")[5:])
+        if (advan, trans) not in ADVANS:
+            if any(a == advan for a, _ in ADVANS) and trans in OTHER_TRANS:
+                why = (f"TRANS{trans} parameterises ADVAN{advan} by {OTHER_TRANS[trans]}; bayesnlme takes "
+                       f"clearances and volumes (TRANS{2 if advan in (1, 2) else 4})")
+            else:
+                why = f"ADVAN{advan} has no closed-form bayesnlme structural model (ADVAN1-4, 11, 12 do)"
+            self.fail(self.lines.record(sub[0], why) if sub else Item(None, "$PRED", "no $SUBROUTINE ADVAN"))
+            raise self.error()
+        structural, names, scale = ADVANS[(advan, trans)]
+        self.mapped.append(f"$SUBROUTINE ADVAN{advan} TRANS{trans} -> structural = \"{structural}\"")
+        self.oral = structural.endswith("oral")
+        return structural, dict(names), scale
+
+    def _columns(self) -> None:
+        # Pharmpy is a heavy optional dependency, imported only when a control stream is read
+        from pharmpy.model.external.nonmem.parsing import parse_column_info
+
+        di = self.model.datainfo
+        # reserved name -> the name the code uses (DV=CONC: {"DV": "CONC"}), as Pharmpy's reader sees $INPUT
+        synonyms = {k: v for k, v in parse_column_info(self.cs)[2].items() if k in NM_ITEMS}
+        self.columns, problems = column_mapping(di.names, [c.drop for c in di], synonyms)
+        inputs = self.cs.get_records("INPUT")
+        for col, why in problems:
+            self.fail(self.lines.record(inputs[0], f"{col}: {why}"))
+        self.covariates = {c for c, new in self.columns.items() if new is not None} - EVENT_ITEMS - set(NM_ITEMS)
+        self.derived = {}
+
+    def _pk_environment(self) -> None:
+        """Substitute the $PK assignments into each other: symbol -> expression, and which statements."""
+        self.env, self.deps, self.pk = {}, {}, []
+        before = [s for s in self.model.statements.before_odes if hasattr(s, "symbol")]
+        for i, s in enumerate(before):
+            sym, expr = sympy.Symbol(str(s.symbol)), sympy.sympify(s.expression)
+            self.pk.append((sym, expr))
+            deps = {("PK", i)}.union(*[self.deps.get(x, set()) for x in expr.free_symbols])
+            self.env[sym] = expr.xreplace({k: v for k, v in self.env.items() if k in expr.free_symbols})
+            self.deps[sym] = deps
+        self.used = set()
+
+    def _locate(self, record: str, deps, symbols, reason: str) -> Item:
+        """The last statement among ``deps`` that mentions one of ``symbols`` (else the last one), as an item."""
+        stmts = self.pk if record == "PK" else self.err
+        cands = sorted(i for r, i in deps if r == record)
+        for i in reversed(cands):
+            if {str(x) for x in stmts[i][1].free_symbols} & set(symbols):
+                return self.lines.statement(record, i, reason)
+        return self.lines.statement(record, cands[-1] if cands else -1, reason)
+
+    def parameter_item(self, nonmem_name: str, reason: str) -> Item:
+        """An item at the statement that defines a structural parameter."""
+        return self._locate("PK", self.deps.get(sympy.Symbol(nonmem_name), set()), {nonmem_name}, reason)
+
+    def _parameters(self, names: dict, structural: str) -> dict:
+        if self.oral:
+            names.update({k: v for k, v in DEPOT_EXTRAS.items() if sympy.Symbol(k) in self.env})
+        for i, (sym, _) in enumerate(self.pk):
+            if SPECIAL.match(str(sym)) and str(sym) not in names and not str(sym).startswith("S"):
+                self.fail(self.lines.statement("PK", i, f"{sym} changes the NONMEM model (modelled rate/"
+                                                        f"duration, bioavailability or lag of another compartment, "
+                                                        f"model event time ...); no bayesnlme equivalent"))
+        params, used_thetas, used_etas = {}, {}, {}
+        for nm_name, bn in names.items():
+            sym = sympy.Symbol(nm_name)
+            if sym not in self.env and nm_name in ("V1", "V2") and sympy.Symbol("V") in self.env and bn == "V":
+                sym = sympy.Symbol("V")   # V accepted for the central volume
+            if sym not in self.env:
+                self.fail(Item(None, f"$SUBROUTINE {structural}", f"$PK does not define {nm_name}, which "
+                                                                  f"the ADVAN needs"))
+                continue
+            self.used |= self.deps[sym]
+            try:
+                pm = decompose(bn, self.env[sym], self.thetas, self._eta_names(), self.covariates)
+                pm.nonmem = str(sym)
+                for t in [pm.theta] + [e.theta for e in pm.effects if e.theta]:
+                    if t in used_thetas:
+                        raise Untranslatable(f"{self.nm[t]} is used by {used_thetas[t]} and {bn}; bayesnlme "
+                                             f"estimates each effect for one parameter", {t})
+                    used_thetas[t] = bn
+                if pm.eta in used_etas:
+                    raise Untranslatable(f"{pm.eta} is shared by {used_etas[pm.eta]} and {bn}", {pm.eta})
+                if pm.eta:
+                    used_etas[pm.eta] = bn
+                params[bn] = pm
+            except Untranslatable as exc:
+                self.fail(self._locate("PK", self.deps[sym], exc.symbols, exc.reason))
+        return params
+
+    def _eta_names(self) -> set:
+        return set(self.model.random_variables.etas.names)
+
+    def _scale(self, scale: str, names: dict) -> None:
+        central = next(k for k, v in names.items() if v == "V")
+        s, v = sympy.Symbol(scale), sympy.Symbol(central if sympy.Symbol(central) in self.env else "V")
+        if s not in self.env:
+            self.fail(Item(None, "$PK", f"no {scale}: NONMEM's F is then the amount, bayesnlme predicts "
+                                        f"amount / {central}"))
+            return
+        self.used |= self.deps[s]
+        ratio = sympy.simplify(self.env[s] / self.env.get(v, sympy.nan))
+        if ratio != 1:
+            shown = f"{central}/{1 / ratio}" if ratio.is_number and ratio != 0 and abs(ratio) < 1 else f"{central}*{ratio}"
+            reason = (f"{scale} = {shown}: unit scaling has no bayesnlme equivalent (convert AMT or "
+                      f"DV units in the data instead)" if ratio.is_number else f"{scale} is not {central}")
+            self.fail(self._locate("PK", self.deps[s], {scale}, reason))
+        else:
+            self.mapped.append(f"{scale} = {central}: prediction = amount / {central} (concentration)")
+
+    def _residual(self):
+        after = [s for s in self.model.statements.after_odes if hasattr(s, "symbol")]
+        if after and str(after[0].symbol) == "F" and "A_" in str(after[0].expression):
+            after = after[1:]   # Pharmpy's link F = A_CENTRAL/S1, not a statement of $ERROR
+        self.err, env, deps = [], dict(self.env), dict(self.deps)
+        f = sympy.Symbol("F")
+        for i, s in enumerate(after):
+            sym, expr = sympy.Symbol(str(s.symbol)), sympy.sympify(s.expression)
+            self.err.append((sym, expr))
+            deps[sym] = {("ERROR", i)}.union(*[deps.get(x, set()) for x in expr.free_symbols if x != f])
+            env[sym] = expr.xreplace({k: w for k, w in env.items() if k in expr.free_symbols and k != f})
+        self.err_deps = deps
+        y = sympy.Symbol("Y")
+        if y not in env:
+            self.fail(Item(None, "$ERROR", "no Y = ... statement"))
+            return None
+        self.used |= deps[y]
+        rvs = self.model.random_variables
+        eps_var, fixed = {}, {}
+        names = list(rvs.epsilons.names)
+        for a in names:
+            eps_var[sympy.Symbol(a)] = sympy.Symbol(str(rvs.get_covariance(a, a)))
+            for b in names:
+                if a < b and rvs.get_covariance(a, b) != 0:
+                    self.fail(self._locate("ERROR", deps[y], {a, b}, f"correlated EPSs ({a}, {b}): SIGMA BLOCK "
+                                                                     f"has no bayesnlme equivalent"))
+        for var in eps_var.values():
+            par = self.model.parameters[str(var)]
+            if par.fix:
+                fixed[str(var)] = par.init
+        try:
+            res = classify_residual(env[y], f, eps_var, fixed, self.thetas)
+        except Untranslatable as exc:
+            self.fail(self._locate("ERROR", deps[y], exc.symbols | {"Y"}, exc.reason))
+            return None
+        guards = sorted(i for r, i in deps[y] if r == "ERROR" and self.err[i][1].has(sympy.Piecewise))
+        for i in guards if res.guards else ():
+            self.notes.append(self.lines.statement("ERROR", i, "a guard on the prediction, dropped "
+                                                               "(bayesnlme needs none)"))
+        self.mapped.append(f"$ERROR Y -> residual type = \"{res.kind}\""
+                           + (" (DV is log-transformed in the data: exponentiated on reading)" if res.log_dv else ""))
+        return res
+
+    def _omegas(self, params: dict):
+        rvs = self.model.random_variables
+        by_eta = {pm.eta: bn for bn, pm in params.items() if pm.eta}
+        omegas, blocks = {}, []
+        for dist in rvs.etas:
+            etas = list(dist.names)
+            if dist.level != "IIV":
+                self.fail(Item(None, "$OMEGA ... SAME", f"{', '.join(etas)}: inter-occasion variability in NONMEM "
+                                                        f"form ($OMEGA BLOCK SAME); use bayesnlme's OCC column "
+                                                        f"and omega_iov"))
+                continue
+            unused = [e for e in etas if e not in by_eta]
+            if unused:
+                self.notes.append(Item(None, "$OMEGA", f"{', '.join(unused)} not used by a structural "
+                                                       f"parameter (dropped)"))
+            etas = [e for e in etas if e in by_eta]
+            if len(dist.names) > 1 and len(etas) > 1:
+                fix = any(self.values[str(rvs.get_covariance(e, e))].fixed for e in etas)
+                if fix:
+                    self.fail(Item(None, "$OMEGA BLOCK FIX", f"{', '.join(etas)}: a fixed OMEGA block has no "
+                                                             f"bayesnlme equivalent"))
+                blocks.append([by_eta[e] for e in etas])
+            for e in etas:
+                v = self.values[str(rvs.get_covariance(e, e))]
+                omegas[by_eta[e]] = (e, v)
+        for block in blocks:   # members of a block share one prior family
+            if not all(omegas[p][1].se for p in block):
+                for p in block:
+                    e, v = omegas[p]
+                    omegas[p] = (e, pri.Value(v.value, None, v.lower, v.upper, v.fixed))
+        return omegas, blocks
+
+    def _unused_statements(self) -> None:
+        for record, stmts in (("PK", self.pk), ("ERROR", getattr(self, "err", []))):
+            for i, (sym, _) in enumerate(stmts):
+                if (record, i) in self.used:
+                    continue
+                if not SPECIAL.match(str(sym)):
+                    self.notes.append(self.lines.statement(record, i, "not used by the prediction or the "
+                                                                      "error model (output only)"))
+                elif str(sym).startswith("S"):
+                    self.notes.append(self.lines.statement(record, i, "scale of a compartment that is not "
+                                                                      "observed (bayesnlme observes the central one)"))
+
+    # ------------------------------------------------------------------ assembling
+    def _spec_dict(self, structural, params, res, omegas, blocks):
+        return assemble(self, structural, params, res, omegas, blocks)
+
+    def _header(self) -> list:
+        out = [f"Imported from the NONMEM control stream {self.path.name} by bayesnlme import-nonmem (Pharmpy "
+               f"{_pharmpy_version(self.model)}).",
+               "Priors " + ("centred on the final estimates of the .ext file, widths from their standard errors"
+                            if self.values_are_estimates else "weakly informative, centred on the initial values"),
+               "(see bayesnlme.importers.nonmem_priors). OMEGA/SIGMA are NONMEM variances; omega_* and sigma_*",
+               "here are standard deviations (square roots).",
+               "Data columns: " + ", ".join(f"{k}->{v}" if v and v != k else (f"{k} dropped" if v is None else k)
+                                            for k, v in self.columns.items())]
+        if self.derived:
+            out.append("Derived 0/1 columns (add them to the data, or use ImportResult.data): "
+                       + ", ".join(f"{k} = ({c}.{op}.{v})" for k, (c, op, v) in self.derived.items()))
+        if self.untranslated:
+            out.append("NOT TRANSLATED (this spec lacks them):")
+            out += [f"  {i}" for i in self.untranslated]
+        return out
+
+    def _data(self, log_dv: bool):
+        try:
+            frame = self.model.dataset
+        except Exception as exc:  # noqa: BLE001 - Pharmpy's reader raises many types; say why in a note
+            frame, why = None, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        else:
+            why = "Pharmpy found no data"
+        if frame is None:
+            rec = self.cs.get_records("DATA")
+            self.notes.append(self.lines.record(rec[0], f"data file not read ({why})") if rec
+                              else Item(None, "$DATA", "no $DATA"))
+            return None
+        return translate_frame(frame, self.columns, self.derived, log_dv)
+
+
+def _pharmpy_version(model) -> str:
+    try:
+        return version("pharmpy-core")
+    except PackageNotFoundError:
+        return "?"

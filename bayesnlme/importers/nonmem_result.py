@@ -1,0 +1,131 @@
+"""What an import returns (:class:`ImportResult`), its error, and the control-stream lines of statements.
+
+Pharmpy keeps the text of each record and, for $PK/$ERROR, which parse-tree nodes each statement came
+from; the line of a statement is counted from those texts (no second parser).  Where that link is
+missing the line is found with a small regular expression on the assigned name.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bayesnlme.errors import BayesNLMEInputError
+from bayesnlme.spec import ModelSpec
+
+
+class NonmemImportError(BayesNLMEInputError):
+    """The control stream cannot be imported (or, when strict, not all of it translates)."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """A control-stream line that was not translated (or left out), with the reason."""
+    line: int | None
+    text: str
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"line {self.line}" if self.line else "(no line)"
+        return f"{where} `{self.text}`: {self.reason}"
+
+
+@dataclass
+class ImportResult:
+    """A translated control stream.
+
+    Attributes
+    ----------
+    spec : ModelSpec
+        The validated bayesnlme specification.
+    toml : str
+        The same as TOML text, with comments saying where each entry came from.
+    columns : dict
+        Data-file column (Pharmpy's ``$INPUT`` name, in file order) -> bayesnlme column, None if dropped.
+    derived : dict
+        0/1 columns the categorical effects use -> their NONMEM condition, e.g. ``{"SEXEQ1": "SEX.EQ.1"}``.
+    log_dv : bool
+        The data's DV is log-transformed (``Y = LOG(F) + EPS``); :attr:`data` has it exponentiated.
+    data : pandas.DataFrame or None
+        The ``$DATA`` file read as NONMEM reads it (IGNORE/ACCEPT applied, ``.`` read as 0), columns
+        renamed, derived columns added: ready for :func:`bayesnlme.inference.fit.fit_model`.  None
+        when the file cannot be read (the reason is in :attr:`notes`).
+    mapped : list of str
+        What was translated, one line each (``THETA(1) POP_CL -> CL typical value``).
+    untranslated : list of Item
+        What has no bayesnlme equivalent, by control-stream line, with the reason.
+    notes : list of Item
+        What was left out because it is not part of the model (guards, outputs, $ESTIMATION ...).
+    """
+    spec: ModelSpec
+    toml: str
+    columns: dict
+    derived: dict
+    log_dv: bool
+    data: object
+    mapped: list
+    untranslated: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+
+def _one_line(text: str) -> str:
+    text = " ".join(part.split(";")[0].strip() for part in text.strip().splitlines())
+    return " ".join(text.split())
+
+
+class Lines:
+    """Line numbers and texts of a control stream's records and $PK/$ERROR statements."""
+
+    def __init__(self, control_stream, path: Path):
+        self.text = path.read_text() if path.is_file() else ""
+        self.starts, self.code = {}, {}
+        offset = 0
+        for rec in control_stream.records:
+            self.starts[id(rec)] = offset
+            offset += len(str(rec))
+        for key, rec in (("PK", control_stream.get_pred_pk_record()), ("ERROR", control_stream.get_error_record())):
+            self.code[key] = self._statements(rec) if rec is not None else []
+
+    def _line_at(self, offset: int) -> int:
+        return self.text.count("\n", 0, offset) + 1
+
+    def record(self, rec, reason: str) -> Item:
+        """An item for a whole record: its first line."""
+        start = self.starts.get(id(rec), 0)
+        first = str(rec).strip().splitlines()[0] if str(rec).strip() else f"${rec.name}"
+        return Item(self._line_at(start) if self.text else None, _one_line(first), reason)
+
+    def _statements(self, rec) -> list:
+        """(line, text) of each statement of a code record, in Pharmpy's statement order."""
+        out = []
+        base = self.starts.get(id(rec), 0) + len(rec.raw_name)
+        try:   # Pharmpy's link of statements to parse-tree nodes (ni, nj, si, sj)
+            children = [str(c) for c in rec.root.children]
+            offsets = [0]
+            for c in children:
+                offsets.append(offsets[-1] + len(c))
+            for ni, nj, si, sj in rec._index:
+                chunk = "".join(children[ni:nj])
+                lead = len(chunk) - len(chunk.lstrip())
+                for _ in range(si, sj):
+                    out.append((self._line_at(base + offsets[ni] + lead), _one_line(chunk)))
+        except (AttributeError, TypeError, ValueError):
+            out = []
+        if len(out) != len(rec.statements):   # fall back on the assigned name
+            out = [self._find(rec, s) for s in rec.statements]
+        return out
+
+    def _find(self, rec, statement) -> tuple:
+        name = str(getattr(statement, "symbol", ""))
+        body = str(rec)
+        m = re.search(rf"^[^;\n]*\b{re.escape(name)}\s*=.*$", body, flags=re.MULTILINE) if name else None
+        if m is None:
+            return None, f"{name} = ..."
+        return self._line_at(self.starts.get(id(rec), 0) + m.start()), _one_line(m.group(0))
+
+    def statement(self, record: str, index: int, reason: str) -> Item:
+        """An item for statement ``index`` of $PK (``record="PK"``) or $ERROR."""
+        stmts = self.code.get(record, [])
+        line, text = stmts[index] if 0 <= index < len(stmts) else (None, "?")
+        return Item(line, text, reason)
