@@ -236,3 +236,26 @@ def test_centred_eta_integrated_like_the_non_centred(theo_fit):
     assert abs(b.loglik - AGQ_LOGLIK_AT_NLME) < 4 * b.mc_se + 0.02
     table, summary = subject_loo(centred, n_draws=200, n_is=100, seed=0)
     assert np.isfinite(table["elpd"]).all() and summary["n_subjects"] == 12
+
+
+def test_one_invalid_draw_does_not_poison_the_other_draws():
+    """Stacked draws are evaluated in one call: a draw whose residual SD underflows to 0 (proportional
+    error, an extreme importance sample) gets its own -inf/NaN; before, PyMC's parameter check spanned
+    the whole batch and set every draw's log-likelihood to -inf (whole-draw NaN in the integrated LOO)."""
+    import numpy as np
+
+    from bayesnlme.build import build_model
+    from bayesnlme.datasets import dataset_path
+    from bayesnlme.evaluate.predict import evaluate_draws
+    from bayesnlme.spec import ModelSpec, load_spec
+
+    d = load_spec("pk_1cmt_iv").to_dict()
+    d["residual"] = {"type": "proportional"}
+    built = build_model(ModelSpec.from_dict(d), dataset_path("phenobarbital"))
+    draws = {k: np.repeat(np.asarray(v)[None], 4, axis=0) for k, v in built.initial_point.items()}
+    draws.update(CL=np.full(4, 0.0056), V=np.full(4, 1.4), omega_CL=np.full(4, 0.4), omega_V=np.full(4, 0.45),
+                 sigma_prop=np.full(4, 0.126))   # a posterior draw of the phenobarbital base model
+    draws["eta_z"][2, 0, :] = 2000.0         # subject 1: V -> inf, so IPRED and its SD are 0
+    ll = evaluate_draws(built, draws, ("loglik",))["loglik"]
+    assert np.isfinite(ll[[0, 1, 3]]).all()
+    assert not np.isfinite(ll[2]).all() and np.isfinite(ll[2][built.data.obs_subject != 0]).all()

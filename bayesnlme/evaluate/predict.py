@@ -36,8 +36,12 @@ from bayesnlme.errors import BayesNLMEInputError
 _CHUNK = 500
 #: Simulation modes: new subjects (ETAs drawn from OMEGA) or the fitted subjects (their posterior ETAs).
 MODES = ("new_subjects", "individual")
-# a density's parameter check (sigma > 0) gives -inf, as in the sampler, instead of raising
-EVAL_MODE = pytensor.compile.get_mode("FAST_RUN").including("local_check_parameter_to_ninf_switch")
+# A density's parameter checks (sigma > 0 ...) are removed, not turned into PyMC's -inf switch: after
+# vectorize_graph that switch tests *all* stacked draws at once, so one draw with an invalid parameter
+# (e.g. IPRED underflowing to 0 under proportional error at an extreme importance sample) made every
+# draw's log-likelihood -inf.  Without the check an invalid draw gets its own NaN or -inf, which the
+# consumers (subject_loglik, the likelihood) treat as -inf for that draw only.
+EVAL_MODE = pytensor.compile.get_mode("FAST_RUN").including("local_remove_check_parameter")
 
 
 def compiled_function(built, key, make) -> tuple[list, object]:
