@@ -176,3 +176,11 @@ def test_unknown_library_entry():
         load_spec("pk_9cmt")
     with pytest.raises(SpecError, match="spec file not found"):
         load_spec("missing.toml")
+
+
+@pytest.mark.parametrize("name", library_names())
+def test_spec_toml_text_round_trips_every_library_model(name):
+    from bayesnlme.spec.toml_text import spec_toml
+
+    spec = load_spec(name)
+    assert ModelSpec.from_toml_text(spec_toml(spec.to_dict())).to_dict() == spec.to_dict()

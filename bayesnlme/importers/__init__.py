@@ -6,7 +6,7 @@
 reads it, and every line that does not translate.  Modules: :mod:`~bayesnlme.importers.nonmem` (the
 entry point), ``nonmem_pk`` ($PK), ``nonmem_error`` ($ERROR), ``nonmem_priors`` (priors, ``.ext``),
 ``nonmem_data`` ($DATA/$INPUT), ``nonmem_build``/``nonmem_assemble`` (the translation steps),
-``nonmem_result`` (the result and control-stream lines), ``toml_text`` (TOML writer).
+``nonmem_result`` (the result and control-stream lines); the TOML writer is :mod:`bayesnlme.spec.toml_text`.
 """
 
 from bayesnlme.importers.nonmem import import_nonmem

@@ -14,7 +14,7 @@ _TRANSFORM_TEXT = {"identity": "{t}", "log": "log({t})", "log1p": "log(1 + {t})"
 
 
 def assemble(t, structural: str, params: dict, res, omegas: dict, blocks: list):
-    """``(spec dict, comments)`` for :func:`bayesnlme.importers.toml_text.spec_toml`.
+    """``(spec dict, comments)`` for :func:`bayesnlme.spec.toml_text.spec_toml`.
 
     ``t`` is the :class:`~bayesnlme.importers.nonmem_build.Translation` (values, names, lists).
     """

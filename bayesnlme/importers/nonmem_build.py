@@ -14,7 +14,7 @@ from bayesnlme.importers.nonmem_error import residual as classify_residual
 from bayesnlme.importers.nonmem_pk import (ADVANS, DEPOT_EXTRAS, EVENT_ITEMS, OTHER_TRANS, SPECIAL,
                                           Untranslatable, decompose)
 from bayesnlme.importers.nonmem_result import ImportResult, Item, Lines, NonmemImportError
-from bayesnlme.importers.toml_text import spec_toml
+from bayesnlme.spec.toml_text import spec_toml
 from bayesnlme.spec import KNOWN_DOMAINS, ModelSpec
 
 #: Records that carry model content bayesnlme has no place for.
