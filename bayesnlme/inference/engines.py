@@ -111,16 +111,19 @@ def chain_starts(model, start: dict, jitter: set[str], chains: int, seed: int) -
 
 
 def sample(model, start: dict, sampler: str, *, device: str = "cpu", chains: int, draws: int, tune: int,
-           seed: int, progress: bool, target_accept: float = 0.8, flat=(), timings: dict | None = None):
+           seed: int, progress: bool, target_accept: float = 0.8, flat=(), timings: dict | None = None,
+           cores: int | None = None):
     """Draw from ``model`` with one engine; returns :class:`arviz.InferenceData` (posterior, sample_stats).
 
     ``timings``, when given, receives ``compile_s`` where the engine compiles apart from sampling
-    (nutpie: the numba compilation; JAX engines compile inside the sampler).
+    (nutpie: the numba compilation; JAX engines compile inside the sampler).  ``cores``: chains run
+    in parallel (nutpie, PyMC; default one per chain up to the CPU count; 1 when many fits run side
+    by side).  The draws do not depend on it.
     """
     t0 = time.perf_counter()
     jitter = jitter_names(model, flat)
     keep = [v.name for v in model.free_RVs + model.deterministics]   # natural scale (harmonise drops nutpie's *__)
-    cores = min(chains, os.cpu_count() or 1)
+    cores = cores or min(chains, os.cpu_count() or 1)
     if sampler == "nutpie":
         import nutpie
 

@@ -185,7 +185,7 @@ class FitResult:
 def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune: int = 1000,
               seed: int = 1, sampler: str = "nutpie", progress: bool = True,
               target_accept: float = 0.8, method: str = "nuts", init: str = "prior",
-              device: str = "cpu") -> FitResult:
+              device: str = "cpu", cores: int | None = None) -> FitResult:
     """Fit an NLME model with NUTS, or approximately (MAP + Laplace, ADVI).
 
     Parameters
@@ -212,6 +212,10 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
         NUTS start: prior medians (ETA = 0), or the posterior mode.
     device : {"cpu", "gpu"}
         Where a JAX engine runs; nutpie and PyMC run on the CPU only.
+    cores : int, optional
+        Chains sampled in parallel by nutpie or PyMC (default: one per chain up to the number of
+        CPU cores; 1 when many fits share a machine, as on :mod:`bayesnlme.runner`'s workers).
+        The draws are the same whatever its value.
 
     Returns
     -------
@@ -243,7 +247,7 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
             settings["init"] = "map"
         if init == "map":
             flat = check_start(built, start)
-        idata = _nuts(model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat, device)
+        idata = _nuts(model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat, device, cores)
     with model:
         # numba, not C: the C backend first scans PyTensor's whole C module cache (seconds)
         pm.compute_log_likelihood(idata, extend_inferencedata=True, progressbar=False,
@@ -267,10 +271,11 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
     return result
 
 
-def _nuts(model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat=(), device="cpu"):
+def _nuts(model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat=(), device="cpu",
+          cores=None):
     try:
         return engines.sample(model, start, sampler, device=device, chains=chains, draws=draws, tune=tune,
-                              seed=seed, progress=progress, target_accept=target_accept, flat=flat)
+                              seed=seed, progress=progress, target_accept=target_accept, flat=flat, cores=cores)
     except (KeyboardInterrupt, MemoryError, BayesNLMEInputError):
         raise
     except Exception as exc:   # nutpie's Rust errors, PyMC's SamplingError: one line, what to try
