@@ -36,6 +36,7 @@ References: Dask distributed, https://distributed.dask.org (futures, ``as_comple
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -223,6 +224,26 @@ def _client(scheduler, n_workers, memory_limit):
                        f"in a script, run it under `if __name__ == \"__main__\":` (worker processes import "
                        f"the script), or use scheduler=\"serial\"") from None
     return Client(cluster), cluster, True
+
+
+@contextlib.contextmanager
+def cluster(scheduler=None, n_workers: int | None = None, memory_limit=None):
+    """One cluster for several :func:`run_tasks` calls (e.g. the steps of a covariate search).
+
+    Yields what to pass as ``scheduler``: ``"serial"`` unchanged, else a :class:`distributed.Client`
+    (a new LocalCluster, or the cluster at an address), closed on exit if this function made it.
+    """
+    if scheduler == "serial":
+        yield "serial"
+        return
+    client, local, own = _client(scheduler, n_workers, memory_limit)
+    try:
+        yield client
+    finally:
+        if own:
+            client.close()
+            if local is not None:
+                local.close()
 
 
 def _load_manifest(run_dir: Path, identity: dict) -> dict:

@@ -389,7 +389,7 @@ def build_model(spec: ModelSpec, data, *, check_residual: bool = True, dv_data: 
         dv = _likelihood(spec, ipred, sd, observed)
     return BuiltModel(model=model, spec=spec, data=data, initial_point=init,
                       ipred=ipred, pred=pred, residual_sd=sd, individual=individual,
-                      loglik=pm.logp(dv, data.obs_dv))
+                      loglik=pm.logp(dv, observed))
 
 
 def _dvid_data(spec: ModelSpec, data: NMData) -> NMData:

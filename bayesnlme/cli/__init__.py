@@ -22,7 +22,7 @@ from bayesnlme.errors import BayesNLMEInputError, ConvergenceWarning
 COMMANDS = {"fit": ("fitting", "run_fit"), "diagnose": ("fitting", "run_diagnose"), "library": ("fitting", "run_library"),
             "compare": ("compare", "run"), "vpc": ("vpc", "run"), "simulate": ("simulate", "run"),
             "prior-check": ("prior_check", "run"), "eda": ("report", "run_eda"), "report": ("report", "run"),
-            "sbc": ("sbc", "run"),
+            "sbc": ("sbc", "run"), "covsearch": ("covsearch", "run"),
             "import-nonmem": ("importers", "run_import_nonmem")}
 
 
@@ -35,7 +35,7 @@ def _dispatch(args) -> int:
 
 def _output_folder(args) -> Path | None:
     """The folder a command writes into (locked while it runs), or None for commands that write nothing."""
-    if args.command in ("fit", "eda", "prior-check", "sbc"):
+    if args.command in ("fit", "eda", "prior-check", "sbc", "covsearch"):
         return Path(args.out)
     if args.command in ("diagnose", "vpc"):
         return Path(args.dir)

@@ -28,6 +28,7 @@ EXAMPLES = """examples:
   bayesnlme report fits/theo --out theo_report.html      one self-contained HTML report
   bayesnlme report fits/1cmt fits/2cmt --out comparison.html
   bayesnlme sbc pk_1cmt_oral --data design.csv --n 200 --out sbc_1cmt    simulation-based calibration on Dask
+  bayesnlme covsearch base.toml --data study.csv --candidates "CL~WT:power V~WT:power CL~AGE" --out cov
   bayesnlme import-nonmem run1.mod --out run1.toml --priors estimates    a NONMEM control stream as a spec
 
 exit status: 0 success, 1 bad input (one-line message), 2 internal error (--debug shows the traceback)
@@ -88,6 +89,7 @@ def parser() -> argparse.ArgumentParser:
     _add_prior_check(sub)
     _add_eda_report(sub)
     _add_sbc(sub)
+    _add_covsearch(sub)
     _add_import_nonmem(sub)
     lib = sub.add_parser("library", help="list model_library entries or show one",
                          description="Without NAME: list the model_library entries with their descriptions. "
@@ -272,3 +274,37 @@ def _add_import_nonmem(subparsers) -> None:
                    "renamed, derived 0/1 columns added) to this CSV")
     p.add_argument("--allow-untranslated", action="store_true",
                    help="write the spec even if some lines do not translate (they are listed at its top)")
+
+
+def _add_covsearch(subparsers) -> None:
+    """Register ``bayesnlme covsearch``."""
+    p = subparsers.add_parser(
+        "covsearch", help="covariate model building: ETA screening, forward inclusion, backward elimination",
+        description="Fit the base MODEL, screen the candidate relations on its ETAs, then add the best "
+        "candidate while one passes the rule and remove included ones that fail it, judged by the "
+        "integrated subject-level ELPD (each step's fits in parallel on Dask). Writes OUT/steps.csv "
+        "(step, direction, candidate, screen_p, elpd_diff, dse, z, p_effect, decision), "
+        "OUT/final_model.toml, OUT/covariate_forest.png/.csv and OUT/covsearch.txt, with every fit in "
+        "OUT/stepNN_<direction>/tasks/<candidate>/fit.nc; a rerun resumes.",
+        epilog="examples:\n  bayesnlme covsearch base.toml --data pheno.csv --candidates \"CL~WT:power V~WT:power "
+               "V~APGR\" --out cov_pheno\n  bayesnlme covsearch pk_1cmt_oral --data study.csv --candidates "
+               "\"CL~WT CL~AGE:exponential V~SEX:categorical\" --rule elpd --out cov_study\n\n"
+               "candidates: PARAMETER~COVARIATE[:kind], kind power, exponential, linear or categorical "
+               "(default: categorical for <= 5 integer levels, else power)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="base model: a .toml spec file or a model_library entry name")
+    p.add_argument("--data", required=True, help="NONMEM-format CSV file with the covariate columns")
+    p.add_argument("--candidates", required=True, help="candidate relations, comma- or space-separated")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--rule", choices=("effect", "elpd"), default="effect",
+                   help="effect: include when ELPD improves and the effect's p_effect < alpha; elpd: include "
+                   "when elpd_diff > 2 dse (default: %(default)s)")
+    p.add_argument("--alpha", type=float, default=0.01, help="p_effect threshold of the effect rule "
+                   "(default: %(default)s)")
+    p.add_argument("--screen-p", type=float, default=0.2, help="ETA screening p-value threshold; 1 to fit "
+                   "every candidate (default: %(default)s)")
+    p.add_argument("--chains", type=int, default=4, help="chains per fit (default: %(default)s)")
+    p.add_argument("--draws", type=int, default=500, help="draws per chain (default: %(default)s)")
+    p.add_argument("--tune", type=int, default=500, help="warm-up draws per chain (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=1, help="run seed (default: %(default)s)")
+    _add_runner_options(p)
