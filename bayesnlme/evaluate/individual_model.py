@@ -15,6 +15,7 @@ mode in ``z`` is the mode in ETA) -- the estimate of mapbayr and of NONMEM's ``M
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -125,8 +126,14 @@ def population_draws(source, built, n_draws: int, seed: int) -> tuple[dict, str]
     if isinstance(source, ModelSpec):
         key = ("prior", repr(source.to_dict()), n_draws, seed)
         if key not in _CACHE:
-            with built.model:
-                prior = pm.sample_prior_predictive(draws=n_draws, var_names=names, random_seed=seed)
+            log = logging.getLogger("pymc")
+            level = log.level
+            log.setLevel(logging.WARNING)    # PyMC announces every prior draw on INFO
+            try:
+                with built.model:
+                    prior = pm.sample_prior_predictive(draws=n_draws, var_names=names, random_seed=seed)
+            finally:
+                log.setLevel(level)
             _CACHE[key] = {n: prior.prior[n].values.reshape(n_draws, *prior.prior[n].shape[2:]) for n in names}
         return dict(_CACHE[key]), f"the priors of {source.name} ({n_draws} draws)"
     _, draws = thinned_draws(source, n_draws)
