@@ -137,6 +137,15 @@ def test_posterior_quality_and_speed_after_first_call():
     assert abs(np.median(cl) - post.map.parameters["CL"]) < 0.5 * cl.std()
 
 
+def test_implausible_levels_are_reported_not_hidden():
+    """Levels ten times what the model allows: low ESS, a large Pareto k and few population draws, said in words."""
+    post = individualize(SPEC, _patient(np.array([200.0, 150.0])), seed=1)
+    assert post.quality["n_proposals"] == 800            # the second pass with 4x the proposals ran
+    assert post.quality["pareto_k"] > 0.7 and post.quality["ess"] < 200
+    text = " ".join(post.problems)
+    assert "effective samples" in text and "Pareto k" in text and "atypical" in text
+
+
 def test_dose_finding_picks_the_clear_best_dose_and_breaks_ties_low():
     post = individualize(SPEC, _patient(np.array([22.0, 8.0])), seed=5)
     table = dose_table(post, "CTROUGH 9-18", [250, 500, 1000, 2000, 4000], [12])

@@ -15,6 +15,7 @@ mode in ``z`` is the mode in ETA) -- the estimate of mapbayr and of NONMEM's ``M
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -79,7 +80,8 @@ def design_key(spec: ModelSpec, data) -> tuple:
     """Cache key of a patient design: the spec and the records with the observed DV blanked."""
     frame = data.records.copy()
     frame.loc[data.frame["_OBS"].to_numpy(bool), "DV"] = 0.0
-    return (repr(spec.to_dict()), pd.util.hash_pandas_object(frame, index=False).sum().item(), tuple(frame.columns))
+    rows = pd.util.hash_pandas_object(frame, index=False).to_numpy()   # one hash per row, in record order
+    return (repr(spec.to_dict()), hashlib.sha256(rows.tobytes()).hexdigest(), tuple(frame.columns))
 
 
 def patient_model(spec: ModelSpec, data, *, check_residual: bool = True):
@@ -124,7 +126,8 @@ def population_draws(source, built, n_draws: int, seed: int) -> tuple[dict, str]
     random = _random_names(built.spec, [rv.name for rv in built.model.free_RVs])
     names = [rv.name for rv in built.model.free_RVs if rv.name not in random]
     if isinstance(source, ModelSpec):
-        key = ("prior", repr(source.to_dict()), n_draws, seed)
+        # the names: a categorical effect exists for the patient's own level only
+        key = ("prior", repr(source.to_dict()), tuple(names), n_draws, seed)
         if key not in _CACHE:
             log = logging.getLogger("pymc")
             level = log.level

@@ -30,11 +30,13 @@ MAP-Bayes (:func:`map_estimate`): the ETAs minimising ``-log p(y | eta, theta) -
 at the population posterior median (the median of the population draws), by BFGS with the compiled
 gradient -- the estimate of mapbayr and of NONMEM's ``$ESTIMATION MAXEVAL=0 POSTHOC``.
 
-Cost.  The first call in a process compiles the model's functions (~15-25 s on a cold PyTensor cache,
-~2 s on a warm one); compiled models are kept in a module-level cache keyed by the spec and the
-patient's *design* (dose records, times, covariates; the measured levels are a data container of the
-compiled function), so another target, dose grid or seed for the same patient, or another patient
-with the same sampling design, costs ~1 s (300 draws x 200 proposals).
+Cost.  The first call in a process compiles the model's functions: ~15-25 s on a cold PyTensor cache, ~4 s
+on a warm one (the log-likelihood and its gradient, the MAP, and for a spec the prior draws; a profile and
+a dose table compile their own designs, ~1 s each).  Compiled models are kept in a module-level cache keyed
+by the spec and the patient's *design* (dose records, times, covariates; the measured levels are a data
+container of the compiled function, :mod:`bayesnlme.evaluate.individual_model`), so another target, dose
+grid or seed for the same patient, or another patient with the same sampling design, takes ~0.1 s for the
+posterior (300 draws x 200 proposals) and ~0.1 s each for the profile and the dose table.
 """
 
 from __future__ import annotations
