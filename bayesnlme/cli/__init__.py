@@ -15,14 +15,14 @@ import warnings
 from pathlib import Path
 
 from bayesnlme.atomic import output_lock
-from bayesnlme.cli.parsers import parser
+from bayesnlme.cli.parsers import individualize_out, parser
 from bayesnlme.errors import BayesNLMEInputError, ConvergenceWarning
 
 # command -> (module of bayesnlme.cli, function)
 COMMANDS = {"fit": ("fitting", "run_fit"), "diagnose": ("fitting", "run_diagnose"), "library": ("fitting", "run_library"),
             "compare": ("compare", "run"), "vpc": ("vpc", "run"), "simulate": ("simulate", "run"),
             "prior-check": ("prior_check", "run"), "eda": ("report", "run_eda"), "report": ("report", "run"),
-            "sbc": ("sbc", "run"), "covsearch": ("covsearch", "run"),
+            "sbc": ("sbc", "run"), "covsearch": ("covsearch", "run"), "individualize": ("individualize", "run"),
             "import-nonmem": ("importers", "run_import_nonmem")}
 
 
@@ -39,6 +39,8 @@ def _output_folder(args) -> Path | None:
         return Path(args.out)
     if args.command in ("diagnose", "vpc"):
         return Path(args.dir)
+    if args.command == "individualize":
+        return individualize_out(args)
     if args.command == "simulate":
         return Path(args.out) if args.out else Path(args.dir)
     if args.command in ("report", "compare", "import-nonmem"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 # the choices bayesnlme.evaluate.compare accepts (checked there again for API calls)
 LEVELS, ICS = ("subject", "observation"), ("loo", "waic")
@@ -23,6 +24,7 @@ EXAMPLES = """examples:
   bayesnlme compare fits/1cmt fits/2cmt --level subject    rank models by PSIS-LOO
   bayesnlme vpc fits/theo --pc     VPC and prediction-corrected VPC into fits/theo/vpc/
   bayesnlme simulate fits/theo --regimens regimens.toml    steady-state exposure, target attainment
+  bayesnlme individualize fits/vanco --patient patient.csv --target "CTROUGH 10-20"    dose for one patient (TDM)
   bayesnlme library                 list the model library
   bayesnlme library pk_1cmt_oral    show one entry (its TOML, with the reasoning behind its priors)
   bayesnlme report fits/theo --out theo_report.html      one self-contained HTML report
@@ -86,6 +88,7 @@ def parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     _add_vpc(sub)
     _add_simulate(sub)
+    _add_individualize(sub)
     _add_prior_check(sub)
     _add_eda_report(sub)
     _add_sbc(sub)
@@ -145,6 +148,63 @@ def _add_simulate(subparsers) -> None:
     p.add_argument("dir", help="fit folder (containing fit.nc)")
     p.add_argument("--regimens", required=True, help="regimen TOML file")
     p.add_argument("--out", help="output folder (default: DIR/simulation)")
+
+
+def _numbers(text: str) -> list[float]:
+    """A comma-separated list of positive numbers (``--doses 500,750,1000``)."""
+    try:
+        out = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 500,750,1000; got {text!r}") from None
+    if not out or min(out) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return out
+
+
+def individualize_out(args) -> Path:
+    """Output folder of ``bayesnlme individualize``: --out, else SOURCE/individual_<patient> for a fit folder,
+    else individual_<patient>."""
+    if args.out:
+        return Path(args.out)
+    name = f"individual_{Path(args.patient).stem}"
+    return Path(args.source) / name if Path(args.source).is_dir() else Path(name)
+
+
+def _add_individualize(subparsers) -> None:
+    """Register ``bayesnlme individualize``."""
+    p = subparsers.add_parser(
+        "individualize", help="one patient's individual posterior from measured levels and the dose that reaches a target",
+        description="Individualise a dose for one patient (therapeutic drug monitoring): the full-Bayes posterior "
+        "of the patient's parameters given their measured levels, with the population's uncertainty carried "
+        "through (importance resampling over population draws), the MAP-Bayes estimate, the predicted "
+        "profile, and the probability that each candidate steady-state regimen meets the target. Writes "
+        "OUT/individual_parameters.csv, profile.csv, profile.png and dose_table.csv and prints the "
+        "recommendation in words.",
+        epilog="examples:\n  bayesnlme individualize fits/vanco --patient patient.csv --target \"CTROUGH 10-20\"\n"
+               "  bayesnlme individualize vanco_published.toml --patient patient.csv --target \"AUC24 400-600\" "
+               "--doses 750,1000,1250,1500 --intervals 8,12,24 --out patient_17\n\n"
+               "targets: 'METRIC LO-HI', 'METRIC <HI' or 'METRIC >LO' with METRIC one of AUCTAU, AUC24, CMAX, CMIN,\n"
+               "CTROUGH (steady state; DV units, x h for AUC); several --target options (or ';') must all hold.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", metavar="SOURCE", help="a fit folder (containing fit.nc), or a published model as a "
+                   ".toml spec (or library entry) whose informative priors stand for the population")
+    p.add_argument("--patient", required=True, help="the patient's NONMEM-format CSV (one ID: doses, covariates, "
+                   "measured levels)")
+    p.add_argument("--target", action="append", required=True, help="exposure target, e.g. \"CTROUGH 10-20\"")
+    p.add_argument("--doses", type=_numbers, help="candidate doses, comma-separated (default: the last dose x "
+                   "0.5, 0.75, 1, 1.25, 1.5, 2)")
+    p.add_argument("--intervals", type=_numbers, help="candidate dosing intervals, comma-separated (default: the "
+                   "last dose's II)")
+    p.add_argument("--duration", type=float, help="infusion duration of the candidates (default: the last dose's)")
+    p.add_argument("--out", help="output folder (default: SOURCE/individual_<patient> for a fit folder, else "
+                   "individual_<patient>)")
+    p.add_argument("--draws", type=int, default=300, help="population draws (default: %(default)s)")
+    p.add_argument("--proposals", type=int, default=200, help="importance proposals per population draw "
+                   "(default: %(default)s)")
+    p.add_argument("--population", choices=["update", "fixed"], default="update",
+                   help="update: the patient's levels also weigh the population draws (as a refit with the patient); "
+                   "fixed: they do not (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
 
 
 def _add_prior_check(subparsers) -> None:

@@ -36,7 +36,8 @@ _LINEAR = ("1cmt_iv", "1cmt_oral", "2cmt_iv", "2cmt_oral", "3cmt_iv", "3cmt_oral
 _ODE_DOSES = 20
 
 
-def _target_label(t: dict) -> str:
+def target_label(t: dict) -> str:
+    """A target's column label, e.g. ``P(10<CTROUGH<20)`` or ``P(AUCTAU>400)``."""
     parts = [f"{t['metric']}>{t['above']:g}" if "above" in t else "",
              f"{t['metric']}<{t['below']:g}" if "below" in t else ""]
     if "above" in t and "below" in t:
@@ -44,8 +45,31 @@ def _target_label(t: dict) -> str:
     return f"P({''.join(parts)})"
 
 
-def _linear_closed_form(spec) -> bool:
+def attains(values, t: dict) -> np.ndarray:
+    """Whether each value of a metric meets a target ``{"metric", "above" and/or "below"}`` (strict bounds).
 
+    Parameters
+    ----------
+    values : array-like
+        The target's metric (any shape).
+    t : dict
+        ``{"metric": ..., "above": x, "below": y}``; either bound may be absent.
+
+    Returns
+    -------
+    numpy.ndarray of bool, the shape of ``values``
+    """
+    values = np.asarray(values, float)
+    ok = np.ones(values.shape, bool)
+    if "above" in t:
+        ok &= values > t["above"]
+    if "below" in t:
+        ok &= values < t["below"]
+    return ok
+
+
+def linear_closed_form(spec) -> bool:
+    """True for the library's linear closed-form PK models (steady-state AUCTAU is exactly ``F * Dose / CL``)."""
     s = spec.structural
     return not getattr(s, "per_subject", False) and any(n in LIBRARY and s is LIBRARY[n] for n in _LINEAR)
 
@@ -158,7 +182,7 @@ def evaluate_regimens(result, doses, intervals, *, duration: float = 0.0, cmt: i
     if dvid is not None:   # the design's records are concentrations: the type that observes CP
         design["DVID"] = np.where(design["EVID"] == 0, dvid, 0)
     if exact is None:
-        exact = n_doses is None and _linear_closed_form(result.spec) and "CL" in result.spec.parameters
+        exact = n_doses is None and linear_closed_form(result.spec) and "CL" in result.spec.parameters
     extra = ("individual.CL",) + (("individual.F",) if "F" in result.spec.parameters else ()) if exact else ()
     rows = []
     for data, idx, out in iter_simulations(result, design, n_draws=n_draws, seed=seed,
@@ -171,9 +195,28 @@ def evaluate_regimens(result, doses, intervals, *, duration: float = 0.0, cmt: i
     return _summarise(metrics, keys, duration, targets, credible_interval), metrics
 
 
-def _metrics(data, idx, out, exact: bool, n_subjects: int) -> pd.DataFrame:
-    """Exposure metrics per (draw, subject) of one chunk."""
-    ipred, n_draw = out["ipred"], len(idx)
+def exposure_metrics(data, ipred: np.ndarray, auc: np.ndarray | None = None) -> dict:
+    """Exposure metrics of each subject of a design over its grid of observation records.
+
+    Each subject's observation records are a grid over one dosing interval, its last record at the
+    end of the interval (the pre-dose trough).
+
+    Parameters
+    ----------
+    data : NMData
+        The design (subjects with an observation grid each).
+    ipred : numpy.ndarray, shape (n_draws, n_obs)
+        Concentrations at the records (DV units, e.g. mg/L).
+    auc : numpy.ndarray, shape (n_draws, n_subjects), optional
+        Exact AUC over the interval (e.g. ``F * Dose / CL``); default: the trapezoidal rule on the grid.
+
+    Returns
+    -------
+    dict of str -> numpy.ndarray, shape (n_draws, n_subjects)
+        ``AUCTAU`` (DV units x time), ``CMAX``, ``CMIN`` (over the grid) and ``CTROUGH`` (at the last
+        record).
+    """
+    n_draw = ipred.shape[0]
     subj, t = data.obs_subject, data.obs_time
     n_sub = data.n_subjects
     cmax, cmin = np.full((n_draw, n_sub), -np.inf), np.full((n_draw, n_sub), np.inf)
@@ -181,18 +224,25 @@ def _metrics(data, idx, out, exact: bool, n_subjects: int) -> pd.DataFrame:
     np.minimum.at(cmin.T, subj, ipred.T)
     last = np.flatnonzero(np.r_[subj[1:] != subj[:-1], True])   # each subject's last grid time = II
     ctrough = ipred[:, last]
-    if exact:
-        f = out.get("individual.F", 1.0)
-        auc = f * data.dose_amt[:, 0][None, :] / out["individual.CL"]
-    else:
+    if auc is None:
         seg = (subj[1:] == subj[:-1])
         area = 0.5 * (ipred[:, 1:] + ipred[:, :-1]) * np.diff(t)[None, :] * seg[None, :]
         auc = np.zeros((n_draw, n_sub))
         np.add.at(auc.T, subj[1:], area.T)
+    return {"AUCTAU": auc, "CMAX": cmax, "CMIN": cmin, "CTROUGH": ctrough}
+
+
+def _metrics(data, idx, out, exact: bool, n_subjects: int) -> pd.DataFrame:
+    """Exposure metrics per (draw, subject) of one chunk."""
+    auc = None
+    if exact:
+        f = out.get("individual.F", 1.0)
+        auc = f * data.dose_amt[:, 0][None, :] / out["individual.CL"]
+    m = exposure_metrics(data, out["ipred"], auc)
+    n_draw, n_sub = len(idx), data.n_subjects
     ids = np.asarray(data.ids, int)
     return pd.DataFrame({"_K": np.tile((ids - 1) // n_subjects, n_draw), "DRAW": np.repeat(idx, n_sub),
-                         "SUBJECT": np.tile(ids, n_draw), "AUCTAU": auc.ravel(), "CMAX": cmax.ravel(),
-                         "CMIN": cmin.ravel(), "CTROUGH": ctrough.ravel()})
+                         "SUBJECT": np.tile(ids, n_draw), **{k: v.ravel() for k, v in m.items()}})
 
 
 def _summarise(metrics, keys, duration, targets, ci) -> pd.DataFrame:
@@ -204,13 +254,9 @@ def _summarise(metrics, keys, duration, targets, ci) -> pd.DataFrame:
         for k in METRICS:
             row[f"{k}_median"], row[f"{k}_q5"], row[f"{k}_q95"] = np.quantile(m[k], [0.5, 0.05, 0.95])
         for t in targets:
-            ok = np.ones(len(m), bool)
-            if "above" in t:
-                ok &= m[t["metric"]].to_numpy() > t["above"]
-            if "below" in t:
-                ok &= m[t["metric"]].to_numpy() < t["below"]
+            ok = attains(m[t["metric"]].to_numpy(), t)
             per_draw = pd.Series(ok).groupby(m["DRAW"].to_numpy()).mean()
-            name = _target_label(t)
+            name = target_label(t)
             row[name] = per_draw.mean()
             row[f"{name}_lo"], row[f"{name}_hi"] = np.quantile(per_draw, [lo_q, hi_q])
         rows.append(row)
@@ -226,7 +272,7 @@ def plot_regimens(table: pd.DataFrame, targets=()):
     """
     import matplotlib.pyplot as plt
 
-    labels = [_target_label(t) for t in targets]
+    labels = [target_label(t) for t in targets]
     ncol = 2 + len(labels)
     fig, axes = plt.subplots(1, ncol, figsize=(4.5 * ncol, 4), squeeze=False)
     names = (table["REGIMEN"] + np.where(table["BAND"] == "all", "", " / " + table["BAND"])).to_numpy()

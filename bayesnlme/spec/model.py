@@ -128,7 +128,14 @@ class ModelSpec:
                 if self.parameters[eff.parameter].iiv not in ("lognormal", "none"):
                     raise SpecError(f"covariate effect {eff.covariate}_on_{eff.parameter}: time-varying "
                                     f"covariates need a log-normal (or no) IIV on {eff.parameter}")
-            if eff.kind == "categorical":
+            if eff.kind == "categorical" and eff.levels:
+                # already bound (a fitted spec on a new design, e.g. one patient): its effects are the fit's
+                unknown = sorted(set(values) - {eff.reference} - set(eff.levels), key=str)
+                if unknown:
+                    raise data.error(f"covariate {eff.covariate} has level {unknown[0]!r}, which the model "
+                                     f"does not know (levels: {eff.reference!r}, "
+                                     f"{', '.join(map(repr, eff.levels))})", column=eff.covariate)
+            elif eff.kind == "categorical":
                 levels = sorted(set(values) - {eff.reference}, key=str)
                 if eff.reference not in set(values):
                     raise SpecError(f"covariate effect on {eff.parameter}: reference level "
