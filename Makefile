@@ -10,6 +10,8 @@
 # make benchmark / benchmark-scale / benchmark-gpu : theophylline against a hand-written model;
 #                 simulated populations (100 and 1,200 subjects) on nutpie, numpyro and blackjax;
 #                 10,000 and 100,000 subjects on a GPU.  Figures in docs/benchmarks.md
+# make sbc-check : simulation-based calibration of pk_1cmt_oral, 100 replicates on Dask (~2 min); sbc_check/
+# make benchmark-many : 8 fits serially against a 2-worker LocalCluster (benchmarks/many_fits.py)
 # make qualify : reference problems against published answers (nlme, NONMEM, posteriordb, R loo, BLQ);
 #                writes qualification/qualification.{csv,md} (1-4 min; not part of make test)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -17,7 +19,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install benchmark benchmark-scale benchmark-gpu clean case-studies docs fuzz qualify capabilities
+.PHONY: demo test install benchmark benchmark-scale benchmark-gpu benchmark-many sbc-check clean case-studies docs fuzz qualify capabilities
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,6 +63,14 @@ docs: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/theophylline.py
+
+benchmark-many: $(STAMP)
+	$(BIN)/python benchmarks/many_fits.py
+
+# SBC of pk_1cmt_oral at 100 replicates on the theophylline design (~2 min on 2 cores); writes sbc_check/
+sbc-check: $(STAMP)
+	$(BIN)/bayesnlme sbc pk_1cmt_oral --data $$($(BIN)/python -c "from bayesnlme.datasets import dataset_path; \
+	    print(dataset_path('theophylline'))") --n 100 --out sbc_check --chains 2 --draws 300 --tune 300 --ranks 50
 
 benchmark-scale: $(STAMP)
 	$(BIN)/python benchmarks/scale.py --json benchmarks/scale_cpu.json
