@@ -36,6 +36,11 @@ posterior excluded no effect by far (see Sivula, Magnusson and Vehtari 2022 on t
 of ELPD differences between nested models).  Requiring both a predictive gain and a clear effect
 keeps the false-inclusion rate near ``alpha`` per null candidate and step.
 
+Beside the stepwise search, the **full model** -- every candidate at once under a regularised horseshoe
+prior (Piironen and Vehtari 2017; :class:`bayesnlme.spec.components.CovariateShrinkage`) -- is fitted in
+parallel with the base model, and each effect's median, 90% interval and ``p_effect`` reported
+(``full_model.csv``): one fit instead of many, with the selection uncertainty kept in the posterior.
+
 Every step's fits are independent tasks in ``RUN/stepNN_<direction>/`` (one run directory each, so a
 rerun of the same search resumes where it stopped and redoes no finished fit).  Outputs: the step
 table (step, direction, candidate, elpd_diff, dse, z, decision), the final spec as TOML, the final
@@ -50,7 +55,8 @@ N(0, 1); exponential and linear slope N(0, 0.5 / SD(COV)); categorical log-ratio
 
 References: Jonsson EN, Karlsson MO (1998) Automated covariate model building within NONMEM. Pharm
 Res 15:1463.  Vehtari A, Gelman A, Gabry J (2017) Practical Bayesian model evaluation using
-leave-one-out cross-validation and WAIC. Stat Comput 27:1413 (SE of ELPD differences).  Sivula T,
+leave-one-out cross-validation and WAIC. Stat Comput 27:1413 (SE of ELPD differences).  Piironen J, Vehtari A (2017) Sparsity information and
+regularization in the horseshoe and other shrinkage priors. Electron J Stat 11:5018.  Sivula T,
 Magnusson M, Matamoros AA, Vehtari A (2022) Uncertainty in Bayesian leave-one-out cross-validation
 based model comparison. arXiv:2008.10296.
 """
@@ -245,6 +251,21 @@ class Rule:
                 f"lower the ELPD or p_effect >= {self.alpha:g}")
 
 
+def _full_model_table(task: dict, cands: list) -> pd.DataFrame | None:
+    """Each candidate's effect in the full horseshoe model: median, 90% interval, p_effect."""
+    if task["status"] != "done":
+        return None
+    summ, p_eff = task["result"]["summary"], task["result"]["p_effect"]
+    rows = []
+    for c in cands:
+        names = [n for n in summ if n == c.name or (n.startswith(f"{c.covariate}_") and n.endswith(f"_on_{c.parameter}"))]
+        for n in names:
+            rows.append({"candidate": c.name, "effect": n, "q5": summ[n]["q5"], "q50": summ[n]["q50"],
+                         "q95": summ[n]["q95"], "p_effect": p_eff.get(c.name, np.nan),
+                         "excludes_0": bool(summ[n]["q5"] > 0 or summ[n]["q95"] < 0)})
+    return pd.DataFrame(rows).set_index("effect")
+
+
 def _difference(a: dict, b: dict) -> tuple[float, float]:
     """Sum and SE of the paired per-subject ELPD differences a - b."""
     ids = sorted(a)
@@ -276,16 +297,26 @@ class CovSearchResult:
     run_dir: Path
     notes: list = field(default_factory=list)
     rule: str = ""
+    full_model: pd.DataFrame | None = None
+
+    def full_model_text(self) -> str:
+        """The full horseshoe model's verdict on each candidate, in one sentence."""
+        if self.full_model is None or self.full_model.empty:
+            return ""
+        clear = self.full_model.index[self.full_model["excludes_0"]].tolist()
+        return (f"Full model with all {len(self.full_model)} candidates under a regularised horseshoe: the 90% "
+                f"credible interval excludes no effect for {', '.join(clear) if clear else 'none'}.")
 
     def describe(self) -> str:
         """The search in a few sentences."""
         sel = ", ".join(self.selected) if self.selected else "none"
-        return (f"Selected covariate relations: {sel}. Final model {self.final_spec.name}; "
-                f"{len(self.steps)} candidate evaluations in {self.steps['step'].max()} steps ({self.rule}). "
-                + " ".join(self.notes))
+        return " ".join([f"Selected covariate relations: {sel}. Final model {self.final_spec.name}; "
+                         f"{len(self.steps)} candidate evaluations in {self.steps['step'].max()} steps "
+                         f"({self.rule}).", self.full_model_text(), *self.notes]).replace("  ", " ").strip()
 
 
 def covsearch(spec: ModelSpec, data, candidates, *, run_dir, screen_p: float | None = 0.2, rule: str = "effect",
+              full_model: bool = True,
               alpha: float = 0.01, forward: float = 2.0, backward: float = 2.0, chains: int = 4, draws: int = 500,
               tune: int = 500, n_is: int = 200,
               seed: int = 1, scheduler=None, n_workers: int | None = None, memory_limit=None,
@@ -310,6 +341,10 @@ def covsearch(spec: ModelSpec, data, candidates, *, run_dir, screen_p: float | N
         (removal when the loss < ``backward * dse``).
     alpha : float
         ``p_effect`` threshold of the ``"effect"`` rule, for inclusion and for keeping.
+    full_model : bool
+        Also fit the model with every candidate under a regularised horseshoe prior
+        (:class:`bayesnlme.spec.components.CovariateShrinkage`), in parallel with the base fit, and
+        report each effect beside the stepwise result (``full_model.csv``).
     forward, backward : float
         Multipliers of ``dse`` of the ``"elpd"`` rule.
     chains, draws, tune : int
@@ -343,7 +378,18 @@ def covsearch(spec: ModelSpec, data, candidates, *, run_dir, screen_p: float | N
                             shared={"data": frame, **settings}, label=f"covsearch {label}")
             return {k: run.tasks[k] for k in models}
 
-        base = fit_step("step00_base", {"base": spec}, etas=True)["base"]
+        first = {"base": spec}
+        if full_model:   # every candidate at once under a regularised horseshoe, beside the stepwise search
+            d = with_relations(spec, cands, baseline).to_dict()
+            d["covariate_shrinkage"] = {"type": "horseshoe"}
+            d["name"] = f"{spec.name}+horseshoe"
+            first["full_horseshoe"] = ModelSpec.from_dict(d)
+        step0 = fit_step("step00_base", first, etas=True)
+        base = step0["base"]
+        if full_model:
+            full = _full_model_table(step0["full_horseshoe"], cands)
+            if full is None:
+                notes.append(f"The full horseshoe model failed to fit: {step0['full_horseshoe']['error']}")
         if base["status"] != "done":
             raise BayesNLMEInputError(f"covsearch: the base model failed to fit: {base['error']}")
         current, current_dir, selected = base["result"], run_dir / "step00_base" / "tasks" / "base", []
@@ -424,7 +470,7 @@ def covsearch(spec: ModelSpec, data, candidates, *, run_dir, screen_p: float | N
         notes.append("The final fit has convergence problems: " + "; ".join(current["problems"]))
     out = CovSearchResult(steps=steps, selected=[c.name for c in selected], final_spec=final_spec,
                           final_fit=current_dir / "fit.nc", run_dir=run_dir, notes=notes,
-                          rule=rule.describe())
+                          rule=rule.describe(), full_model=full if full_model else None)
     _write(out)
     return out
 
@@ -436,6 +482,8 @@ def _write(out: CovSearchResult) -> None:
              "integrated subject-level ELPD).", f"Rule: {out.rule}.", f"Relations: {', '.join(out.selected) or 'none'}."]
     write_text_atomic(d / "final_model.toml", spec_toml(out.final_spec.to_dict(), header=rules))
     write_text_atomic(d / "covsearch.txt", out.describe() + "\n")
+    if out.full_model is not None:
+        write_atomic(d / "full_model.csv", lambda t: out.full_model.to_csv(t))
     if out.final_spec.covariates:
         fig, table = plot_covariate_forest(FitResult.load(out.final_fit))
         write_atomic(d / "covariate_forest.png", lambda t: fig.savefig(t, format="png", dpi=110))

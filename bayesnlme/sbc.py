@@ -100,7 +100,7 @@ def prior_draw(spec: ModelSpec, design, seed: int) -> tuple[dict, np.ndarray]:
         _PRIOR_MODELS.clear()
         _PRIOR_MODELS[key] = build_model(spec, nm, check_residual=False)
     built = _PRIOR_MODELS[key]
-    names = spec.population_parameter_names()
+    names = built.spec.population_parameter_names()   # the bound spec: categorical levels are known there
     with built.model, _quiet("pymc"):
         prior = pm.sample_prior_predictive(draws=1, random_seed=seed, var_names=names + ["DV"])
     truth = {n: float(np.asarray(prior.prior[n].values).ravel()[0]) for n in names}

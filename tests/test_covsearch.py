@@ -83,6 +83,11 @@ def test_covsearch_selects_the_true_effects_and_a_rerun_does_no_work(study, tmp_
     forest = pd.read_csv(tmp_path / "cov" / "covariate_forest.csv")
     assert set(forest["parameter"]) == {"CL", "V"}
     assert res.final_fit.exists()
+    # the full model: every candidate under a regularised horseshoe; the true effects stand out
+    full = pd.read_csv(tmp_path / "cov" / "full_model.csv", index_col="effect")
+    assert set(full["candidate"]) == {"WT_on_CL", "SEX_on_V", "AGE_on_CL", "WT_on_KA", "AGE_on_V"}
+    assert set(full.loc[full["excludes_0"], "candidate"]) == set(TRUE), full
+    assert "Full model with all 5 candidates" in res.describe()
     # the same search from the command line: every fit is found in the run directory, none redone
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "cov").rglob("fit.nc")}
     out = subprocess.run([sys.executable, "-m", "bayesnlme.cli", "covsearch", "pk_1cmt_oral", "--data", str(data),

@@ -184,3 +184,18 @@ def test_spec_toml_text_round_trips_every_library_model(name):
 
     spec = load_spec(name)
     assert ModelSpec.from_toml_text(spec_toml(spec.to_dict())).to_dict() == spec.to_dict()
+
+
+def test_covariate_shrinkage_table():
+    d = load_spec("pk_1cmt_oral").to_dict()
+    d["covariates"] = [{"parameter": "CL", "covariate": "WT", "type": "power", "reference": 70,
+                        "prior": {"dist": "normal", "mu": 0.0, "sigma": 1.0}}]
+    d["covariate_shrinkage"] = {"type": "horseshoe", "tau0": 0.05}
+    spec = ModelSpec.from_dict(d)
+    assert spec.shrinkage.tau0 == 0.05 and spec.shrinkage.slab_df == 4.0
+    from bayesnlme.spec.toml_text import spec_toml
+    assert ModelSpec.from_toml_text(spec_toml(spec.to_dict())).to_dict() == spec.to_dict()
+    for bad, msg in (({"type": "lasso"}, "unknown type 'lasso'"), ({"tau0": -1}, "tau0"),
+                     ({"slab": 2}, "slab")):
+        with pytest.raises(SpecError, match=msg):
+            ModelSpec.from_dict({**d, "covariate_shrinkage": bad})

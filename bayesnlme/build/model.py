@@ -99,8 +99,11 @@ def _covariate_log_factors(spec: ModelSpec, data: NMData, init: dict) -> tuple[d
         forward to each observation).
     """
     by_subject, by_obs = {}, {}
+    shrink = _Horseshoe(spec.shrinkage, init) if spec.shrinkage is not None else None
     for eff in spec.covariates:
-        thetas = [_estimate(n, eff.prior, f, init) for n, f in zip(eff.effect_names(), eff.fixed_values())]
+        thetas = [(shrink.effect(n, eff.prior) if shrink is not None else _estimate(n, eff.prior, f, init))
+                  if f is None else pt.as_tensor_variable(float(f))
+                  for n, f in zip(eff.effect_names(), eff.fixed_values())]
         if eff.time_varying:
             x, out = data.observation_covariates([eff.covariate])[eff.covariate].to_numpy(), by_obs
         else:
@@ -109,6 +112,27 @@ def _covariate_log_factors(spec: ModelSpec, data: NMData, init: dict) -> tuple[d
             x = x.astype(float)
         out[eff.parameter] = out.get(eff.parameter, 0.0) + log_factor(eff, x, thetas, pt)
     return by_subject, by_obs
+
+
+class _Horseshoe:
+    """The regularised horseshoe of :class:`bayesnlme.spec.components.CovariateShrinkage` (non-centred)."""
+
+    def __init__(self, hs, init: dict):
+        self.tau = pm.HalfCauchy("hs_tau", beta=hs.tau0)
+        c2 = pm.InverseGamma("hs_c2", alpha=hs.slab_df / 2, beta=hs.slab_df / 2)
+        self.c2 = c2 * hs.slab_scale ** 2
+        init.update(hs_tau=hs.tau0, hs_c2=1.0)
+        self.init = init
+
+    def effect(self, name: str, prior):
+        """The effect ``name`` as a deterministic of its own z and local scale; scale from its prior's SD."""
+        scale = float(prior.args.get("sigma", 1.0)) if prior is not None else 1.0
+        z = pm.Normal(f"hs_z_{name}", 0.0, 1.0)
+        lam = pm.HalfCauchy(f"hs_lambda_{name}", beta=1.0)
+        # a start off 0: at z = 0 the gradient in tau and lambda is exactly 0, where nutpie cannot start
+        self.init.update({f"hs_z_{name}": 0.1, f"hs_lambda_{name}": 1.0})
+        lam_t = pt.sqrt(self.c2 * lam ** 2 / (self.c2 + self.tau ** 2 * lam ** 2))
+        return pm.Deterministic(name, scale * z * self.tau * lam_t)
 
 
 def _omega(p: str, par, init: dict):

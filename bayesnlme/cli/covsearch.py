@@ -12,6 +12,7 @@ from bayesnlme.spec import load_spec
 def run(args) -> int:
     result = covsearch(load_spec(args.model), args.data, args.candidates, run_dir=args.out,
                        screen_p=None if args.screen_p >= 1 else args.screen_p, rule=args.rule, alpha=args.alpha,
+                       full_model=not args.no_full_model,
                        chains=args.chains, draws=args.draws, tune=args.tune, seed=args.seed,
                        scheduler=scheduler_of(args), n_workers=args.workers, memory_limit=args.memory_limit, retry_failed=args.retry_failed,
                        progress=not args.no_progress)

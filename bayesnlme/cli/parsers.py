@@ -344,7 +344,8 @@ def _add_covsearch(subparsers) -> None:
         "candidate while one passes the rule and remove included ones that fail it, judged by the "
         "integrated subject-level ELPD (each step's fits in parallel on Dask). Writes OUT/steps.csv "
         "(step, direction, candidate, screen_p, elpd_diff, dse, z, p_effect, decision), "
-        "OUT/final_model.toml, OUT/covariate_forest.png/.csv and OUT/covsearch.txt, with every fit in "
+        "OUT/final_model.toml, OUT/covariate_forest.png/.csv, OUT/full_model.csv (every candidate at once under "
+        "a regularised horseshoe) and OUT/covsearch.txt, with every fit in "
         "OUT/stepNN_<direction>/tasks/<candidate>/fit.nc; a rerun resumes.",
         epilog="examples:\n  bayesnlme covsearch base.toml --data pheno.csv --candidates \"CL~WT:power V~WT:power "
                "V~APGR\" --out cov_pheno\n  bayesnlme covsearch pk_1cmt_oral --data study.csv --candidates "
@@ -363,6 +364,8 @@ def _add_covsearch(subparsers) -> None:
                    "(default: %(default)s)")
     p.add_argument("--screen-p", type=float, default=0.2, help="ETA screening p-value threshold; 1 to fit "
                    "every candidate (default: %(default)s)")
+    p.add_argument("--no-full-model", action="store_true", help="skip the full model with every candidate under "
+                   "a regularised horseshoe prior (OUT/full_model.csv)")
     p.add_argument("--chains", type=int, default=4, help="chains per fit (default: %(default)s)")
     p.add_argument("--draws", type=int, default=500, help="draws per chain (default: %(default)s)")
     p.add_argument("--tune", type=int, default=500, help="warm-up draws per chain (default: %(default)s)")

@@ -214,6 +214,45 @@ def parameter_from_dict(name, d, source):
                      omega_iov=omega_iov, centered=centered)
 
 
+@dataclass(frozen=True)
+class CovariateShrinkage:
+    """A regularised horseshoe prior shared by every estimated covariate effect (Piironen & Vehtari 2017).
+
+    Each effect ``theta_j = s_j * z_j * tau * lambda~_j`` with ``z_j ~ N(0, 1)``, local scales
+    ``lambda_j ~ HalfCauchy(1)``, global scale ``tau ~ HalfCauchy(tau0)`` and the slab
+    ``lambda~_j = c lambda_j / sqrt(c^2 + tau^2 lambda_j^2)``, ``c^2 ~ InvGamma(slab_df / 2, slab_df / 2)
+    * slab_scale^2``; ``s_j`` is the SD of the effect's own normal prior (its scale in the units of
+    the covariate), so a covariate on a large scale is not shrunk harder than one on a small scale.
+    Most effects are pulled to 0; the few the data support escape through the slab.  The effects
+    are reported under their usual names (``<COV>_on_<P>``) as deterministic functions; ``hs_tau``,
+    ``hs_c2``, ``hs_z_<name>`` and ``hs_lambda_<name>`` are the sampled variables.
+
+    Written in a spec as ``[covariate_shrinkage]`` with ``type = "horseshoe"`` and optional ``tau0``
+    (default 0.1), ``slab_scale`` (1) and ``slab_df`` (4).
+    """
+    tau0: float = 0.1
+    slab_scale: float = 1.0
+    slab_df: float = 4.0
+
+    def to_dict(self) -> dict:
+        return {"type": "horseshoe", "tau0": self.tau0, "slab_scale": self.slab_scale, "slab_df": self.slab_df}
+
+
+def shrinkage_from_dict(d, source) -> CovariateShrinkage | None:
+    """The ``[covariate_shrinkage]`` table (None when absent)."""
+    if d is None:
+        return None
+    where = f"{source}: covariate_shrinkage"
+    if not isinstance(d, dict):
+        raise SpecError(f"{where} must be a table (type = \"horseshoe\", tau0, slab_scale, slab_df)")
+    check_keys(d, ("type", "tau0", "slab_scale", "slab_df"), where)
+    if d.get("type", "horseshoe") != "horseshoe":
+        raise SpecError(f"{where}: unknown type {d.get('type')!r}; the one shrinkage prior is \"horseshoe\"")
+    return CovariateShrinkage(tau0=number(d.get("tau0", 0.1), f"{where}.tau0", positive=True),
+                              slab_scale=number(d.get("slab_scale", 1.0), f"{where}.slab_scale", positive=True),
+                              slab_df=number(d.get("slab_df", 4.0), f"{where}.slab_df", positive=True))
+
+
 def residual_from_dict(d, source="spec"):
     where = f"{source}: residual"
     check_keys(d, ("type", "sigma_add", "sigma_prop", "sigma_exp", "blq"), where)

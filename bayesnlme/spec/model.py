@@ -32,10 +32,12 @@ from bayesnlme.errors import SpecError
 from bayesnlme.spec.components import (
     IIV_KINDS,
     KNOWN_DOMAINS,
+    CovariateShrinkage,
     ResidualError,
     covariate_from_dict,
     parameter_from_dict,
     residual_from_dict,
+    shrinkage_from_dict,
 )
 from bayesnlme.spec.observation import observation_from_dict, resolve
 from bayesnlme.spec.priors import NAME_PATTERN, check_keys, number
@@ -58,6 +60,7 @@ class ModelSpec:
     lkj_eta: float = 2.0
     description: str = ""
     observations: tuple = ()
+    shrinkage: CovariateShrinkage | None = None
 
     def __post_init__(self):
         _validate_spec(self)
@@ -168,6 +171,8 @@ class ModelSpec:
             d["random_effects"] = {"blocks": [list(b) for b in self.omega_blocks], "lkj_eta": self.lkj_eta}
         if self.covariates:
             d["covariates"] = [c.to_dict() for c in self.covariates]
+        if self.shrinkage is not None:
+            d["covariate_shrinkage"] = self.shrinkage.to_dict()
         return d
 
     @classmethod
@@ -220,7 +225,7 @@ def _parse(d, structural, source) -> "ModelSpec":
 
 def _from_dict(d, structural, source):
     check_keys(d, ("name", "description", "structural", "parameters", "residual",
-                    "random_effects", "covariates", "observations"), source)
+                    "random_effects", "covariates", "observations", "covariate_shrinkage"), source)
     if structural is None:
         sname = d.get("structural")
         if sname is None:
@@ -249,7 +254,8 @@ def _from_dict(d, structural, source):
                          omega_blocks=tuple(tuple(b) for b in blocks),
                          lkj_eta=number(re_.get("lkj_eta", 2.0), f"{source}: random_effects.lkj_eta", True),
                          description=str(d.get("description", "")),
-                         observations=_observations_from_list(d.get("observations", []), source))
+                         observations=_observations_from_list(d.get("observations", []), source),
+                         shrinkage=shrinkage_from_dict(d.get("covariate_shrinkage"), source))
     except SpecError as exc:
         msg = str(exc)
         raise SpecError(msg if msg.startswith(source) else f"{source}: {msg}") from None

@@ -61,6 +61,9 @@ def spec_toml(d: dict, header=(), comments: dict | None = None) -> str:
     for i, cov in enumerate(d.get("covariates", [])):
         out += ["", *_comment(comments.get(f"covariates.{i}", ())), "[[covariates]]"]
         out += [f"{k} = {value(v)}" for k, v in cov.items()]
+    if d.get("covariate_shrinkage"):
+        out += ["", *_comment(comments.get("covariate_shrinkage", ())), "[covariate_shrinkage]"]
+        out += [f"{k} = {value(v)}" for k, v in d["covariate_shrinkage"].items()]
     if "residual" in d:
         out += ["", *_comment(comments.get("residual", ())), "[residual]"]
         out += [f"{k} = {value(v)}" for k, v in d["residual"].items()]
