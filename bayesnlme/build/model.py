@@ -33,6 +33,7 @@ import pytensor
 import pytensor.tensor as pt
 
 from bayesnlme.build.covariates import log_factor
+from bayesnlme.build.mixture import build_mixture, check_mixture_data
 from bayesnlme.build.observations import dv_draw_inputs, pointwise_loglik
 from bayesnlme.build.priors import prior_dist, prior_rv
 from bayesnlme.data import NMData, read_nonmem
@@ -77,6 +78,7 @@ class BuiltModel:
     individual: dict = None
     excluded: object = None   # ROW numbers dropped from the likelihood (BLQ M1)
     loglik: object = None     # per-record log-likelihood (n_obs,): the very graph behind DV's density
+    mixture: dict = None      # [mixture]: per-component tensors (bayesnlme.build.mixture.build_mixture)
 
 
 def _estimate(name, prior, fixed, init):
@@ -311,14 +313,19 @@ def _check_dosed(spec: ModelSpec, data: NMData) -> None:
                         column="AMT")
 
 
-def _residual_sd(spec: ModelSpec, ipred, init: dict):
-    """Residual SD at each observation (on the log scale for exponential error)."""
-    r = spec.residual
-    sig = {}
+def _sigmas(spec: ModelSpec, init: dict) -> dict:
+    """The residual SDs' random variables (constants when fixed)."""
+    r, sig = spec.residual, {}
     for s in r.sigma_names():
         sig[s] = prior_rv(s, r.priors[s])
         if not r.priors[s].is_fixed:
             init[s] = r.priors[s].median()
+    return sig
+
+
+def _residual_sd(spec: ModelSpec, ipred, sig: dict):
+    """Residual SD at each observation (on the log scale for exponential error)."""
+    r = spec.residual
     if r.kind == "additive":
         return sig["sigma_add"] * pt.ones_like(ipred)
     if r.kind == "proportional":
@@ -332,6 +339,25 @@ def _likelihood(spec: ModelSpec, ipred, sd, dv):
     if spec.residual.kind == "exponential":
         return pm.LogNormal("DV", mu=pt.log(ipred), sigma=sd, observed=dv, dims="obs")
     return pm.Normal("DV", mu=ipred, sigma=sd, observed=dv, dims="obs")
+
+
+def _build_mixture(model, spec, data, doses, init, parts, dv_data) -> BuiltModel:
+    """A ``[mixture]`` model: one prediction per component, DV's density marginalised over membership."""
+    check_mixture_data(spec, data)
+    individual, typical, obs_ind, obs_typ = parts
+    observed = pm.Data("DV_data", data.obs_dv, dims="obs") if dv_data else data.obs_dv
+    sig = _sigmas(spec, init)
+
+    def component(ind, typ):
+        ipred = _predict(spec, data, doses, ind, obs_ind)
+        sd = _residual_sd(spec, ipred, sig)
+        dist = (pm.LogNormal.dist(mu=pt.log(ipred), sigma=sd) if spec.residual.kind == "exponential"
+                else pm.Normal.dist(mu=ipred, sigma=sd))
+        return ipred, _predict(spec, data, doses, typ, obs_typ), sd, pm.logp(dist, observed)
+
+    with model:
+        out = build_mixture(spec, data, init, individual, typical, component, observed)
+    return BuiltModel(model=model, spec=spec, data=data, initial_point=init, **out)
 
 
 def build_model(spec: ModelSpec, data, *, check_residual: bool = True, dv_data: bool = False) -> BuiltModel:
@@ -380,11 +406,13 @@ def build_model(spec: ModelSpec, data, *, check_residual: bool = True, dv_data: 
     init: dict = {}
     with pm.Model(coords=coords) as model:
         individual, typical, obs_ind, obs_typ = individual_parameters(spec, data, init, occ_index)
+        if spec.mixture is not None:
+            return _build_mixture(model, spec, data, doses, init, (individual, typical, obs_ind, obs_typ), dv_data)
         if _observation_models_needed(spec, data):
             return _build_observations(model, spec, data, doses, init, individual, typical, obs_ind, obs_typ)
         ipred, pred = (_predict(spec, data, doses, params, obs_log)
                        for params, obs_log in ((individual, obs_ind), (typical, obs_typ)))
-        sd = _residual_sd(spec, ipred, init)
+        sd = _residual_sd(spec, ipred, _sigmas(spec, init))
         observed = pm.Data("DV_data", data.obs_dv, dims="obs") if dv_data else data.obs_dv
         dv = _likelihood(spec, ipred, sd, observed)
     return BuiltModel(model=model, spec=spec, data=data, initial_point=init,

@@ -37,6 +37,7 @@ from bayesnlme.spec.components import (
     parameter_from_dict,
     residual_from_dict,
 )
+from bayesnlme.spec.mixture import Mixture, check_mixture, mixture_from_dict
 from bayesnlme.spec.observation import observation_from_dict, resolve
 from bayesnlme.spec.priors import NAME_PATTERN, check_keys, number
 from bayesnlme.structural import LIBRARY, StructuralModel
@@ -58,6 +59,7 @@ class ModelSpec:
     lkj_eta: float = 2.0
     description: str = ""
     observations: tuple = ()
+    mixture: Mixture | None = None
 
     def __post_init__(self):
         _validate_spec(self)
@@ -83,6 +85,8 @@ class ModelSpec:
         for block in self.omega_blocks:
             names += [f"corr_{a}_{b}" for i, a in enumerate(block) for b in block[i + 1:]]
         names += self.observation_parameter_names()
+        if self.mixture is not None:
+            names += self.mixture.parameter_names()
         return names
 
     # ------------------------------------------------------------------ queries
@@ -111,6 +115,8 @@ class ModelSpec:
             A needed covariate is missing for a subject, or invalid for its effect.
         """
         cols = data.columns
+        if self.mixture is not None and self.mixture.covariate is not None:
+            _bind_mixture_covariate(self.mixture.covariate, data)
         effects = []
         for eff in self.covariates:
             if eff.covariate not in data.covariate_names:
@@ -168,6 +174,8 @@ class ModelSpec:
             d["random_effects"] = {"blocks": [list(b) for b in self.omega_blocks], "lkj_eta": self.lkj_eta}
         if self.covariates:
             d["covariates"] = [c.to_dict() for c in self.covariates]
+        if self.mixture is not None:
+            d["mixture"] = self.mixture.to_dict()
         return d
 
     @classmethod
@@ -220,7 +228,7 @@ def _parse(d, structural, source) -> "ModelSpec":
 
 def _from_dict(d, structural, source):
     check_keys(d, ("name", "description", "structural", "parameters", "residual",
-                    "random_effects", "covariates", "observations"), source)
+                    "random_effects", "covariates", "observations", "mixture"), source)
     if structural is None:
         sname = d.get("structural")
         if sname is None:
@@ -249,7 +257,8 @@ def _from_dict(d, structural, source):
                          omega_blocks=tuple(tuple(b) for b in blocks),
                          lkj_eta=number(re_.get("lkj_eta", 2.0), f"{source}: random_effects.lkj_eta", True),
                          description=str(d.get("description", "")),
-                         observations=_observations_from_list(d.get("observations", []), source))
+                         observations=_observations_from_list(d.get("observations", []), source),
+                         mixture=mixture_from_dict(d["mixture"], source) if "mixture" in d else None)
     except SpecError as exc:
         msg = str(exc)
         raise SpecError(msg if msg.startswith(source) else f"{source}: {msg}") from None
@@ -347,3 +356,16 @@ def _validate_spec(spec: ModelSpec) -> None:
         if key in names:
             raise SpecError(f"covariate effect {eff.covariate}_on_{eff.parameter} is given twice")
         names.add(key)
+    if spec.mixture is not None:
+        check_mixture(spec.mixture, spec.parameters)
+
+
+def _bind_mixture_covariate(column: str, data) -> None:
+    """The mixing probabilities' covariate: a numeric column of the data, known for every subject."""
+    if column not in data.covariate_names:
+        raise SpecError(f"mixture: covariate column {column} is not a covariate in {data.source} "
+                        f"(columns: {', '.join(data.columns)})")
+    data.require_covariates([column])
+    values = data.baseline_covariates([column])[column]
+    if not all(isinstance(v, (int, float)) for v in values):
+        raise data.error(f"covariate {column} must be numeric for the mixing probabilities", column=column)
