@@ -114,14 +114,31 @@ def mixture_loglik(ll, log_w, data):
     return record, cum[:, -1]
 
 
+def _dv_random(obs_subject: np.ndarray, k: int, log_scale: bool):
+    """DV's draws (prior predictive): a component per subject from ``w_ik``, then the residual error.
+
+    The parameters arrive per record (K predictions, K SDs, K log weights): PyMC broadcasts them
+    with DV; a subject's weights are read at its first record.
+    """
+    subjects, first = np.unique(obs_subject, return_index=True)
+    where = np.searchsorted(subjects, obs_subject)
+
+    def random(lp, *rest, rng=None, size=None):
+        ipred, sd, log_w = (np.stack(rest[i * k:(i + 1) * k]) for i in range(3))   # each (K, n_obs)
+        prob = np.exp(log_w[:, first]).T                                             # (n_subjects, K)
+        comp = np.minimum((np.cumsum(prob, axis=1) < rng.random(len(prob))[:, None]).sum(axis=1), k - 1)[where]
+        cols = np.arange(len(obs_subject))
+        f, s = ipred[comp, cols], sd[comp, cols]
+        eps = rng.standard_normal(f.shape)
+        return f * np.exp(s * eps) if log_scale else f + s * eps
+    return random
+
+
 def check_mixture_data(spec, data) -> None:
-    """Mixtures take one continuous ``[residual]`` model and uncensored records (for now)."""
+    """Mixtures take one continuous ``[residual]`` model (censored records included, M3 or M1)."""
     if spec.observations:
         raise SpecError("mixture: [[observations]] (DVID types, outcomes) are not supported with [mixture]; "
                         "use one continuous [residual] model")
-    if data.obs_cens is not None and (np.asarray(data.obs_cens) != 0).any():
-        raise data.error("mixture models do not take censored (BLQ, CENS != 0) records yet; drop them "
-                         "(MDV=1) or fit without [mixture]", column="CENS")
 
 
 def build_mixture(spec, data, init: dict, individual: dict, typical: dict, component, observed) -> dict:
@@ -152,7 +169,12 @@ def build_mixture(spec, data, init: dict, individual: dict, typical: dict, compo
              for r in ratios]
     ipred, pred, sd, ll = (pt.stack([c[i] for c in parts]) for i in range(4))   # each (K, n_obs)
     record, subject = mixture_loglik(ll.T, log_w, data)
-    pm.CustomDist("DV", record, logp=lambda value, lp: lp, observed=observed, dims="obs")
+    k = len(ratios)
+    per_record = [ipred[j] for j in range(k)] + [sd[j] for j in range(k)] + \
+        [log_w[data.obs_subject, j] for j in range(k)]     # elementwise parameters, each (n_obs,)
+    pm.CustomDist("DV", record, *per_record, logp=lambda value, lp, *rest: lp,
+                  random=_dv_random(data.obs_subject, k, spec.residual.kind == "exponential"),
+                  observed=observed, dims="obs")
     best = pt.eq(pt.argmax(log_w + subject, axis=1)[:, None], np.arange(len(ratios))[None, :])   # (n_sub, K)
     pick = best[data.obs_subject].T                                                        # (K, n_obs)
     ratio = pt.stack(ratios)

@@ -34,7 +34,7 @@ import pytensor.tensor as pt
 
 from bayesnlme.build.covariates import log_factor
 from bayesnlme.build.mixture import build_mixture, check_mixture_data
-from bayesnlme.build.observations import dv_draw_inputs, pointwise_loglik
+from bayesnlme.build.observations import dv_draw_inputs, normal_logp, pointwise_loglik
 from bayesnlme.build.priors import prior_dist, prior_rv
 from bayesnlme.data import NMData, read_nonmem
 from bayesnlme.errors import DataError, SpecError
@@ -345,19 +345,27 @@ def _build_mixture(model, spec, data, doses, init, parts, dv_data) -> BuiltModel
     """A ``[mixture]`` model: one prediction per component, DV's density marginalised over membership."""
     check_mixture_data(spec, data)
     individual, typical, obs_ind, obs_typ = parts
-    observed = pm.Data("DV_data", data.obs_dv, dims="obs") if dv_data else data.obs_dv
+    cens = data.obs_cens if data.obs_cens is not None else np.zeros(data.n_obs, int)
+    dropped = (cens != 0) & (spec.residual.blq == "m1")      # M1: out of the likelihood (log-density 0)
+    container = dv_data and not cens.any()                   # as without [mixture]: censored DV stays a constant
+    observed = pm.Data("DV_data", data.obs_dv, dims="obs") if container else data.obs_dv
     sig = _sigmas(spec, init)
 
     def component(ind, typ):
         ipred = _predict(spec, data, doses, ind, obs_ind)
         sd = _residual_sd(spec, ipred, sig)
-        dist = (pm.LogNormal.dist(mu=pt.log(ipred), sigma=sd) if spec.residual.kind == "exponential"
-                else pm.Normal.dist(mu=ipred, sigma=sd))
-        return ipred, _predict(spec, data, doses, typ, obs_typ), sd, pm.logp(dist, observed)
+        if container:
+            dist = (pm.LogNormal.dist(mu=pt.log(ipred), sigma=sd) if spec.residual.kind == "exponential"
+                    else pm.Normal.dist(mu=ipred, sigma=sd))
+            ll = pm.logp(dist, observed)
+        else:   # censored records (M3) by their probability below/above the limit
+            ll = pt.switch(dropped, 0.0, normal_logp(spec.residual.kind, data.obs_dv, ipred, sd, cens, data.obs_limit))
+        return ipred, _predict(spec, data, doses, typ, obs_typ), sd, ll
 
     with model:
         out = build_mixture(spec, data, init, individual, typical, component, observed)
-    return BuiltModel(model=model, spec=spec, data=data, initial_point=init, **out)
+    return BuiltModel(model=model, spec=spec, data=data, initial_point=init,
+                      excluded=data.obs_row[dropped].tolist() if dropped.any() else None, **out)
 
 
 def build_model(spec: ModelSpec, data, *, check_residual: bool = True, dv_data: bool = False) -> BuiltModel:

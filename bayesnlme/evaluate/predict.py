@@ -313,7 +313,12 @@ def predict_at_times(result, times, *, n_draws: int = 200):
     draws = {n: result.posterior_draws(n) for n in names}
     total = len(next(iter(draws.values())))
     idx = np.linspace(0, total - 1, min(n_draws, total)).round().astype(int)
-    out = evaluate_draws(built, {k: v[idx] for k, v in draws.items()}, ("ipred", "pred"))
+    draws = {k: v[idx] for k, v in draws.items()}
+    membership = None
+    if built.mixture is not None:   # each fitted subject's most probable component at the draw (as its IPRED)
+        prob = posterior_membership(result.built, draws)
+        membership = (prob == prob.max(axis=2, keepdims=True)).astype(float)
+    out = simulation_outputs(built, draws, ("ipred", "pred"), np.random.default_rng(0), membership)
     ids = np.array([str(i) for i in design.ids])
     return pd.DataFrame({
         "ID": ids[design.obs_subject], "TIME": design.obs_time,
