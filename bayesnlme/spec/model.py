@@ -10,7 +10,9 @@ A :class:`ModelSpec` holds
   prior on OMEGA expressed as the *standard deviation* of ETA;
 * optional OMEGA blocks (correlated ETAs, LKJ prior on the correlations);
 * :class:`CovariateEffect` entries (power, exponential, linear, categorical);
-* a :class:`ResidualError` (additive, proportional, combined or exponential).
+* a :class:`ResidualError` (additive, proportional, combined or exponential);
+* optionally a :class:`~bayesnlme.spec.mixture.Mixture`: subpopulations differing in one
+  parameter's typical value (``[mixture]``).
 
 Individual parameters are ``P_i = TV(P) * prod(covariate factors) * exp(ETA_i)``
 for log-normal IIV, ``TV(P) * factors + ETA_i`` for normal IIV, and
