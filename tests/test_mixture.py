@@ -201,3 +201,45 @@ def test_simulation_draws_membership_per_subject(fitted):
     assert abs((c24 > 0.5).mean() - TRUTH["p_mix_2"]) < 0.12
     own = simulate(result, n_draws=40, seed=2, mode="individual")
     assert np.mean(((own.ipred[:, late] > 0.5).mean(0) > 0.5) == poor) >= 0.9
+
+
+def test_censored_records_enter_each_component_by_their_probability():
+    """M3: a record below the LLOQ contributes log P(Y < LLOQ | component k) inside the logsumexp."""
+    df, _ = study(n=6)
+    obs = df["EVID"] == 0
+    below = obs & (df["DV"] < 0.3)
+    df["CENS"] = 0
+    df.loc[below, ["DV", "CENS"]] = [0.3, 1]
+    assert below.sum() > 3
+    built = build_model(mixture_spec(), df)
+    draws = {"CL": np.array([4.0]), "V": np.array([30.0]), "omega_CL": np.array([0.2]),
+             "omega_V": np.array([0.15]), "eta_CL": np.full((1, 6), 0.1), "eta_V": np.zeros((1, 6)),
+             "sigma_prop": np.array([0.1]), "ratio_CL_2": np.array([0.25]), "p_mix_2": np.array([0.3])}
+    got = evaluate_draws(built, draws, ("loglik",))["loglik"][0]
+    data = built.data
+    s, t, cens = data.obs_subject, data.obs_time, data.obs_cens
+    cl = 4.0 * np.exp(0.1)
+    comp = []
+    for r in (1.0, 0.25):
+        f = 100 / 30 * np.exp(-cl * r / 30 * t)
+        comp.append(np.where(cens == 1, stats.norm.logcdf(0.3, f, 0.1 * f), stats.norm.logpdf(data.obs_dv, f, 0.1 * f)))
+    per_subject = np.stack([np.bincount(s, weights=c, minlength=6) for c in comp], axis=1)
+    expect = logsumexp(np.log([0.7, 0.3]) + per_subject, axis=1)
+    np.testing.assert_allclose(np.bincount(s, weights=got, minlength=6), expect, rtol=1e-10)
+
+
+def test_prior_predictive_draws_a_component_per_subject():
+    from bayesnlme.evaluate.prior_check import prior_predictive
+
+    df, _ = study(n=10)
+    sims, _ = prior_predictive(mixture_spec(), df, draws=30)
+    assert sims.shape == (30, 80) and np.isfinite(sims).all()
+
+
+def test_predictions_keep_each_subjects_most_probable_component(fitted):
+    from bayesnlme.evaluate.predict import predict_at_times
+
+    result, poor = fitted
+    curves = predict_at_times(result, [24.0], n_draws=50)
+    ipred = curves["IPRED"].to_numpy()          # one row per subject, in ID order
+    assert np.mean((ipred > 0.5) == poor) >= 0.9   # poor metabolisers ~1.5 mg/L at 24 h, the others ~0.15
