@@ -373,7 +373,7 @@ def run_tasks(func: Callable, tasks: dict, run_dir, *, seed: int, shared: dict |
 
 def _run_on_dask(func, todo, tasks, shared, seed, run_dir, out, bar, save_manifest, scheduler,
                  n_workers, memory_limit, run_entry):
-    from distributed import as_completed   # see _client: distributed is only needed for a cluster
+    from distributed import as_completed  # see _client: distributed is only needed for a cluster
     from distributed.client import FutureCancelledError
     from distributed.scheduler import KilledWorker
 

@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-
 from _covdata import TRUE, simulate_covariate_study
+
 from bayesnlme import load_spec, read_nonmem
 from bayesnlme.covsearch import Candidate, Rule, covsearch, parse_candidates, screen, with_relations
 from bayesnlme.errors import BayesNLMEInputError

@@ -9,7 +9,6 @@ import cloudpickle
 import numpy as np
 import pytest
 
-from bayesnlme import runner
 from bayesnlme.runner import RunError, run_tasks, task_seed
 
 # the task functions below live in this test module, which worker processes cannot import: send them by value

@@ -2,11 +2,19 @@
 
 :func:`log_factor` is the one definition of every covariate model; the builder
 calls it with ``pytensor.tensor`` and summaries call it with ``numpy``.
+:func:`covariate_log_factors` makes the effects' random variables (their priors, or the
+regularised horseshoe of :class:`Horseshoe`) and sums the factors per parameter.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pymc as pm
+import pytensor.tensor as pt
+
+from bayesnlme.build.priors import estimate
+from bayesnlme.data import NMData
+from bayesnlme.spec import ModelSpec
 
 
 def log_factor(effect, x, thetas, xp=np):
@@ -50,3 +58,51 @@ def log_factor(effect, x, thetas, xp=np):
 
         return xp.log(1.0 + g(x) - g(np.asarray(ref, dtype=float)))
     raise ValueError(f"unknown covariate effect kind {kind!r}")
+
+
+def covariate_log_factors(spec: ModelSpec, data: NMData, init: dict) -> tuple[dict, dict]:
+    """Sums of log covariate factors per parameter.
+
+    Returns
+    -------
+    by_subject : dict
+        Baseline-covariate terms, shape (n_subjects,).
+    by_observation : dict
+        Time-varying-covariate terms, shape (n_obs,) (the covariate carried
+        forward to each observation).
+    """
+    by_subject, by_obs = {}, {}
+    shrink = Horseshoe(spec.shrinkage, init) if spec.shrinkage is not None else None
+    for eff in spec.covariates:
+        thetas = [(shrink.effect(n, eff.prior) if shrink is not None else estimate(n, eff.prior, f, init))
+                  if f is None else pt.as_tensor_variable(float(f))
+                  for n, f in zip(eff.effect_names(), eff.fixed_values())]
+        if eff.time_varying:
+            x, out = data.observation_covariates([eff.covariate])[eff.covariate].to_numpy(), by_obs
+        else:
+            x, out = data.baseline_covariates([eff.covariate])[eff.covariate].to_numpy(), by_subject
+        if eff.kind != "categorical":
+            x = x.astype(float)
+        out[eff.parameter] = out.get(eff.parameter, 0.0) + log_factor(eff, x, thetas, pt)
+    return by_subject, by_obs
+
+
+class Horseshoe:
+    """The regularised horseshoe of :class:`bayesnlme.spec.components.CovariateShrinkage` (non-centred)."""
+
+    def __init__(self, hs, init: dict):
+        self.tau = pm.HalfCauchy("hs_tau", beta=hs.tau0)
+        c2 = pm.InverseGamma("hs_c2", alpha=hs.slab_df / 2, beta=hs.slab_df / 2)
+        self.c2 = c2 * hs.slab_scale ** 2
+        init.update(hs_tau=hs.tau0, hs_c2=1.0)
+        self.init = init
+
+    def effect(self, name: str, prior):
+        """The effect ``name`` as a deterministic of its own z and local scale; scale from its prior's SD."""
+        scale = float(prior.args.get("sigma", 1.0)) if prior is not None else 1.0
+        z = pm.Normal(f"hs_z_{name}", 0.0, 1.0)
+        lam = pm.HalfCauchy(f"hs_lambda_{name}", beta=1.0)
+        # a start off 0: at z = 0 the gradient in tau and lambda is exactly 0, where nutpie cannot start
+        self.init.update({f"hs_z_{name}": 0.1, f"hs_lambda_{name}": 1.0})
+        lam_t = pt.sqrt(self.c2 * lam ** 2 / (self.c2 + self.tau ** 2 * lam ** 2))
+        return pm.Deterministic(name, scale * z * self.tau * lam_t)

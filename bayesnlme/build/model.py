@@ -32,9 +32,10 @@ import pymc as pm
 import pytensor
 import pytensor.tensor as pt
 
-from bayesnlme.build.covariates import log_factor
-from bayesnlme.build.observations import dv_draw_inputs, pointwise_loglik
-from bayesnlme.build.priors import prior_dist, prior_rv
+from bayesnlme.build.covariates import covariate_log_factors
+from bayesnlme.build.mixture import build_mixture, check_mixture_data
+from bayesnlme.build.observations import dv_draw_inputs, normal_logp, pointwise_loglik
+from bayesnlme.build.priors import estimate, prior_dist, prior_rv
 from bayesnlme.data import NMData, read_nonmem
 from bayesnlme.errors import DataError, SpecError
 from bayesnlme.spec import ModelSpec
@@ -77,62 +78,7 @@ class BuiltModel:
     individual: dict = None
     excluded: object = None   # ROW numbers dropped from the likelihood (BLQ M1)
     loglik: object = None     # per-record log-likelihood (n_obs,): the very graph behind DV's density
-
-
-def _estimate(name, prior, fixed, init):
-    """A free RV with its prior, or the fixed value as a constant."""
-    if fixed is not None:
-        return pt.as_tensor_variable(float(fixed))
-    init[name] = prior.median()
-    return prior_rv(name, prior)
-
-
-def _covariate_log_factors(spec: ModelSpec, data: NMData, init: dict) -> tuple[dict, dict]:
-    """Sums of log covariate factors per parameter.
-
-    Returns
-    -------
-    by_subject : dict
-        Baseline-covariate terms, shape (n_subjects,).
-    by_observation : dict
-        Time-varying-covariate terms, shape (n_obs,) (the covariate carried
-        forward to each observation).
-    """
-    by_subject, by_obs = {}, {}
-    shrink = _Horseshoe(spec.shrinkage, init) if spec.shrinkage is not None else None
-    for eff in spec.covariates:
-        thetas = [(shrink.effect(n, eff.prior) if shrink is not None else _estimate(n, eff.prior, f, init))
-                  if f is None else pt.as_tensor_variable(float(f))
-                  for n, f in zip(eff.effect_names(), eff.fixed_values())]
-        if eff.time_varying:
-            x, out = data.observation_covariates([eff.covariate])[eff.covariate].to_numpy(), by_obs
-        else:
-            x, out = data.baseline_covariates([eff.covariate])[eff.covariate].to_numpy(), by_subject
-        if eff.kind != "categorical":
-            x = x.astype(float)
-        out[eff.parameter] = out.get(eff.parameter, 0.0) + log_factor(eff, x, thetas, pt)
-    return by_subject, by_obs
-
-
-class _Horseshoe:
-    """The regularised horseshoe of :class:`bayesnlme.spec.components.CovariateShrinkage` (non-centred)."""
-
-    def __init__(self, hs, init: dict):
-        self.tau = pm.HalfCauchy("hs_tau", beta=hs.tau0)
-        c2 = pm.InverseGamma("hs_c2", alpha=hs.slab_df / 2, beta=hs.slab_df / 2)
-        self.c2 = c2 * hs.slab_scale ** 2
-        init.update(hs_tau=hs.tau0, hs_c2=1.0)
-        self.init = init
-
-    def effect(self, name: str, prior):
-        """The effect ``name`` as a deterministic of its own z and local scale; scale from its prior's SD."""
-        scale = float(prior.args.get("sigma", 1.0)) if prior is not None else 1.0
-        z = pm.Normal(f"hs_z_{name}", 0.0, 1.0)
-        lam = pm.HalfCauchy(f"hs_lambda_{name}", beta=1.0)
-        # a start off 0: at z = 0 the gradient in tau and lambda is exactly 0, where nutpie cannot start
-        self.init.update({f"hs_z_{name}": 0.1, f"hs_lambda_{name}": 1.0})
-        lam_t = pt.sqrt(self.c2 * lam ** 2 / (self.c2 + self.tau ** 2 * lam ** 2))
-        return pm.Deterministic(name, scale * z * self.tau * lam_t)
+    mixture: dict = None      # [mixture]: per-component tensors (bayesnlme.build.mixture.build_mixture)
 
 
 def _omega(p: str, par, init: dict):
@@ -257,13 +203,13 @@ def individual_parameters(spec: ModelSpec, data: NMData, init: dict,
     a dose's drug is in the body (occasions separated by wash-out, slowly
     changing covariates) and an approximation otherwise.
     """
-    cov_sub, cov_obs = _covariate_log_factors(spec, data, init)
+    cov_sub, cov_obs = covariate_log_factors(spec, data, init)
     eta = _random_effects(spec, data.n_subjects, init)
     kappa = _occasion_effects(spec, occ_index, init) if occ_index is not None else {}
     ones = np.ones(data.n_subjects)
     individual, typical = {}, {}
     for p, par in spec.parameters.items():
-        tv = _estimate(p, par.prior, par.fixed, init)
+        tv = estimate(p, par.prior, par.fixed, init)
         for out, e in ((individual, eta.get(p, 0.0)), (typical, 0.0)):
             if par.iiv == "lognormal" or (par.iiv == "none" and (p in cov_sub or p in cov_obs)):
                 out[p] = pt.exp(pt.log(tv) + cov_sub.get(p, 0.0) + e) * ones
@@ -335,14 +281,19 @@ def _check_dosed(spec: ModelSpec, data: NMData) -> None:
                         column="AMT")
 
 
-def _residual_sd(spec: ModelSpec, ipred, init: dict):
-    """Residual SD at each observation (on the log scale for exponential error)."""
-    r = spec.residual
-    sig = {}
+def _sigmas(spec: ModelSpec, init: dict) -> dict:
+    """The residual SDs' random variables (constants when fixed)."""
+    r, sig = spec.residual, {}
     for s in r.sigma_names():
         sig[s] = prior_rv(s, r.priors[s])
         if not r.priors[s].is_fixed:
             init[s] = r.priors[s].median()
+    return sig
+
+
+def _residual_sd(spec: ModelSpec, ipred, sig: dict):
+    """Residual SD at each observation (on the log scale for exponential error)."""
+    r = spec.residual
     if r.kind == "additive":
         return sig["sigma_add"] * pt.ones_like(ipred)
     if r.kind == "proportional":
@@ -356,6 +307,33 @@ def _likelihood(spec: ModelSpec, ipred, sd, dv):
     if spec.residual.kind == "exponential":
         return pm.LogNormal("DV", mu=pt.log(ipred), sigma=sd, observed=dv, dims="obs")
     return pm.Normal("DV", mu=ipred, sigma=sd, observed=dv, dims="obs")
+
+
+def _build_mixture(model, spec, data, doses, init, parts, dv_data) -> BuiltModel:
+    """A ``[mixture]`` model: one prediction per component, DV's density marginalised over membership."""
+    check_mixture_data(spec, data)
+    individual, typical, obs_ind, obs_typ = parts
+    cens = data.obs_cens if data.obs_cens is not None else np.zeros(data.n_obs, int)
+    dropped = (cens != 0) & (spec.residual.blq == "m1")      # M1: out of the likelihood (log-density 0)
+    container = dv_data and not cens.any()                   # as without [mixture]: censored DV stays a constant
+    observed = pm.Data("DV_data", data.obs_dv, dims="obs") if container else data.obs_dv
+    sig = _sigmas(spec, init)
+
+    def component(ind, typ):
+        ipred = _predict(spec, data, doses, ind, obs_ind)
+        sd = _residual_sd(spec, ipred, sig)
+        if container:
+            dist = (pm.LogNormal.dist(mu=pt.log(ipred), sigma=sd) if spec.residual.kind == "exponential"
+                    else pm.Normal.dist(mu=ipred, sigma=sd))
+            ll = pm.logp(dist, observed)
+        else:   # censored records (M3) by their probability below/above the limit
+            ll = pt.switch(dropped, 0.0, normal_logp(spec.residual.kind, data.obs_dv, ipred, sd, cens, data.obs_limit))
+        return ipred, _predict(spec, data, doses, typ, obs_typ), sd, ll
+
+    with model:
+        out = build_mixture(spec, data, init, individual, typical, component, observed)
+    return BuiltModel(model=model, spec=spec, data=data, initial_point=init,
+                      excluded=data.obs_row[dropped].tolist() if dropped.any() else None, **out)
 
 
 def build_model(spec: ModelSpec, data, *, check_residual: bool = True, dv_data: bool = False) -> BuiltModel:
@@ -404,11 +382,13 @@ def build_model(spec: ModelSpec, data, *, check_residual: bool = True, dv_data: 
     init: dict = {}
     with pm.Model(coords=coords) as model:
         individual, typical, obs_ind, obs_typ = individual_parameters(spec, data, init, occ_index)
+        if spec.mixture is not None:
+            return _build_mixture(model, spec, data, doses, init, (individual, typical, obs_ind, obs_typ), dv_data)
         if _observation_models_needed(spec, data):
             return _build_observations(model, spec, data, doses, init, individual, typical, obs_ind, obs_typ)
         ipred, pred = (_predict(spec, data, doses, params, obs_log)
                        for params, obs_log in ((individual, obs_ind), (typical, obs_typ)))
-        sd = _residual_sd(spec, ipred, init)
+        sd = _residual_sd(spec, ipred, _sigmas(spec, init))
         observed = pm.Data("DV_data", data.obs_dv, dims="obs") if dv_data else data.obs_dv
         dv = _likelihood(spec, ipred, sd, observed)
     return BuiltModel(model=model, spec=spec, data=data, initial_point=init,

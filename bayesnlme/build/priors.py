@@ -33,3 +33,11 @@ def prior_dist(priors: list):
     cls, args = DIST_ARGS[priors[0].dist]
     kw = [args(p.args) for p in priors]
     return cls.dist(**{k: np.array([d[k] for d in kw], float) for k in kw[0]}, shape=len(priors))
+
+
+def estimate(name, prior, fixed, init):
+    """A free RV with its prior, or the fixed value as a constant."""
+    if fixed is not None:
+        return pt.as_tensor_variable(float(fixed))
+    init[name] = prior.median()
+    return prior_rv(name, prior)

@@ -14,6 +14,7 @@ from bayesnlme.errors import BayesNLMEInputError
 from bayesnlme.evaluate import diagnostics, plots
 from bayesnlme.evaluate.covariates import plot_covariate_forest
 from bayesnlme.evaluate.likelihood import marginal_loglik
+from bayesnlme.evaluate.mixture import mixture_membership
 from bayesnlme.evaluate.predict import predict_at_times
 from bayesnlme.inference import FitResult, fit_model
 from bayesnlme.inference.fit import SUMMARY_COLUMNS
@@ -66,8 +67,10 @@ def run_diagnose(args) -> int:
     curves = predict_at_times(result, np.linspace(0, result.data.obs_time.max(), 120))
     tables = {"convergence.csv": table, "gof.csv": gof, "eta.csv": etas,
               "shrinkage.csv": shrink.to_frame(), "eta_correlation.csv": diagnostics.eta_correlation(result)}
+    if result.spec.mixture is not None:   # posterior probability of each subject's component
+        tables["mixture_membership.csv"] = mixture_membership(result)
     for name, df in tables.items():
-        write_text_atomic(out / name, df.to_csv(index=name != "gof.csv"))
+        write_text_atomic(out / name, df.to_csv(index=name not in ("gof.csv", "mixture_membership.csv")))
     write_text_atomic(out / "convergence.txt", verdict + "\n")
     figures = {"gof_observed_vs_predicted.png": plots.plot_observed_vs_predicted(gof),
                "gof_residuals.png": plots.plot_residuals(gof), "gof_qq.png": plots.plot_qq(gof),

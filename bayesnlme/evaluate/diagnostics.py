@@ -49,7 +49,7 @@ from scipy import stats
 
 from bayesnlme.evaluate.event_times import simulate_event_times, tte_observed
 from bayesnlme.evaluate.outcomes import observation_draw, type_index
-from bayesnlme.evaluate.predict import evaluate_draws, new_subject_draws, posterior_predictions, thinned_draws
+from bayesnlme.evaluate.predict import new_subject_draws, posterior_predictions, simulation_outputs, thinned_draws
 from bayesnlme.inference.convergence import ESS_MIN, R_HAT_MAX, divergence_location
 from bayesnlme.inference.quick import APPROXIMATE
 from bayesnlme.spec.observation import NORMAL_KINDS
@@ -162,7 +162,7 @@ def _gof(result, n_sims: int, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     _, draws = thinned_draws(result, n_sims)
     new = new_subject_draws(spec, draws, rng)
-    out = evaluate_draws(result.built, new, ("ipred", "residual_sd"))
+    out = simulation_outputs(result.built, new, ("ipred", "residual_sd"), rng)
     sims = observation_draw(spec, data, out["ipred"], out["residual_sd"], new, rng)
     cens = data.obs_cens if data.obs_cens is not None else np.zeros(n_obs, int)
     dv = data.obs_dv.astype(float)

@@ -81,10 +81,13 @@ def _compiled(built, outputs: tuple[str, ...]):
 
 
 def output_tensor(built, name: str):
-    """A builder output by name: ``ipred``, ``pred``, ``residual_sd``, ``loglik`` (per-record log-likelihood)
-    or ``individual.<P>`` (per subject)."""
+    """A builder output by name: ``ipred``, ``pred``, ``residual_sd``, ``loglik`` (per-record log-likelihood),
+    ``individual.<P>`` (per subject) or ``mixture.<name>`` (a ``[mixture]`` model's per-component tensors,
+    :func:`bayesnlme.build.mixture.build_mixture`)."""
     if name.startswith("individual."):
         return built.individual[name.split(".", 1)[1]]
+    if name.startswith("mixture."):
+        return built.mixture[name.split(".", 1)[1]]
     return getattr(built, name)
 
 
@@ -114,6 +117,48 @@ def evaluate_draws(built, draws: dict, outputs=("ipred", "pred", "residual_sd"))
         pieces.append([v if np.ndim(v) > output_tensor(built, o).ndim else np.broadcast_to(v, (m, *np.shape(v)))
                        for o, v in zip(outputs, out)])
     return {o: np.concatenate([p[i] for p in pieces]) for i, o in enumerate(outputs)}
+
+
+def posterior_membership(built, draws: dict) -> np.ndarray:
+    """A ``[mixture]`` model's posterior membership probabilities at each draw.
+
+    ``P(component k | y_i, parameters, ETA_i) = w_ik p(y_i | k) / sum_l w_il p(y_i | l)``, from the
+    builder's per-subject component log-likelihoods.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_draws, n_subjects, K)
+    """
+    out = evaluate_draws(built, draws, ("mixture.log_weights", "mixture.subject_loglik"))
+    log_post = out["mixture.log_weights"] + out["mixture.subject_loglik"]
+    log_post -= log_post.max(axis=2, keepdims=True)
+    prob = np.exp(log_post)
+    return prob / prob.sum(axis=2, keepdims=True)
+
+
+def simulation_outputs(built, draws: dict, outputs: tuple, rng: np.random.Generator,
+                       membership: np.ndarray | None = None) -> dict:
+    """:func:`evaluate_draws` for simulation: a ``[mixture]`` model's subjects get a component per draw.
+
+    Without ``[mixture]`` this is :func:`evaluate_draws`.  With one, ``ipred`` and ``residual_sd`` are
+    those of a component drawn for each subject at each draw: from the prior membership probabilities
+    (``p_mix_k``, with the subject's covariate; new subjects) or from ``membership``, shape
+    (n_draws, n_subjects, K) (e.g. :func:`posterior_membership` of the fitted subjects).  Other outputs
+    are evaluated as they are (``pred`` averages the components; ``individual.<P>`` of the mixed
+    parameter is that of the most probable component given the design's DV).
+    """
+    if built.mixture is None:
+        return evaluate_draws(built, draws, outputs)
+    rest = tuple(o for o in outputs if o not in ("ipred", "residual_sd"))
+    out = evaluate_draws(built, draws, rest + ("mixture.ipred", "mixture.residual_sd", "mixture.log_weights"))
+    prob = np.exp(out.pop("mixture.log_weights")) if membership is None else membership
+    k = np.minimum((np.cumsum(prob, axis=2) < rng.random(prob.shape[:2])[..., None]).sum(axis=2),
+                   prob.shape[2] - 1)[:, built.data.obs_subject]          # (n_draws, n_obs)
+    for name in ("ipred", "residual_sd"):
+        comp = out.pop(f"mixture.{name}")                                  # (n_draws, K, n_obs)
+        if name in outputs:
+            out[name] = np.take_along_axis(comp, k[:, None, :], axis=1)[:, 0]
+    return out
 
 
 def posterior_predictions(result) -> xr.Dataset:
@@ -221,7 +266,8 @@ def simulate_replicates(result, n_rep: int | None = None, *, new_subjects: bool 
     draws = {k: v[idx] for k, v in draws.items()}
     if new_subjects:
         draws = new_subject_draws(result.spec, draws, rng)
-    out = evaluate_draws(built, draws, ("ipred", "residual_sd"))
+    membership = None if new_subjects or built.mixture is None else posterior_membership(built, draws)
+    out = simulation_outputs(built, draws, ("ipred", "residual_sd"), rng, membership)
     return residual_draw(result.spec, out["ipred"], out["residual_sd"], rng)
 
 
@@ -267,7 +313,12 @@ def predict_at_times(result, times, *, n_draws: int = 200):
     draws = {n: result.posterior_draws(n) for n in names}
     total = len(next(iter(draws.values())))
     idx = np.linspace(0, total - 1, min(n_draws, total)).round().astype(int)
-    out = evaluate_draws(built, {k: v[idx] for k, v in draws.items()}, ("ipred", "pred"))
+    draws = {k: v[idx] for k, v in draws.items()}
+    membership = None
+    if built.mixture is not None:   # each fitted subject's most probable component at the draw (as its IPRED)
+        prob = posterior_membership(result.built, draws)
+        membership = (prob == prob.max(axis=2, keepdims=True)).astype(float)
+    out = simulation_outputs(built, draws, ("ipred", "pred"), np.random.default_rng(0), membership)
     ids = np.array([str(i) for i in design.ids])
     return pd.DataFrame({
         "ID": ids[design.obs_subject], "TIME": design.obs_time,

@@ -29,7 +29,8 @@ from bayesnlme.build import build_model
 from bayesnlme.data import NMData, read_nonmem
 from bayesnlme.errors import BayesNLMEInputError, DataError
 from bayesnlme.evaluate.outcomes import observation_draw, record_lloq
-from bayesnlme.evaluate.predict import MODES, evaluate_draws, new_subject_draws, residual_draw, thinned_draws
+from bayesnlme.evaluate.predict import (MODES, new_subject_draws, posterior_membership, residual_draw,
+                                        simulation_outputs, thinned_draws)
 
 _STANDARD = ("ID", "TIME", "DV", "AMT", "EVID", "MDV", "CMT", "RATE", "DUR", "II", "ADDL", "SS")
 
@@ -202,15 +203,20 @@ def _id_key(value) -> str:
         return str(value)
 
 
-def _individual_draws(result, draws: dict, design: NMData, shapes: dict, rng) -> dict:
-    """The fitted subjects' own ETAs of each draw, rows reordered to the design's subjects."""
+def _fitted_rows(result, design: NMData) -> np.ndarray:
+    """Each design subject's row among the fitted subjects."""
     fitted = {_id_key(i): k for k, i in enumerate(result.data.ids)}
     absent = [i for i in design.ids if _id_key(i) not in fitted]
     if absent:
         raise DataError(f"individual simulation keeps fitted subjects' ETAs, but ID {absent[0]} was not "
                         f"in the fit (use mode='new_subjects' for new subjects)", source=design.source,
                         column="ID")
-    rows = np.array([fitted[_id_key(i)] for i in design.ids])
+    return np.array([fitted[_id_key(i)] for i in design.ids])
+
+
+def _individual_draws(result, draws: dict, design: NMData, shapes: dict, rng) -> dict:
+    """The fitted subjects' own ETAs of each draw, rows reordered to the design's subjects."""
+    rows = _fitted_rows(result, design)
     out = dict(draws)
     for name in list(out):
         if name == "eta_z" or (name.startswith("eta_") and name[4:] in result.spec.parameters):
@@ -272,6 +278,8 @@ def iter_simulations(result, data=None, *, n_draws: int | None = 200, mode: str 
     frame = assign_covariates(frame, result, covariates, rng)
     outputs = ("ipred", "pred", "residual_sd") + tuple(extra_outputs)
     chunks = _subject_chunks(frame, subject_chunk)
+    fitted_membership = (posterior_membership(result.built, draws)
+                         if mode == "individual" and result.spec.mixture is not None else None)
     if progress:   # a bar over subject chunks (rich comes with PyMC)
         from rich.progress import track
 
@@ -286,7 +294,10 @@ def iter_simulations(result, data=None, *, n_draws: int | None = 200, mode: str 
         shapes = built.initial_point
         chunk = (new_subject_draws(result.spec, draws, rng, shapes) if mode == "new_subjects"
                  else _individual_draws(result, draws, design, shapes, rng))
-        out = evaluate_draws(built, chunk, outputs)
+        membership = None   # a [mixture]'s fitted subjects keep their posterior membership probabilities
+        if mode == "individual" and built.mixture is not None:
+            membership = fitted_membership[:, _fitted_rows(result, built.data)]
+        out = simulation_outputs(built, chunk, outputs, rng, membership)
         if result.spec.observations:   # each record by its own observation model (DVID)
             out["dv"] = observation_draw(result.spec, built.data, out["ipred"], out.pop("residual_sd"), chunk, rng)
         else:

@@ -49,7 +49,7 @@ class Refitter:
 
     def __init__(self, spec, design: NMData, *, chains: int = 2, draws: int = 500, tune: int = 500,
                  cores: int = 1):
-        import nutpie   # loads numba's nutpie bindings; only the fitting processes need them
+        import nutpie  # loads numba's nutpie bindings; only the fitting processes need them
 
         self.spec, self.design = spec, design
         self.chains, self.draws, self.tune, self.cores = chains, draws, tune, cores
@@ -73,7 +73,7 @@ class Refitter:
             DV of the design's observation records, in record order.
         seed : int
         """
-        import nutpie   # see __init__
+        import nutpie  # see __init__
 
         dv = np.asarray(dv, float)
         if dv.shape != (self.design.n_obs,):

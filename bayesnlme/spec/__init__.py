@@ -4,6 +4,7 @@ models and the model library.  Nothing here makes a PyMC variable.
 Modules: :mod:`~bayesnlme.spec.priors` (distributions in natural units),
 :mod:`~bayesnlme.spec.components` (parameters, covariate effects, residual error),
 :mod:`~bayesnlme.spec.observation` (one observation model per observation type),
+:mod:`~bayesnlme.spec.mixture` (the ``[mixture]`` table: subpopulations in one parameter),
 :mod:`~bayesnlme.spec.model` (:class:`ModelSpec`), :mod:`~bayesnlme.spec.library` (:func:`load_spec`).
 """
 

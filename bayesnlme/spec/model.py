@@ -10,7 +10,9 @@ A :class:`ModelSpec` holds
   prior on OMEGA expressed as the *standard deviation* of ETA;
 * optional OMEGA blocks (correlated ETAs, LKJ prior on the correlations);
 * :class:`CovariateEffect` entries (power, exponential, linear, categorical);
-* a :class:`ResidualError` (additive, proportional, combined or exponential).
+* a :class:`ResidualError` (additive, proportional, combined or exponential);
+* optionally a :class:`~bayesnlme.spec.mixture.Mixture`: subpopulations differing in one
+  parameter's typical value (``[mixture]``).
 
 Individual parameters are ``P_i = TV(P) * prod(covariate factors) * exp(ETA_i)``
 for log-normal IIV, ``TV(P) * factors + ETA_i`` for normal IIV, and
@@ -39,6 +41,7 @@ from bayesnlme.spec.components import (
     residual_from_dict,
     shrinkage_from_dict,
 )
+from bayesnlme.spec.mixture import Mixture, check_mixture, mixture_from_dict
 from bayesnlme.spec.observation import observation_from_dict, resolve
 from bayesnlme.spec.priors import NAME_PATTERN, check_keys, number
 from bayesnlme.structural import LIBRARY, StructuralModel
@@ -61,6 +64,7 @@ class ModelSpec:
     description: str = ""
     observations: tuple = ()
     shrinkage: CovariateShrinkage | None = None
+    mixture: Mixture | None = None
 
     def __post_init__(self):
         _validate_spec(self)
@@ -86,6 +90,8 @@ class ModelSpec:
         for block in self.omega_blocks:
             names += [f"corr_{a}_{b}" for i, a in enumerate(block) for b in block[i + 1:]]
         names += self.observation_parameter_names()
+        if self.mixture is not None:
+            names += self.mixture.parameter_names()
         return names
 
     # ------------------------------------------------------------------ queries
@@ -114,6 +120,8 @@ class ModelSpec:
             A needed covariate is missing for a subject, or invalid for its effect.
         """
         cols = data.columns
+        if self.mixture is not None and self.mixture.covariate is not None:
+            _bind_mixture_covariate(self.mixture.covariate, data)
         effects = []
         for eff in self.covariates:
             if eff.covariate not in data.covariate_names:
@@ -173,6 +181,8 @@ class ModelSpec:
             d["covariates"] = [c.to_dict() for c in self.covariates]
         if self.shrinkage is not None:
             d["covariate_shrinkage"] = self.shrinkage.to_dict()
+        if self.mixture is not None:
+            d["mixture"] = self.mixture.to_dict()
         return d
 
     @classmethod
@@ -225,7 +235,7 @@ def _parse(d, structural, source) -> "ModelSpec":
 
 def _from_dict(d, structural, source):
     check_keys(d, ("name", "description", "structural", "parameters", "residual",
-                    "random_effects", "covariates", "observations", "covariate_shrinkage"), source)
+                    "random_effects", "covariates", "observations", "covariate_shrinkage", "mixture"), source)
     if structural is None:
         sname = d.get("structural")
         if sname is None:
@@ -255,7 +265,8 @@ def _from_dict(d, structural, source):
                          lkj_eta=number(re_.get("lkj_eta", 2.0), f"{source}: random_effects.lkj_eta", True),
                          description=str(d.get("description", "")),
                          observations=_observations_from_list(d.get("observations", []), source),
-                         shrinkage=shrinkage_from_dict(d.get("covariate_shrinkage"), source))
+                         shrinkage=shrinkage_from_dict(d.get("covariate_shrinkage"), source),
+                         mixture=mixture_from_dict(d["mixture"], source) if "mixture" in d else None)
     except SpecError as exc:
         msg = str(exc)
         raise SpecError(msg if msg.startswith(source) else f"{source}: {msg}") from None
@@ -353,3 +364,16 @@ def _validate_spec(spec: ModelSpec) -> None:
         if key in names:
             raise SpecError(f"covariate effect {eff.covariate}_on_{eff.parameter} is given twice")
         names.add(key)
+    if spec.mixture is not None:
+        check_mixture(spec.mixture, spec.parameters)
+
+
+def _bind_mixture_covariate(column: str, data) -> None:
+    """The mixing probabilities' covariate: a numeric column of the data, known for every subject."""
+    if column not in data.covariate_names:
+        raise SpecError(f"mixture: covariate column {column} is not a covariate in {data.source} "
+                        f"(columns: {', '.join(data.columns)})")
+    data.require_covariates([column])
+    values = data.baseline_covariates([column])[column]
+    if not all(isinstance(v, (int, float)) for v in values):
+        raise data.error(f"covariate {column} must be numeric for the mixing probabilities", column=column)

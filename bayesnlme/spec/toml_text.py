@@ -41,7 +41,7 @@ def spec_toml(d: dict, header=(), comments: dict | None = None) -> str:
     ----------
     d : dict
         ``name``, ``description``, ``structural``, ``parameters``, ``random_effects``, ``covariates``,
-        ``residual``, ``observations`` as in the spec's TOML layout (:meth:`ModelSpec.to_dict`).
+        ``residual``, ``observations``, ``mixture`` as in the spec's TOML layout (:meth:`ModelSpec.to_dict`).
     header : sequence of str
         Comment lines at the top.
     comments : dict, optional
@@ -70,4 +70,7 @@ def spec_toml(d: dict, header=(), comments: dict | None = None) -> str:
     for i, obs in enumerate(d.get("observations", [])):
         out += ["", *_comment(comments.get(f"observations.{i}", ())), "[[observations]]"]
         out += [f"{k} = {value(v)}" for k, v in obs.items()]
+    if "mixture" in d:
+        out += ["", *_comment(comments.get("mixture", ())), "[mixture]"]
+        out += [f"{k} = {value(v)}" for k, v in d["mixture"].items()]
     return "\n".join(out) + "\n"
