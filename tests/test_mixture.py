@@ -243,3 +243,20 @@ def test_predictions_keep_each_subjects_most_probable_component(fitted):
     curves = predict_at_times(result, [24.0], n_draws=50)
     ipred = curves["IPRED"].to_numpy()          # one row per subject, in ID order
     assert np.mean((ipred > 0.5) == poor) >= 0.9   # poor metabolisers ~1.5 mg/L at 24 h, the others ~0.15
+
+
+def test_default_init_starts_a_mixture_at_the_mode(monkeypatch):
+    """init="auto" (the default) finds the posterior mode first for a [mixture] spec, not for others."""
+    from bayesnlme.inference import fit as fitmod
+
+    calls = []
+
+    def fake_map(built, **kw):
+        calls.append(built.spec.name)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(fitmod.quick, "find_map", fake_map)
+    df, _ = study()
+    with pytest.raises(RuntimeError, match="stop here"):
+        fit_model(mixture_spec(), df, chains=1, draws=5, tune=5, progress=False)
+    assert len(calls) == 1

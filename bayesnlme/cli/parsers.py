@@ -70,8 +70,9 @@ def parser() -> argparse.ArgumentParser:
                    help="where a JAX sampler runs; gpu needs JAX's CUDA build (default: %(default)s)")
     f.add_argument("--method", choices=["nuts", "map", "advi"], default="nuts",
                    help="nuts (default), or a quick approximate fit: map (posterior mode + Laplace) or advi")
-    f.add_argument("--init", choices=["prior", "map"], default="prior",
-                   help="NUTS start: prior medians or the posterior mode (default: %(default)s)")
+    f.add_argument("--init", choices=["auto", "prior", "map"], default="auto",
+                   help="NUTS start: prior medians or the posterior mode; auto: the mode for a [mixture] "
+                   "model, prior medians otherwise (default: %(default)s)")
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     d = sub.add_parser("diagnose", help="convergence report, goodness-of-fit and ETA plots and tables",
                        description="Read DIR/fit.nc and write into DIR/diagnostics/: convergence.txt and "

@@ -184,7 +184,7 @@ class FitResult:
 
 def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune: int = 1000,
               seed: int = 1, sampler: str = "nutpie", progress: bool = True,
-              target_accept: float = 0.8, method: str = "nuts", init: str = "prior",
+              target_accept: float = 0.8, method: str = "nuts", init: str = "auto",
               device: str = "cpu", cores: int | None = None) -> FitResult:
     """Fit an NLME model with NUTS, or approximately (MAP + Laplace, ADVI).
 
@@ -208,8 +208,11 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
         unconstrained scale, covariance = inverse Hessian of -log posterior);
         ``"advi"`` / ``"fullrank_advi"``: variational approximation.  Both give
         ``draws`` draws in one chain, with no R-hat or ESS (approximate fits).
-    init : {"prior", "map"}
-        NUTS start: prior medians (ETA = 0), or the posterior mode.
+    init : {"auto", "prior", "map"}
+        NUTS start: prior medians (ETA = 0), or the posterior mode.  ``"auto"``: the posterior mode
+        for a ``[mixture]`` spec (from the prior medians its chains settle in a wrong mode: a subject
+        whose ETA lands in the other component's range early in warm-up stays there), the prior
+        medians otherwise.
     device : {"cpu", "gpu"}
         Where a JAX engine runs; nutpie and PyMC run on the CPU only.
     cores : int, optional
@@ -224,8 +227,10 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
     engines.check_engine(sampler, device)
     if method not in FIT_METHODS:
         raise BayesNLMEInputError(f"unknown fit method {method!r}; choose one of {', '.join(FIT_METHODS)}")
-    if init not in ("prior", "map"):
-        raise BayesNLMEInputError(f"unknown init {init!r}; choose 'prior' or 'map'")
+    if init not in ("auto", "prior", "map"):
+        raise BayesNLMEInputError(f"unknown init {init!r}; choose 'auto', 'prior' or 'map'")
+    if init == "auto":
+        init = "map" if getattr(spec, "mixture", None) is not None else "prior"
     for name, value, low in (("chains", chains, 1), ("draws", draws, 1), ("tune", tune, 0)):
         if not isinstance(value, (int, np.integer)) or value < low:
             raise BayesNLMEInputError(f"{name} must be an integer >= {low}, got {value!r}")
