@@ -41,17 +41,17 @@ def fit():
 @pytest.mark.slow
 def test_probability_of_success_grows_with_the_study_and_dropout_removes_records(fit, tmp_path):
     rule = DecisionRule.interval("CL", ci=0.9, lower=0.8, upper=1.25, scale="relative")
-    kw = dict(n=16, rule=rule, chains=2, draws=300, tune=300, seed=2, scheduler="serial", progress=False)
+    kw = dict(n=12, rule=rule, chains=2, draws=300, tune=300, seed=2, scheduler="serial", progress=False)
     small = trial(fit, regimen_data(320, 24, 1, times=TIMES, n_subjects=4), run_dir=tmp_path / "s", **kw)
     large = trial(fit, regimen_data(320, 24, 1, times=TIMES, n_subjects=24), run_dir=tmp_path / "l", **kw)
-    assert len(small.replicates) == len(large.replicates) == 16
+    assert len(small.replicates) == len(large.replicates) == 12
     assert large.p_success - small.p_success >= 0.5, (small.p_success, large.p_success)
     assert large.p_success == large.replicates["success"].mean()
     p = small.p_success
-    assert small.mc_se == pytest.approx(np.sqrt(p * (1 - p) / 16))
+    assert small.mc_se == pytest.approx(np.sqrt(p * (1 - p) / 12))
     # each replicate's truth is the posterior draw it was simulated from: they differ, inside the posterior
     cl = fit.posterior_draws("CL")
-    assert large.replicates["truth"].nunique() == 16
+    assert large.replicates["truth"].nunique() == 12
     assert cl.min() <= large.replicates["truth"].min() and large.replicates["truth"].max() <= cl.max()
     # the CrI is narrower for the larger study, replicate by replicate on average
     width = lambda r: (r.replicates["upper"] - r.replicates["lower"]).mean()   # noqa: E731
