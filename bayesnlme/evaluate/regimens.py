@@ -192,7 +192,7 @@ def evaluate_regimens(result, doses, intervals, *, duration: float = 0.0, cmt: i
     label = metrics.pop("_K").map(lambda k: keys[k])
     metrics.insert(0, "REGIMEN", label.map(lambda k: k[0]))
     metrics.insert(1, "BAND", label.map(lambda k: k[1]))
-    return _summarise(metrics, keys, duration, targets, credible_interval), metrics
+    return summarise_metrics(metrics, keys, duration, targets, credible_interval), metrics
 
 
 def exposure_metrics(data, ipred: np.ndarray, auc: np.ndarray | None = None) -> dict:
@@ -245,7 +245,12 @@ def _metrics(data, idx, out, exact: bool, n_subjects: int) -> pd.DataFrame:
                          "SUBJECT": np.tile(ids, n_draw), **{k: v.ravel() for k, v in m.items()}})
 
 
-def _summarise(metrics, keys, duration, targets, ci) -> pd.DataFrame:
+def summarise_metrics(metrics, keys, duration, targets, ci) -> pd.DataFrame:
+    """The regimen table of :func:`evaluate_regimens` from its per-subject ``metrics``.
+
+    ``keys``: ``(REGIMEN, BAND, DOSE, II)`` per row of the table; ``ci``: percent credible interval.
+    Every DRAW weighs the same in a target's attainment probability.
+    """
     lo_q, hi_q = (100 - ci) / 200, 1 - (100 - ci) / 200
     rows = []
     for (regimen, band, dose, ii) in dict.fromkeys(keys):

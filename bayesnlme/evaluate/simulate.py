@@ -57,6 +57,9 @@ class Simulation:
     lloq : numpy.ndarray, shape (n_obs,), optional
         Each record's LLOQ (:func:`bayesnlme.evaluate.outcomes.record_lloq`; NaN:
         none); None when the design has no censored records and no LLOQ was given.
+    model : numpy.ndarray of str, shape (n_rep,), optional
+        For a model-averaged simulation (:mod:`bayesnlme.evaluate.averaging`): the fit behind each
+        replicate; None for one fit.
 
     Notes
     -----
@@ -73,6 +76,7 @@ class Simulation:
     pred: np.ndarray
     mode: str
     lloq: np.ndarray | None = None
+    model: np.ndarray | None = None
 
     @property
     def dvid(self) -> np.ndarray:
