@@ -67,3 +67,23 @@ def test_averaged_attainment_is_the_weighted_average(fits):
     assert set(metrics["MODEL"]) == {"combined", "additive"}
     assert metrics.groupby("MODEL")["DRAW"].nunique().to_dict() == {"combined": 12, "additive": 8}
     assert "combined 0.600" in avg.loc[0, "WEIGHTS"]
+
+
+@pytest.mark.slow
+def test_command_line_averages_vpc_and_regimens(fits, tmp_path, capsys):
+    from bayesnlme.cli import main
+
+    a, b = tmp_path / "combined", tmp_path / "additive"
+    fits["combined"].save(a / "fit.nc")
+    fits["additive"].save(b / "fit.nc")
+    assert main(["vpc", str(a), "--average", str(b), "--weights", "3,1", "--n-sim", "20", "--bins", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "simulated studies per fit {'combined': 15, 'additive': 5}" in out
+    assert (a / "vpc" / "vpc.csv").exists()
+    (tmp_path / "r.toml").write_text('doses = [300]\nintervals = [12]\nn_subjects = 20\nn_draws = 8\n'
+                                     '[[targets]]\nmetric = "CTROUGH"\nabove = 5.0\n')
+    assert main(["simulate", str(a), "--average", str(b), "--weights", "1,1", "--regimens",
+                 str(tmp_path / "r.toml"), "--out", str(tmp_path / "sim")]) == 0
+    assert "model-averaged over combined, additive: weights combined 0.500, additive 0.500" in capsys.readouterr().out
+    assert main(["vpc", str(a), "--average", str(b), "--weights", "1"]) == 1
+    assert "1 weights for 2 fits" in capsys.readouterr().err

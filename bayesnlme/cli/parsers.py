@@ -132,6 +132,15 @@ def _add_vpc(subparsers) -> None:
     p.add_argument("--pi", type=float, default=90, help="prediction interval, percent (default: %(default)s)")
     p.add_argument("--n-sim", type=int, default=500, help="simulated replicates of the study (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="simulation seed (default: %(default)s)")
+    _add_averaging(p)
+
+
+def _add_averaging(p) -> None:
+    """--average/--weights: model-averaged predictions over DIR and other fits of the same data."""
+    p.add_argument("--average", nargs="+", metavar="DIR2", help="other fit folders of the same data: "
+                   "model-averaged predictions over DIR and these (bayesnlme.evaluate.averaging)")
+    p.add_argument("--weights", help="with --average: comma-separated weights of DIR and each DIR2, in order "
+                   "(default: stacking weights from a subject-level PSIS-LOO comparison)")
 
 
 def _add_simulate(subparsers) -> None:
@@ -149,6 +158,7 @@ def _add_simulate(subparsers) -> None:
     p.add_argument("dir", help="fit folder (containing fit.nc)")
     p.add_argument("--regimens", required=True, help="regimen TOML file")
     p.add_argument("--out", help="output folder (default: DIR/simulation)")
+    _add_averaging(p)
 
 
 def _numbers(text: str) -> list[float]:

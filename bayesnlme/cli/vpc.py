@@ -7,7 +7,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from bayesnlme.atomic import write_atomic, write_text_atomic
+from bayesnlme.cli.simulate import averaged_fits
 from bayesnlme.errors import BayesNLMEInputError
+from bayesnlme.evaluate.averaging import simulate_averaged
 from bayesnlme.evaluate.simulate import simulate
 from bayesnlme.inference import FitResult
 from bayesnlme.vpc import vpc
@@ -38,7 +40,13 @@ def run(args) -> int:
     if args.pc and not model.is_normal:
         raise BayesNLMEInputError(f"--pc applies to continuous observation types; DVID {model.dvid} is "
                                   f"{model.likelihood}")
-    sim = simulate(result, n_draws=args.n_sim, seed=args.seed, progress=True, lloq=args.lloq)
+    if args.average:
+        fits, weights = averaged_fits(args, result)
+        sim = simulate_averaged(fits, weights=weights, n_draws=args.n_sim, seed=args.seed, lloq=args.lloq)
+        shares = {k: int((sim.model == k).sum()) for k in fits}
+        print(f"model-averaged VPC: simulated studies per fit {shares}")
+    else:
+        sim = simulate(result, n_draws=args.n_sim, seed=args.seed, progress=True, lloq=args.lloq)
     out = folder / "vpc"
     out.mkdir(exist_ok=True)
     # the simulations behind every number, so the tables can be recomputed independently
