@@ -22,7 +22,8 @@ SETTINGS = {"BAYESNLME_DRAWS": "300", "BAYESNLME_TUNE": "300", "BAYESNLME_CHAINS
 # its asserts (estimates within 1.5x of Monolix's, the lag model ahead by > 2 SE of LOO) hold at fewer draws
 LIGHTER = {"warfarin_pkpd": {**SETTINGS, "BAYESNLME_DRAWS": "150", "BAYESNLME_TUNE": "200"},
            # many fits: in this test process's own CPU share, not a second local cluster beside pytest-xdist
-           "phenobarbital_covsearch": {**SETTINGS, "BAYESNLME_SCHEDULER": "serial"}}
+           "phenobarbital_covsearch": {**SETTINGS, "BAYESNLME_DRAWS": "200", "BAYESNLME_TUNE": "200",
+                                       "BAYESNLME_SCHEDULER": "serial"}}
 
 # appended to the executed copy: the kernel must be this interpreter and see the settings
 _CHECK_KERNEL = """

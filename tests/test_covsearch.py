@@ -64,7 +64,7 @@ def test_screen_and_rule():
 def test_covsearch_selects_the_true_effects_and_a_rerun_does_no_work(study, tmp_path):
     data = tmp_path / "study.csv"
     study.to_csv(data, index=False)
-    kw = dict(chains=2, draws=300, tune=300, seed=3, scheduler="serial", progress=False)
+    kw = dict(chains=2, draws=200, tune=200, seed=3, scheduler="serial", progress=False)
     res = covsearch(load_spec("pk_1cmt_oral"), data, CANDIDATES, run_dir=tmp_path / "cov", **kw)
     assert sorted(res.selected) == sorted(TRUE)
     steps = res.steps
@@ -92,7 +92,7 @@ def test_covsearch_selects_the_true_effects_and_a_rerun_does_no_work(study, tmp_
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "cov").rglob("fit.nc")}
     out = subprocess.run([sys.executable, "-m", "bayesnlme.cli", "covsearch", "pk_1cmt_oral", "--data", str(data),
                           "--candidates", CANDIDATES, "--out", str(tmp_path / "cov"), "--chains", "2", "--draws",
-                          "300", "--tune", "300", "--seed", "3", "--scheduler", "serial", "--no-progress"],
+                          "200", "--tune", "200", "--seed", "3", "--scheduler", "serial", "--no-progress"],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "Selected covariate relations: " in out.stdout and "WT_on_CL" in out.stdout

@@ -41,7 +41,7 @@ def fit():
 @pytest.mark.slow
 def test_probability_of_success_grows_with_the_study_and_dropout_removes_records(fit, tmp_path):
     rule = DecisionRule.interval("CL", ci=0.9, lower=0.8, upper=1.25, scale="relative")
-    kw = dict(n=12, rule=rule, chains=2, draws=300, tune=300, seed=2, scheduler="serial", progress=False)
+    kw = dict(n=12, rule=rule, chains=2, draws=200, tune=200, seed=2, scheduler="serial", progress=False)
     small = trial(fit, regimen_data(320, 24, 1, times=TIMES, n_subjects=4), run_dir=tmp_path / "s", **kw)
     large = trial(fit, regimen_data(320, 24, 1, times=TIMES, n_subjects=24), run_dir=tmp_path / "l", **kw)
     assert len(small.replicates) == len(large.replicates) == 12
