@@ -110,6 +110,16 @@ def chain_starts(model, start: dict, jitter: set[str], chains: int, seed: int) -
     return [{name: np.asarray(value) for name, value in fn(int(s)).items()} for s in seeds]
 
 
+def compile_nutpie(model, start: dict, flat=()):
+    """nutpie's compiled model: chains start at ``start``, :func:`jitter_names` jittered per chain, and the
+    natural-scale free variables and deterministics kept (:func:`harmonise` drops nutpie's ``*__``)."""
+    import nutpie  # numba bindings: loaded only where a model is compiled
+
+    rvs = {v for v in model.free_RVs if v.name in jitter_names(model, flat)}
+    keep = [v.name for v in model.free_RVs + model.deterministics]
+    return nutpie.compile_pymc_model(model, initial_points=start, jitter_rvs=rvs, var_names=keep)
+
+
 def sample(model, start: dict, sampler: str, *, device: str = "cpu", chains: int, draws: int, tune: int,
            seed: int, progress: bool, target_accept: float = 0.8, flat=(), timings: dict | None = None,
            cores: int | None = None):
@@ -127,8 +137,7 @@ def sample(model, start: dict, sampler: str, *, device: str = "cpu", chains: int
     if sampler == "nutpie":
         import nutpie
 
-        rvs = {v for v in model.free_RVs if v.name in jitter}
-        compiled = nutpie.compile_pymc_model(model, initial_points=start, jitter_rvs=rvs, var_names=keep)
+        compiled = compile_nutpie(model, start, flat)
         if timings is not None:
             timings["compile_s"] = time.perf_counter() - t0
         idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,

@@ -49,20 +49,13 @@ class Refitter:
 
     def __init__(self, spec, design: NMData, *, chains: int = 2, draws: int = 500, tune: int = 500,
                  cores: int = 1):
-        import nutpie  # loads numba's nutpie bindings; only the fitting processes need them
-
         self.spec, self.design = spec, design
         self.chains, self.draws, self.tune, self.cores = chains, draws, tune, cores
         built = build_model(spec, design, check_residual=False, dv_data=True)
         self.swappable = "DV_data" in built.model.named_vars
         self.compiled = None
-        if self.swappable:
-            model = built.model
-            flat = check_start(built)
-            rvs = {v for v in model.free_RVs if v.name in engines.jitter_names(model, flat)}
-            keep = [v.name for v in model.free_RVs + model.deterministics]
-            self.compiled = nutpie.compile_pymc_model(model, initial_points=built.initial_point,
-                                                      jitter_rvs=rvs, var_names=keep)
+        if self.swappable:   # the compiled model fit_model's nutpie engine makes, so the draws are the same
+            self.compiled = engines.compile_nutpie(built.model, built.initial_point, check_start(built))
 
     def sample(self, dv, seed: int):
         """Posterior draws (:class:`arviz.InferenceData`, groups posterior and sample_stats) given ``dv``.
@@ -73,7 +66,7 @@ class Refitter:
             DV of the design's observation records, in record order.
         seed : int
         """
-        import nutpie  # see __init__
+        import nutpie  # numba bindings: loaded only in processes that sample
 
         dv = np.asarray(dv, float)
         if dv.shape != (self.design.n_obs,):
