@@ -52,6 +52,8 @@ from bayesnlme.atomic import write_atomic, write_text_atomic  # noqa: E402
 from bayesnlme.build import build_model  # noqa: E402
 from bayesnlme.data import read_nonmem  # noqa: E402
 from bayesnlme.errors import BayesNLMEInputError  # noqa: E402
+from bayesnlme.evaluate.outcomes import record_lloq  # noqa: E402
+from bayesnlme.inference.fit import fit_model  # noqa: E402
 from bayesnlme.inference.refit import refitter, with_dv  # noqa: E402
 from bayesnlme.runner import run_tasks  # noqa: E402
 from bayesnlme.spec import ModelSpec  # noqa: E402
@@ -60,13 +62,43 @@ ALPHA = 0.01
 N_NULL = 4000      # simulated uniform rank samples behind the p-values and bands (Monte Carlo SE of p ~ 0.0016 at 1%)
 
 
-def _placeholder_design(design) -> pd.DataFrame:
-    """The design's records with observation DV set to 1 (valid for every residual model); no CENS."""
+def _placeholder_design(design, lloq: float | None = None) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """The design's records with observation DV set to 1 (valid for every residual model), without
+    ``CENS``/``LIMIT``, and each observation record's LLOQ (None: no censoring).
+
+    The LLOQ comes from ``lloq`` or, without it, from the design's ``CENS = 1`` records
+    (:func:`bayesnlme.evaluate.outcomes.record_lloq`: a ``CENS = 1`` record's DV is its limit).
+    """
     nm = read_nonmem(design)
-    if nm.obs_cens is not None and (nm.obs_cens != 0).any():
-        raise BayesNLMEInputError(f"{nm.source}: SBC simulates uncensored DV; drop the CENS column "
-                                  f"from the design (censoring in SBC is not modelled yet)")
-    return with_dv(nm, np.ones(nm.n_obs))
+    if nm.obs_cens is not None and (nm.obs_cens == -1).any():
+        raise BayesNLMEInputError(f"{nm.source}: SBC censors simulated DV below an LLOQ only; the design has "
+                                  f"CENS = -1 (right-censored) records")
+    if lloq is not None and not (np.isfinite(lloq) and lloq > 0):
+        raise BayesNLMEInputError(f"SBC: lloq must be a positive number (DV units), got {lloq!r}")
+    limits = record_lloq(nm, lloq)
+    frame = with_dv(nm, np.ones(nm.n_obs)).drop(columns=["CENS", "LIMIT"], errors="ignore")
+    return frame, limits
+
+
+def censor(design, dv: np.ndarray, lloq: np.ndarray) -> tuple[pd.DataFrame, int]:
+    """The design's records (path, NMData or frame) with simulated ``dv``, those below their LLOQ censored (M3).
+
+    A censored record gets ``CENS = 1`` and ``DV = LLOQ`` (the NONMEM/Monolix convention the
+    reader expects); records without an LLOQ (NaN) are never censored.
+
+    Returns
+    -------
+    frame : pandas.DataFrame
+    n_censored : int
+    """
+    below = (dv < lloq) & np.isfinite(lloq)
+    nm = read_nonmem(design)
+    out = with_dv(nm, np.where(below, lloq, dv))
+    obs = nm.frame["_OBS"].to_numpy(bool)
+    cens = np.zeros(len(out), int)
+    cens[np.flatnonzero(obs)[below]] = 1
+    out["CENS"] = cens
+    return out, int(below.sum())
 
 
 _PRIOR_MODELS: dict = {}
@@ -108,11 +140,16 @@ def prior_draw(spec: ModelSpec, design, seed: int) -> tuple[dict, np.ndarray]:
 
 
 def sbc_replicate(*, key, seed, workdir, spec: dict, fit_spec: dict, design: pd.DataFrame, chains: int,
-                  draws: int, tune: int, n_ranks: int) -> dict:
+                  draws: int, tune: int, n_ranks: int, lloq: np.ndarray | None = None) -> dict:
     """One SBC replicate (a runner task): prior draw, simulated data, fit, ranks.
 
-    Writes ``data.csv`` (the simulated data set) into ``workdir``; returns the truth, the ranks and
-    the fit's diagnostics (minimum bulk ESS, maximum R-hat, divergences).
+    With ``lloq`` (per observation record), simulated values below it are censored (``CENS = 1``,
+    M3 likelihood) and the replicate is fitted from scratch; otherwise the model compiled once per
+    worker is sampled again (:mod:`bayesnlme.inference.refit`).
+
+    Writes ``data.csv`` (the simulated data set) into ``workdir``; returns the truth, the ranks,
+    the number of censored records and the fit's diagnostics (minimum bulk ESS, maximum R-hat,
+    divergences).
     """
     sim, fit = ModelSpec.from_dict(spec), ModelSpec.from_dict(fit_spec)
     s_prior, s_fit = (int(x) for x in np.random.SeedSequence(seed).generate_state(2))
@@ -121,10 +158,17 @@ def sbc_replicate(*, key, seed, workdir, spec: dict, fit_spec: dict, design: pd.
         raise BayesNLMEInputError(f"replicate {key}: the prior draw gives non-finite DV; "
                                   f"the priors allow values the structural model cannot handle")
     nm = read_nonmem(design)
-    simulated = with_dv(nm, dv)
+    n_censored = 0
+    if lloq is not None:
+        simulated, n_censored = censor(nm, dv, np.asarray(lloq, float))
+    else:
+        simulated = with_dv(nm, dv)
     simulated.to_csv(workdir / "data.csv", index=False)
-    refit = refitter(fit, nm, chains=chains, draws=draws, tune=tune, cores=1)
-    idata = refit.sample(dv, s_fit)
+    if n_censored:
+        idata = fit_model(fit, simulated, chains=chains, draws=draws, tune=tune, seed=s_fit, progress=False,
+                          cores=1).idata
+    else:
+        idata = refitter(fit, nm, chains=chains, draws=draws, tune=tune, cores=1).sample(dv, s_fit)
     post = idata.posterior
     total = post.sizes["chain"] * post.sizes["draw"]
     keep = np.unique(np.linspace(0, total - 1, n_ranks - 1).round().astype(int))
@@ -136,7 +180,8 @@ def sbc_replicate(*, key, seed, workdir, spec: dict, fit_spec: dict, design: pd.
     names = list(truth)
     diag = az.summary(idata, var_names=names, kind="diagnostics", round_to="none")
     return {"truth": truth, "rank": ranks, "posterior_mean": means, "posterior_sd": sds,
-            "n_ranks": int(len(keep) + 1), "min_ess_bulk": float(diag["ess_bulk"].min()),
+            "n_ranks": int(len(keep) + 1), "n_censored": n_censored,
+            "min_ess_bulk": float(diag["ess_bulk"].min()),
             "max_r_hat": float(diag["r_hat"].max()),
             "divergences": int(idata.sample_stats["diverging"].values.sum())}
 
@@ -215,7 +260,8 @@ class SBCResult:
         Per parameter: ``n``, ``mean_rank`` (normalised, 0.5 expected), ``p_value``, ``rejected``
         (p < alpha) and ``shape`` (the departure in words).
     fits : pandas.DataFrame
-        Per replicate: ``min_ess_bulk``, ``max_r_hat``, ``divergences``.
+        Per replicate: ``min_ess_bulk``, ``max_r_hat``, ``divergences``, ``n_censored`` (records below
+        the LLOQ).
     failed : dict
         Replicate -> one-line error of replicates whose simulation or fit failed.
     alpha : float
@@ -249,6 +295,10 @@ class SBCResult:
             text = (f"{head}: NOT calibrated at {self.alpha:.0%} -- {items}. The fits do not recover what the "
                     f"model simulates: check the priors the fit uses against the simulating ones, the "
                     f"sampler's convergence below, and whether the design identifies these parameters.")
+        cens = self.fits["n_censored"] if "n_censored" in self.fits else pd.Series(0, index=self.fits.index)
+        if cens.sum():
+            text += (f" Simulated values below the LLOQ were censored (M3) in {int((cens > 0).sum())} of "
+                     f"{len(self.fits)} replicates ({int(cens.sum())} records).")
         div = int((self.fits["divergences"] > 0).sum())
         low = int((self.fits["min_ess_bulk"] < self.n_ranks - 1).sum())
         if div or low:
@@ -264,8 +314,9 @@ def analyse(results: dict, failed: dict | None = None, alpha: float = ALPHA) -> 
     keys = sorted(results)
     n_ranks = results[keys[0]]["n_ranks"]
     ranks = pd.DataFrame([results[k]["rank"] for k in keys], index=pd.Index(keys, name="replicate"))
-    fits = pd.DataFrame([{c: results[k][c] for c in ("min_ess_bulk", "max_r_hat", "divergences")} for k in keys],
-                        index=ranks.index)
+    fits = pd.DataFrame([{"min_ess_bulk": results[k]["min_ess_bulk"], "max_r_hat": results[k]["max_r_hat"],
+                          "divergences": results[k]["divergences"], "n_censored": results[k].get("n_censored", 0)}
+                         for k in keys], index=ranks.index)
     rows = []
     for name in ranks.columns:
         r = ranks[name].to_numpy(int)
@@ -279,7 +330,7 @@ def analyse(results: dict, failed: dict | None = None, alpha: float = ALPHA) -> 
 def sbc(spec: ModelSpec, design, *, n: int = 200, fit_spec: ModelSpec | None = None, run_dir,
         chains: int = 2, draws: int = 500, tune: int = 500, n_ranks: int = 100, seed: int = 1,
         scheduler=None, n_workers: int | None = None, memory_limit=None, retry_failed: bool = False,
-        progress: bool = True, alpha: float = ALPHA) -> SBCResult:
+        progress: bool = True, alpha: float = ALPHA, lloq: float | None = None) -> SBCResult:
     """Simulation-based calibration of ``spec`` on a design.
 
     Parameters
@@ -305,6 +356,12 @@ def sbc(spec: ModelSpec, design, *, n: int = 200, fit_spec: ModelSpec | None = N
         See :func:`bayesnlme.runner.run_tasks` (``"serial"`` runs in this process).
     alpha : float
         Level of the per-parameter uniformity test.
+    lloq : float, optional
+        Lower limit of quantification (DV units).  Simulated values below it are censored
+        (``CENS = 1``, ``DV = LLOQ``) and fitted with the M3 likelihood, as real BLQ data are.  Without
+        it, a design with ``CENS = 1`` records censors at their limits (a ``CENS = 1`` record's DV),
+        per observation type; a design without them is not censored.  A replicate with censored
+        records is fitted from scratch (its compilation is not shared: ~5-10 s more per replicate).
 
     Returns
     -------
@@ -322,11 +379,11 @@ def sbc(spec: ModelSpec, design, *, n: int = 200, fit_spec: ModelSpec | None = N
     if missing:
         raise BayesNLMEInputError(f"SBC: the fitting model {fit_spec.name} lacks parameters the simulating model "
                                   f"{spec.name} has: {', '.join(missing)}")
-    frame = _placeholder_design(design)
+    frame, limits = _placeholder_design(design, lloq)
     width = len(str(n - 1))
     tasks = {f"rep{i:0{width}d}": {} for i in range(n)}
     shared = {"spec": spec.to_dict(), "fit_spec": fit_spec.to_dict(), "design": frame, "chains": chains,
-              "draws": draws, "tune": tune, "n_ranks": n_ranks}
+              "draws": draws, "tune": tune, "n_ranks": n_ranks, "lloq": limits}
     run = run_tasks(sbc_replicate, tasks, run_dir, seed=seed, shared=shared, scheduler=scheduler,
                     n_workers=n_workers, memory_limit=memory_limit, retry_failed=retry_failed,
                     progress=progress, label="SBC replicates")

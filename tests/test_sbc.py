@@ -127,3 +127,44 @@ def test_sbc_input_errors(design, tmp_path):
         sbc(spec, design, n=4, run_dir=tmp_path, chains=1, draws=10, n_ranks=50, scheduler="serial")
     with pytest.raises(BayesNLMEInputError, match="lacks parameters .*KA"):
         sbc(spec, design, n=4, run_dir=tmp_path, fit_spec=load_spec("pk_1cmt_iv"), scheduler="serial")
+
+
+def test_censor_sets_cens_and_limit_and_lloq_comes_from_the_design(design):
+    from bayesnlme.data import read_nonmem
+    from bayesnlme.sbc import _placeholder_design, censor
+
+    nm = read_nonmem(design)
+    dv = np.linspace(0.5, 10, nm.n_obs)
+    frame, n_cens = censor(nm, dv, np.full(nm.n_obs, 2.0))
+    obs = frame[frame["EVID"] == 0]
+    assert n_cens == int((dv < 2).sum()) > 0
+    assert (obs.loc[obs["CENS"] == 1, "DV"] == 2.0).all() and (obs.loc[obs["CENS"] == 0, "DV"] >= 2).all()
+    assert read_nonmem(frame).obs_cens.sum() == n_cens          # the reader accepts what censor writes
+    # a design with CENS=1 records: its limits censor the simulated values; CENS/LIMIT do not reach the fits
+    blq = design.copy()
+    blq["CENS"] = 0
+    first_obs = blq.index[blq["EVID"] == 0][0]
+    blq.loc[first_obs, ["CENS", "DV"]] = [1, 0.25]
+    placeholder, limits = _placeholder_design(blq)
+    assert "CENS" not in placeholder and np.allclose(limits, 0.25)
+    assert _placeholder_design(design)[1] is None
+    assert np.allclose(_placeholder_design(design, lloq=1.5)[1], 1.5)
+    blq.loc[first_obs, "CENS"] = -1
+    with pytest.raises(BayesNLMEInputError, match="CENS = -1"):
+        _placeholder_design(blq)
+    with pytest.raises(BayesNLMEInputError, match="lloq must be a positive number"):
+        _placeholder_design(design, lloq=-1.0)
+
+
+@pytest.mark.slow
+def test_sbc_with_an_lloq_fits_censored_replicates(design, tmp_path):
+    out = sbc(load_spec("pk_1cmt_oral"), design, n=2, run_dir=tmp_path / "blq", seed=3, lloq=1.0,
+              scheduler="serial", **{**SETTINGS, "draws": 100, "tune": 150, "n_ranks": 11})
+    assert len(out.ranks) == 2 and not out.failed
+    for key in out.ranks.index:
+        sim = pd.read_csv(tmp_path / "blq" / "tasks" / key / "data.csv")
+        obs = sim[sim["EVID"] == 0]
+        assert out.fits.loc[key, "n_censored"] == (obs["CENS"] == 1).sum()
+        assert (obs.loc[obs["CENS"] == 1, "DV"] == 1.0).all() and (obs.loc[obs["CENS"] == 0, "DV"] >= 1.0).all()
+    assert out.fits["n_censored"].sum() > 0
+    assert "censored (M3)" in out.verdict()

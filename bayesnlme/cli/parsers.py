@@ -317,6 +317,8 @@ def _add_sbc(subparsers) -> None:
     p.add_argument("--ranks", type=int, default=100, help="possible ranks L+1, from L thinned draws "
                    "(default: %(default)s)")
     p.add_argument("--alpha", type=float, default=0.01, help="level of the uniformity test (default: %(default)s)")
+    p.add_argument("--lloq", type=float, help="censor simulated DV below this LLOQ (DV units; CENS=1, M3 "
+                   "likelihood); default: the limits of the design's CENS=1 records, if any")
     p.add_argument("--seed", type=int, default=1, help="run seed (default: %(default)s)")
     _add_runner_options(p)
 def _add_import_nonmem(subparsers) -> None:

@@ -19,7 +19,7 @@ def run(args) -> int:
     result = sbc(spec, args.data, n=args.n, fit_spec=fit_spec, run_dir=args.out, chains=args.chains,
                  draws=args.draws, tune=args.tune, n_ranks=args.ranks, seed=args.seed, alpha=args.alpha,
                  scheduler=scheduler_of(args), n_workers=args.workers, memory_limit=args.memory_limit,
-                 retry_failed=args.retry_failed, progress=not args.no_progress)
+                 retry_failed=args.retry_failed, progress=not args.no_progress, lloq=args.lloq)
     with pd.option_context("display.width", 120, "display.precision", 3):
         print(result.table.to_string())
     print()
