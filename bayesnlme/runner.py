@@ -196,6 +196,9 @@ def _read_task(folder: Path) -> dict:
     return json.loads((folder / RESULT).read_text())
 
 
+CONNECT_TIMEOUT = "20s"   # how long to try a scheduler address before the one-line error
+
+
 def _worker_sees(path: str) -> bool:
     return os.path.isdir(path)
 
@@ -210,7 +213,7 @@ def _client(scheduler, n_workers, memory_limit):
     address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address and address != "local":
         try:
-            return Client(address, timeout="20s"), None, True
+            return Client(address, timeout=CONNECT_TIMEOUT), None, True
         except (OSError, TimeoutError) as exc:
             raise RunError(f"cannot reach the Dask scheduler at {address} ({exc}); start it with "
                            f"`dask scheduler` or omit --scheduler for a local cluster") from None

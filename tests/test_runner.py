@@ -116,7 +116,10 @@ def test_bad_keys_are_refused(tmp_path):
         run_tasks(flaky_task, {".hidden": {}}, tmp_path, seed=1, scheduler="serial", progress=False)
 
 
-def test_unreachable_scheduler_is_one_line(tmp_path):
+def test_unreachable_scheduler_is_one_line(tmp_path, monkeypatch):
+    from bayesnlme import runner
+
+    monkeypatch.setattr(runner, "CONNECT_TIMEOUT", "2s")
     with pytest.raises(RunError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:1"):
         run_tasks(flaky_task, {"a": {}}, tmp_path, seed=1, scheduler="tcp://127.0.0.1:1", progress=False)
 
