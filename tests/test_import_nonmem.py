@@ -200,7 +200,7 @@ IF (TIME.GT.24) TVCL = TVCL*THETA(3)
 CL = TVCL*EXP(ETA(1))
 V = THETA(2)
 MTIME(1) = 24
-S1 = V/1000
+S1 = V/WT
 $ERROR
 Y = F + EPS(1)
 $THETA (0, 5) (0, 50) (0, 1.2)
@@ -213,7 +213,7 @@ $SIGMA 1
     assert "\n" not in msg and msg.startswith(str(path))
     assert "line 7 `IF (TIME.GT.24) TVCL = TVCL*THETA(3)`: CL changes with TIME" in msg
     assert "line 10 `MTIME(1) = 24`" in msg
-    assert "line 11 `S1 = V/1000`" in msg and "unit scaling" in msg
+    assert "line 11 `S1 = V/WT`: S1 is not V times a positive number" in msg
 
 
 def test_des_and_rate_constant_trans_are_refused(tmp_path):
@@ -236,7 +236,9 @@ $SIGMA 1
         import_nonmem(des)
     trans1 = _write(tmp_path, "$SUBROUTINE ADVAN1 TRANS1\n$PK\nK = THETA(1)*EXP(ETA(1))\nS1 = THETA(2)\n"
                               "$ERROR\nY = F + EPS(1)\n$THETA (0, 0.1) (0, 50)\n$OMEGA 0.1\n$SIGMA 1\n", "t1.mod")
-    with pytest.raises(NonmemImportError, match=r"line 4 `\$SUBROUTINE ADVAN1 TRANS1`.*rate constants"):
+    # TRANS1 with K estimated itself: bayesnlme's CL = K*S1 is a product of two THETAs (K = CL/V would map)
+    with pytest.raises(NonmemImportError, match=r"line 6 `K = THETA\(1\)\*EXP\(ETA\(1\)\)`: TRANS1 CL = K\*S1: "
+                                                r"the typical value of CL is a product of two THETAs"):
         import_nonmem(trans1)
 
 

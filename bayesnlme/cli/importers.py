@@ -30,6 +30,9 @@ def run_import_nonmem(args) -> int:
         print(f"NOT TRANSLATED ({len(result.untranslated)}; the spec lacks them, see the top of {out}):")
         for item in result.untranslated:
             print(f"  {item}")
+    if result.dose_scale != 1:
+        print(f"doses: AMT (and RATE) x {result.dose_scale:g} to match the control stream's scale; fit {out} to "
+              f"the data written by --data-out, not to the $DATA file as it is")
     if args.data_out:
         if result.data is None:
             print("no data written: the $DATA file could not be read (see above)")

@@ -47,7 +47,7 @@ def assemble(t, structural: str, params: dict, res, omegas: dict, blocks: list):
         t.mapped.append(f"$OMEGA BLOCK -> random_effects.blocks = {blocks} (LKJ(2) on the correlations)")
     if res is not None:
         d["residual"], comments["residual"] = _residual(t, res, used)
-    unused = sorted(t.thetas - used, key=lambda p: int(t.nm[p][6:-1]))
+    unused = sorted(t.thetas - used - t.zero_terms, key=lambda p: int(t.nm[p][6:-1]))
     for p in unused:
         t.notes.append(_item(t, f"{t.nm[p]} ({p}) is used by no translated statement"))
     return d, comments
@@ -64,15 +64,12 @@ def _name(t, p) -> str:
 
 
 def _parameter(t, bn, pm, omegas, used):
-    v = t.values[pm.theta]
-    used.add(pm.theta)
-    domain = (0.0, math.inf) if pm.iiv == "lognormal" else KNOWN_DOMAINS.get(bn, (-math.inf, math.inf))
-    entry = {"iiv": pm.iiv, **pri.typical_value(v, pm.scale, domain)}
-    scale = "" if pm.scale == 1 else f" x {pm.scale:g}"
-    lines = [f"{bn}: typical value {_name(t, pm.theta)}{scale}, "
-             + (f"FIX {v.value:g}" if v.fixed else f"{'estimate' if t.values_are_estimates else 'initial'} "
-                f"{v.value:g}" + (f", RSE {100 * v.se / abs(v.value):.0f}%" if v.se else ""))]
-    t.mapped.append(f"{_name(t, pm.theta)} -> {bn} typical value{scale}")
+    if pm.theta is None:
+        entry = {"iiv": pm.iiv, "fixed": pm.fixed_value}
+        lines = [f"{bn}: typical value {pm.fixed_value:g} written in the code (fixed)"]
+        t.mapped.append(f"{pm.nonmem} = {pm.fixed_value:g} -> {bn} fixed typical value")
+    else:
+        entry, lines = _typical_value(t, bn, pm, used)
     if pm.iiv != "none":
         eta, ov = omegas[bn]
         col = t.nm.get(str(t.model.random_variables.get_covariance(eta, eta)), "OMEGA")
@@ -96,6 +93,21 @@ def _parameter(t, bn, pm, omegas, used):
     return entry, lines
 
 
+def _typical_value(t, bn, pm, used):
+    v = t.values[pm.theta]
+    used.add(pm.theta)
+    domain = (0.0, math.inf) if pm.iiv == "lognormal" else KNOWN_DOMAINS.get(bn, (-math.inf, math.inf))
+    entry = {"iiv": pm.iiv, **pri.typical_value(v, pm.scale, domain, pm.log_theta)}
+    scale = "" if pm.scale == 1 else f" x {pm.scale:g}"
+    name = f"EXP({_name(t, pm.theta)})" if pm.log_theta else _name(t, pm.theta)
+    se = (f", SE {v.se:.3g} (log scale)" if pm.log_theta else f", RSE {100 * v.se / abs(v.value):.0f}%") if v.se else ""
+    lines = [f"{bn}: typical value {name}{scale}, "
+             + (f"FIX {v.value:g}" if v.fixed else f"{'estimate' if t.values_are_estimates else 'initial'} "
+                f"{v.value:g}" + se)]
+    t.mapped.append(f"{name} -> {bn} typical value{scale}")
+    return entry, lines
+
+
 def _effect(t, bn, e, used):
     cov = e.covariate if e.kind == "categorical" else t.columns.get(e.covariate) or e.covariate
     entry = {"parameter": bn, "covariate": cov, "type": e.kind, "reference": e.reference}
@@ -114,6 +126,9 @@ def _effect(t, bn, e, used):
     if e.kind == "categorical":
         c, op, val = e.condition
         text = f"IF ({c}.{op}.{val}) {bn} x ratio: derived 0/1 column {cov}; {src}"
+    elif e.kind == "exponential" and e.transform == "log":
+        exponent = e.covariate if e.reference == 0 else f"({e.covariate}-{e.reference})"
+        text = f"{t.nm[e.theta]}**{exponent} on {bn}: {src}"
     else:
         text = {"power": f"({e.covariate}/{e.reference})**{t.nm.get(e.theta, e.fixed)}", "exponential":
                 f"EXP(theta*({e.covariate}-{e.reference}))", "linear":

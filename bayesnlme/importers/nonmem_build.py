@@ -5,17 +5,28 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 import sympy
+from sympy.core.function import AppliedUndef
 
 from bayesnlme.errors import SpecError
 from bayesnlme.importers import nonmem_priors as pri
 from bayesnlme.importers.nonmem_assemble import assemble
 from bayesnlme.importers.nonmem_data import NM_ITEMS, column_mapping, translate_frame
 from bayesnlme.importers.nonmem_error import residual as classify_residual
-from bayesnlme.importers.nonmem_pk import (ADVANS, DEPOT_EXTRAS, EVENT_ITEMS, OTHER_TRANS, SPECIAL,
-                                          Untranslatable, decompose)
-from bayesnlme.importers.nonmem_result import ImportResult, Item, Lines, NonmemImportError
+from bayesnlme.importers.nonmem_error import without_fixed_zero
+from bayesnlme.importers.nonmem_pk import (
+    ADVANS,
+    DEPOT_EXTRAS,
+    EVENT_ITEMS,
+    OTHER_TRANS,
+    SPECIAL,
+    TRANS1,
+    Untranslatable,
+    decompose,
+    trans1_expressions,
+)
+from bayesnlme.importers.nonmem_result import ImportResult, Item, Lines, NonmemImportError, omega_records
+from bayesnlme.spec import ModelSpec
 from bayesnlme.spec.toml_text import spec_toml
-from bayesnlme.spec import KNOWN_DOMAINS, ModelSpec
 
 #: Records that carry model content bayesnlme has no place for.
 UNTRANSLATED_RECORDS = {"PRED": "$PRED models (no ADVAN)", "DES": "differential equations ($DES)",
@@ -37,6 +48,7 @@ class Translation:
         self.cs = model.internals.control_stream
         self.lines = Lines(self.cs, path)
         self.mapped, self.untranslated, self.notes = [], [], []
+        self.zero_terms = set()   # THETAs/SIGMAs of residual terms fixed at 0 (dropped, not unused)
         self.nm = {p: (f"THETA({c[5:]})" if c.startswith("THETA") else c) for p, c in ext_columns.items()}
         self.thetas = {p for p, c in ext_columns.items() if c.startswith("THETA")}
         self.eta_nm = {e: f"ETA({i})" for i, e in enumerate(model.random_variables.etas.names, 1)}
@@ -61,6 +73,8 @@ class Translation:
         structural, names, scale = self._structural()
         self._columns()
         self._pk_environment()
+        if self.trans1:
+            names = self._rate_constants(names, scale)
         params = self._parameters(names, structural)
         self._scale(scale, names)
         res = self._residual()
@@ -79,14 +93,19 @@ class Translation:
         toml = spec_toml(d, self._header(), comments)
         data = self._data(res.log_dv if res else False)
         return ImportResult(spec, toml, self.columns, {k: ".".join(map(str, v)) for k, v in self.derived.items()},
-                            bool(res and res.log_dv), data, self.mapped, self.untranslated, self.notes)
+                            bool(res and res.log_dv), data, self.mapped, self.untranslated, self.notes,
+                            self.dose_scale)
 
     def _structural(self):
         sub = self.cs.get_records("SUBROUTINES")
+        self.subroutine = sub[0] if sub else None
         advan = trans = None
         if sub:
             advan = int(sub[0].advan[5:])
             trans = int((sub[0].trans or "TRANS1")[5:])
+        self.advan, self.trans1, self.k_labels = advan, trans == 1 and advan in TRANS1, {}
+        if self.trans1:   # rate constants: the same structural model, read back as clearances and volumes
+            trans = 2 if advan in (1, 2) else 4
         if (advan, trans) not in ADVANS:
             if any(a == advan for a, _ in ADVANS) and trans in OTHER_TRANS:
                 why = (f"TRANS{trans} parameterises ADVAN{advan} by {OTHER_TRANS[trans]}; bayesnlme takes "
@@ -96,7 +115,8 @@ class Translation:
             self.fail(self.lines.record(sub[0], why) if sub else Item(None, "$PRED", "no $SUBROUTINE ADVAN"))
             raise self.error()
         structural, names, scale = ADVANS[(advan, trans)]
-        self.mapped.append(f"$SUBROUTINE ADVAN{advan} TRANS{trans} -> structural = \"{structural}\"")
+        self.mapped.append(f"$SUBROUTINE ADVAN{advan} TRANS{1 if self.trans1 else trans} -> structural = "
+                           f"\"{structural}\"")
         self.oral = structural.endswith("oral")
         return structural, dict(names), scale
 
@@ -112,19 +132,73 @@ class Translation:
         for col, why in problems:
             self.fail(self.lines.record(inputs[0], f"{col}: {why}"))
         self.covariates = {c for c, new in self.columns.items() if new is not None} - EVENT_ITEMS - set(NM_ITEMS)
-        self.derived = {}
+        self.derived, self.dose_scale = {}, 1.0
 
     def _pk_environment(self) -> None:
         """Substitute the $PK assignments into each other: symbol -> expression, and which statements."""
         self.env, self.deps, self.pk = {}, {}, []
+        self.abbr = self._abbreviations()
         before = [s for s in self.model.statements.before_odes if hasattr(s, "symbol")]
         for i, s in enumerate(before):
-            sym, expr = sympy.Symbol(str(s.symbol)), sympy.sympify(s.expression)
+            sym, expr = sympy.Symbol(str(s.symbol)), sympy.sympify(s.expression).xreplace(self.abbr)
             self.pk.append((sym, expr))
             deps = {("PK", i)}.union(*[self.deps.get(x, set()) for x in expr.free_symbols])
             self.env[sym] = expr.xreplace({k: v for k, v in self.env.items() if k in expr.free_symbols})
             self.deps[sym] = deps
         self.used = set()
+
+    def _abbreviations(self) -> dict:
+        """``$ABBR REPLACE THETA(CL)=THETA(1)``: the name in the code -> Pharmpy's parameter (``THETA_CL``)."""
+        out = {}
+        for rec in self.cs.get_records("ABBREVIATED"):
+            names = rec.translate_to_pharmpy_names()
+            out.update({sympy.Symbol(k): sympy.Symbol(names[v]) for k, v in rec.replaceopt.items() if v in names})
+        return out
+
+    def _rate_constants(self, names: dict, scale: str) -> dict:
+        """TRANS1: {$PK symbol: bayesnlme name} with the clearances and volumes the rate constants imply.
+
+        ``K = CL/V`` (the usual TRANS1 code) gives back the $PK's own ``CL``; otherwise ``K*V`` is added to
+        the environment as a symbol of its own and decomposed like any parameter (``K = THETA(1)*EXP(ETA(1))``
+        with ``V = THETA(2)*EXP(ETA(2))`` then fails there: ``CL = K*V`` has two ETAs).
+        """
+        volume = self._central_volume(scale)
+        out = {}
+        for nm_name, expr in trans1_expressions(self.advan, volume).items():
+            missing = sorted(str(x) for x in expr.free_symbols if x not in self.env and str(x) != scale)
+            if missing:
+                self.fail(self.lines.record(self.subroutine, f"TRANS1 needs {', '.join(missing)} in $PK"))
+                continue
+            if any(x not in self.env for x in expr.free_symbols):
+                continue   # no S1/S2: said by _scale
+            full, own = expr.xreplace(self.env), sympy.Symbol(nm_name)
+            self.used |= set().union(*[self.deps[x] for x in expr.free_symbols])   # the rate constants are model
+            if expr.is_Symbol or (own in self.env and sympy.simplify(self.env[own] - full) == 0):
+                out[str(expr) if expr.is_Symbol else nm_name] = names[nm_name]
+                continue
+            label = sympy.Symbol(str(expr))
+            self.env[label], self.k_labels[str(label)] = full, sorted(str(x) for x in expr.free_symbols
+                                                                      if str(x) != volume)
+            self.deps[label] = set().union(*[self.deps[x] for x in expr.free_symbols])
+            out[str(label)] = names[nm_name]
+        derived = [f"{bn} = {nm}" for nm, bn in out.items() if nm != bn]
+        self.mapped.append("TRANS1 rate constants -> " + (", ".join(derived) if derived else
+                                                          f"the $PK's own {', '.join(out)} (K = CL/V ...)"))
+        return out
+
+    def _central_volume(self, scale: str) -> str:
+        """The $PK name of the volume S1 (S2) is a multiple of (``S1 = V``, ``S2 = V/1000``), else S1 itself."""
+        raw = [e for sym, e in self.pk if str(sym) == scale]
+        if raw:
+            syms = [x for x in raw[-1].free_symbols if x in self.env]
+            if len(syms) == 1 and (raw[-1] / syms[0]).is_number:
+                return str(syms[0])
+        return scale
+
+    def _assignment(self, name: str, reason: str) -> Item:
+        """An item at the last $PK statement that assigns ``name``."""
+        found = [i for i, (sym, _) in enumerate(self.pk) if str(sym) == name]
+        return self.lines.statement("PK", found[-1] if found else -1, reason)
 
     def _locate(self, record: str, deps, symbols, reason: str) -> Item:
         """The last statement among ``deps`` that mentions one of ``symbols`` (else the last one), as an item."""
@@ -153,14 +227,14 @@ class Translation:
             if sym not in self.env and nm_name in ("V1", "V2") and sympy.Symbol("V") in self.env and bn == "V":
                 sym = sympy.Symbol("V")   # V accepted for the central volume
             if sym not in self.env:
-                self.fail(Item(None, f"$SUBROUTINE {structural}", f"$PK does not define {nm_name}, which "
-                                                                  f"the ADVAN needs"))
+                self.fail(self.lines.record(self.subroutine, f"$PK does not define {nm_name}, which the ADVAN "
+                                                             f"needs ({structural})"))
                 continue
             self.used |= self.deps[sym]
             try:
                 pm = decompose(bn, self.env[sym], self.thetas, self._eta_names(), self.covariates)
                 pm.nonmem = str(sym)
-                for t in [pm.theta] + [e.theta for e in pm.effects if e.theta]:
+                for t in [pm.theta] * bool(pm.theta) + [e.theta for e in pm.effects if e.theta]:
                     if t in used_thetas:
                         raise Untranslatable(f"{self.nm[t]} is used by {used_thetas[t]} and {bn}; bayesnlme "
                                              f"estimates each effect for one parameter", {t})
@@ -171,7 +245,12 @@ class Translation:
                     used_etas[pm.eta] = bn
                 params[bn] = pm
             except Untranslatable as exc:
-                self.fail(self._locate("PK", self.deps[sym], exc.symbols, exc.reason))
+                if str(sym) in self.k_labels:   # TRANS1: at the rate constant, saying what bayesnlme needs
+                    self.fail(self._assignment(self.k_labels[str(sym)][0], f"TRANS1 {bn} = {sym}: {exc.reason}; "
+                                               f"bayesnlme estimates clearances and volumes, so the rate constants "
+                                               f"must be ratios of them (K = CL/V) or use TRANS2/TRANS4"))
+                else:
+                    self.fail(self._locate("PK", self.deps[sym], exc.symbols, exc.reason))
         return params
 
     def _eta_names(self) -> set:
@@ -186,22 +265,30 @@ class Translation:
             return
         self.used |= self.deps[s]
         ratio = sympy.simplify(self.env[s] / self.env.get(v, sympy.nan))
-        if ratio != 1:
-            shown = f"{central}/{1 / ratio}" if ratio.is_number and ratio != 0 and abs(ratio) < 1 else f"{central}*{ratio}"
-            reason = (f"{scale} = {shown}: unit scaling has no bayesnlme equivalent (convert AMT or "
-                      f"DV units in the data instead)" if ratio.is_number else f"{scale} is not {central}")
-            self.fail(self._locate("PK", self.deps[s], {scale}, reason))
-        else:
+        if ratio == 1:
             self.mapped.append(f"{scale} = {central}: prediction = amount / {central} (concentration)")
+        elif ratio.is_number and ratio.is_positive:
+            # F = A / (V*ratio) = (A/ratio) / V: the same prediction with the doses in 1/ratio units
+            self.dose_scale = float(1 / ratio)
+            shown = f"{central}/{self.dose_scale:g}" if ratio < 1 else f"{central}*{float(ratio):g}"
+            self.mapped.append(f"{scale} = {shown}: prediction = amount x {self.dose_scale:g} / {central}; AMT (and "
+                               f"RATE) x {self.dose_scale:g} in the data written (ImportResult.data, --data-out)")
+        else:
+            self.fail(self._locate("PK", self.deps[s], {scale}, f"{scale} is not {central} times a positive "
+                                                                f"number"))
 
     def _residual(self):
         after = [s for s in self.model.statements.after_odes if hasattr(s, "symbol")]
+        f, amount = sympy.Symbol("F"), {}
         if after and str(after[0].symbol) == "F" and "A_" in str(after[0].expression):
-            after = after[1:]   # Pharmpy's link F = A_CENTRAL/S1, not a statement of $ERROR
+            # Pharmpy's link F = A_CENTRAL(t)/S1, not a statement of $ERROR: A(1) in $ERROR is F*S1
+            link = sympy.sympify(after[0].expression)
+            if not link.has(sympy.Piecewise):   # one observed compartment (else bayesnlme's reader refuses the data)
+                amount = {a: f * sympy.simplify(a / link) for a in link.atoms(AppliedUndef)}
+            after = after[1:]
         self.err, env, deps = [], dict(self.env), dict(self.deps)
-        f = sympy.Symbol("F")
         for i, s in enumerate(after):
-            sym, expr = sympy.Symbol(str(s.symbol)), sympy.sympify(s.expression)
+            sym, expr = sympy.Symbol(str(s.symbol)), sympy.sympify(s.expression).xreplace(amount).xreplace(self.abbr)
             self.err.append((sym, expr))
             deps[sym] = {("ERROR", i)}.union(*[deps.get(x, set()) for x in expr.free_symbols if x != f])
             env[sym] = expr.xreplace({k: w for k, w in env.items() if k in expr.free_symbols and k != f})
@@ -211,6 +298,11 @@ class Translation:
             self.fail(Item(None, "$ERROR", "no Y = ... statement"))
             return None
         self.used |= deps[y]
+        other = sorted({str(a.func) for a in env[y].atoms(AppliedUndef)})
+        if other:
+            self.fail(self._locate("ERROR", deps[y], {"t"}, f"Y uses {', '.join(other)}, the amount in a compartment "
+                                                            f"other than the observed one: no bayesnlme equivalent"))
+            return None
         rvs = self.model.random_variables
         eps_var, fixed = {}, {}
         names = list(rvs.epsilons.names)
@@ -224,11 +316,17 @@ class Translation:
             par = self.model.parameters[str(var)]
             if par.fix:
                 fixed[str(var)] = par.init
+        zero = {n for n, v in self.values.items() if v.fixed and v.value == 0}
         try:
-            res = classify_residual(env[y], f, eps_var, fixed, self.thetas)
+            full = classify_residual(env[y], f, eps_var, fixed, self.thetas)
+            res = without_fixed_zero(full, zero)
         except Untranslatable as exc:
             self.fail(self._locate("ERROR", deps[y], exc.symbols | {"Y"}, exc.reason))
             return None
+        for name in set(full.sources) - set(res.sources):
+            self.zero_terms.add(full.sources[name].name)
+            self.mapped.append(f"{self.nm.get(full.sources[name].name, full.sources[name].name)} 0 FIX -> no "
+                               f"{name} term")
         guards = sorted(i for r, i in deps[y] if r == "ERROR" and self.err[i][1].has(sympy.Piecewise))
         for i in guards if res.guards else ():
             self.notes.append(self.lines.statement("ERROR", i, "a guard on the prediction, dropped "
@@ -241,12 +339,15 @@ class Translation:
         rvs = self.model.random_variables
         by_eta = {pm.eta: bn for bn, pm in params.items() if pm.eta}
         omegas, blocks = {}, []
+        records = omega_records(self.cs)
+        index = {e: i for i, e in enumerate(rvs.etas.names)}
         for dist in rvs.etas:
             etas = list(dist.names)
+            rec = records[index[etas[0]]] if index[etas[0]] < len(records) else None
             if dist.level != "IIV":
-                self.fail(Item(None, "$OMEGA ... SAME", f"{', '.join(etas)}: inter-occasion variability in NONMEM "
-                                                        f"form ($OMEGA BLOCK SAME); use bayesnlme's OCC column "
-                                                        f"and omega_iov"))
+                self.fail(self._omega_item(rec, f"{', '.join(map(self.eta_nm.get, etas))}: inter-occasion "
+                                                f"variability in NONMEM form ($OMEGA BLOCK SAME); use bayesnlme's "
+                                                f"OCC column and omega_iov"))
                 continue
             unused = [e for e in etas if e not in by_eta]
             if unused:
@@ -256,8 +357,8 @@ class Translation:
             if len(dist.names) > 1 and len(etas) > 1:
                 fix = any(self.values[str(rvs.get_covariance(e, e))].fixed for e in etas)
                 if fix:
-                    self.fail(Item(None, "$OMEGA BLOCK FIX", f"{', '.join(etas)}: a fixed OMEGA block has no "
-                                                             f"bayesnlme equivalent"))
+                    self.fail(self._omega_item(rec, f"{', '.join(map(self.eta_nm.get, etas))}: a fixed OMEGA block "
+                                                    f"(fixed correlations) has no bayesnlme equivalent"))
                 blocks.append([by_eta[e] for e in etas])
             for e in etas:
                 v = self.values[str(rvs.get_covariance(e, e))]
@@ -268,6 +369,9 @@ class Translation:
                     e, v = omegas[p]
                     omegas[p] = (e, pri.Value(v.value, None, v.lower, v.upper, v.fixed))
         return omegas, blocks
+
+    def _omega_item(self, rec, reason: str) -> Item:
+        return self.lines.record(rec, reason) if rec is not None else Item(None, "$OMEGA", reason)
 
     def _unused_statements(self) -> None:
         for record, stmts in (("PK", self.pk), ("ERROR", getattr(self, "err", []))):
@@ -294,6 +398,10 @@ class Translation:
                "here are standard deviations (square roots).",
                "Data columns: " + ", ".join(f"{k}->{v}" if v and v != k else (f"{k} dropped" if v is None else k)
                                             for k, v in self.columns.items())]
+        if self.dose_scale != 1:
+            k = f"{self.dose_scale:g}"
+            out += [f"Doses: the control stream's scale makes the prediction amount x {k} / V; fit this spec to",
+                    f"the data with AMT (and RATE) x {k} (ImportResult.data, --data-out), not to the $DATA file."]
         if self.derived:
             out.append("Derived 0/1 columns (add them to the data, or use ImportResult.data): "
                        + ", ".join(f"{k} = ({c}.{op}.{v})" for k, (c, op, v) in self.derived.items()))
@@ -314,7 +422,7 @@ class Translation:
             self.notes.append(self.lines.record(rec[0], f"data file not read ({why})") if rec
                               else Item(None, "$DATA", "no $DATA"))
             return None
-        return translate_frame(frame, self.columns, self.derived, log_dv)
+        return translate_frame(frame, self.columns, self.derived, log_dv, self.dose_scale)
 
 
 def _pharmpy_version(model) -> str:

@@ -5,8 +5,9 @@ one, ``A=B`` gives a synonym (``DV=CONC``: the column is DV, the code calls it C
 ``IGNORE=@`` / ``IGNORE=#`` / ``IGNORE=C`` / ``IGNORE=(COND,...)`` / ``ACCEPT=(...)`` skip records.
 Pharmpy reads the file that way (records filtered, ``.`` read as 0 as NONMEM does); this module
 renames the columns to bayesnlme's (``ID TIME DV AMT EVID MDV CMT RATE II ADDL SS``), drops the
-dropped ones, adds the 0/1 columns the translated categorical effects use (``SEXEQ1 = SEX == 1``)
-and exponentiates a log-transformed DV (``Y = LOG(F) + EPS(1)``).
+dropped ones, adds the 0/1 columns the translated categorical effects use (``SEXEQ1 = SEX == 1``),
+exponentiates a log-transformed DV (``Y = LOG(F) + EPS(1)``) and scales the doses where the
+control stream scales the prediction (``S2 = V/1000``: AMT x 1000).
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def column_mapping(colnames, drops, synonyms: dict) -> tuple[dict, list]:
     return mapping, problems
 
 
-def translate_frame(frame: pd.DataFrame, mapping: dict, derived: dict, log_dv: bool) -> pd.DataFrame:
+def translate_frame(frame: pd.DataFrame, mapping: dict, derived: dict, log_dv: bool,
+                    dose_scale: float = 1.0) -> pd.DataFrame:
     """A Pharmpy-read data set with bayesnlme's columns.
 
     Parameters
@@ -76,11 +78,18 @@ def translate_frame(frame: pd.DataFrame, mapping: dict, derived: dict, log_dv: b
         New column -> ``(column, op, value)`` condition; 1 where it holds, else 0.
     log_dv : bool
         DV holds log concentrations: exponentiate it on observation records.
+    dose_scale : float
+        Factor on AMT and on positive RATE (``S2 = V/1000``, dose in mg and DV in ng/mL: 1000).
     """
     out = pd.DataFrame({new: frame[old].to_numpy() for old, new in mapping.items()
                         if new is not None and old in frame})
     for name, condition in derived.items():
         out[name] = condition_mask(frame, condition).astype(int).to_numpy()
+    if dose_scale != 1:
+        for col in ("AMT", "RATE"):
+            if col in out:   # RATE -1/-2 (modelled rate/duration) is a code, not an amount per time
+                x = out[col].astype(float)
+                out[col] = x.where(x <= 0, x * dose_scale) if col == "RATE" else x * dose_scale
     if log_dv and "DV" in out:
         obs = (out["EVID"] == 0) if "EVID" in out else (out.get("AMT", 0) == 0)
         if "MDV" in out:

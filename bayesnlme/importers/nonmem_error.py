@@ -12,7 +12,9 @@ residual variance is ``sum_i g_i^2 SIGMA(i,i) = A + B F^2``:
 and each of ``A``, ``B`` must come from one estimated quantity: a SIGMA (a variance: the SD is its
 square root) or a THETA times a fixed SIGMA (the THETA is then an SD).  ``Y = F*EXP(EPS(1))`` and
 ``Y = LOG(F) + EPS(1)`` (log-transformed DV) become ``exponential``: ``log DV ~ N(log F, sigma_exp)``.
-Guards such as ``IF (IPRED.LT.0.001) IPRED = 0.001`` are dropped and reported as notes.
+A term whose THETA or SIGMA is ``0 FIX`` is dropped (combined -> proportional or additive).
+Guards such as ``IF (IPRED.LT.0.001) IPRED = 0.001`` or ``IPRED = -5`` / ``IF (F.GT.0) IPRED = LOG(F)``
+are dropped (the branch with ``F`` kept) and reported as notes.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def residual(y, f, eps_var: dict, fixed_sigmas: dict, thetas: set) -> Residual:
         conds = set().union(*[c.free_symbols for _, c in pw.args])
         if {str(s) for s in conds} <= thetas | {str(f)}:
             guards.append(conds)
-            y = y.xreplace({pw: pw.args[-1][0]})
+            y = y.xreplace({pw: _guarded_value(pw, f)})
         else:
             raise Untranslatable(f"Y depends on a condition on {', '.join(sorted(map(str, conds)))} (several "
                                  f"observation types or a data-dependent error model)", conds)
@@ -105,6 +107,34 @@ def residual(y, f, eps_var: dict, fixed_sigmas: dict, thetas: set) -> Residual:
         sources["sigma_prop"] = _source(b, fixed_sigmas, thetas, y)
     kind = {1: "additive" if a != 0 else "proportional", 2: "combined"}[len(sources)]
     return Residual(kind, sources, False, guards)
+
+
+def without_fixed_zero(res: Residual, zero: set) -> Residual:
+    """``res`` without the terms whose SD is fixed at 0 (``THETA(6) = (0 FIX)`` in a combined ``W``).
+
+    Parameters
+    ----------
+    res : Residual
+    zero : set of str
+        Names of the THETAs and SIGMAs that are fixed at 0.
+    """
+    sources = {n: s for n, s in res.sources.items() if s.name not in zero}
+    if not sources:
+        raise Untranslatable("every residual error term is fixed at 0")
+    if len(sources) == len(res.sources):
+        return res
+    kind = "additive" if "sigma_add" in sources else "proportional"
+    return Residual(kind, sources, res.log_dv, res.guards)
+
+
+def _guarded_value(pw, f):
+    """The branch of a guard that is the prediction.
+
+    ``IF (IPRED.LE.0) IPRED = 1E-8`` keeps the default branch; ``IPRED = -5`` then
+    ``IF (F.GT.0) IPRED = LOG(F)`` keeps the one branch with ``F`` (the other is a constant).
+    """
+    with_f = [value for value, _ in pw.args if f in value.free_symbols]
+    return with_f[0] if len(with_f) == 1 else pw.args[-1][0]
 
 
 def _source(variance, fixed_sigmas, thetas, y) -> Source:

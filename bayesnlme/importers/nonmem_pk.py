@@ -7,14 +7,18 @@ recognises the usual forms, each the exact equivalent of a bayesnlme spec entry:
 NONMEM                                            bayesnlme
 ================================================  ==============================================
 ``CL = TVCL*EXP(ETA(1))`` (also MU referencing)   ``iiv = "lognormal"``
+``CL = EXP(THETA(1) + ETA(1))`` (THETA = log CL)    typical value ``exp(THETA(1))``
 ``CL = TVCL + ETA(1)``                            ``iiv = "normal"``
 ``THETA(1)`` (one per parameter)                  typical value (prior on ``CL``)
+``1.5`` (a number, e.g. ``F1 = 1``)               fixed typical value
 ``*(WT/70)**THETA(n)`` / ``**0.75`` / ``*WT``     power effect, estimated / fixed exponent
 ``*EXP(THETA(n)*(AGE-40))``                       exponential effect, reference 40
 ``*(1+THETA(n)*(AGE-40))``                        linear effect, reference 40
 ``IF (SEX.EQ.1) TVCL=TVCL*THETA(n)``              categorical effect on a derived 0/1 column
    (or ``*(1+THETA(n))``, ``*EXP(THETA(n))``)      ``SEXEQ1``: log ratio = log(THETA(n)),
                                                    log(1+THETA(n)) or THETA(n)
+``*THETA(n)**SEX``                                exponential effect, reference 0, with
+                                                   theta = log(THETA(n)) (the log ratio if 0/1)
 ================================================  ==============================================
 
 Anything else (a THETA shared by two parameters, a condition on TIME, an ETA entering another way)
@@ -39,9 +43,19 @@ ADVANS = {
     (12, 4): ("3cmt_oral", {"CL": "CL", "V2": "V", "Q3": "Q", "V3": "V2", "Q4": "Q3", "V4": "V3",
                             "KA": "KA"}, "S2"),
 }
-#: Parameterisations bayesnlme cannot take (rate constants, VSS, macro constants), for the message.
-OTHER_TRANS = {1: "rate constants (K, K12, K21, ...)", 3: "CL, V, Q, VSS", 5: "AOB, ALPHA, BETA",
-               6: "ALPHA, BETA, K21 (macro constants)"}
+#: TRANS1 (rate constants): ADVAN -> {TRANS2/4 name: its expression in the rate constants and ``VC``, the
+#: central volume that S1 (S2) scales by}; ``K = CL/V`` in $PK then gives back ``CL = K*V`` exactly.
+TRANS1 = {
+    1: {"CL": "K*VC", "V": "VC"},
+    2: {"CL": "K*VC", "V": "VC", "KA": "KA"},
+    3: {"CL": "K*VC", "V1": "VC", "Q": "K12*VC", "V2": "K12*VC/K21"},
+    4: {"CL": "K*VC", "V2": "VC", "Q": "K23*VC", "V3": "K23*VC/K32", "KA": "KA"},
+    11: {"CL": "K*VC", "V1": "VC", "Q2": "K12*VC", "V2": "K12*VC/K21", "Q3": "K13*VC", "V3": "K13*VC/K31"},
+    12: {"CL": "K*VC", "V2": "VC", "Q3": "K23*VC", "V3": "K23*VC/K32", "Q4": "K24*VC", "V4": "K24*VC/K42",
+         "KA": "KA"},
+}
+#: Parameterisations bayesnlme cannot take (VSS, macro constants), for the message.
+OTHER_TRANS = {3: "CL, V, Q, VSS", 5: "AOB, ALPHA, BETA", 6: "ALPHA, BETA, K21 (macro constants)"}
 #: Oral models: bioavailability and lag of the depot (compartment 1) -> bayesnlme's F and ALAG.
 DEPOT_EXTRAS = {"F1": "F", "ALAG1": "ALAG"}
 #: Data items that are not covariates: a condition or a factor on them is not a covariate model.
@@ -82,9 +96,27 @@ class ParameterModel:
     scale: float = 1.0
     nonmem: str = ""
     fixed_value: float | None = None
+    log_theta: bool = False       # the typical value is EXP(THETA) (MU_1 = THETA(1), CL = EXP(MU_1 + ETA(1)))
     iiv: str = "none"
     eta: str | None = None
     effects: list = field(default_factory=list)
+
+
+def trans1_expressions(advan: int, volume: str) -> dict:
+    """TRANS1's clearances and volumes: {TRANS2/4 name: sympy expression in the rate constants}.
+
+    ``volume`` is the $PK name of the central volume (``VC`` in :data:`TRANS1`).
+
+    Examples
+    --------
+    >>> trans1_expressions(3, "V")["V2"]
+    K12*V/K21
+    """
+    out = {}
+    for name, text in TRANS1[advan].items():
+        symbols = {n: sympy.Symbol(volume if n == "VC" else n) for n in re.findall(r"[A-Z]\w*", text)}
+        out[name] = sympy.parse_expr(text, local_dict=symbols)
+    return out
 
 
 def indicator_name(column: str, op: str, value) -> str:
@@ -150,7 +182,7 @@ def _without_exp_eta(expr, eta):
 
 def _typical_value(pm: ParameterModel, tv, thetas, columns) -> None:
     const, powers = sympy.Integer(1), []
-    for f in _factors(tv):
+    for f in [g for f in _factors(tv) for g in _log_theta_split(f, thetas)]:
         syms = {str(s) for s in f.free_symbols}
         events = syms & EVENT_ITEMS
         if events:
@@ -164,14 +196,21 @@ def _typical_value(pm: ParameterModel, tv, thetas, columns) -> None:
             const *= f
         elif isinstance(f, sympy.Piecewise):
             pm.effects.append(_categorical(pm.name, f, thetas, columns))
-        elif f.is_Symbol and str(f) in thetas:
+        elif f.is_Symbol and str(f) in thetas or isinstance(f, sympy.exp) and str(f.args[0]) in thetas:
             if pm.theta is not None:
                 raise Untranslatable(f"the typical value of {pm.name} is a product of two THETAs "
                                      f"({pm.theta}, {f})", [f])
+            pm.log_theta = isinstance(f, sympy.exp)   # MU_1 = THETA(1): THETA(1) is log(CL)
+            f = f.args[0] if pm.log_theta else f
             pm.theta = str(f)
         elif f.is_Symbol or (f.is_Pow and f.base.is_Symbol and f.exp.is_number):   # WT, WT**0.75
             base, k = (f, 1) if f.is_Symbol else (f.base, f.exp)
+            if str(base) in thetas:
+                raise Untranslatable(f"{pm.name}: factor {f} is a power of a THETA, not a typical value "
+                                     f"bayesnlme knows", f.free_symbols)
             powers.append((str(base), float(k)))
+        elif f.is_Pow and f.base.is_Symbol and str(f.base) in thetas:   # THETA(7)**SEX
+            pm.effects.append(_theta_power(pm.name, f, columns))
         elif f.is_Pow:
             pm.effects.append(_power(pm.name, f, thetas, columns))
         elif isinstance(f, sympy.exp):
@@ -181,7 +220,10 @@ def _typical_value(pm: ParameterModel, tv, thetas, columns) -> None:
         else:
             raise Untranslatable(f"{pm.name}: factor {f} is not a covariate model bayesnlme knows", f.free_symbols)
     if pm.theta is None:
-        raise Untranslatable(f"the typical value of {pm.name} has no THETA of its own", tv.free_symbols)
+        if pm.effects or powers or const <= 0:
+            raise Untranslatable(f"the typical value of {pm.name} has no THETA of its own", tv.free_symbols)
+        pm.fixed_value = float(const)   # F1 = 1, KA = 1.5: a value written in the code is a fixed one
+        return
     const = float(const)
     if len(powers) > 1 and len({c for c, _ in powers}) < len(powers):
         raise Untranslatable(f"{pm.name}: a covariate appears twice in the typical value", tv.free_symbols)
@@ -195,6 +237,17 @@ def _typical_value(pm: ParameterModel, tv, thetas, columns) -> None:
     if const <= 0:
         raise Untranslatable(f"{pm.name}: constant factor {const:g} is not positive", tv.free_symbols)
     pm.scale = const
+
+
+def _log_theta_split(f, thetas) -> list:
+    """``exp(THETA(1) + 0.75*log(WT/70))`` -> ``[exp(THETA(1)), (WT/70)**0.75]`` (a THETA on the log scale,
+    ``MU_1 = THETA(1) + ...``); any other factor as it is."""
+    if not (isinstance(f, sympy.exp) and f.args[0].is_Add):
+        return [f]
+    own = [a for a in f.args[0].args if a.is_Symbol and str(a) in thetas]
+    if len(own) != 1:
+        return [f]
+    return [sympy.exp(own[0]), *sympy.Mul.make_args(sympy.exp(f.args[0] - own[0]))]
 
 
 def _factors(tv) -> list:
@@ -246,6 +299,18 @@ def _power(name, f, thetas, columns) -> Effect:
         raise Untranslatable(f"{name}: base {f.base} of a power is not COV/reference", f.free_symbols)
     theta, fixed = _coefficient(name, f.exp, thetas, f)
     return Effect(str(cov), "power", _tidy(1.0 / float(ratio)), theta=theta, fixed=fixed)
+
+
+def _theta_power(name, f, columns) -> Effect:
+    """``THETA(n)**SEX`` or ``THETA(n)**(AGE-40)``: ``exp(log(THETA(n)) * (COV - ref))``, an exponential
+    effect whose bayesnlme theta is ``log(THETA(n))`` (for a 0/1 covariate, the log ratio)."""
+    cov = _single_covariate(name, f.exp, columns)
+    arg = sympy.expand(f.exp)
+    ref = -arg.subs(cov, 0)
+    if sympy.simplify(arg - (cov - ref)) != 0 or not ref.is_number:
+        raise Untranslatable(f"{name}: exponent {f.exp} of {f.base} is not {cov} or {cov} minus a number",
+                             f.free_symbols)
+    return Effect(str(cov), "exponential", _tidy(float(ref)), theta=str(f.base), transform="log")
 
 
 def _slope_reference(name, arg, cov, thetas, f, at):

@@ -95,8 +95,15 @@ def _rse_log_sigma(v: Value) -> float:
     return math.sqrt(math.log1p((v.se / abs(v.value)) ** 2)) if v.se else WEAK_LOG_SIGMA
 
 
-def typical_value(v: Value, scale: float, domain: tuple) -> dict:
-    """The ``prior``/``fixed`` entry of a typical value ``scale * THETA`` (natural units)."""
+def typical_value(v: Value, scale: float, domain: tuple, log: bool = False) -> dict:
+    """The ``prior``/``fixed`` entry of a typical value ``scale * THETA`` (natural units).
+
+    ``log``: the typical value is ``scale * exp(THETA)`` (a THETA on the log scale); its bounds and value are
+    exponentiated and its SE becomes the relative SE, so its normal prior is the log-normal one.
+    """
+    if log:
+        v = Value(math.exp(v.value), v.se * math.exp(v.value) if v.se else None, math.exp(v.lower),
+                  math.exp(v.upper), v.fixed)
     x = v.value * scale
     if v.fixed:
         return {"fixed": x}
@@ -128,6 +135,8 @@ def effect(v: Value, kind: str, transform: str) -> dict:
         return {"fixed": mu}
     if v.se:
         sd = v.se * df(v.value)
+    elif transform != "identity":   # a log ratio (THETA(7)**SEX, IF ... TVCL*THETA(7)): SD 1 whatever the form
+        sd = 1.0
     else:
         sd = WEAK_EFFECT_SD.get(kind, 2.0 * abs(v.value) if v.value != 0 else 1.0)
     lo = f(v.lower) if v.lower > floor else -math.inf

@@ -57,6 +57,9 @@ class ImportResult:
         What has no bayesnlme equivalent, by control-stream line, with the reason.
     notes : list of Item
         What was left out because it is not part of the model (guards, outputs, $ESTIMATION ...).
+    dose_scale : float
+        Factor on AMT (and RATE) that makes the spec's prediction (amount / V) the control stream's
+        ``F``: 1000 for ``S2 = V/1000`` (dose mg, DV ng/mL).  :attr:`data` already has it applied.
     """
     spec: ModelSpec
     toml: str
@@ -67,6 +70,17 @@ class ImportResult:
     mapped: list
     untranslated: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    dose_scale: float = 1.0
+
+
+def omega_records(control_stream) -> list:
+    """The ``$OMEGA`` record of each ETA, in ETA order (a ``BLOCK SAME`` repeats the size of the block before)."""
+    out, size = [], 0
+    for rec in control_stream.get_records("OMEGA"):
+        for names, _, _, same in rec.parse():
+            size = size if same else len(names)
+            out += [rec] * size
+    return out
 
 
 def _one_line(text: str) -> str:
