@@ -842,3 +842,8 @@ def test_cli_says_the_doses_carry_the_scale(streams, tmp_path, capsys):
     assert main(["import-nonmem", str(streams / "warf_advan4_s2.mod"), "--out", str(out), "--data-out", str(data)]) == 0
     assert "doses: AMT (and RATE) x 1000" in capsys.readouterr().out
     assert pd.read_csv(data)["AMT"].max() == pytest.approx(1000 * _warf()["AMT"].max())
+    # without --data-out the converted doses are written beside the spec: the spec is wrong without them
+    out2 = tmp_path / "s2b.toml"
+    assert main(["import-nonmem", str(streams / "warf_advan4_s2.mod"), "--out", str(out2)]) == 0
+    assert f"the data written to {tmp_path / 's2b_data.csv'}" in capsys.readouterr().out
+    assert pd.read_csv(tmp_path / "s2b_data.csv")["AMT"].max() == pytest.approx(1000 * _warf()["AMT"].max())

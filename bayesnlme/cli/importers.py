@@ -30,14 +30,17 @@ def run_import_nonmem(args) -> int:
         print(f"NOT TRANSLATED ({len(result.untranslated)}; the spec lacks them, see the top of {out}):")
         for item in result.untranslated:
             print(f"  {item}")
+    data_out = args.data_out
     if result.dose_scale != 1:
+        # the spec is right only with the converted doses: write them even when --data-out was not given
+        data_out = data_out or (out.with_name(out.stem + "_data.csv") if result.data is not None else None)
         print(f"doses: AMT (and RATE) x {result.dose_scale:g} to match the control stream's scale; fit {out} to "
-              f"the data written by --data-out, not to the $DATA file as it is")
-    if args.data_out:
+              f"the data written to {data_out or '--data-out'}, not to the $DATA file as it is")
+    if data_out:
         if result.data is None:
             print("no data written: the $DATA file could not be read (see above)")
         else:
-            write_atomic(args.data_out, lambda tmp: result.data.to_csv(tmp, index=False))
-            print(f"wrote {args.data_out} ({len(result.data)} records, columns {', '.join(result.data.columns)})")
+            write_atomic(data_out, lambda tmp: result.data.to_csv(tmp, index=False))
+            print(f"wrote {data_out} ({len(result.data)} records, columns {', '.join(result.data.columns)})")
     print(f"wrote {out}")
     return 0
