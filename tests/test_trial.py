@@ -1,11 +1,15 @@
 """Replicate trial simulation: decision rules, probability of success, dropout, a larger study does better,
-target attainment, covariates per replicate."""
+target attainment, covariates per replicate, the command line."""
+
+import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from bayesnlme import datasets, load_spec
+from bayesnlme.cli import main
 from bayesnlme.decision import load_rule, rule_from_dict
 from bayesnlme.errors import BayesNLMEInputError
 from bayesnlme.evaluate.simulate import regimen_data
@@ -157,3 +161,65 @@ def test_attainment_rule_on_nuts_replicates(fit, tmp_path):
     res = trial(fit, design, rule=impossible, run_dir=tmp_path / "impossible", **kw)
     assert res.p_success == 0 and (res.replicates[["truth", "estimate", "upper"]] == 0).all().all()
     assert "lower end of the 90% CrI" in (tmp_path / "impossible" / "trial.txt").read_text()
+
+
+@pytest.fixture
+def cli_inputs(fit, tmp_path):
+    fit.save(tmp_path / "fit" / "fit.nc")
+    regimen_data(320, 24, 1, times=TIMES, n_subjects=2).to_csv(tmp_path / "design.csv", index=False)
+    (tmp_path / "wt.toml").write_text((Path(__file__).parents[1] / "model_library" / "pk_1cmt_oral.toml").read_text()
+                                      + '\n[[covariates]]\nparameter = "CL"\ncovariate = "WT"\ntype = "power"\n'
+                                      'reference = 70\n')
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_trial_command_end_to_end(fit, cli_inputs, capsys):
+    """MAP analysis by a model with WT on CL of replicates that draw their own subjects' WT; a PTA rule."""
+    tmp = cli_inputs
+    rc = main(["trial", str(tmp / "fit"), "--design", str(tmp / "design.csv"), "--n", "2", "--analysis", "map",
+               "--draws", "30", "--covariates", "resample", "--analysis-model", str(tmp / "wt.toml"), "--seed", "3",
+               "--rule", "kind=attainment", "target=CTROUGH >1", "dose=320", "ii=24", "level=0.5", "n_subjects=20",
+               "n_draws=20", "--out", str(tmp / "run"), "--scheduler", "serial", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "Probability of success" in out and "Monte Carlo SE" in out and "P(CTROUGH>1) >= 0.5" in out
+    table = pd.read_csv(tmp / "run" / "replicates.csv", index_col=0)
+    assert list(table.index) == ["rep0", "rep1"] and table[["truth", "estimate"]].stack().between(0, 1).all()
+    assert (tmp / "run" / "trial.txt").read_text().splitlines()[0] in out
+    # each replicate was simulated and analysed with its own subjects' WT, drawn from the run seed
+    drawn = replicate_covariates(fit, tmp / "design.csv", "resample", ["rep0", "rep1"], seed=3, names=["WT"])
+    analysed = {k: pd.read_csv(tmp / "run" / "tasks" / k / "data.csv").groupby("ID")["WT"].first().tolist()
+                for k in ("rep0", "rep1")}
+    assert analysed == {k: drawn[k]["WT"].tolist() for k in ("rep0", "rep1")}
+    assert analysed["rep0"] != analysed["rep1"]
+
+
+@pytest.mark.parametrize("fit_dir, args, message", [
+    ("fit", ["--rule", "kind=interval", "parameter=CL", "lower=x"], r"--rule: key 'lower': must be a number"),
+    ("fit", ["--rule", "kind=interval", "CL"], r"--rule: expected KEY=VALUE, got 'CL'"),
+    ("fit", ["--rule", "kind=attainment", "target=CTROUGH >1", "dose=320"], r"--rule: key 'ii': required"),
+    ("fit", ["--rule-file", "RULE"], r"rule\.toml: key 'scale': unknown for a rule of kind attainment"),
+    ("fit", ["--rule", "kind=probability", "parameter=CL", "--covariates", "absent.csv"],
+     r"--covariates: expected 'resample' or a CSV covariate table"),
+    ("nofit", ["--rule", "kind=probability", "parameter=CL"], r"nofit/fit\.nc: no such fit file"),
+], ids=["rule-type", "rule-pair", "rule-required", "rule-file-key", "covariates-file", "fit-dir"])
+def test_trial_command_errors_name_the_flag_or_key(cli_inputs, capsys, fit_dir, args, message):
+    tmp = cli_inputs
+    (tmp / "rule.toml").write_text('kind = "attainment"\ntarget = "CTROUGH >1"\ndose = 320\nii = 24\nscale = "exp"\n')
+    args = [str(tmp / "rule.toml") if a == "RULE" else a for a in args]
+    rc = main(["trial", str(tmp / fit_dir), "--design", str(tmp / "design.csv"), "--out", str(tmp / "run"), *args])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert re.search(message, err), err
+    assert not (tmp / "run").exists()
+
+
+@pytest.mark.parametrize("args", [["--n", "1"], ["--dropout", "1.5"], ["--analysis", "laplace"],
+                                  ["--rule", "kind=interval", "--rule-file", "r.toml"]])
+def test_trial_command_usage_errors_exit_1(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["trial", "fits/x", "--design", "d.csv", "--out", "o", *(args if "--rule" in args else
+                                                                    ["--rule", "kind=interval", *args])])
+    assert exc.value.code == 1
+    flag = next(a for a in args if a.startswith("--"))
+    assert f"argument {flag}" in capsys.readouterr().err
