@@ -18,20 +18,22 @@ intervals for population parameters can be far too wide (measured: a 90% interva
 0.77-1.31 where NUTS gives 0.93-1.08 on the same 24-subject replicates), so it makes the probability
 of success conservative; it also compiles a model per replicate.  Prefer NUTS.
 
-Rules:
+Covariates: by default every replicate has the design's own subjects' covariates.  With
+``covariates="resample"`` (or a covariate table) every replicate draws its own subjects' covariate
+vectors -- from the fitted subjects (or the table's rows), with a seed from the run seed and the
+replicate's key -- is simulated with them on a worker, and is analysed with them; each replicate's data
+set is kept as ``tasks/<replicate>/data.csv`` in the run directory.
 
-``DecisionRule.interval(parameter, ci=0.9, lower=0.8, upper=1.25, scale=...)``
-    success when the equal-tailed ``ci`` credible interval of the parameter, on a scale, lies within
-    ``[lower, upper]``.  Scales: ``"relative"`` (the parameter over its posterior median: the
-    precision criterion of paediatric study design, e.g. 95% CI of CL within 60-140% of the
-    estimate), ``"exp"`` (exp of the parameter: the ratio a categorical or log-scale covariate effect
-    implies, e.g. a drug-interaction ratio within the 0.8-1.25 no-effect boundaries), ``"truth"``
-    (the parameter over the replicate's true value) or ``"natural"``.
-``DecisionRule.probability(parameter, threshold=0, above=True, level=0.95)``
-    success when ``P(parameter > threshold) >= level`` (or ``<``), e.g. a covariate effect detected.
+Rules (:mod:`bayesnlme.decision`): ``DecisionRule.interval`` (a credible interval of a parameter,
+relative to its median, as a ratio ``exp``, relative to the truth or as is, within bounds),
+``DecisionRule.probability`` (``P(parameter > threshold) >= level``) and ``DecisionRule.attainment``
+(the probability of target attainment of a regimen at steady state, computed from the replicate's
+posterior with :func:`bayesnlme.evaluate.regimens.evaluate_regimens` -- new subjects from the
+population of the design -- at least ``level``, by its posterior mean or the lower end of its credible
+interval; the replicate's "truth" is then the PTA at the population parameters it was simulated from).
 
 The result is the probability of success, its Monte Carlo SE ``sqrt(p (1 - p) / n)``, and a table
-per replicate (the truth, the interval, success, and the fit's ESS and divergences).
+per replicate (the truth, the estimate and interval, success, and the fit's ESS and divergences).
 
 Reference: O'Hagan A, Stevens JW, Campbell MJ (2005) Assurance in clinical trial design. Pharm Stat
 4:187.
@@ -48,67 +50,19 @@ import pandas as pd
 
 from bayesnlme.atomic import write_atomic, write_text_atomic
 from bayesnlme.data import read_nonmem
+from bayesnlme.decision import DecisionRule, attainment_draws
 from bayesnlme.errors import BayesNLMEInputError
-from bayesnlme.evaluate.simulate import simulate
-from bayesnlme.inference.fit import fit_model
+from bayesnlme.evaluate.predict import thinned_draws
+from bayesnlme.evaluate.regimens import concentration_dvid
+from bayesnlme.evaluate.simulate import assign_covariates, simulate
+from bayesnlme.inference.fit import FitResult, fit_model
 from bayesnlme.inference.refit import refitter, with_dv
-from bayesnlme.runner import run_tasks
+from bayesnlme.runner import run_tasks, task_seed
 from bayesnlme.spec import ModelSpec
 
-SCALES = ("relative", "exp", "truth", "natural")
+__all__ = ["trial", "TrialResult", "DecisionRule", "replicate_covariates", "trial_replicate"]
+
 ANALYSES = ("nuts", "map")
-
-
-@dataclass(frozen=True)
-class DecisionRule:
-    """What a replicate study must show (see the module docstring)."""
-
-    kind: str
-    parameter: str
-    ci: float = 0.9
-    lower: float = -np.inf
-    upper: float = np.inf
-    scale: str = "natural"
-    threshold: float = 0.0
-    above: bool = True
-    level: float = 0.95
-
-    @classmethod
-    def interval(cls, parameter: str, *, ci: float = 0.9, lower: float = -np.inf, upper: float = np.inf,
-                 scale: str = "relative") -> "DecisionRule":
-        """Success when the ``ci`` credible interval (on ``scale``) lies within ``[lower, upper]``."""
-        if scale not in SCALES:
-            raise BayesNLMEInputError(f"decision rule scale must be one of {', '.join(SCALES)}, got {scale!r}")
-        if not (0 < ci < 1 and lower < upper):
-            raise BayesNLMEInputError(f"decision rule needs 0 < ci < 1 and lower < upper (got ci {ci}, "
-                                      f"{lower}-{upper})")
-        return cls("interval", parameter, ci=ci, lower=lower, upper=upper, scale=scale)
-
-    @classmethod
-    def probability(cls, parameter: str, *, threshold: float = 0.0, above: bool = True,
-                    level: float = 0.95) -> "DecisionRule":
-        """Success when ``P(parameter > threshold) >= level`` (``above=False``: ``<``)."""
-        if not 0 < level < 1:
-            raise BayesNLMEInputError(f"decision rule level must be between 0 and 1, got {level!r}")
-        return cls("probability", parameter, threshold=threshold, above=above, level=level)
-
-    def describe(self) -> str:
-        if self.kind == "probability":
-            return (f"P({self.parameter} {'>' if self.above else '<'} {self.threshold:g}) >= {self.level:g}")
-        of = {"relative": f"{self.parameter} / its posterior median", "exp": f"exp({self.parameter})",
-              "truth": f"{self.parameter} / its true value", "natural": self.parameter}[self.scale]
-        return f"{100 * self.ci:g}% CrI of {of} within {self.lower:g}-{self.upper:g}"
-
-    def evaluate(self, draws: np.ndarray, truth: float) -> dict:
-        """Apply the rule to a replicate's posterior draws of the parameter."""
-        x = np.asarray(draws, float).ravel()
-        if self.kind == "probability":
-            prob = float((x > self.threshold).mean() if self.above else (x < self.threshold).mean())
-            return {"estimate": float(np.median(x)), "probability": prob, "success": bool(prob >= self.level)}
-        y = {"relative": x / np.median(x), "exp": np.exp(x), "truth": x / truth, "natural": x}[self.scale]
-        lo, hi = np.quantile(y, [(1 - self.ci) / 2, (1 + self.ci) / 2])
-        return {"estimate": float(np.median(x)), "lower": float(lo), "upper": float(hi),
-                "success": bool(self.lower <= lo and hi <= self.upper)}
 
 
 def _drop_out(frame: pd.DataFrame, rate: float, rng: np.random.Generator) -> pd.DataFrame:
@@ -120,32 +74,75 @@ def _drop_out(frame: pd.DataFrame, rate: float, rng: np.random.Generator) -> pd.
     return frame[keep].reset_index(drop=True)
 
 
-def trial_replicate(*, key, seed, workdir, spec: dict, design: pd.DataFrame, dv: np.ndarray, truth: dict,
+def _fit_at(spec: ModelSpec, data, draws: dict) -> FitResult:
+    """A FitResult whose posterior is ``draws`` (name -> array, leading dimension = draw) as one chain."""
+    post = az.convert_to_dataset({k: np.asarray(v)[None] for k, v in draws.items()})
+    return FitResult(idata=az.InferenceData(posterior=post), spec=spec, data=data, settings={})
+
+
+def _with_covariates(design: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """The design with each subject's covariates from ``table`` (column ID and one per covariate)."""
+    names = [c for c in table.columns if c != "ID"]
+    return design.drop(columns=names, errors="ignore").join(table.set_index("ID")[names], on="ID")
+
+
+def _simulate_replicate(simulation: dict, design: pd.DataFrame, covariates: pd.DataFrame, index: int, seed: int):
+    """One replicate's subjects (the design with their own covariates) simulated from its posterior draw."""
+    data = read_nonmem(simulation["data"])
+    spec = ModelSpec.from_dict(simulation["spec"]).bind(data)
+    one = _fit_at(spec, data, {k: v[index:index + 1] for k, v in simulation["draws"].items()})
+    sim = simulate(one, _with_covariates(design, covariates), n_draws=1, seed=seed)
+    return sim.data, sim.dv[0]
+
+
+def trial_replicate(*, key, seed, workdir, spec: dict, design: pd.DataFrame, dv: np.ndarray | None, truth: dict,
                     index: int, rule: dict, analysis: str, chains: int, draws: int, tune: int,
-                    dropout_rate: float) -> dict:
-    """Analyse one replicate study (a runner task) and apply the decision rule."""
+                    dropout_rate: float, simulation: dict | None = None, population: pd.DataFrame | None = None,
+                    pta_seed: int = 0, covariates: pd.DataFrame | None = None) -> dict:
+    """Simulate (when its subjects have their own covariates) and analyse one replicate study (a runner task).
+
+    Writes the replicate's data set (``data.csv``, after dropout) into ``workdir``; returns the truth,
+    the rule's outcome, the numbers of subjects and observations and, for NUTS, the ESS of the
+    rule's parameter and the divergences.
+    """
     fit_spec = ModelSpec.from_dict(spec)
     rule = DecisionRule(**rule)
-    nm = read_nonmem(design)
     rng = np.random.default_rng(seed)
-    frame = with_dv(nm, dv[index])
+    s_sim = int(np.random.SeedSequence(seed).generate_state(1)[0])
+    if covariates is None:      # the design's subjects, simulated with the others in the client
+        nm, y = read_nonmem(design), dv[index]
+    else:
+        nm, y = _simulate_replicate(simulation, design, covariates, index, s_sim)
+    frame = with_dv(nm, y)
     if dropout_rate > 0:
         frame = _drop_out(frame, dropout_rate, rng)
-    if analysis == "nuts" and dropout_rate == 0:
-        idata = refitter(fit_spec, nm, chains=chains, draws=draws, tune=tune, cores=1).sample(dv[index], seed)
+    frame.to_csv(Path(workdir) / "data.csv", index=False)
+    if analysis == "nuts" and dropout_rate == 0 and covariates is None:   # one compiled model for every replicate
+        idata = refitter(fit_spec, nm, chains=chains, draws=draws, tune=tune, cores=1).sample(y, seed)
+        fitted = None
     else:
-        idata = fit_model(fit_spec, frame, chains=chains, draws=draws, tune=tune, seed=seed, progress=False,
-                          method="map" if analysis == "map" else "nuts", cores=1).idata
-    post = idata.posterior
-    if rule.parameter not in post:
+        fitted = fit_model(fit_spec, frame, chains=chains, draws=draws, tune=tune, seed=seed, progress=False,
+                           method="map" if analysis == "map" else "nuts", cores=1)
+        idata = fitted.idata
+    if rule.kind == "attainment":
+        if fitted is None:      # the refitted draws with the replicate's data, as a fit
+            data = read_nonmem(frame)
+            fitted = FitResult(idata=idata, spec=fit_spec.bind(data), data=data,
+                               settings={"method": "nuts", "chains": chains, "draws": draws, "tune": tune,
+                                         "seed": seed})
+        values = attainment_draws(fitted, rule, population=population, seed=pta_seed)
+    elif rule.parameter in idata.posterior:
+        values = idata.posterior[rule.parameter].values
+    else:
         raise BayesNLMEInputError(f"decision rule: the analysis model {fit_spec.name} has no parameter "
                                   f"{rule.parameter}")
-    t = truth.get(rule.parameter, [np.nan])[index]
-    out = {"truth": float(t), **rule.evaluate(post[rule.parameter].values, t),
+    t = truth[rule.parameter][index] if rule.parameter in truth else np.nan   # e.g. absent from the fit's model
+    out = {"truth": float(t), **rule.evaluate(values, t),
            "n_subjects": int(frame.loc[frame["EVID"].fillna(0) == 0, "ID"].nunique()),   # with >= 1 level
            "n_observations": int((frame["EVID"].fillna(0) == 0).sum())}
     if analysis == "nuts":
-        out["ess_bulk"] = float(az.ess(idata, var_names=[rule.parameter])[rule.parameter])
+        if rule.kind != "attainment":
+            out["ess_bulk"] = float(az.ess(idata, var_names=[rule.parameter])[rule.parameter])
         out["divergences"] = int(idata.sample_stats["diverging"].values.sum())
     return out
 
@@ -157,9 +154,10 @@ class TrialResult:
     Attributes
     ----------
     replicates : pandas.DataFrame
-        One row per replicate that finished: ``truth``, ``estimate``, ``lower``/``upper`` or
-        ``probability``, ``success``, ``n_subjects``, ``n_observations`` (after dropout) and, for NUTS,
-        ``ess_bulk`` and ``divergences``.
+        One row per replicate that finished: ``truth``, ``estimate``, ``lower``/``upper`` and/or
+        ``probability`` (see :meth:`DecisionRule.evaluate`), ``success``, ``n_subjects``,
+        ``n_observations`` (after dropout) and, for NUTS, ``divergences`` and (not for attainment
+        rules) ``ess_bulk`` of the rule's parameter.
     rule : DecisionRule
     failed : dict
         Replicate -> one-line error.
@@ -189,10 +187,62 @@ class TrialResult:
         return text
 
 
+def replicate_keys(n: int) -> list[str]:
+    """Task keys of ``n`` replicates: ``rep0`` ... (zero-padded to the same width)."""
+    return [f"rep{i:0{len(str(n - 1))}d}" for i in range(n)]
+
+
+def replicate_covariates(result, design, covariates, keys, seed: int, names=None) -> dict:
+    """Each replicate's subjects' covariates, drawn with replacement from a pool for every replicate.
+
+    Parameters
+    ----------
+    result : FitResult
+        Its subjects are the pool for ``covariates="resample"``.
+    design : path, NMData or pandas.DataFrame
+        The proposed study (its subjects' IDs).
+    covariates : "resample" or pandas.DataFrame
+        See :func:`bayesnlme.evaluate.simulate.assign_covariates` (a table without an ID column is the
+        pool; with one, every replicate gets the same covariates).
+    keys : sequence of str
+        Replicate keys (:func:`replicate_keys`).
+    seed : int
+        Run seed: replicate ``key`` draws with the seed :func:`bayesnlme.runner.task_seed` gives
+        ``(seed, "covariates:" + key)``, so its subjects are the same whatever the scheduling.
+    names : sequence of str, optional
+        Covariates to draw (default: those of ``result``'s covariate effects).
+
+    Returns
+    -------
+    dict of str -> pandas.DataFrame
+        Key -> one row per subject of the design: ``ID`` and one column per covariate.
+    """
+    frame = read_nonmem(design).records
+    names = sorted({e.covariate for e in result.spec.covariates} if names is None else set(names))
+    out = {}
+    for k in keys:
+        rng = np.random.default_rng(task_seed(seed, f"covariates:{k}"))
+        assigned = assign_covariates(frame, result, covariates, rng, names=names)
+        out[k] = assigned.groupby("ID", sort=False)[names].first().reset_index()
+    return out
+
+
+def _population(result, frame: pd.DataFrame, covariates, names: list) -> pd.DataFrame | None:
+    """The population the design's subjects come from: the fitted subjects, the covariate pool or the design's own."""
+    if not names:
+        return None
+    if isinstance(covariates, str):
+        return result.data.baseline_covariates(names).reset_index(drop=True)
+    if covariates is not None and "ID" not in pd.DataFrame(covariates).columns:
+        return pd.DataFrame(covariates)[names].reset_index(drop=True)
+    return read_nonmem(frame).baseline_covariates(names).reset_index(drop=True)
+
+
 def trial(result, design, *, n: int = 200, rule: DecisionRule, analysis: str = "nuts",
           analysis_spec: ModelSpec | None = None, dropout: float = 0.0, covariates=None, chains: int = 2,
           draws: int = 500, tune: int = 500, seed: int = 1, run_dir, scheduler=None,
-          n_workers: int | None = None, memory_limit=None, progress: bool = True) -> TrialResult:
+          n_workers: int | None = None, memory_limit=None, retry_failed: bool = False,
+          progress: bool = True) -> TrialResult:
     """Simulate and analyse ``n`` replicates of a proposed study (see the module docstring).
 
     Parameters
@@ -204,6 +254,7 @@ def trial(result, design, *, n: int = 200, rule: DecisionRule, analysis: str = "
     n : int
         Replicate studies (at most the number of posterior draws).
     rule : DecisionRule
+        See :mod:`bayesnlme.decision`.
     analysis : {"nuts", "map"}
         How each replicate is analysed.
     analysis_spec : ModelSpec, optional
@@ -211,18 +262,40 @@ def trial(result, design, *, n: int = 200, rule: DecisionRule, analysis: str = "
     dropout : float
         Probability that a subject drops out before the last sampling time (0 <= dropout < 1).
     covariates : None, "resample" or pandas.DataFrame
-        Covariates of the simulated subjects (:func:`bayesnlme.evaluate.simulate.assign_covariates`).
+        None: the design's own covariates, the same in every replicate.  ``"resample"``: every
+        replicate draws its subjects' covariate vectors with replacement from the fitted subjects;
+        a table without an ID column: from its rows (a covariate distribution); with an ID column:
+        matched by ID, the same in every replicate (:func:`replicate_covariates`).  The covariates
+        of both the fit's model and the analysis model are drawn.
     chains, draws, tune : int
-        NUTS settings of each analysis.
+        NUTS settings of each analysis (``draws`` also for MAP + Laplace).
     seed : int
-        Run seed (simulation, dropout and each analysis).
-    run_dir, scheduler, n_workers, memory_limit, progress
+        Run seed (simulation, covariates, dropout and each analysis).
+    run_dir, scheduler, n_workers, memory_limit, retry_failed, progress
         See :func:`bayesnlme.runner.run_tasks`.
 
     Returns
     -------
     TrialResult
-        Also written to ``run_dir``: ``replicates.csv`` and ``trial.txt``.
+        Also written to ``run_dir``: ``replicates.csv`` and ``trial.txt``; each replicate's data set
+        (after dropout) is ``run_dir/tasks/<replicate>/data.csv``.
+
+    Notes
+    -----
+    Replicates whose subjects draw their own covariates are simulated on the workers, and their
+    analysis compiles a model each (the covariates are part of the compiled model): with NUTS that
+    adds the compilation time (seconds) to every replicate.
+
+    An attainment rule's new subjects come from the population the design samples: the fitted
+    subjects (``covariates="resample"``), the covariate table (without an ID column), or the
+    design's own subjects; the same population for every replicate and for its truth.
+
+    Examples
+    --------
+    >>> rule = DecisionRule.attainment("CTROUGH >10", dose=400, ii=12, level=0.9)      # doctest: +SKIP
+    >>> res = trial(fit, regimen_data(400, 12, 1, times=[1, 2, 4, 8, 12], n_subjects=24),  # doctest: +SKIP
+    ...             n=200, rule=rule, covariates="resample", run_dir="trial_400q12")
+    >>> res.describe()                                                                  # doctest: +SKIP
     """
     if analysis not in ANALYSES:
         raise BayesNLMEInputError(f"analysis must be one of {', '.join(ANALYSES)}, got {analysis!r}")
@@ -230,20 +303,47 @@ def trial(result, design, *, n: int = 200, rule: DecisionRule, analysis: str = "
         raise BayesNLMEInputError(f"dropout must be a probability in [0, 1), got {dropout!r}")
     if not isinstance(n, (int, np.integer)) or n < 2:
         raise BayesNLMEInputError(f"trial simulation needs at least 2 replicates, got n={n!r}")
+    for name, value, low in (("chains", chains, 1), ("draws", draws, 1), ("tune", tune, 0)):
+        if not isinstance(value, (int, np.integer)) or value < low:
+            raise BayesNLMEInputError(f"{name} must be an integer >= {low}, got {value!r}")
+    if not isinstance(rule, DecisionRule):
+        raise BayesNLMEInputError(f"rule must be a DecisionRule, got {type(rule).__name__}")
     spec = analysis_spec or result.spec
-    sim = simulate(result, design, n_draws=n, mode="new_subjects", covariates=covariates, seed=seed)
-    frame = sim.data.records
-    names = result.spec.population_parameter_names()
-    truth = {p: result.posterior_draws(p)[sim.draw].tolist() for p in names}
-    t_last = float(frame.loc[frame["EVID"].fillna(0) == 0, "TIME"].max())
-    rate = -np.log1p(-dropout) / t_last if dropout > 0 else 0.0
-    keys = [f"rep{i:0{len(str(len(sim.draw) - 1))}d}" for i in range(len(sim.draw))]
+    if rule.kind == "attainment":   # before any replicate: both models must predict a concentration
+        concentration_dvid(result.spec)
+        concentration_dvid(spec)
+    frame = read_nonmem(design).records
+    names = sorted({e.covariate for s in (result.spec, spec) for e in s.covariates})
+    idx, population_draws = thinned_draws(result, n)
+    keys = replicate_keys(len(idx))
     tasks = {k: {"index": i} for i, k in enumerate(keys)}
-    shared = {"spec": spec.to_dict(), "design": frame, "dv": sim.dv, "truth": truth,
-              "rule": {k: getattr(rule, k) for k in rule.__dataclass_fields__}, "analysis": analysis,
-              "chains": chains, "draws": draws, "tune": tune, "dropout_rate": rate}
+    by_id = covariates is not None and not isinstance(covariates, str) and "ID" in pd.DataFrame(covariates).columns
+    if by_id and names:     # matched by ID: the same subjects in every replicate
+        frame = assign_covariates(frame, result, covariates, np.random.default_rng(seed), names=names)
+    own = covariates is not None and bool(names) and not by_id
+    if own:
+        per_rep = replicate_covariates(result, frame, covariates, keys, seed, names)
+        for k in keys:
+            tasks[k]["covariates"] = per_rep[k]
+    spec.bind(read_nonmem(_with_covariates(frame, per_rep[keys[0]]) if own else frame))   # the analysis can read it
+    truth = {p: result.posterior_draws(p)[idx].tolist() for p in result.spec.population_parameter_names()}
+    population = _population(result, frame, covariates, names) if rule.kind == "attainment" else None
+    if rule.kind == "attainment":   # the PTA at each replicate's true population parameters
+        truth[rule.parameter] = attainment_draws(_fit_at(result.spec, result.data, population_draws), rule,
+                                                 population=population, seed=seed, n_draws=None).tolist()
+    shared = {"spec": spec.to_dict(), "truth": truth, "rule": rule.to_dict(), "analysis": analysis,
+              "chains": chains, "draws": draws, "tune": tune, "population": population, "pta_seed": seed}
+    if own:     # each replicate simulates its own subjects, on the workers
+        shared.update(design=frame, dv=None, simulation={"spec": result.spec.to_dict(), "data": result.data.records,
+                                                         "draws": population_draws})
+    else:       # every replicate has the design's subjects: one vectorised simulation here
+        sim = simulate(result, frame, n_draws=n, mode="new_subjects", seed=seed)
+        shared.update(design=sim.data.records, dv=sim.dv)
+    t_last = float(frame.loc[frame["EVID"].fillna(0) == 0, "TIME"].max())
+    shared["dropout_rate"] = -np.log1p(-dropout) / t_last if dropout > 0 else 0.0
     run = run_tasks(trial_replicate, tasks, run_dir, seed=seed, shared=shared, scheduler=scheduler,
-                    n_workers=n_workers, memory_limit=memory_limit, progress=progress, label="trial replicates")
+                    n_workers=n_workers, memory_limit=memory_limit, retry_failed=retry_failed, progress=progress,
+                    label="trial replicates")
     table = pd.DataFrame.from_dict(run.results, orient="index")
     table.index.name = "replicate"
     out = TrialResult(replicates=table, rule=rule, failed=run.failed)

@@ -21,7 +21,8 @@ STAGES = [
     ("inference", ("bayesnlme.inference",)),
     ("evaluate", ("bayesnlme.evaluate",)),
     ("vpc", ("bayesnlme.vpc",)),
-    ("workflows", ("bayesnlme.runner", "bayesnlme.sbc", "bayesnlme.covsearch", "bayesnlme.trial")),
+    ("workflows", ("bayesnlme.runner", "bayesnlme.sbc", "bayesnlme.covsearch", "bayesnlme.decision",
+                   "bayesnlme.trial")),
     ("report", ("bayesnlme.report", "bayesnlme.qualify")),
     ("cli", ("bayesnlme.cli",)),
 ]

@@ -1,14 +1,20 @@
-"""Replicate trial simulation: decision rules, probability of success, dropout, a larger study does better."""
+"""Replicate trial simulation: decision rules, probability of success, dropout, a larger study does better,
+target attainment, covariates per replicate, the command line."""
+
+import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from bayesnlme import datasets, load_spec
+from bayesnlme.cli import main
+from bayesnlme.decision import load_rule, rule_from_dict
 from bayesnlme.errors import BayesNLMEInputError
 from bayesnlme.evaluate.simulate import regimen_data
 from bayesnlme.inference.fit import fit_model
-from bayesnlme.trial import DecisionRule, trial
+from bayesnlme.trial import DecisionRule, replicate_covariates, replicate_keys, trial
 
 TIMES = [0.5, 1, 2, 4, 8, 12, 24]
 
@@ -30,6 +36,45 @@ def test_decision_rules():
         "DDI_on_CL", lower=0.8, upper=1.25, scale="exp").describe()
     with pytest.raises(BayesNLMEInputError, match="scale must be one of"):
         DecisionRule.interval("CL", scale="log")
+
+
+def test_attainment_rule_mean_or_lower_bound_and_rule_keys(tmp_path):
+    rule = DecisionRule.attainment("CTROUGH >10", dose=400, ii=12, level=0.9)
+    assert rule.describe() == ("posterior mean probability of target attainment P(CTROUGH>10) >= 0.9 at 400 every "
+                               "12 (steady state)")
+    pta = np.r_[np.full(80, 0.97), np.full(20, 0.7)]     # posterior mean 0.916; 10% of draws at 0.7
+    r = rule.evaluate(pta, 0.95)
+    assert r["success"] and r["estimate"] == pytest.approx(0.916) and r["lower"] == pytest.approx(0.7)
+    assert r["probability"] == pytest.approx(0.8)        # P(PTA >= 0.9)
+    lower = DecisionRule.attainment({"metric": "CTROUGH", "above": 10}, dose=400, ii=12, criterion="lower",
+                                    duration=1)
+    assert not lower.evaluate(pta, 0.95)["success"]     # its 90% CrI reaches down to 0.7
+    assert lower.evaluate(np.full(100, 0.95), 0.95)["success"]
+    assert lower.describe().startswith("lower end of the 90% CrI of the probability of target attainment")
+    assert "400 every 12 infused over 1" in lower.describe()
+    assert DecisionRule(**lower.to_dict()) == lower
+    # the same keys from a TOML file or from --rule
+    path = tmp_path / "rule.toml"
+    path.write_text('kind = "attainment"\ntarget = { metric = "CTROUGH", above = 10 }\ndose = 400\nii = 12\n'
+                    'level = 0.9\n')
+    assert load_rule(path) == rule
+    assert rule_from_dict({"kind": "interval", "parameter": "CL", "lower": 0.8, "upper": 1.25}) == \
+        DecisionRule.interval("CL", lower=0.8, upper=1.25)
+    for keys, message in [({"kind": "power"}, "key 'kind': required: one of interval, probability, attainment"),
+                          ({"kind": "interval"}, "key 'parameter': required"),
+                          ({"kind": "interval", "parameter": "CL", "lower": "x"}, "key 'lower': must be a number"),
+                          ({"kind": "probability", "parameter": "CL", "scale": "exp"}, "key 'scale': unknown"),
+                          ({"kind": "attainment", "target": "CTROUGH >1", "dose": 1, "ii": 1, "n_draws": 2.5},
+                           "key 'n_draws': must be a whole number"),
+                          ({"kind": "attainment", "target": "AUC24 >400", "dose": 1, "ii": 1}, "metric must be one"),
+                          ({"kind": "attainment", "target": "CTROUGH >1", "dose": 1, "ii": 0}, "ii must be > 0"),
+                          ({"kind": "attainment", "target": "CTROUGH >1", "dose": 1, "ii": 1, "criterion": "median"},
+                           "criterion must be one of mean, lower")]:
+        with pytest.raises(BayesNLMEInputError, match=f"^r.toml: .*{message}"):
+            rule_from_dict(keys, "r.toml")
+    path.write_text("kind = ")
+    with pytest.raises(BayesNLMEInputError, match="rule.toml: not valid TOML"):
+        load_rule(path)
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +125,101 @@ def test_trial_input_errors(fit, tmp_path):
     with pytest.raises(BayesNLMEInputError, match="no replicate finished"):
         trial(fit, design, n=2, rule=DecisionRule.interval("Q", lower=0.8, upper=1.25), chains=1, draws=50, tune=50,
               run_dir=tmp_path / "c", scheduler="serial", progress=False)
+
+
+def test_replicate_covariates_differ_between_replicates_and_repeat_with_the_seed(fit):
+    design = regimen_data(320, 24, 1, times=TIMES, n_subjects=4)
+    keys = replicate_keys(20)
+    drawn = replicate_covariates(fit, design, "resample", keys, seed=3, names=["WT"])
+    wt = np.array([drawn[k]["WT"].to_numpy() for k in keys])
+    assert len({tuple(w) for w in wt}) >= 15                       # each replicate has its own subjects
+    assert set(wt.ravel()) <= set(fit.data.baseline_covariates(["WT"])["WT"])
+    again = replicate_covariates(fit, design, "resample", keys, seed=3, names=["WT"])
+    assert all(drawn[k].equals(again[k]) for k in keys)
+    other = replicate_covariates(fit, design, "resample", keys, seed=4, names=["WT"])
+    assert not all(drawn[k].equals(other[k]) for k in keys)
+    pool = pd.DataFrame({"WT": [10.0, 20.0]})                     # a covariate distribution to draw from
+    assert set(np.concatenate([t["WT"] for t in replicate_covariates(fit, design, pool, keys, 3, ["WT"]).values()])) \
+        == {10.0, 20.0}
+    by_id = replicate_covariates(fit, design, pd.DataFrame({"ID": [1, 2, 3, 4], "WT": [50.0, 60, 70, 80]}), keys, 3,
+                                 ["WT"])
+    assert all(by_id[k]["WT"].tolist() == [50, 60, 70, 80] for k in keys)
+
+
+@pytest.mark.slow
+def test_attainment_rule_on_nuts_replicates(fit, tmp_path):
+    # the design and settings of test_trial_input_errors: the compiled model is reused in this process
+    design = regimen_data(320, 24, 1, times=TIMES, n_subjects=2)
+    kw = dict(n=2, chains=1, draws=50, tune=50, scheduler="serial", progress=False)
+    easy = DecisionRule.attainment("CTROUGH >0.01", dose=320, ii=24, level=0.9, n_subjects=30, n_draws=20)
+    res = trial(fit, design, rule=easy, run_dir=tmp_path / "easy", **kw)
+    t = res.replicates
+    assert res.p_success == 1 and (t["truth"] > 0.95).all() and (t["estimate"] > 0.9).all()
+    assert "ess_bulk" not in t and "divergences" in t and (t["lower"] <= t["estimate"]).all()
+    impossible = DecisionRule.attainment("CTROUGH >1000", dose=320, ii=24, criterion="lower", n_subjects=30,
+                                         n_draws=20)
+    res = trial(fit, design, rule=impossible, run_dir=tmp_path / "impossible", **kw)
+    assert res.p_success == 0 and (res.replicates[["truth", "estimate", "upper"]] == 0).all().all()
+    assert "lower end of the 90% CrI" in (tmp_path / "impossible" / "trial.txt").read_text()
+
+
+@pytest.fixture
+def cli_inputs(fit, tmp_path):
+    fit.save(tmp_path / "fit" / "fit.nc")
+    regimen_data(320, 24, 1, times=TIMES, n_subjects=2).to_csv(tmp_path / "design.csv", index=False)
+    (tmp_path / "wt.toml").write_text((Path(__file__).parents[1] / "model_library" / "pk_1cmt_oral.toml").read_text()
+                                      + '\n[[covariates]]\nparameter = "CL"\ncovariate = "WT"\ntype = "power"\n'
+                                      'reference = 70\n')
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_trial_command_end_to_end(fit, cli_inputs, capsys):
+    """MAP analysis by a model with WT on CL of replicates that draw their own subjects' WT; a PTA rule."""
+    tmp = cli_inputs
+    rc = main(["trial", str(tmp / "fit"), "--design", str(tmp / "design.csv"), "--n", "2", "--analysis", "map",
+               "--draws", "30", "--covariates", "resample", "--analysis-model", str(tmp / "wt.toml"), "--seed", "3",
+               "--rule", "kind=attainment", "target=CTROUGH >1", "dose=320", "ii=24", "level=0.5", "n_subjects=20",
+               "n_draws=20", "--out", str(tmp / "run"), "--scheduler", "serial", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "Probability of success" in out and "Monte Carlo SE" in out and "P(CTROUGH>1) >= 0.5" in out
+    table = pd.read_csv(tmp / "run" / "replicates.csv", index_col=0)
+    assert list(table.index) == ["rep0", "rep1"] and table[["truth", "estimate"]].stack().between(0, 1).all()
+    assert (tmp / "run" / "trial.txt").read_text().splitlines()[0] in out
+    # each replicate was simulated and analysed with its own subjects' WT, drawn from the run seed
+    drawn = replicate_covariates(fit, tmp / "design.csv", "resample", ["rep0", "rep1"], seed=3, names=["WT"])
+    analysed = {k: pd.read_csv(tmp / "run" / "tasks" / k / "data.csv").groupby("ID")["WT"].first().tolist()
+                for k in ("rep0", "rep1")}
+    assert analysed == {k: drawn[k]["WT"].tolist() for k in ("rep0", "rep1")}
+    assert analysed["rep0"] != analysed["rep1"]
+
+
+@pytest.mark.parametrize("fit_dir, args, message", [
+    ("fit", ["--rule", "kind=interval", "parameter=CL", "lower=x"], r"--rule: key 'lower': must be a number"),
+    ("fit", ["--rule", "kind=interval", "CL"], r"--rule: expected KEY=VALUE, got 'CL'"),
+    ("fit", ["--rule", "kind=attainment", "target=CTROUGH >1", "dose=320"], r"--rule: key 'ii': required"),
+    ("fit", ["--rule-file", "RULE"], r"rule\.toml: key 'scale': unknown for a rule of kind attainment"),
+    ("fit", ["--rule", "kind=probability", "parameter=CL", "--covariates", "absent.csv"],
+     r"--covariates: expected 'resample' or a CSV covariate table"),
+    ("nofit", ["--rule", "kind=probability", "parameter=CL"], r"nofit/fit\.nc: no such fit file"),
+], ids=["rule-type", "rule-pair", "rule-required", "rule-file-key", "covariates-file", "fit-dir"])
+def test_trial_command_errors_name_the_flag_or_key(cli_inputs, capsys, fit_dir, args, message):
+    tmp = cli_inputs
+    (tmp / "rule.toml").write_text('kind = "attainment"\ntarget = "CTROUGH >1"\ndose = 320\nii = 24\nscale = "exp"\n')
+    args = [str(tmp / "rule.toml") if a == "RULE" else a for a in args]
+    rc = main(["trial", str(tmp / fit_dir), "--design", str(tmp / "design.csv"), "--out", str(tmp / "run"), *args])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert re.search(message, err), err
+    assert not (tmp / "run").exists()
+
+
+@pytest.mark.parametrize("args", [["--n", "1"], ["--dropout", "1.5"], ["--analysis", "laplace"],
+                                  ["--rule", "kind=interval", "--rule-file", "r.toml"]])
+def test_trial_command_usage_errors_exit_1(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["trial", "fits/x", "--design", "d.csv", "--out", "o", *(args if "--rule" in args else
+                                                                    ["--rule", "kind=interval", *args])])
+    assert exc.value.code == 1
+    flag = next(a for a in args if a.startswith("--"))
+    assert f"argument {flag}" in capsys.readouterr().err

@@ -23,7 +23,7 @@ COMMANDS = {"fit": ("fitting", "run_fit"), "diagnose": ("fitting", "run_diagnose
             "compare": ("compare", "run"), "vpc": ("vpc", "run"), "simulate": ("simulate", "run"),
             "prior-check": ("prior_check", "run"), "eda": ("report", "run_eda"), "report": ("report", "run"),
             "sbc": ("sbc", "run"), "covsearch": ("covsearch", "run"), "individualize": ("individualize", "run"),
-            "import-nonmem": ("importers", "run_import_nonmem")}
+            "import-nonmem": ("importers", "run_import_nonmem"), "trial": ("trial", "run")}
 
 
 def _dispatch(args) -> int:
@@ -35,7 +35,7 @@ def _dispatch(args) -> int:
 
 def _output_folder(args) -> Path | None:
     """The folder a command writes into (locked while it runs), or None for commands that write nothing."""
-    if args.command in ("fit", "eda", "prior-check", "sbc", "covsearch"):
+    if args.command in ("fit", "eda", "prior-check", "sbc", "covsearch", "trial"):
         return Path(args.out)
     if args.command in ("diagnose", "vpc"):
         return Path(args.dir)

@@ -31,6 +31,7 @@ EXAMPLES = """examples:
   bayesnlme report fits/1cmt fits/2cmt --out comparison.html
   bayesnlme sbc pk_1cmt_oral --data design.csv --n 200 --out sbc_1cmt    simulation-based calibration on Dask
   bayesnlme covsearch base.toml --data study.csv --candidates "CL~WT:power V~WT:power CL~AGE" --out cov
+  bayesnlme trial fits/theo --design design.csv --n 200 --rule-file rule.toml --out trial_24    probability of success
   bayesnlme import-nonmem run1.mod --out run1.toml --priors estimates    a NONMEM control stream as a spec
 
 exit status: 0 success, 1 bad input (one-line message), 2 internal error (--debug shows the traceback)
@@ -94,6 +95,7 @@ def parser() -> argparse.ArgumentParser:
     _add_eda_report(sub)
     _add_sbc(sub)
     _add_covsearch(sub)
+    _add_trial(sub)
     _add_import_nonmem(sub)
     lib = sub.add_parser("library", help="list model_library entries or show one",
                          description="Without NAME: list the model_library entries with their descriptions. "
@@ -380,6 +382,94 @@ def _add_covsearch(subparsers) -> None:
     p.add_argument("--no-full-model", action="store_true", help="skip the full model with every candidate under "
                    "a regularised horseshoe prior (OUT/full_model.csv)")
     p.add_argument("--chains", type=int, default=4, help="chains per fit (default: %(default)s)")
+    p.add_argument("--draws", type=int, default=500, help="draws per chain (default: %(default)s)")
+    p.add_argument("--tune", type=int, default=500, help="warm-up draws per chain (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=1, help="run seed (default: %(default)s)")
+    _add_runner_options(p)
+
+
+def _replicates(text: str) -> int:
+    """``--n`` of ``bayesnlme trial``: a whole number >= 2."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 2:
+        raise argparse.ArgumentTypeError(f"expected a whole number of replicates >= 2, got {text!r}")
+    return n
+
+
+def _dropout(text: str) -> float:
+    """``--dropout``: a probability in [0, 1)."""
+    try:
+        p = float(text)
+    except ValueError:
+        p = -1.0
+    if not 0 <= p < 1:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}")
+    return p
+
+
+TRIAL_RULES = """rules: the same keys on the command line (--rule KEY=VALUE ..., one pair per word: quote a pair with a
+space) or in a TOML file (--rule-file, read as data):
+  kind=interval      parameter, ci (0.9), lower, upper, scale: relative (default: over its posterior median),
+                     exp, truth or natural; success when the ci CrI lies within [lower, upper]
+  kind=probability   parameter, threshold (0), above (true), level (0.95); success when P(parameter > threshold)
+                     >= level
+  kind=attainment    target ("CTROUGH >10", "AUCTAU 400-600", "CMAX <40"), dose, ii, level (0.9), criterion:
+                     mean (default) or lower, ci (0.9), duration (0), cmt (0), n_subjects (100), n_draws (100);
+                     success when the steady-state probability of target attainment at the regimen, from the
+                     replicate's posterior (new subjects from the design's population), reaches level: its
+                     posterior mean, or with criterion=lower the lower end of its ci CrI
+
+a rule file:
+  kind = "attainment"
+  target = "CTROUGH >10"        # or { metric = "CTROUGH", above = 10 }
+  dose = 400
+  ii = 12
+  level = 0.9
+"""
+
+
+def _add_trial(subparsers) -> None:
+    """Register ``bayesnlme trial``."""
+    p = subparsers.add_parser(
+        "trial", help="replicate trial simulation: probability that a proposed study meets a decision rule",
+        description="Simulate N replicate studies of DESIGN from the fit in FIT_DIR (each from its own posterior "
+        "draw, with new subjects and optional dropout), analyse each by NUTS or MAP + Laplace, apply the decision "
+        "rule to its posterior, and print the probability of success with its Monte Carlo SE. Replicates are "
+        "independent tasks on Dask: OUT/manifest.json and OUT/tasks/<replicate>/ (its data.csv and result.json) "
+        "are written as each finishes (a rerun resumes), then OUT/replicates.csv (per replicate: truth, estimate, "
+        "lower, upper and/or probability, success, subjects and observations after dropout, divergences) and "
+        "OUT/trial.txt.",
+        epilog="examples:\n"
+               "  bayesnlme trial fits/theo --design design.csv --n 200 --out trial_cl \\\n"
+               "      --rule kind=interval parameter=CL ci=0.95 lower=0.6 upper=1.4\n"
+               "  bayesnlme trial fits/vanco --design design.csv --n 200 --covariates resample --out trial_pta \\\n"
+               "      --rule kind=attainment \"target=CTROUGH >10\" dose=1000 ii=12 level=0.9\n"
+               "  bayesnlme trial fits/theo --design design.csv --n 500 --rule-file rule.toml --analysis map \\\n"
+               "      --scheduler tcp://head:8786 --out trial_big\n\n" + TRIAL_RULES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dir", metavar="FIT_DIR", help="fit folder (containing fit.nc): the model the replicates are "
+                   "simulated from")
+    p.add_argument("--design", required=True, help="the proposed study: NONMEM-format CSV with doses, sampling "
+                   "times and covariates of every subject (DV ignored)")
+    p.add_argument("--out", required=True, help="run folder")
+    rule = p.add_mutually_exclusive_group(required=True)
+    rule.add_argument("--rule", nargs="+", metavar="KEY=VALUE", help="the decision rule as keys (see below)")
+    rule.add_argument("--rule-file", metavar="RULE.toml", help="the decision rule as a TOML file of the same keys")
+    p.add_argument("--n", type=_replicates, default=200, help="replicate studies (default: %(default)s)")
+    p.add_argument("--analysis", choices=("nuts", "map"), default="nuts",
+                   help="how each replicate is analysed: nuts, or map (posterior mode + Laplace: faster per fit, "
+                   "wider intervals) (default: %(default)s)")
+    p.add_argument("--analysis-model", help="analyse the replicates with this model (a .toml spec or library "
+                   "entry) instead of the fit's")
+    p.add_argument("--dropout", type=_dropout, default=0.0, help="probability that a subject drops out before the "
+                   "last sampling time (exponential dropout times) (default: %(default)s)")
+    p.add_argument("--covariates", help="'resample': every replicate draws its subjects' covariates from the fitted "
+                   "subjects; or a CSV covariate table to draw rows from (matched by ID if it has an ID column) "
+                   "(default: the design's own covariates in every replicate)")
+    p.add_argument("--chains", type=int, default=2, help="chains per analysis (default: %(default)s)")
     p.add_argument("--draws", type=int, default=500, help="draws per chain (default: %(default)s)")
     p.add_argument("--tune", type=int, default=500, help="warm-up draws per chain (default: %(default)s)")
     p.add_argument("--seed", type=int, default=1, help="run seed (default: %(default)s)")

@@ -11,6 +11,9 @@ dose record) on a dense grid over one dosing interval ``[0, II]``:
 * ``CMAX``, ``CMIN``: maximum and minimum over the grid (infusion end included);
 * ``CTROUGH``: the concentration at the end of the interval (pre-dose).
 
+New subjects' covariate vectors are drawn with replacement from the fitted subjects (within each band)
+or from a given population table.
+
 Metrics are concentrations without residual error.  The probability of target
 attainment of a regimen at one posterior draw is the fraction of its simulated
 subjects meeting the target; the table reports its posterior mean and a
@@ -25,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bayesnlme.errors import BayesNLMEInputError, SpecError
+from bayesnlme.errors import BayesNLMEInputError, DataError, SpecError
 from bayesnlme.evaluate.simulate import iter_simulations, regimen_data
 from bayesnlme.structural import LIBRARY
 
@@ -74,13 +77,26 @@ def linear_closed_form(spec) -> bool:
     return not getattr(s, "per_subject", False) and any(n in LIBRARY and s is LIBRARY[n] for n in _LINEAR)
 
 
-def _band_pools(result, bands: dict | None):
-    """Covariate pools per band: (label, table of fitted subjects' baseline covariates)."""
+def _covariate_table(result, names: list, population: pd.DataFrame | None) -> pd.DataFrame:
+    """Baseline covariates (columns ``names``) of the fitted subjects, or the rows of ``population``."""
+    if population is None:
+        return result.data.baseline_covariates(names).reset_index(drop=True)
+    missing = [n for n in names if n not in population.columns]
+    if missing:
+        raise DataError(f"population table lacks covariate {missing[0]} (the model or the bands need it)",
+                        source="<population table>", column=missing[0])
+    if population.empty:
+        raise DataError("population table has no rows", source="<population table>")
+    return population[names].reset_index(drop=True)
+
+
+def _band_pools(result, bands: dict | None, population: pd.DataFrame | None = None):
+    """Covariate pools per band: (label, table of baseline covariates: the fitted subjects' or ``population``)."""
     names = sorted({eff.covariate for eff in result.spec.covariates})
     if bands is None:
-        return [("all", result.data.baseline_covariates(names).reset_index(drop=True) if names else None)]
+        return [("all", _covariate_table(result, names, population) if names else None)]
     cov, edges = bands["covariate"], bands["edges"]
-    table = result.data.baseline_covariates(sorted(set(names) | {cov})).reset_index(drop=True)
+    table = _covariate_table(result, sorted(set(names) | {cov}), population)
     pools = []
     for lo, hi in zip(edges[:-1], edges[1:]):
         pool = table[(table[cov] >= lo) & (table[cov] < hi)]
@@ -114,7 +130,8 @@ def evaluate_regimens(result, doses, intervals, *, duration: float = 0.0, cmt: i
                       n_subjects: int = 200, n_draws: int = 200, targets=(), bands: dict | None = None,
                       credible_interval: float = 90, grid_points: int = 49, seed: int = 0,
                       subject_chunk: int = 500, exact: bool | None = None,
-                      n_doses: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                      n_doses: int | None = None,
+                      population: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Steady-state exposure and target attainment for a grid of regimens.
 
     Parameters
@@ -147,6 +164,10 @@ def evaluate_regimens(result, doses, intervals, *, duration: float = 0.0, cmt: i
         Instead of steady-state (``SS=1``) records, give ``n_doses`` doses
         (``ADDL``) and evaluate the last interval; the default for ODE models
         (which do not take SS records) is 20 doses.
+    population : pandas.DataFrame, optional
+        The population the new subjects come from: their covariate vectors are drawn with
+        replacement from its rows (one row per person, a column per covariate the model and
+        ``bands`` use; e.g. a proposed study's subjects); default: the fitted subjects.
 
     Returns
     -------
@@ -161,7 +182,7 @@ def evaluate_regimens(result, doses, intervals, *, duration: float = 0.0, cmt: i
     """
     rng = np.random.default_rng(seed)
     dvid = concentration_dvid(result.spec)
-    pools = _band_pools(result, bands)
+    pools = _band_pools(result, bands, population)
     if n_doses is None and getattr(result.spec.structural, "per_subject", False):
         n_doses = _ODE_DOSES
     frames, keys = [], []

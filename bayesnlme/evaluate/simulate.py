@@ -20,6 +20,7 @@ and, for large designs, in chunks of subjects so memory stays bounded.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +34,8 @@ from bayesnlme.evaluate.predict import (MODES, new_subject_draws, posterior_memb
                                         simulation_outputs, thinned_draws)
 
 _STANDARD = ("ID", "TIME", "DV", "AMT", "EVID", "MDV", "CMT", "RATE", "DUR", "II", "ADDL", "SS")
+_DESIGNS: OrderedDict = OrderedDict()
+DESIGN_CACHE_SIZE = 4
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,8 @@ def regimen_data(dose: float, ii: float, n_doses: int = 1, *, dur: float = 0.0, 
     return frame[["ID"] + [c for c in frame.columns if c != "ID"]]
 
 
-def assign_covariates(frame: pd.DataFrame, result, covariates, rng: np.random.Generator) -> pd.DataFrame:
+def assign_covariates(frame: pd.DataFrame, result, covariates, rng: np.random.Generator,
+                      names=None) -> pd.DataFrame:
     """Give every subject of a design its covariate vector.
 
     Parameters
@@ -173,8 +177,10 @@ def assign_covariates(frame: pd.DataFrame, result, covariates, rng: np.random.Ge
         with replacement; a table: rows matched by ``ID`` if it has an ID
         column, otherwise drawn with replacement (a user covariate
         distribution).
+    names : sequence of str, optional
+        The covariates to assign (default: those of ``result``'s covariate effects).
     """
-    names = sorted({eff.covariate for eff in result.spec.covariates})
+    names = sorted({eff.covariate for eff in result.spec.covariates} if names is None else set(names))
     if covariates is None or not names:
         return frame
     ids = pd.unique(frame["ID"])
@@ -246,6 +252,28 @@ def _placeholder_dv(nm: NMData) -> pd.DataFrame:
     return frame
 
 
+def design_model(spec, design: NMData):
+    """The model of ``spec`` built on a simulation design, kept for the process's next use of the same pair.
+
+    Compiling the prediction function of a design is most of a small simulation's time (seconds for
+    a fraction of a second of evaluation), and the same design is simulated again and again when
+    regimens are evaluated for many posteriors (the probability-of-target-attainment rule of
+    :mod:`bayesnlme.decision`, for each replicate study): the last ``DESIGN_CACHE_SIZE`` built models
+    are kept with their compiled functions, keyed by the spec (its dict and structural model) and
+    the design's records.
+    """
+    key = (repr(spec.to_dict()), design.sha256)
+    hit = _DESIGNS.get(key)
+    if hit is not None and hit[0] is spec.structural:
+        _DESIGNS.move_to_end(key)
+        return hit[1]
+    built = build_model(spec, design, check_residual=False)
+    _DESIGNS[key] = (spec.structural, built)
+    while len(_DESIGNS) > DESIGN_CACHE_SIZE:
+        _DESIGNS.popitem(last=False)
+    return built
+
+
 def _subject_chunks(frame: pd.DataFrame, size: int):
     ids = pd.unique(frame["ID"])
     for start in range(0, len(ids), size):
@@ -294,7 +322,7 @@ def iter_simulations(result, data=None, *, n_draws: int | None = 200, mode: str 
         if data is None and len(part) == len(frame) and covariates is None:
             built = result.built    # the fitted design: reuse its compiled graph
         else:
-            built = build_model(result.spec, design, check_residual=False)
+            built = design_model(result.spec, design)
         shapes = built.initial_point
         chunk = (new_subject_draws(result.spec, draws, rng, shapes) if mode == "new_subjects"
                  else _individual_draws(result, draws, design, shapes, rng))
