@@ -180,12 +180,13 @@ def with_relations(spec: ModelSpec, relations: list[Candidate], baseline: pd.Dat
 
 
 def fit_candidate(*, key, seed, workdir, spec: dict, data: pd.DataFrame, chains: int, draws: int, tune: int,
-                  n_is: int, etas: bool = False) -> dict:
-    """Fit one candidate model (a runner task): fit.nc, subject-level ELPD, summary, optionally ETAs."""
+                  n_is: int, etas: bool = False, loo: bool = True) -> dict:
+    """Fit one candidate model (a runner task): fit.nc, summary, effects' tail probabilities and, when
+    asked, the subject-level ELPD (``loo``: the stepwise comparisons need it, the full model does not)
+    and the ETAs (``etas``: the base model's, for the screen)."""
     result = fit_model(ModelSpec.from_dict(spec), data, chains=chains, draws=draws, tune=tune, seed=seed,
                        progress=False, cores=1)
     result.save(workdir / "fit.nc")
-    loo = integrated_subject_loo(result, n_is=n_is, seed=seed)
     p_effect = {}
     for eff in result.spec.covariates:
         for n in eff.estimated_names():   # two-sided posterior tail probability of "no effect or opposite sign"
@@ -193,9 +194,11 @@ def fit_candidate(*, key, seed, workdir, spec: dict, data: pd.DataFrame, chains:
             p = float(2 * min((x > 0).mean(), (x < 0).mean()))
             key = f"{eff.covariate}_on_{eff.parameter}"
             p_effect[key] = min(p_effect.get(key, 1.0), p)
-    out = {"elpd_i": loo["elpd"].to_dict(), "pareto_k": loo["pareto_k"].to_dict(), "p_effect": p_effect,
-           "summary": result.summary()[["q5", "q50", "q95", "r_hat", "ess_bulk"]].to_dict(orient="index"),
-           "problems": result.problems}
+    out = {"p_effect": p_effect, "problems": result.problems,
+           "summary": result.summary()[["q5", "q50", "q95", "r_hat", "ess_bulk"]].to_dict(orient="index")}
+    if loo:
+        elpd = integrated_subject_loo(result, n_is=n_is, seed=seed)
+        out.update(elpd_i=elpd["elpd"].to_dict(), pareto_k=elpd["pareto_k"].to_dict())
     if etas:
         out["etas"] = eta_table(result).reset_index().to_dict(orient="list")
     return out
@@ -371,8 +374,8 @@ def covsearch(spec: ModelSpec, data, candidates, *, run_dir, screen_p: float | N
     settings = {"chains": chains, "draws": draws, "tune": tune, "n_is": n_is}
     rows, notes = [], []
     with cluster(scheduler, n_workers, memory_limit) as sched:
-        def fit_step(label: str, models: dict, etas: bool = False) -> dict:
-            tasks = {k: {"spec": m.to_dict(), "etas": etas} for k, m in models.items()}
+        def fit_step(label: str, models: dict, options: dict | None = None) -> dict:
+            tasks = {k: {"spec": m.to_dict(), **(options or {}).get(k, {})} for k, m in models.items()}
             run = run_tasks(fit_candidate, tasks, run_dir / label, seed=seed, scheduler=sched, progress=progress,
                             retry_failed=retry_failed,
                             shared={"data": frame, **settings}, label=f"covsearch {label}")
@@ -384,7 +387,7 @@ def covsearch(spec: ModelSpec, data, candidates, *, run_dir, screen_p: float | N
             d["covariate_shrinkage"] = {"type": "horseshoe"}
             d["name"] = f"{spec.name}+horseshoe"
             first["full_horseshoe"] = ModelSpec.from_dict(d)
-        step0 = fit_step("step00_base", first, etas=True)
+        step0 = fit_step("step00_base", first, {"base": {"etas": True}, "full_horseshoe": {"loo": False}})
         base = step0["base"]
         if full_model:
             full = _full_model_table(step0["full_horseshoe"], cands)
