@@ -49,7 +49,7 @@ import pymc as pm  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from bayesnlme.atomic import write_atomic, write_text_atomic  # noqa: E402
-from bayesnlme.build import build_model  # noqa: E402
+from bayesnlme.build.cache import cached_build  # noqa: E402
 from bayesnlme.data import read_nonmem  # noqa: E402
 from bayesnlme.errors import BayesNLMEInputError  # noqa: E402
 from bayesnlme.evaluate.outcomes import record_lloq  # noqa: E402
@@ -101,9 +101,6 @@ def censor(design, dv: np.ndarray, lloq: np.ndarray) -> tuple[pd.DataFrame, int]
     return out, int(below.sum())
 
 
-_PRIOR_MODELS: dict = {}
-
-
 @contextlib.contextmanager
 def _quiet(logger: str):
     """Silence a logger's INFO lines (PyMC announces every prior predictive draw)."""
@@ -126,12 +123,7 @@ def prior_draw(spec: ModelSpec, design, seed: int) -> tuple[dict, np.ndarray]:
     dv : numpy.ndarray, shape (n_obs,)
         Simulated DV of the design's observation records (record order).
     """
-    nm = read_nonmem(design)
-    key = (repr(spec.to_dict()), nm.sha256)
-    if key not in _PRIOR_MODELS:   # one graph per process: PyMC reuses its compiled sampler
-        _PRIOR_MODELS.clear()
-        _PRIOR_MODELS[key] = build_model(spec, nm, check_residual=False)
-    built = _PRIOR_MODELS[key]
+    built = cached_build(spec, design, check_residual=False)   # one graph per process and design
     names = built.spec.population_parameter_names()   # the bound spec: categorical levels are known there
     with built.model, _quiet("pymc"):
         prior = pm.sample_prior_predictive(draws=1, random_seed=seed, var_names=names + ["DV"])

@@ -81,7 +81,8 @@ def design_key(spec: ModelSpec, data) -> tuple:
     frame = data.records.copy()
     frame.loc[data.frame["_OBS"].to_numpy(bool), "DV"] = 0.0
     rows = pd.util.hash_pandas_object(frame, index=False).to_numpy()   # one hash per row, in record order
-    return (repr(spec.to_dict()), hashlib.sha256(rows.tobytes()).hexdigest(), tuple(frame.columns))
+    digest = hashlib.sha256(rows.tobytes()).hexdigest()
+    return repr(spec.to_dict()), id(spec.structural), digest, tuple(frame.columns)
 
 
 def patient_model(spec: ModelSpec, data, *, check_residual: bool = True):

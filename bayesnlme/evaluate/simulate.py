@@ -20,13 +20,12 @@ and, for large designs, in chunks of subjects so memory stays bounded.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from bayesnlme.build import build_model
+from bayesnlme.build.cache import cached_build
 from bayesnlme.data import NMData, read_nonmem
 from bayesnlme.errors import BayesNLMEInputError, DataError
 from bayesnlme.evaluate.outcomes import observation_draw, record_lloq
@@ -34,8 +33,6 @@ from bayesnlme.evaluate.predict import (MODES, new_subject_draws, posterior_memb
                                         simulation_outputs, thinned_draws)
 
 _STANDARD = ("ID", "TIME", "DV", "AMT", "EVID", "MDV", "CMT", "RATE", "DUR", "II", "ADDL", "SS")
-_DESIGNS: OrderedDict = OrderedDict()
-DESIGN_CACHE_SIZE = 4
 
 
 @dataclass(frozen=True)
@@ -258,20 +255,10 @@ def design_model(spec, design: NMData):
     Compiling the prediction function of a design is most of a small simulation's time (seconds for
     a fraction of a second of evaluation), and the same design is simulated again and again when
     regimens are evaluated for many posteriors (the probability-of-target-attainment rule of
-    :mod:`bayesnlme.decision`, for each replicate study): the last ``DESIGN_CACHE_SIZE`` built models
-    are kept with their compiled functions, keyed by the spec (its dict and structural model) and
-    the design's records.
+    :mod:`bayesnlme.decision`, for each replicate study): the built model, with the functions compiled
+    on it, comes from the process's cache (:func:`bayesnlme.build.cache.cached_build`).
     """
-    key = (repr(spec.to_dict()), design.sha256)
-    hit = _DESIGNS.get(key)
-    if hit is not None and hit[0] is spec.structural:
-        _DESIGNS.move_to_end(key)
-        return hit[1]
-    built = build_model(spec, design, check_residual=False)
-    _DESIGNS[key] = (spec.structural, built)
-    while len(_DESIGNS) > DESIGN_CACHE_SIZE:
-        _DESIGNS.popitem(last=False)
-    return built
+    return cached_build(spec, design, check_residual=False)
 
 
 def _subject_chunks(frame: pd.DataFrame, size: int):

@@ -92,13 +92,17 @@ def with_dv(design: NMData, dv) -> pd.DataFrame:
 def refitter(spec, design, *, chains: int = 2, draws: int = 500, tune: int = 500, cores: int = 1) -> Refitter:
     """The process's :class:`Refitter` for this spec, design and settings (compiled on first use).
 
-    Keeps the last few (``CACHE_SIZE``); the key is the spec, the design's records and the settings.
+    Keeps the last few (``CACHE_SIZE``); the key is the spec (with its structural model's identity),
+    the design's records and the settings.  (The compiled nutpie model is kept here, beside the
+    process's cache of built models, :mod:`bayesnlme.build.cache`, because it is built with DV as
+    data and is specific to the sampler settings.)
     """
     design = read_nonmem(design)
-    key = (repr(spec.to_dict()), design.sha256, chains, draws, tune, cores)
-    if key in _CACHE:
+    key = (repr(spec.to_dict()), id(spec.structural), design.sha256, chains, draws, tune, cores)
+    hit = _CACHE.get(key)
+    if hit is not None and hit.spec.structural is spec.structural:   # a custom structural function is the model too
         _CACHE.move_to_end(key)
-        return _CACHE[key]
+        return hit
     out = Refitter(spec, design, chains=chains, draws=draws, tune=tune, cores=cores)
     _CACHE[key] = out
     while len(_CACHE) > CACHE_SIZE:
