@@ -19,8 +19,9 @@ CASE_STUDIES = Path(__file__).resolve().parents[1] / "case_studies"
 NOTEBOOKS = sorted(CASE_STUDIES.glob("*.ipynb"))
 SETTINGS = {"BAYESNLME_DRAWS": "300", "BAYESNLME_TUNE": "300", "BAYESNLME_CHAINS": "2"}
 # the joint ODE PK/PD fits of the warfarin study cost ~5 min at the settings above, a fifth of the suite;
-# its asserts (estimates within 1.5x of Monolix's, the lag model ahead by > 2 SE of LOO) hold at fewer draws
-LIGHTER = {"warfarin_pkpd": {**SETTINGS, "BAYESNLME_DRAWS": "150", "BAYESNLME_TUNE": "200"},
+# its asserts hold at fewer draws with a wide margin (measured at 100 after 150: estimates within 0.85-1.02x
+# of Monolix's where 1.5x is allowed, the lag model ahead by 80.8 with SE 16.5 where 2 SE is required)
+LIGHTER = {"warfarin_pkpd": {**SETTINGS, "BAYESNLME_DRAWS": "100", "BAYESNLME_TUNE": "150"},
            # many fits: in this test process's own CPU share, not a second local cluster beside pytest-xdist
            "phenobarbital_covsearch": {**SETTINGS, "BAYESNLME_DRAWS": "200", "BAYESNLME_TUNE": "200",
                                        "BAYESNLME_SCHEDULER": "serial"}}
