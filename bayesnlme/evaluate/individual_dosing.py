@@ -18,6 +18,13 @@ a new design, with the compiled-model cache of :mod:`bayesnlme.evaluate.individu
 Targets (:func:`parse_target`) are written ``METRIC LO-HI`` (``CTROUGH 10-20``), ``METRIC <HI``
 (``CMAX <40``) or ``METRIC >LO`` (``AUC24 >400``), bounds in DV units (x h for AUC); several targets
 must all hold.  The covariates of the steady-state design are the patient's values at their last record.
+
+Occasions (inter-occasion variability).  A profile's times take the ``OCC`` of the patient's last record
+before them; a proposed regimen and a dose table's steady state are a new occasion (``OCC`` one above the
+patient's largest).  An occasion without a measured level takes a KAPPA drawn from N(0, OMEGA_IOV^2) per
+posterior sample (``future_occasion="new"``) or the last measured occasion's (``"last"``), see
+:func:`bayesnlme.evaluate.individual_model.design_draws`; with KAPPA on CL or F the dose table's AUC is
+integrated over the interval, not Dose / CL (the subject's CL without KAPPA).
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from bayesnlme.errors import BayesNLMEInputError
-from bayesnlme.evaluate.individual_model import patient_model, with_z
+from bayesnlme.evaluate.individual_model import design_draws, patient_model
 from bayesnlme.evaluate.predict import evaluate_draws, residual_draw
 from bayesnlme.evaluate.regimens import METRICS, attains, exposure_metrics, linear_closed_form, target_label
 from bayesnlme.evaluate.simulate import regimen_data
@@ -125,6 +132,8 @@ def _profile_frame(data, regimen: dict | None, times) -> tuple[pd.DataFrame, flo
                                       f"start after the patient's last record, got {regimen}")
         row = {"TIME": start, "DV": 0.0, "AMT": amt, "EVID": 1, "MDV": 1, "CMT": int(regimen.get("cmt", last["cmt"])),
                "II": ii if n > 1 else 0.0, "ADDL": n - 1, "SS": 0, "DUR": dur}
+        if "OCC" in frame.columns:    # a proposed regimen is a new occasion (carried forward to its grid)
+            row["OCC"] = next_occasion(frame)
         if "RATE" in frame.columns:
             row.update(RATE=amt / dur if dur > 0 else 0.0, DUR=0.0)
         extra.append(row)
@@ -152,7 +161,14 @@ def _profile_frame(data, regimen: dict | None, times) -> tuple[pd.DataFrame, flo
     return combined, start
 
 
-def predict_profile(post, regimen: dict | None = None, *, times=None, seed: int = 0) -> pd.DataFrame:
+def next_occasion(frame: pd.DataFrame):
+    """An ``OCC`` label after the patient's: the largest plus one (numeric labels), else ``"next"``."""
+    occ = pd.to_numeric(frame["OCC"], errors="coerce")
+    return float(occ.max()) + 1 if occ.notna().any() and occ.notna().sum() == frame["OCC"].notna().sum() else "next"
+
+
+def predict_profile(post, regimen: dict | None = None, *, times=None, future_occasion: str = "new",
+                    seed: int = 0) -> pd.DataFrame:
     """The patient's concentration profile under the individual posterior.
 
     Parameters
@@ -164,8 +180,14 @@ def predict_profile(post, regimen: dict | None = None, *, times=None, seed: int 
         (default when the next dose is due: the last dose time plus its II).
     times : array-like, optional
         Prediction times; default 241 points over the history (and regimen) plus dose and infusion-end times.
+    future_occasion : {"new", "last"}
+        With inter-occasion variability: the KAPPA of an occasion without a measured level -- the proposed
+        regimen (a new ``OCC``), or an occasion of the patient's records with doses only; times take the
+        ``OCC`` of the last record before them.  ``"new"``: drawn from N(0, OMEGA_IOV^2) for each posterior
+        sample (the band widens by the IOV; IPRED_MAP uses KAPPA = 0); ``"last"``: the KAPPA of the last
+        occasion with a level.
     seed : int
-        Seed of the residual-error draws of the predictive band.
+        Seed of the residual-error draws of the predictive band (and of new occasions' KAPPAs).
 
     Returns
     -------
@@ -179,11 +201,13 @@ def predict_profile(post, regimen: dict | None = None, *, times=None, seed: int 
     cols = [c for c in frame.columns if not c.startswith("_")]
     built, _ = patient_model(post.spec, frame[cols], check_residual=False)
     design = built.data
-    ipred, sd = _evaluate(post, built, ("ipred", "residual_sd"))
+    ipred, sd = _evaluate(post, built, ("ipred", "residual_sd"), future_occasion, seed)
     rng = np.random.default_rng(seed)
     dv = residual_draw(post.spec, ipred, sd, rng)
-    at_map = evaluate_draws(built, with_z(built, {k: np.asarray(v)[None] for k, v in post.map.theta.items()},
-                                          post.map.z[None]), ("ipred",))["ipred"][0]
+    theta_map = {k: np.asarray(v)[None] for k, v in post.map.theta.items()}
+    at_map = evaluate_draws(built, design_draws(built, post.patient, theta_map, post.map.z[None],
+                                                future="last" if future_occasion == "last" else "mode"),
+                            ("ipred",))["ipred"][0]
     measured = frame.loc[(frame["EVID"] == 0) & (frame["MDV"] == 0), "_MEASURED"].to_numpy()
     if len(measured) != design.n_obs:   # the design's observations are these rows, in this order
         raise AssertionError("profile design and its measured levels are out of step")
@@ -194,8 +218,8 @@ def predict_profile(post, regimen: dict | None = None, *, times=None, seed: int 
                          "DV_q5": q(dv, 0.05), "DV_q95": q(dv, 0.95), "IPRED_MAP": at_map, "DV_OBS": measured})
 
 
-def _evaluate(post, built, outputs):
-    out = evaluate_draws(built, post.draws_for(built, built.data.n_subjects), tuple(outputs))
+def _evaluate(post, built, outputs, future: str, seed: int):
+    out = evaluate_draws(built, post.draws_for(built, future=future, seed=seed + 1), tuple(outputs))
     return [out[o] for o in outputs]
 
 
@@ -246,7 +270,8 @@ def _covariates(data) -> dict:
 
 
 def dose_table(post, targets, doses=None, intervals=None, *, duration: float | None = None,
-               cmt: int | None = None, grid_points: int = 49) -> pd.DataFrame:
+               cmt: int | None = None, grid_points: int = 49, future_occasion: str = "new",
+               seed: int = 0) -> pd.DataFrame:
     """Probability that the patient's steady-state exposure meets the targets, per candidate dose and interval.
 
     Parameters
@@ -264,6 +289,12 @@ def dose_table(post, targets, doses=None, intervals=None, *, duration: float | N
         Dose compartment; default the last dose's.
     grid_points : int
         Grid points over the interval for CMAX, CMIN and trapezoidal AUC.
+    future_occasion : {"new", "last"}
+        With inter-occasion variability the steady state is a new occasion: its KAPPA is drawn from
+        N(0, OMEGA_IOV^2) for each posterior sample (``"new"``; the same draw for every candidate) or is
+        the patient's last occasion's with a level (``"last"``); see :func:`predict_profile`.
+    seed : int
+        Seed of the new occasion's KAPPA draws.
 
     Returns
     -------
@@ -300,11 +331,16 @@ def dose_table(post, targets, doses=None, intervals=None, *, duration: float | N
         f = regimen_data(dose, ii, n_doses or 1, dur=duration, cmt=cmt, times=times, steady_state=n_doses is None,
                          covariates=_covariates(post.patient))
         frames.append(f.assign(ID=k + 1))
-    built, _ = patient_model(post.spec, pd.concat(frames, ignore_index=True), check_residual=False)
-    exact = n_doses is None and linear_closed_form(post.spec) and "CL" in post.spec.parameters
+    design = pd.concat(frames, ignore_index=True)
+    if "OCC" in post.patient.frame.columns:
+        design["OCC"] = next_occasion(post.patient.frame)
+    built, _ = patient_model(post.spec, design, check_residual=False)
+    iov = {p for p, par in post.spec.parameters.items() if par.omega_iov is not None}
+    # AUC = F dose / CL exactly, with the subject's CL: not when KAPPA changes CL or F at the new occasion
+    exact = n_doses is None and linear_closed_form(post.spec) and "CL" in post.spec.parameters and not {"CL", "F"} & iov
     outputs = ("ipred",) + (("individual.CL",) + (("individual.F",) if "F" in post.spec.parameters else ())
                             if exact else ())
-    res = dict(zip(outputs, _evaluate(post, built, outputs)))
+    res = dict(zip(outputs, _evaluate(post, built, outputs, future_occasion, seed)))
     auc = res.get("individual.F", 1.0) * np.asarray([d for d, _ in cands])[None, :] / res["individual.CL"] \
         if exact else None
     metrics = exposure_metrics(built.data, res["ipred"], auc)

@@ -11,6 +11,16 @@ MAP-Bayes (:func:`map_estimate`): the ETAs minimising ``-log p(y | eta, theta) -
 fixed population values (the population posterior median), by BFGS on the compiled gradient, in the
 standardised random effects ``z`` (ETA = L z, L the Cholesky factor of OMEGA; the map is linear, so the
 mode in ``z`` is the mode in ETA) -- the estimate of mapbayr and of NONMEM's ``MAXEVAL=0 POSTHOC``.
+
+Inter-occasion variability.  ``z`` also holds the standardised KAPPAs of each occasion with a measured
+level (the layout of :class:`bayesnlme.evaluate.importance.RandomEffects`: ETAs, then ``kappa_z`` per
+occasion in order of appearance), so the posterior and the MAP cover them with the ETAs.  A patient file
+without an ``OCC`` column is one occasion (as NONMEM would read it: one KAPPA for all records).  Any other
+occasion of a prediction design -- a dose-only occasion, a proposed regimen, the steady state of a dose
+table -- has no level to inform it (:func:`design_draws`): ``future="new"`` (default) draws its
+standardised KAPPA from N(0, 1) for every posterior sample, so predictions carry the population's IOV
+(the prediction of mapbayr and of NONMEM for a new occasion); ``future="last"`` keeps the KAPPA of the
+patient's last occasion with a level (the patient stays as they were when last measured).
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -26,13 +36,15 @@ import pymc as pm
 import pytensor
 from scipy import optimize
 
-from bayesnlme.build import build_model
+from bayesnlme.build import build_model, occasions
 from bayesnlme.data import read_nonmem
 from bayesnlme.errors import BayesNLMEInputError, DataError
 from bayesnlme.evaluate.importance import random_effects, z_to_draws
 from bayesnlme.evaluate.predict import compiled_function, evaluate_draws, thinned_draws
 from bayesnlme.spec import ModelSpec
 
+#: What a design's occasion without a measured level takes: a KAPPA drawn from the population, or the last one.
+FUTURE_OCCASIONS = ("new", "last")
 _CACHE: OrderedDict = OrderedDict()
 #: Patient designs (and prior draws) kept compiled in the process.
 CACHE_SIZE = 16
@@ -48,7 +60,8 @@ def read_patient(patient, spec: ModelSpec):
     patient : path, pandas.DataFrame or NMData
         Records of one ID: doses (``AMT``, ``RATE``/``DUR``, ``II``, ``ADDL``, ``SS``), covariates the
         spec uses, and measured levels (``EVID=0``, ``MDV=0``; none is allowed: the posterior is then the
-        prior).
+        prior).  With inter-occasion variability, ``OCC`` numbers the occasions (absent: every record is
+        occasion 1).
 
     Returns
     -------
@@ -69,9 +82,8 @@ def read_patient(patient, spec: ModelSpec):
     if spec.observations:
         raise BayesNLMEInputError(f"individualisation predicts one concentration with one [residual] model; "
                                   f"{spec.name} has [[observations]] (DVID types)")
-    if any(par.omega_iov is not None for par in spec.parameters.values()):
-        raise BayesNLMEInputError(f"individualisation with inter-occasion variability (omega_iov in {spec.name}) "
-                                  f"is not supported yet: future occasions' KAPPAs are unknown")
+    if any(par.omega_iov is not None for par in spec.parameters.values()) and "OCC" not in data.frame.columns:
+        data = read_nonmem(data.records.assign(OCC=1), name=data.source)   # no OCC: one occasion
     spec.bind(data)   # a covariate column the model needs and the patient lacks: one line naming it
     return data
 
@@ -169,6 +181,62 @@ def with_z(built, theta: dict, z: np.ndarray) -> dict:
     return {k: np.asarray(v) for k, v in draws.items()}
 
 
+def occasion_labels(data) -> tuple[np.ndarray, list[str]]:
+    """Each observation's occasion index and each occasion's ``OCC`` label (without the ID) of one design."""
+    if data.n_obs == 0:
+        return np.zeros(0, int), []
+    index, labels = occasions(data)
+    first = np.unique(index, return_index=True)[1]
+    ids = [str(data.ids[s]) for s in data.obs_subject[first]]
+    return index, [label[len(i) + 1:] for i, label in zip(ids, labels)]
+
+
+def design_draws(built, patient, theta: dict, z: np.ndarray, *, future: str = "new", seed: int = 0) -> dict:
+    """Free-variable draws of a model of the patient's spec on a design whose every subject is the patient.
+
+    Parameters
+    ----------
+    built : BuiltModel
+        The design's model (:func:`patient_model`).
+    patient : NMData
+        The patient's records (the occasions ``z`` holds KAPPAs of: those with a measured level).
+    theta : dict
+        Population values, leading dimension K.
+    z : numpy.ndarray, shape (K, d)
+        The patient's standardised random effects (ETAs, then KAPPAs per occasion with a level).
+    future : {"new", "last", "mode"}
+        What a design occasion whose ``OCC`` label has no measured level takes: a standardised KAPPA drawn
+        from N(0, 1) per sample (one draw per label, shared by the design's subjects: a dose table's
+        candidates are compared at the same occasion), the KAPPA of the patient's last occasion with a
+        level (``"new"`` when there is none), or 0 (``"mode"``: a prediction at the MAP estimate).
+    seed : int
+        Seed of the new occasions' draws.
+    """
+    if future not in FUTURE_OCCASIONS + ("mode",):
+        raise BayesNLMEInputError(f"future_occasion must be 'new' or 'last', got {future!r}")
+    info = random_effects(built)
+    n_sub, k = built.data.n_subjects, len(z)
+    eta = np.repeat(z[:, None, :info.n_eta], n_sub, axis=1)
+    if not info.n_iov:
+        return {key: np.asarray(v) for key, v in z_to_draws(built, eta, theta).items()}
+    own_index, own_labels = occasion_labels(patient)
+    own = {label: slot for slot, label in enumerate(own_labels)}
+    last = int(own_index[-1]) if len(own_index) else None
+    rng, fresh = np.random.default_rng(seed), {}
+    slots = np.zeros((k, n_sub, info.n_slots, info.n_iov))
+    for j, label in enumerate(occasion_labels(built.data)[1]):
+        slot = own.get(label, last if future == "last" else None)
+        if slot is None:
+            if label not in fresh:
+                fresh[label] = np.zeros((k, info.n_iov)) if future == "mode" else rng.standard_normal((k, info.n_iov))
+            kz = fresh[label]
+        else:
+            kz = z[:, info.n_eta + slot * info.n_iov:info.n_eta + (slot + 1) * info.n_iov]
+        slots[:, info.occ_subject[j], info.occ_slot[j]] = kz
+    full = np.concatenate([eta, slots.reshape(k, n_sub, -1)], axis=2)
+    return {key: np.asarray(v) for key, v in z_to_draws(built, full, theta).items()}
+
+
 def loglik_at(built, loglik, theta: dict, z: np.ndarray, *, gradient: bool = False, chunk: int = 4000):
     """The patient's log-likelihood ``log p(y | theta, z)`` at K parameter sets.
 
@@ -194,6 +262,9 @@ def loglik_at(built, loglik, theta: dict, z: np.ndarray, *, gradient: bool = Fal
             for j, p in enumerate(info.centred):
                 omega = np.asarray(draws.get(f"omega_{p}", built.spec.parameters[p].omega_fixed), float)
                 g.append((np.asarray(res[1 + info.names.index(f"eta_{p}")])[:, 0] * omega)[:, None])
+            if info.n_iov:   # d/d kappa_z (K, n_occ, n_iov) into the patient's occasion slots
+                g.append(np.asarray(res[1 + info.names.index("kappa_z")])[:, np.argsort(info.occ_slot)]
+                         .reshape(len(res[0]), -1))
             grads.append(np.concatenate(g, axis=1) if g else np.zeros((len(res[0]), 0)))
     ll = np.concatenate(out)
     ll = np.where(np.isnan(ll), -np.inf, ll)
@@ -222,6 +293,9 @@ class MapEstimate:
     covariance : numpy.ndarray, shape (d, d)
         Laplace covariance of ``z`` (inverse Hessian of the objective).
     converged : bool
+    kappa : dict of str -> float
+        With inter-occasion variability, KAPPA per ``<P>_OCC<occasion>`` (occasions with a level);
+        ``parameters`` are then the subject's values without KAPPA.
     """
     theta: dict
     z: np.ndarray
@@ -230,10 +304,12 @@ class MapEstimate:
     objective: float
     covariance: np.ndarray
     converged: bool
+    kappa: dict = field(default_factory=dict)
 
 
 def map_estimate(built, loglik, theta_median: dict) -> MapEstimate:
-    """MAP-Bayes ETAs at ``theta_median`` (BFGS on the compiled gradient; Laplace covariance by differences).
+    """MAP-Bayes ETAs (and KAPPAs of the occasions with a level) at ``theta_median`` (BFGS on the compiled
+    gradient; Laplace covariance by differences).
 
     Parameters
     ----------
@@ -269,11 +345,24 @@ def map_estimate(built, loglik, theta_median: dict) -> MapEstimate:
     out = evaluate_draws(built, draws, tuple(f"individual.{p}" for p in built.spec.parameters))
     params = {p: float(out[f"individual.{p}"][0, 0]) for p in built.spec.parameters}
     eta = dict(zip(built.spec.eta_parameters, np.ravel(patient_eta(built, draws)[0])))
+    kappa = {name: float(v[0]) for name, v in patient_kappa(built, draws).items()}
     return MapEstimate(theta=dict(theta_median), z=z, eta=eta, parameters=params, objective=float(res.fun),
-                       covariance=cov, converged=bool(res.success or np.linalg.norm(res.jac) < 1e-5))
+                       covariance=cov, converged=bool(res.success or np.linalg.norm(res.jac) < 1e-5), kappa=kappa)
 
 
 def patient_eta(built, draws: dict) -> np.ndarray:
     """ETA (K, n_eta) of the patient at stacked draws."""
     names, fn = compiled_function(built, "individualize.eta", lambda: [built.model["ETA"]])
     return np.asarray(fn(*[draws[n] for n in names])[0])[:, 0, :]
+
+
+def patient_kappa(built, draws: dict) -> dict:
+    """KAPPA (K,) of the patient per ``<P>_OCC<occasion>`` at stacked draws; empty without IOV."""
+    info = random_effects(built)
+    if not info.n_iov:
+        return {}
+    names, fn = compiled_function(built, "individualize.kappa", lambda: [built.model["KAPPA"]])
+    kappa = np.asarray(fn(*[draws[n] for n in names])[0])       # (K, n_occ, n_iov)
+    iov = [p for p, par in built.spec.parameters.items() if par.omega_iov is not None]
+    return {f"{p}_OCC{label}": kappa[:, j, i] for j, label in enumerate(occasion_labels(built.data)[1])
+            for i, p in enumerate(iov)}

@@ -30,6 +30,15 @@ MAP-Bayes (:func:`map_estimate`): the ETAs minimising ``-log p(y | eta, theta) -
 at the population posterior median (the median of the population draws), by BFGS with the compiled
 gradient -- the estimate of mapbayr and of NONMEM's ``$ESTIMATION MAXEVAL=0 POSTHOC``.
 
+Inter-occasion variability (``omega_iov``, occasions from the patient's ``OCC`` column; none: one
+occasion).  The random effects ``z`` are the ETAs and the KAPPAs of the occasions with a measured level,
+so both the SIR posterior and the MAP cover them jointly (the layout of the marginal likelihood's
+importance sampling, :class:`bayesnlme.evaluate.importance.RandomEffects`).  Predictions at an occasion
+without a level (the next occasion, a proposed regimen, a dose table's steady state) draw its KAPPA from
+N(0, OMEGA_IOV^2) for every posterior sample (``future_occasion="new"``, the default: bands widen by the
+IOV), or keep the KAPPA of the last occasion with a level (``"last"``); see
+:func:`bayesnlme.evaluate.individual_model.design_draws`.
+
 Cost.  The first call in a process compiles the model's functions: ~15-25 s on a cold PyTensor cache, ~4 s
 on a warm one (the log-likelihood and its gradient, the MAP, and for a spec the prior draws; a profile and
 a dose table compile their own designs, ~1 s each).  Compiled models are kept in a module-level cache keyed
@@ -51,9 +60,9 @@ from arviz import psislw
 from scipy.special import gammaln, logsumexp
 
 from bayesnlme.errors import BayesNLMEInputError
-from bayesnlme.evaluate.importance import random_effects, z_to_draws
-from bayesnlme.evaluate.individual_model import (MapEstimate, loglik_at, map_estimate, patient_eta, patient_model,
-                                                 population_draws, read_patient)
+from bayesnlme.evaluate.importance import random_effects
+from bayesnlme.evaluate.individual_model import (MapEstimate, design_draws, loglik_at, map_estimate, patient_eta,
+                                                 patient_kappa, patient_model, population_draws, read_patient)
 from bayesnlme.evaluate.predict import evaluate_draws
 from bayesnlme.spec import ModelSpec
 
@@ -117,9 +126,11 @@ class IndividualPosterior:
     theta : dict of str -> numpy.ndarray
         Population values behind each sample, leading dimension ``n_samples``.
     z : numpy.ndarray, shape (n_samples, d)
-        Standardised random effects (ETA = L z).
+        Standardised random effects (ETA = L z), then with IOV the standardised KAPPAs of each occasion
+        with a measured level.
     parameters : pandas.DataFrame
-        Individual parameters per sample (natural units, e.g. CL in L/h) and ``ETA_<P>``.
+        Individual parameters per sample (natural units, e.g. CL in L/h; with IOV the subject's values
+        without KAPPA), ``ETA_<P>`` and with IOV ``KAPPA_<P>_OCC<occasion>``.
     map : MapEstimate
     quality : dict
         ``n_draws``, ``n_proposals``, ``ess`` (Kish ESS of the normalised weights), ``ess_population``
@@ -142,10 +153,10 @@ class IndividualPosterior:
     def n_samples(self) -> int:
         return len(self.z)
 
-    def draws_for(self, built, n_subjects: int = 1) -> dict:
-        """Free-variable draws for a model of this spec on another design (every subject is this patient)."""
-        z = np.repeat(self.z[:, None, :], n_subjects, axis=1)
-        return {k: np.asarray(v) for k, v in z_to_draws(built, z, self.theta).items()}
+    def draws_for(self, built, *, future: str = "new", seed: int = 0) -> dict:
+        """Free-variable draws for a model of this spec on another design (every subject is this patient);
+        ``future``: the KAPPA of an occasion without a level (:func:`~.individual_model.design_draws`)."""
+        return design_draws(built, self.patient, self.theta, self.z, future=future, seed=seed)
 
     def summary(self, ci: float = 90) -> pd.DataFrame:
         """Per individual parameter and ETA: posterior median, ``ci``% credible interval and MAP.
@@ -159,9 +170,10 @@ class IndividualPosterior:
         rows = []
         for col in self.parameters.columns:
             x = self.parameters[col].to_numpy()
-            is_eta = col.startswith("ETA_")
-            unit = "" if is_eta else (self.spec.parameters[col].unit or "")
-            mapv = self.map.eta.get(col[4:], np.nan) if is_eta else self.map.parameters[col]
+            is_eta, is_kappa = col.startswith("ETA_"), col.startswith("KAPPA_")
+            unit = "" if is_eta or is_kappa else (self.spec.parameters[col].unit or "")
+            mapv = (self.map.eta.get(col[4:], np.nan) if is_eta else self.map.kappa.get(col[6:], np.nan) if is_kappa
+                    else self.map.parameters[col])
             rows.append({"parameter": col, "unit": unit, "median": float(np.median(x)),
                          "q_lo": float(np.quantile(x, lo)), "q_hi": float(np.quantile(x, hi)), "map": mapv})
         return pd.DataFrame(rows)
@@ -263,6 +275,8 @@ def _parameter_table(built, post: IndividualPosterior) -> pd.DataFrame:
     eta = patient_eta(built, draws)
     for i, p in enumerate(built.spec.eta_parameters):
         table[f"ETA_{p}"] = eta[:, i]
+    for name, kappa in patient_kappa(built, draws).items():
+        table[f"KAPPA_{name}"] = kappa
     return table
 
 
