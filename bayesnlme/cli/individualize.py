@@ -34,10 +34,11 @@ def run(args) -> int:
     source = load_source(args.source)
     post = individualize(source, args.patient, n_draws=args.draws, n_proposals=args.proposals,
                          population=args.population, seed=args.seed)
-    table = dose_table(post, targets, args.doses, args.intervals, duration=args.duration)
+    table = dose_table(post, targets, args.doses, args.intervals, duration=args.duration,
+                       future_occasion=args.future_occasion, seed=args.seed)
     best = recommend(table)
     profile = predict_profile(post, {"dose": best["DOSE"], "ii": best["II"], "duration": best["DURATION"]},
-                              seed=args.seed)
+                              future_occasion=args.future_occasion, seed=args.seed)
     out = individualize_out(args)
     out.mkdir(parents=True, exist_ok=True)
     params = post.summary().rename(columns={"q_lo": "q5", "q_hi": "q95"})

@@ -217,6 +217,11 @@ def _add_individualize(subparsers) -> None:
     p.add_argument("--population", choices=["update", "fixed"], default="update",
                    help="update: the patient's levels also weigh the population draws (as a refit with the patient); "
                    "fixed: they do not (default: %(default)s)")
+    p.add_argument("--future-occasion", choices=["new", "last"], default="new",
+                   help="with inter-occasion variability (occasions from the patient's OCC column; none: one "
+                   "occasion): the KAPPA of the proposed regimen and of the dose table's steady state, a new "
+                   "occasion. new: drawn from the population's IOV for each posterior sample (bands widen by the "
+                   "IOV); last: the KAPPA of the patient's last occasion with a level (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
 
 
