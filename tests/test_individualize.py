@@ -11,6 +11,7 @@ from scipy import optimize, stats
 
 from bayesnlme.build import build_model
 from bayesnlme.cli import main
+from bayesnlme.cli.parsers import parser
 from bayesnlme.data import read_nonmem
 from bayesnlme.errors import BayesNLMEInputError
 from bayesnlme.evaluate.individual_dosing import (dose_table, parse_target, parse_targets, predict_profile,
@@ -384,3 +385,9 @@ def test_iov_patient_without_occ_is_one_occasion(iov_case):
     assert "\n" not in str(exc.value)
     with pytest.raises(BayesNLMEInputError, match="future_occasion"):
         predict_profile(post, REGIMEN, times=[T_NEXT], future_occasion="next")
+
+
+def test_cli_future_occasion_flag():
+    base = ["individualize", "model.toml", "--patient", "p.csv", "--target", "CTROUGH 10-20"]
+    assert parser().parse_args(base).future_occasion == "new"
+    assert parser().parse_args(base + ["--future-occasion", "last"]).future_occasion == "last"
