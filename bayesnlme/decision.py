@@ -52,6 +52,9 @@ from bayesnlme.errors import BayesNLMEInputError
 from bayesnlme.evaluate.individual_dosing import parse_target
 from bayesnlme.evaluate.regimens import METRICS, attains, evaluate_regimens, target_label
 
+#: Metrics an attainment rule's target may use: the regimen evaluation's, and the daily AUC.
+ATTAINMENT_METRICS = METRICS + ("AUC24",)
+
 SCALES = ("relative", "exp", "truth", "natural")
 CRITERIA = ("mean", "lower")
 KINDS = ("interval", "probability", "attainment")
@@ -120,8 +123,9 @@ class DecisionRule:
         Parameters
         ----------
         target : str or dict
-            ``"CTROUGH >10"``, ``"AUCTAU 400-600"``, ``"CMAX <40"`` or ``{"metric": "CTROUGH", "above":
-            10}``; metric one of ``AUCTAU`` (DV units x time), ``CMAX``, ``CMIN``, ``CTROUGH`` (DV units).
+            ``"CTROUGH >10"``, ``"AUC24 400-600"``, ``"CMAX <40"`` or ``{"metric": "CTROUGH", "above":
+            10}``; metric one of ``AUCTAU`` (DV units x time), ``AUC24`` (``AUCTAU * 24 / ii``: the daily
+            AUC, time in hours -- the vancomycin target), ``CMAX``, ``CMIN``, ``CTROUGH`` (DV units).
         dose : float
             Amount per dose (AMT units, e.g. mg).
         ii : float
@@ -234,8 +238,8 @@ def _target(target) -> dict:
     else:
         raise BayesNLMEInputError(f"decision rule target must be text such as 'CTROUGH >10' or a table "
                                   f"{{metric, above, below}}, got {target!r}")
-    if t.get("metric") not in METRICS:
-        raise BayesNLMEInputError(f"decision rule target metric must be one of {', '.join(METRICS)} "
+    if t.get("metric") not in ATTAINMENT_METRICS:
+        raise BayesNLMEInputError(f"decision rule target metric must be one of {', '.join(ATTAINMENT_METRICS)} "
                                   f"(steady state over one interval), got {t.get('metric')!r}")
     return t
 
@@ -265,7 +269,10 @@ def attainment_draws(result, rule: DecisionRule, *, population: pd.DataFrame | N
     _, metrics = evaluate_regimens(result, [rule.dose], [rule.ii], duration=rule.duration, cmt=rule.cmt,
                                    n_subjects=rule.n_subjects, n_draws=rule.n_draws if n_draws == -1 else n_draws,
                                    seed=seed, population=population)
-    ok = attains(metrics[rule.target["metric"]].to_numpy(), rule.target)
+    metric = rule.target["metric"]
+    values = (metrics["AUCTAU"].to_numpy() * 24.0 / rule.ii if metric == "AUC24"   # daily AUC, time in hours
+              else metrics[metric].to_numpy())
+    ok = attains(values, rule.target)
     return pd.Series(ok).groupby(metrics["DRAW"].to_numpy()).mean().to_numpy()
 
 

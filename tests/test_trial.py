@@ -66,7 +66,8 @@ def test_attainment_rule_mean_or_lower_bound_and_rule_keys(tmp_path):
                           ({"kind": "probability", "parameter": "CL", "scale": "exp"}, "key 'scale': unknown"),
                           ({"kind": "attainment", "target": "CTROUGH >1", "dose": 1, "ii": 1, "n_draws": 2.5},
                            "key 'n_draws': must be a whole number"),
-                          ({"kind": "attainment", "target": "AUC24 >400", "dose": 1, "ii": 1}, "metric must be one"),
+                          ({"kind": "attainment", "target": {"metric": "AUCINF", "above": 1}, "dose": 1, "ii": 1},
+                           "metric must be one"),
                           ({"kind": "attainment", "target": "CTROUGH >1", "dose": 1, "ii": 0}, "ii must be > 0"),
                           ({"kind": "attainment", "target": "CTROUGH >1", "dose": 1, "ii": 1, "criterion": "median"},
                            "criterion must be one of mean, lower")]:
@@ -161,6 +162,19 @@ def test_attainment_rule_on_nuts_replicates(fit, tmp_path):
     res = trial(fit, design, rule=impossible, run_dir=tmp_path / "impossible", **kw)
     assert res.p_success == 0 and (res.replicates[["truth", "estimate", "upper"]] == 0).all().all()
     assert "lower end of the 90% CrI" in (tmp_path / "impossible" / "trial.txt").read_text()
+
+
+def test_auc24_target_is_the_daily_auc(fit):
+    from bayesnlme.decision import attainment_draws
+
+    # every 12 h the daily AUC is twice AUCTAU: the same subjects and draws meet AUC24 > 2x iff AUCTAU > x
+    # (x near the median AUCTAU, 320 mg / CL ~ 115 mg*h/L)
+    kw = dict(dose=320, ii=12, n_subjects=30, n_draws=20)
+    daily = attainment_draws(fit, DecisionRule.attainment("AUC24 >230", **kw), seed=4)
+    per_dose = attainment_draws(fit, DecisionRule.attainment("AUCTAU >115", **kw), seed=4)
+    np.testing.assert_array_equal(daily, per_dose)
+    assert 0 < daily.mean() < 1          # a target between the subjects' values: the comparison is not vacuous
+    assert "P(AUC24>230)" in DecisionRule.attainment("AUC24 >230", **kw).describe()
 
 
 @pytest.fixture

@@ -421,7 +421,7 @@ space) or in a TOML file (--rule-file, read as data):
                      exp, truth or natural; success when the ci CrI lies within [lower, upper]
   kind=probability   parameter, threshold (0), above (true), level (0.95); success when P(parameter > threshold)
                      >= level
-  kind=attainment    target ("CTROUGH >10", "AUCTAU 400-600", "CMAX <40"), dose, ii, level (0.9), criterion:
+  kind=attainment    target ("CTROUGH >10", "AUC24 400-600", "CMAX <40"), dose, ii, level (0.9), criterion:
                      mean (default) or lower, ci (0.9), duration (0), cmt (0), n_subjects (100), n_draws (100);
                      success when the steady-state probability of target attainment at the regimen, from the
                      replicate's posterior (new subjects from the design's population), reaches level: its
