@@ -201,7 +201,8 @@ def individual_parameters(spec: ModelSpec, data: NMData, init: dict,
     observation with the parameters in force at that observation (for all
     earlier doses).  That is exact while parameters are constant over the time
     a dose's drug is in the body (occasions separated by wash-out, slowly
-    changing covariates) and an approximation otherwise.
+    changing covariates) and an approximation otherwise.  ODE models make the parameters
+    piecewise constant in time instead, which is exact (:mod:`bayesnlme.structural.ode`).
     """
     cov_sub, cov_obs = covariate_log_factors(spec, data, init)
     eta = _random_effects(spec, data.n_subjects, init)
@@ -408,22 +409,43 @@ def _observation_models_needed(spec: ModelSpec, data: NMData) -> bool:
     return bool(spec.observations) or (data.obs_cens is not None and bool((data.obs_cens != 0).any()))
 
 
-def _within_subject(st, obs_log: dict) -> dict:
-    """Keyword arguments passing within-subject parameter changes to a per-subject structural function."""
+def _within_subject(spec: ModelSpec, data: NMData, obs_log: dict) -> dict:
+    """Keyword arguments passing within-subject parameter changes to a per-subject structural function.
+
+    ODE models (``piecewise``) also get the key of the data behind the changes (occasion,
+    time-varying covariates), from which they make their parameters piecewise constant.
+    """
+    st = spec.structural
     if not obs_log:
         return {}
-    if not st.per_record:   # an ODE solution has one parameter set per subject
-        raise SpecError(f"structural model {st.name} is an ODE model: its parameters are constant within a "
-                        f"subject, so time-varying covariates and inter-occasion variability (omega_iov) "
-                        f"cannot enter it")
-    return {"obs_log": obs_log}
+    if not st.per_record:
+        raise SpecError(f"structural model {st.name} takes one parameter set per subject, so time-varying "
+                        f"covariates and inter-occasion variability (omega_iov) cannot enter it")
+    if not st.piecewise:
+        return {"obs_log": obs_log}
+    return {"obs_log": obs_log, "obs_key": within_subject_key(spec, data)}
+
+
+def within_subject_key(spec: ModelSpec, data: NMData) -> np.ndarray:
+    """Codes (n_obs,) equal for two observations of a subject whose within-subject parameter
+    multipliers are equal: same occasion (with IOV) and same time-varying covariate values."""
+    parts = []
+    if any(par.omega_iov is not None for par in spec.parameters.values()):
+        parts.append(pd.Series(occasions(data)[0]))
+    tv = sorted({eff.covariate for eff in spec.covariates if eff.time_varying})
+    if tv:
+        frame = data.observation_covariates(tv)
+        parts += [frame[c].reset_index(drop=True) for c in tv]
+    if not parts:
+        return np.arange(data.n_obs)
+    return pd.MultiIndex.from_arrays(parts).factorize()[0] if len(parts) > 1 else pd.factorize(parts[0])[0]
 
 
 def _outputs(spec: ModelSpec, data: NMData, doses: DoseEvents, params: dict, obs_log: dict) -> dict:
     """Every structural output at the records, ``{name: tensor (n_obs,)}`` (contract 1)."""
     st = spec.structural
     if st.per_subject:
-        out = st.function(params, data, st, **_within_subject(st, obs_log))
+        out = st.function(params, data, st, **_within_subject(spec, data, obs_log))
     else:
         out = st.function(at_observations(params, obs_log, data), doses)
     return out if isinstance(out, dict) else {st.outputs[0]: out}
@@ -433,7 +455,7 @@ def _build_observations(model, spec, data, doses, init, individual, typical, obs
     """The observed ``DV`` as the sum of per-record log-densities of each record's observation model."""
     st = spec.structural
     outs = _outputs(spec, data, doses, individual, obs_ind)
-    at_times = ((lambda tq: st.function(individual, data, st, times=tq, **_within_subject(st, obs_ind)))
+    at_times = ((lambda tq: st.function(individual, data, st, times=tq, **_within_subject(spec, data, obs_ind)))
                 if time_varying(st) else None)
     ll, ipred, sd, excluded, families = pointwise_loglik(spec, data, outs, init, at_times)
     pred_outs = _outputs(spec, data, doses, typical, obs_typ)
@@ -455,6 +477,6 @@ def _predict(spec: ModelSpec, data: NMData, doses: DoseEvents, params: dict, obs
     st = spec.structural
     if not st.per_subject:
         return st.function(at_observations(params, obs_log, data), doses)
-    out = st.function(params, data, st, **_within_subject(st, obs_log))
+    out = st.function(params, data, st, **_within_subject(spec, data, obs_log))
     # contract 1: a dict of outputs; until observation types (DVID) pick one per record, the first
     return out[st.outputs[0]] if isinstance(out, dict) else out

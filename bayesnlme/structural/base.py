@@ -39,7 +39,11 @@ class StructuralModel:
     per_record : bool
         True (PD models): a ``per_subject`` function that also accepts ``obs_log``, the log
         multipliers of parameters at each record, so parameters may change within a subject
-        (time-varying covariates, IOV). ODE models have one parameter set per subject.
+        (time-varying covariates, IOV).
+    piecewise : bool
+        True (ODE models): ``per_record``, with parameters piecewise constant in time; the
+        function also takes ``obs_key``, codes of the data behind the changes (occasion,
+        time-varying covariates), and a subject's parameters change where it changes.
     per_subject : bool
         True (ODE models): ``function(params_by_subject, data, model)`` with
         parameters of shape (n_subjects,), returning values at the data's
@@ -56,6 +60,7 @@ class StructuralModel:
     outputs: tuple[str, ...] = ("CP",)
     per_subject: bool = False
     per_record: bool = False
+    piecewise: bool = False
 
     @property
     def all_parameters(self) -> tuple[str, ...]:
@@ -97,7 +102,7 @@ class StructuralModel:
         fn = partial(ode_function, system=system, outputs=dict(outputs), rtol=rtol, atol=atol)
         return cls(name=name, parameters=tuple(parameters), function=fn, optional=optional,
                    depot_cmt=depot_cmt, central_cmt=central_cmt, outputs=tuple(outputs),
-                   per_subject=True, description=description or "ODE model")
+                   per_subject=True, per_record=True, piecewise=True, description=description or "ODE model")
 
     @classmethod
     def custom(cls, function: Callable, parameters, *, name: str | None = None,

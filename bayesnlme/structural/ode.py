@@ -73,10 +73,10 @@ from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from pytensor.link.numba.dispatch import numba_funcify
 
-from bayesnlme.errors import DataError
 from bayesnlme.structural.ode_kernel import make_kernel
+from bayesnlme.structural.ode_schedule import schedule, segments
 
-__all__ = ["ODESystem", "ODESolveOp", "solve_states"]
+__all__ = ["ODESystem", "ODESolveOp", "schedule", "segments", "solve_states"]
 
 # Dormand-Prince 5(4) tableau (Hairer, Norsett & Wanner, Table 5.2)
 
@@ -292,9 +292,10 @@ def _as_matrix(out, n, what):
 class ODESolveOp(Op):
     """States at every observation record, and their sensitivities, for all subjects.
 
-    Inputs: ``P`` (n_sub, n_params) individual parameters, then the constant
+    Inputs: ``P`` (n_sub, n_segments * n_params) individual parameters (one block of
+    n_params per parameter segment, see :func:`schedule`), then the constant
     schedule of :func:`schedule` .  Outputs: ``Y`` (n_obs, n_states) and
-    ``S = dY/dP`` (n_obs, n_states, n_params).  The gradient uses ``S``
+    ``S = dY/dP`` (n_obs, n_states, n_segments * n_params).  The gradient uses ``S``
     (first order only: ``S`` itself has no gradient).
     """
     __props__ = ("system", "steady")
@@ -311,7 +312,7 @@ class ODESolveOp(Op):
         P = pt.as_tensor_variable(P)
         schedule = [pt.as_tensor_variable(x) for x in schedule]
         y = pt.tensor(dtype="float64", shape=(None, self.system.n_states))
-        s = pt.tensor(dtype="float64", shape=(None, self.system.n_states, len(self.system.parameters)))
+        s = pt.tensor(dtype="float64", shape=(None, self.system.n_states, None))
         return Apply(self, [P, *schedule], [y, s])
 
     def perform(self, node, inputs, outputs):
@@ -341,107 +342,28 @@ def _numba_ode_solve(op, node=None, **kwargs):
 
     @numba.njit
     def solve(P, t0, obs_time, obs_order, obs_start, obs_first, dose_time, dose_amt, dose_rate,
-              dose_state, dose_lagged, dose_valid, dose_ss, dose_ii, reset_time, reset_row, obs_row, idx, opts,
-              obs_subject):
+              dose_state, dose_lagged, dose_valid, dose_ss, dose_ii, reset_time, reset_row, obs_row, obs_boundary,
+              seg_stop, dose_seg, idx, opts, obs_subject):
         # copies: constants arrive read-only, which would be another (slow) numba specialisation
         return kernel(np.ascontiguousarray(P).copy(), t0.copy(), obs_time.copy(), obs_order.copy(),
                       obs_start.copy(), obs_first.copy(), dose_time.copy(), dose_amt.copy(),
                       dose_rate.copy(), dose_state.copy(), dose_lagged.copy(), dose_valid.copy(),
                       dose_ss.copy(), dose_ii.copy(), reset_time.copy(), reset_row.copy(), obs_row.copy(),
-                      idx.copy(), opts.copy())
+                      obs_boundary.copy(), seg_stop.copy(), dose_seg.copy(), idx.copy(), opts.copy())
 
     return solve
 
 
-def schedule(data, model, system: ODESystem, rtol: float, atol: float, max_steps: int = 2000,
-             active=None) -> list:
-    """The constant inputs of :class:`ODESolveOp` for a data set.
-
-    ``active`` (bool per parameter, default all) marks the parameters whose
-    sensitivities are integrated; the others (constants, e.g. a default ``F``)
-    get zero sensitivities at no cost.
-
-    ``max_steps`` (plus 100 per dose event and observation) bounds the DOPRI5
-    steps of one subject; a subject that needs more gets NaN outputs, which the
-    log density turns into a rejected proposal.
-
-    Raises
-    ------
-    DataError
-        Dose into a compartment the model does not have;
-        steady-state doses the ODE solver does not handle (SS=2, constant
-        infusions with AMT=0, infusions longer than II).
-    """
-    n = system.n_states
-    ss = np.zeros(data.dose_time.shape, np.int64) if data.dose_ss is None else data.dose_ss.astype(np.int64)
-    ii = np.zeros(data.dose_time.shape) if data.dose_ii is None else data.dose_ii.astype(float)
-    ss = np.where(data.dose_valid, ss, 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        dur = np.where(data.dose_rate > 0, data.dose_amt / data.dose_rate, 0.0)
-    for bad, why in ((ss == 2, "SS=2 (steady state added to the current state) has no meaning for a "
-                                "nonlinear ODE model; use SS=1 or explicit doses (ADDL/II)"),
-                     ((ss > 0) & (data.dose_amt <= 0), "steady-state constant infusions (SS with AMT=0) are "
-                                                        "not supported by ODE models"),
-                     ((ss > 0) & (ii <= 0), "a steady-state dose needs II > 0"),
-                     ((ss > 0) & (dur > ii), "steady-state infusions longer than II (overlapping) are not "
-                                             "supported by ODE models")):
-        if bad.any():
-            subj, d = (int(v) for v in np.argwhere(bad)[0])
-            row = _dose_row(data, subj, d)
-            raise DataError(f"ODE model {model.name}: {why}", source=data.source, row=row, column="SS")
-    cmt = np.where(data.dose_cmt == 0, model.default_dose_cmt, data.dose_cmt)
-    bad = data.dose_valid & ((cmt < 1) | (cmt > n))
-    if bad.any():
-        subj = int(np.argwhere(bad)[0][0])
-        raise DataError(f"dose into CMT {int(cmt[bad][0])}, but ODE model {model.name} has compartments "
-                        f"1..{n}", source=data.source, row=data._first_row[subj], column="CMT")
-    names = system.parameters
-    active = np.ones(len(names), bool) if active is None else np.asarray(active, bool)
-    idx = np.array([names.index(p) if p in names else -1 for p in ("F", "ALAG")] + list(active), np.int64)
-    lagged = (cmt == model.depot_cmt) if model.depot_cmt is not None else np.zeros(cmt.shape, bool)
-    t_first = np.where(data.dose_valid, data.dose_time, np.inf).min(axis=1)
-    t0 = np.minimum(t_first, [data.obs_time[data.obs_subject == i].min(initial=np.inf)
-                              for i in range(data.n_subjects)])
-    order = np.lexsort((np.arange(data.n_obs), data.obs_time, data.obs_subject)).astype(np.int64)
-    start = np.searchsorted(data.obs_subject[order], np.arange(data.n_subjects + 1)).astype(np.int64)
-    scale = float(np.max(data.dose_amt, initial=0.0)) or 1.0
-    return [t0.astype(float), data.obs_time.astype(float), order, start, data.dose_applies.astype(bool),
-            data.dose_time.astype(float), data.dose_amt.astype(float), data.dose_rate.astype(float),
-            (cmt - 1).astype(np.int64), lagged.astype(bool), data.dose_valid.astype(bool), ss, ii,
-            *_resets(data), data.obs_row.astype(np.int64), idx,
-            np.array([rtol, atol * scale, max_steps], float), data.obs_subject.astype(np.int64)]
-
-
-def _resets(data) -> tuple[np.ndarray, np.ndarray]:
-    """Reset (EVID 3/4) times and data rows per subject, shape (n_sub, max resets) (inf / -1 padded)."""
-    fr = data.frame
-    rs = fr[fr["EVID"].isin([3, 4])] if "_SUBJ" in fr.columns else fr.iloc[:0]
-    counts = rs.groupby("_SUBJ").size()
-    width = max(int(counts.max()) if len(counts) else 0, 1)
-    times = np.full((data.n_subjects, width), np.inf)
-    rows = np.full((data.n_subjects, width), -1, np.int64)
-    for subj, g in rs.groupby("_SUBJ"):
-        times[int(subj), :len(g)] = g["TIME"].to_numpy(float)
-        rows[int(subj), :len(g)] = g["ROW"].to_numpy(int)
-    return times, rows
-
-
-def _dose_row(data, subj: int, d: int):
-    """Data row of (steady-state) dose ``d`` of subject ``subj``: its first SS record."""
-    fr = data.frame
-    pick = fr[(fr["_SUBJ"] == subj) & (fr["SS"] != 0)] if {"_SUBJ", "SS"} <= set(fr.columns) else fr.iloc[:0]
-    return int(pick["ROW"].iloc[0]) if len(pick) else data._first_row.get(subj)
-
-
 def solve_states(system: ODESystem, P, data, model, rtol: float = 1e-8, atol: float = 1e-10,
-                 active=None):
+                 active=None, segment=None):
     """States (n_obs, n_states) at the data's observation records, as a differentiable tensor.
 
     Parameters
     ----------
     system : ODESystem
-    P : tensor, shape (n_sub, n_params)
-        Individual parameters in ``system.parameters`` order.
+    P : tensor, shape (n_sub, n_segments * n_params)
+        Individual parameters in ``system.parameters`` order, one block per
+        parameter segment (one block without ``segment``).
     data : NMData
     model : StructuralModel
         For its dose compartments (``depot_cmt`` gets F and ALAG).
@@ -450,16 +372,29 @@ def solve_states(system: ODESystem, P, data, model, rtol: float = 1e-8, atol: fl
         largest dose amount) of the DOPRI5 local error.
     active : sequence of bool, optional
         Parameters (columns of ``P``) that need gradients; default all.
+    segment : numpy.ndarray of int, shape (n_obs,), optional
+        Each observation's parameter segment (:func:`segments`).
     """
-    consts = [pt.constant(x) for x in schedule(data, model, system, rtol, atol, active=active)]
+    consts = [pt.constant(x) for x in schedule(data, model, system, rtol, atol, active=active, segment=segment)]
     steady = bool(consts[11].data.any())   # dose_ss (see schedule)
     y, _ = ODESolveOp(system, steady)(pt.as_tensor_variable(P), *consts)
     return y
 
 
 def ode_function(params_by_subject: dict, data, model, *, system: ODESystem, outputs: dict,
-                 rtol: float, atol: float):
+                 rtol: float, atol: float, obs_log: dict | None = None, obs_key=None):
     """Contract-2 structural function of an ODE model: outputs at every observation record.
+
+    Parameters
+    ----------
+    params_by_subject : dict of str -> tensor (n_subjects,)
+    obs_log : dict of str -> tensor (n_obs,), optional
+        Log multipliers of parameters at each observation (time-varying covariates,
+        KAPPA): parameters are piecewise constant within a subject, each observation's
+        values holding from the previous observation of another ``obs_key`` to it.
+    obs_key : numpy.ndarray, shape (n_obs,), optional
+        Codes of the data behind ``obs_log`` (occasion, time-varying covariate values);
+        a subject's parameters change where consecutive observations' keys differ.
 
     Returns
     -------
@@ -469,19 +404,35 @@ def ode_function(params_by_subject: dict, data, model, *, system: ODESystem, out
     from pytensor.graph.basic import Constant
     from pytensor.graph.traversal import graph_inputs
 
+    obs_log = obs_log or {}
     n_sub = data.n_subjects
+    seg = segments(data, (obs_key if obs_key is not None else np.arange(data.n_obs)) if obs_log else None)
+    n_seg = int(seg.max(initial=0)) + 1
+    # each subject's segments: the first observation of each (padding: any observation of the subject;
+    # a segment that is never reached keeps zero sensitivities)
+    first = np.zeros((n_sub, n_seg), np.int64)
+    seen = np.zeros((n_sub, n_seg), bool)
+    for o in np.lexsort((np.arange(data.n_obs), data.obs_time, data.obs_subject)):
+        i, g = data.obs_subject[o], seg[o]
+        if not seen[i, g]:
+            first[i, g], seen[i, g] = o, True
+    first = np.where(seen, first, first[:, :1])
     cols, active = [], []
     for name in system.parameters:
         v = params_by_subject.get(name, model.optional.get(name))
         if v is None:
             raise KeyError(f"ODE model {model.name} needs parameter {name}")
-        v = pt.as_tensor_variable(v)
+        v = pt.as_tensor_variable(v).astype("float64") * pt.ones(n_sub)
+        col = v[:, None] * pt.ones((1, n_seg))
+        if name in obs_log:
+            col = col * pt.exp(pt.as_tensor_variable(obs_log[name])[first])
         # a parameter that is a constant (a default F, a fixed ALAG) needs no sensitivities
-        active.append(not all(isinstance(x, Constant) for x in graph_inputs([v])))
-        cols.append(v.astype("float64") * pt.ones(n_sub))
-    P = pt.stack(cols, axis=1)
-    states = solve_states(system, P, data, model, rtol, atol, active=active)
-    p_obs = {name: P[data.obs_subject, k] for k, name in enumerate(system.parameters)}
+        active.append(not all(isinstance(x, Constant) for x in graph_inputs([col])))
+        cols.append(col)
+    P3 = pt.stack(cols, axis=2)                                  # (n_sub, n_seg, n_params)
+    states = solve_states(system, P3.reshape((n_sub, n_seg * len(cols))), data, model, rtol, atol,
+                          active=active, segment=seg if n_seg > 1 else None)
+    p_obs = {name: P3[data.obs_subject, seg, k] for k, name in enumerate(system.parameters)}
     return {name: fn(states, p_obs) for name, fn in outputs.items()}
 
 

@@ -36,7 +36,7 @@ def _jax_ode_solve(op, node=None, **kwargs):
     from pytensor.graph.basic import Constant
 
     kernel = op.kernel
-    n_states, n_params = op.system.n_states, len(op.system.parameters)
+    n_states = op.system.n_states
     schedule_inputs = list(node.inputs[1:-1]) if node is not None else []
     fixed = None
     if schedule_inputs and all(isinstance(v, Constant) for v in schedule_inputs):
@@ -54,7 +54,7 @@ def _jax_ode_solve(op, node=None, **kwargs):
 
     def call(P, schedule, n_obs):
         shapes = (jax.ShapeDtypeStruct((n_obs, n_states), jnp.float64),
-                  jax.ShapeDtypeStruct((n_obs, n_states, n_params), jnp.float64))
+                  jax.ShapeDtypeStruct((n_obs, n_states, P.shape[-1]), jnp.float64))   # segments x params
         if fixed is not None:
             return jax.pure_callback(host, shapes, P, vmap_method="expand_dims")
         return jax.pure_callback(host, shapes, P, *schedule, vmap_method="sequential")
@@ -70,7 +70,7 @@ def _jax_ode_solve(op, node=None, **kwargs):
     def backward(residual, cotangent):
         P, schedule, obs_subject, s = residual
         g_y = cotangent[0]
-        contrib = (g_y[:, :, None] * s).sum(axis=1)               # (n_obs, n_params)
+        contrib = (g_y[:, :, None] * s).sum(axis=1)               # (n_obs, n_segments x n_params)
         g_p = jnp.zeros_like(P).at[obs_subject].add(contrib)
         return g_p, tuple(_zero_cotangent(x) for x in schedule), _zero_cotangent(obs_subject)
 
