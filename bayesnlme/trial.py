@@ -65,13 +65,13 @@ __all__ = ["trial", "TrialResult", "DecisionRule", "replicate_covariates", "tria
 ANALYSES = ("nuts", "map")
 
 
-def _drop_out(frame: pd.DataFrame, rate: float, rng: np.random.Generator) -> pd.DataFrame:
-    """Remove each subject's observation records after an exponential dropout time (rate per time unit)."""
+def _drop_out(frame: pd.DataFrame, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Records kept (bool per record): each subject's observation records after an exponential dropout
+    time (rate per time unit) are not."""
     ids = pd.unique(frame["ID"])
     t_drop = pd.Series(rng.exponential(1 / rate, len(ids)) if rate > 0 else np.full(len(ids), np.inf), index=ids)
     obs = frame["EVID"].fillna(0).to_numpy() == 0
-    keep = ~obs | (frame["TIME"].to_numpy() <= t_drop.loc[frame["ID"]].to_numpy())
-    return frame[keep].reset_index(drop=True)
+    return ~obs | (frame["TIME"].to_numpy() <= t_drop.loc[frame["ID"]].to_numpy())
 
 
 def _fit_at(spec: ModelSpec, data, draws: dict) -> FitResult:
@@ -114,19 +114,22 @@ def trial_replicate(*, key, seed, workdir, spec: dict, design: pd.DataFrame, dv:
     else:
         nm, y = _simulate_replicate(simulation, design, covariates, index, s_sim)
     frame = with_dv(nm, y)
-    if dropout_rate > 0:
-        frame = _drop_out(frame, dropout_rate, rng)
+    kept = _drop_out(frame, dropout_rate, rng) if dropout_rate > 0 else np.ones(len(frame), bool)
+    frame = frame[kept].reset_index(drop=True)
     frame.to_csv(Path(workdir) / "data.csv", index=False)
-    if analysis == "nuts" and dropout_rate == 0 and covariates is None:   # one compiled model for every replicate
-        idata = refitter(fit_spec, nm, chains=chains, draws=draws, tune=tune, cores=1).sample(y, seed)
+    if analysis == "nuts" and covariates is None:
+        # one compiled model for every replicate; dropout leaves records out of it by a mask
+        keep = kept[nm.frame["_OBS"].to_numpy(bool)] if dropout_rate > 0 else None
+        idata = refitter(fit_spec, nm, chains=chains, draws=draws, tune=tune, cores=1,
+                         masked=dropout_rate > 0).sample(y, seed, keep=keep)
         fitted = None
     else:
         fitted = fit_model(fit_spec, frame, chains=chains, draws=draws, tune=tune, seed=seed, progress=False,
                            method="map" if analysis == "map" else "nuts", cores=1)
         idata = fitted.idata
     if rule.kind == "attainment":
-        if fitted is None:      # the refitted draws with the replicate's data, as a fit
-            data = read_nonmem(frame)
+        if fitted is None:      # the refitted draws with the design's subjects (all of them: the ETAs'), as a fit
+            data = read_nonmem(with_dv(nm, y))
             fitted = FitResult(idata=idata, spec=fit_spec.bind(data), data=data,
                                settings={"method": "nuts", "chains": chains, "draws": draws, "tune": tune,
                                          "seed": seed})

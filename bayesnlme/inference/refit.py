@@ -8,6 +8,10 @@ container (``build_model(..., dv_data=True)``), compiles it for nutpie once, and
 new DV vector through nutpie's ``with_data``; :func:`refitter` keeps one per model, design and
 settings in the process, so a Dask worker compiles a model once for all the tasks it runs.
 
+With ``masked=True`` some records can also be left out of a fit (dropout in a replicate trial): a
+data container ``DV_drop`` (1 = left out) switches those records' log-density off, so designs that
+differ only in which records each subject kept share one compiled model too.
+
 Models whose DV cannot be swapped (``[[observations]]``, censored records) are fitted from scratch
 each time with :func:`bayesnlme.inference.fit.fit_model` -- the same posterior, at the full cost.
 """
@@ -40,6 +44,8 @@ class Refitter:
     chains, draws, tune : int
     cores : int
         Threads nutpie uses for the chains (1 when many fits run side by side).
+    masked : bool
+        Compile with the ``DV_drop`` container, so :meth:`sample` can leave records out (``keep``).
 
     Examples
     --------
@@ -48,16 +54,19 @@ class Refitter:
     """
 
     def __init__(self, spec, design: NMData, *, chains: int = 2, draws: int = 500, tune: int = 500,
-                 cores: int = 1):
+                 cores: int = 1, masked: bool = False):
         self.spec, self.design = spec, design
         self.chains, self.draws, self.tune, self.cores = chains, draws, tune, cores
         built = build_model(spec, design, check_residual=False, dv_data=True)
         self.swappable = "DV_data" in built.model.named_vars
+        self.masked = masked and self.swappable and "DV" in built.model.named_vars
         self.compiled = None
+        if self.masked:
+            _add_mask(built.model)
         if self.swappable:   # the compiled model fit_model's nutpie engine makes, so the draws are the same
             self.compiled = engines.compile_nutpie(built.model, built.initial_point, check_start(built))
 
-    def sample(self, dv, seed: int):
+    def sample(self, dv, seed: int, keep=None):
         """Posterior draws (:class:`arviz.InferenceData`, groups posterior and sample_stats) given ``dv``.
 
         Parameters
@@ -65,20 +74,45 @@ class Refitter:
         dv : array of float, shape (n_obs,)
             DV of the design's observation records, in record order.
         seed : int
+        keep : array of bool, shape (n_obs,), optional
+            Records that enter the fit (default all); the others are left out, as if they were
+            not in the data.  Without ``masked`` (or for a model whose DV cannot be swapped) the
+            model is fitted from scratch to the kept records.
         """
         import nutpie  # numba bindings: loaded only in processes that sample
 
         dv = np.asarray(dv, float)
         if dv.shape != (self.design.n_obs,):
             raise ValueError(f"dv has shape {dv.shape}; the design has {self.design.n_obs} observations")
-        if not self.swappable:
+        keep = None if keep is None else np.asarray(keep, bool)
+        if keep is not None and keep.shape != dv.shape:
+            raise ValueError(f"keep has shape {keep.shape}; the design has {self.design.n_obs} observations")
+        if not self.swappable or (keep is not None and not keep.all() and not self.masked):
             frame = with_dv(self.design, dv)
+            if keep is not None:
+                rows = np.ones(len(frame), bool)
+                rows[np.flatnonzero(self.design.frame["_OBS"].to_numpy(bool))[~keep]] = False
+                frame = frame[rows].reset_index(drop=True)
             return fit_model(self.spec, frame, chains=self.chains, draws=self.draws, tune=self.tune, seed=seed,
                              progress=False).idata
-        compiled = self.compiled.with_data(DV_data=dv)
+        data = {"DV_data": dv}
+        if self.masked:
+            data["DV_drop"] = np.zeros(dv.shape) if keep is None else (~keep).astype(float)
+        compiled = self.compiled.with_data(**data)
         idata = nutpie.sample(compiled, draws=self.draws, tune=self.tune, chains=self.chains, seed=seed,
                               progress_bar=False, save_warmup=False, cores=self.cores)
         return engines.harmonise(idata)
+
+
+def _add_mask(model) -> None:
+    """``DV_drop`` (1 = leave the record out) and a potential that takes those records' log-density back out."""
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    with model:
+        drop = pm.Data("DV_drop", np.zeros(model["DV_data"].get_value().shape))
+        lp = pm.logp(model["DV"], model["DV_data"])
+        pm.Potential("DV_dropped", -pt.switch(drop > 0, lp, 0.0).sum())
 
 
 def with_dv(design: NMData, dv) -> pd.DataFrame:
@@ -89,7 +123,8 @@ def with_dv(design: NMData, dv) -> pd.DataFrame:
     return frame
 
 
-def refitter(spec, design, *, chains: int = 2, draws: int = 500, tune: int = 500, cores: int = 1) -> Refitter:
+def refitter(spec, design, *, chains: int = 2, draws: int = 500, tune: int = 500, cores: int = 1,
+             masked: bool = False) -> Refitter:
     """The process's :class:`Refitter` for this spec, design and settings (compiled on first use).
 
     Keeps the last few (``CACHE_SIZE``); the key is the spec (with its structural model's identity),
@@ -98,12 +133,12 @@ def refitter(spec, design, *, chains: int = 2, draws: int = 500, tune: int = 500
     data and is specific to the sampler settings.)
     """
     design = read_nonmem(design)
-    key = (repr(spec.to_dict()), id(spec.structural), design.sha256, chains, draws, tune, cores)
+    key = (repr(spec.to_dict()), id(spec.structural), design.sha256, chains, draws, tune, cores, masked)
     hit = _CACHE.get(key)
     if hit is not None and hit.spec.structural is spec.structural:   # a custom structural function is the model too
         _CACHE.move_to_end(key)
         return hit
-    out = Refitter(spec, design, chains=chains, draws=draws, tune=tune, cores=cores)
+    out = Refitter(spec, design, chains=chains, draws=draws, tune=tune, cores=cores, masked=masked)
     _CACHE[key] = out
     while len(_CACHE) > CACHE_SIZE:
         _CACHE.popitem(last=False)
