@@ -328,9 +328,12 @@ class Translation:
             self.mapped.append(f"{self.nm.get(full.sources[name].name, full.sources[name].name)} 0 FIX -> no "
                                f"{name} term")
         guards = sorted(i for r, i in deps[y] if r == "ERROR" and self.err[i][1].has(sympy.Piecewise))
+        why = ("a guard on the prediction, dropped: bayesnlme refuses a proportional or exponential error on an "
+               "observation whose prediction is 0 (before the first dose reaches the central compartment) and "
+               "names its row; set MDV=1 on such records" if res.kind in ("proportional", "exponential")
+               else "a guard on the prediction, dropped (bayesnlme needs none)")
         for i in guards if res.guards else ():
-            self.notes.append(self.lines.statement("ERROR", i, "a guard on the prediction, dropped "
-                                                               "(bayesnlme needs none)"))
+            self.notes.append(self.lines.statement("ERROR", i, why))
         self.mapped.append(f"$ERROR Y -> residual type = \"{res.kind}\""
                            + (" (DV is log-transformed in the data: exponentiated on reading)" if res.log_dv else ""))
         return res
