@@ -194,3 +194,38 @@ def test_every_module_is_committed():
     files = [str(p.relative_to(ROOT.parent)) for p in MODULES.values()]
     ignored = subprocess.run(["git", "check-ignore", *files], cwd=ROOT.parent, capture_output=True, text=True).stdout
     assert not ignored.split(), f"ignored by .gitignore: {ignored.split()}"
+
+
+def test_no_branch_on_a_likelihood_family_name_outside_spec():
+    """What a likelihood family does is asked of its family object (bayesnlme.spec.families), not decided by
+    comparing ``.likelihood`` with a family name in the modules that use it."""
+    found = []
+    for name, path in MODULES.items():
+        if name.startswith("bayesnlme.spec"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Compare) and isinstance(node.left, ast.Attribute)
+                    and node.left.attr == "likelihood"):
+                found.append(f"{path.relative_to(ROOT.parent)}:{node.lineno}")
+    assert not found, "branches on .likelihood (ask m.family instead):\n" + "\n".join(found)
+
+
+def test_every_family_answers_for_itself():
+    """Each family object has its names, draw, VPC kind, residual and report line (one object per family)."""
+    import numpy as np
+
+    from bayesnlme.spec.families import FAMILIES
+    from bayesnlme.spec.observation import ObservationModel
+
+    rng = np.random.default_rng(0)
+    f = np.full((2, 3), 0.5)
+    for name, family in FAMILIES.items():
+        m = ObservationModel(likelihood=name, categories=3)
+        assert family.name == name and m.family is family
+        assert family.vpc in ("continuous", "categorical", "kaplan-meier")
+        assert family.residual in ("npde", "randomized PIT") and (family.residual == "npde") == family.continuous
+        params = {"cutpoints": np.array([[-1.0, 1.0]] * 2), "phi": np.array([2.0, 2.0])}
+        y = family.draw(m, f, np.full((2, 3), 0.1), params, rng)
+        assert y.shape == f.shape
+        assert np.isnan(y).all() == family.event_time
+        assert m.output in family.equation(m)

@@ -12,12 +12,12 @@ import pytest
 from scipy import stats
 
 from bayesnlme.build import build_model
-from bayesnlme.build import observations as ol
 from bayesnlme.data import read_nonmem
 from bayesnlme.errors import DataError, SpecError
 from bayesnlme.inference.fit import fit_model
 from bayesnlme.qualify import BLQ_SPEC, BLQ_TRUTH, simulate_blq_study
 from bayesnlme.spec import ModelSpec
+from bayesnlme.spec.families import normal_logp
 
 # the study and spec are those of the qualification run (make qualify), so one definition serves both
 CL, V, LLOQ = BLQ_TRUTH["CL"], BLQ_TRUTH["V"], BLQ_TRUTH["LLOQ"]
@@ -69,16 +69,16 @@ def test_m1_records_exclusions_and_m3_keeps_all(fits):
 def test_censored_logp_matches_scipy():
     f, sd = pt.as_tensor(np.array([1.0, 2.0, 0.5, 0.8])), pt.as_tensor(np.array([0.3, 0.3, 0.2, 0.2]))
     y, cens, lim = np.array([1.2, 1.0, 0.4, 0.5]), np.array([0, 1, 1, -1]), np.array([np.nan, np.nan, 0.0, np.nan])
-    got = ol.normal_logp("additive", y, f, sd, cens, lim).eval()
+    got = normal_logp("additive", y, f, sd, cens, lim).eval()
     want = [stats.norm.logpdf(1.2, 1, .3), stats.norm.logcdf(1.0, 2, .3),
             np.log(stats.norm.cdf(.4, .5, .2) - stats.norm.cdf(0, .5, .2)), stats.norm.logsf(.5, .8, .2)]
     np.testing.assert_allclose(got, want, rtol=1e-6)   # PyMC's log-CDF: ~1e-8 relative
-    got = ol.normal_logp("exponential", y, f, sd, cens, lim).eval()   # LIMIT 0 on the log scale: open
+    got = normal_logp("exponential", y, f, sd, cens, lim).eval()   # LIMIT 0 on the log scale: open
     want = [stats.lognorm.logpdf(1.2, .3, scale=1.0), stats.norm.logcdf(0.0, np.log(2), .3),
             stats.norm.logcdf(np.log(.4), np.log(.5), .2), stats.norm.logsf(np.log(.5), np.log(.8), .2)]
     np.testing.assert_allclose(got, want, rtol=1e-6)
     # far in the tail the censored term stays finite (log-CDF, not log of a rounded-to-0 CDF)
-    tail = ol.normal_logp("additive", np.array([0.0]), pt.as_tensor([10.0]), pt.as_tensor([0.3]),
+    tail = normal_logp("additive", np.array([0.0]), pt.as_tensor([10.0]), pt.as_tensor([0.3]),
                           np.array([1])).eval()
     np.testing.assert_allclose(tail, stats.norm.logcdf(0.0, 10.0, 0.3), rtol=1e-8)
 

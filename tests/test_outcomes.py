@@ -13,10 +13,10 @@ import pytest
 from scipy import integrate, stats
 
 from bayesnlme.build import build_model
-from bayesnlme.build import observations as ol
 from bayesnlme.errors import DataError, SpecError
 from bayesnlme.inference.fit import fit_model
 from bayesnlme.spec import ModelSpec, load_spec
+from bayesnlme.spec.observation import ObservationModel
 from bayesnlme.structural import LIBRARY, StructuralModel
 
 TRUTH = {"B0": -1.0, "B1": 1.0, "O1": 1.2, "cutpoint_1_ORD": -0.5, "cutpoint_2_ORD": 1.5,
@@ -134,6 +134,12 @@ def test_pointwise_loglik_for_loo(fit):
 # ---------------------------------------------------------------------- log densities against scipy
 
 
+def _family_logp(likelihood, y, f, params=None, **kw):
+    """Log-density of DV ``y`` at the output ``f`` by the family object of an observation model."""
+    m = ObservationModel(likelihood=likelihood, **kw)
+    return m.family.logp(m, y, pt.as_tensor(f), params or {})
+
+
 def test_bernoulli_ordinal_count_logp_match_scipy():
     ev = lambda x: x.eval()   # noqa: E731
     eta = np.array([-1.0, 0.5, 2.0, 0.1, 3.0])
@@ -141,17 +147,17 @@ def test_bernoulli_ordinal_count_logp_match_scipy():
     c = np.array([-0.5, 1.0])
     cdf = lambda k: 1 / (1 + np.exp(-(k - eta)))   # noqa: E731
     probs = np.stack([cdf(c[0]), cdf(c[1]) - cdf(c[0]), 1 - cdf(c[1])], 1)
-    np.testing.assert_allclose(ev(ol.ordinal_logp(y, pt.as_tensor(eta), pt.as_tensor(c))),
+    np.testing.assert_allclose(ev(_family_logp("ordinal", y, eta, {"cutpoints": pt.as_tensor(c)}, categories=3)),
                                np.log(probs[np.arange(5), y]), rtol=1e-10)
     yb = np.array([0, 1, 1, 0, 1])
-    np.testing.assert_allclose(ev(ol.bernoulli_logp(yb, pt.as_tensor(eta))),
+    np.testing.assert_allclose(ev(_family_logp("bernoulli", yb, eta)),
                                stats.bernoulli.logpmf(yb, 1 / (1 + np.exp(-eta))), rtol=1e-10)
     yc, lp = np.array([0.0, 3, 10]), np.array([0.1, 1.0, 2.0])
-    np.testing.assert_allclose(ev(ol.poisson_logp(yc, pt.as_tensor(lp))), stats.poisson.logpmf(yc, np.exp(lp)))
-    np.testing.assert_allclose(ev(ol.poisson_logp(yc, pt.as_tensor(np.exp(lp)), "identity")),
+    np.testing.assert_allclose(ev(_family_logp("poisson", yc, lp)), stats.poisson.logpmf(yc, np.exp(lp)))
+    np.testing.assert_allclose(ev(_family_logp("poisson", yc, np.exp(lp), link="identity")),
                                stats.poisson.logpmf(yc, np.exp(lp)))
     phi = 2.5
-    np.testing.assert_allclose(ev(ol.negbin_logp(yc, pt.as_tensor(lp), pt.as_tensor(np.float64(phi)))),
+    np.testing.assert_allclose(ev(_family_logp("negbin", yc, lp, {"phi": pt.as_tensor(np.float64(phi))})),
                                stats.nbinom.logpmf(yc, phi, phi / (phi + np.exp(lp))), rtol=1e-10)
 
 
@@ -160,8 +166,11 @@ def test_tte_logp_matches_quad(hazard, shape):
     lam, t, d, lp = 0.1, np.array([2.0, 5.0]), np.array([1.0, 0.0]), np.array([0.3, -0.2])
     h0 = {"exponential": lambda s: lam, "weibull": lambda s: lam * shape * (lam * s) ** (shape - 1),
           "gompertz": lambda s: lam * np.exp(shape * s)}[hazard]
-    got = ol.tte_logp(hazard, d, t, pt.as_tensor(np.float64(lam)), None if shape is None else pt.as_tensor(np.float64(shape)),
-                      pt.as_tensor(lp)).eval()
+    m = ObservationModel(likelihood="tte", hazard=hazard)
+    params = {"lambda": pt.as_tensor(np.float64(lam))}
+    if shape is not None:
+        params["shape"] = pt.as_tensor(np.float64(shape))
+    got = m.family.logp(m, d, pt.as_tensor(lp), params, time=t).eval()
     want = [d[i] * np.log(h0(t[i]) * np.exp(lp[i])) - integrate.quad(h0, 0, t[i])[0] * np.exp(lp[i])
             for i in range(2)]
     np.testing.assert_allclose(got, want, rtol=1e-10)

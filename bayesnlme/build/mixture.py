@@ -173,7 +173,7 @@ def build_mixture(spec, data, init: dict, individual: dict, typical: dict, compo
     per_record = [ipred[j] for j in range(k)] + [sd[j] for j in range(k)] + \
         [log_w[data.obs_subject, j] for j in range(k)]     # elementwise parameters, each (n_obs,)
     pm.CustomDist("DV", record, *per_record, logp=lambda value, lp, *rest: lp,
-                  random=_dv_random(data.obs_subject, k, spec.residual.kind == "exponential"),
+                  random=_dv_random(data.obs_subject, k, spec.observation_models()[0].family.log_scale),
                   observed=observed, dims="obs")
     best = pt.eq(pt.argmax(log_w + subject, axis=1)[:, None], np.arange(len(ratios))[None, :])   # (n_sub, K)
     pick = best[data.obs_subject].T                                                        # (K, n_obs)

@@ -34,11 +34,12 @@ import pytensor.tensor as pt
 
 from bayesnlme.build.covariates import covariate_log_factors
 from bayesnlme.build.mixture import build_mixture, check_mixture_data
-from bayesnlme.build.observations import dv_draw_inputs, normal_logp, pointwise_loglik
+from bayesnlme.build.observations import dv_draw_inputs, pointwise_loglik
 from bayesnlme.build.priors import estimate, prior_dist, prior_rv
 from bayesnlme.data import NMData, read_nonmem
 from bayesnlme.errors import DataError, SpecError
 from bayesnlme.spec import ModelSpec
+from bayesnlme.spec.families import normal_logp
 from bayesnlme.spec.observation import ObservationModel, check_positive_dv
 from bayesnlme.structural import LIBRARY, DoseEvents, dose_events
 from bayesnlme.structural.pd import time_varying
@@ -237,14 +238,15 @@ def _check_residual(spec: ModelSpec, data: NMData, doses: DoseEvents) -> None:
     if spec.observations:   # each observation model checks its own records (observation.py)
         return
     kind = spec.residual.kind
-    if kind == "exponential" and (data.obs_dv <= 0).any():
+    family = spec.observation_models()[0].family
+    if family.log_scale and (data.obs_dv <= 0).any():
         i = int(np.flatnonzero(data.obs_dv <= 0)[0])
         raise DataError(f"exponential (log-scale) residual error needs DV > 0, got {data.obs_dv[i]:g} "
                         f"({int((data.obs_dv <= 0).sum())} such observations); exclude them (MDV=1) or use "
                         f"a combined error model", source=data.source, row=int(data.obs_row[i]), column="DV")
     # the prediction is 0 before the first dose only for a concentration; an effect driven by an exposure
     # column (outputs ("EFFECT",)) does not depend on doses
-    if kind in ("proportional", "exponential") and spec.structural.outputs[0] == "CP":
+    if family.positive and spec.structural.outputs[0] == "CP":
         dt = np.asarray(doses.dt)
         contributes = doses.applies & (~(doses.depot & (dt <= 0)) | doses.steady)   # an SS dose's history is present
         zero = ~contributes.any(axis=1)
@@ -255,8 +257,7 @@ def _check_residual(spec: ModelSpec, data: NMData, doses: DoseEvents) -> None:
                             f"observations), so its error SD would be 0; exclude pre-dose observations "
                             f"(MDV=1) or use a combined error model", source=data.source,
                             row=int(data.obs_row[i]), column="DV")
-    if kind == "proportional":
-
+    if family.positive:   # DV = 0 where the prediction is 0 (proportional; exponential refused DV <= 0 above)
         every = np.ones(data.n_obs, bool)
         check_positive_dv(ObservationModel(output=spec.structural.outputs[0], likelihood=kind), data,
                            data.obs_dv, data.obs_row, every)
@@ -305,7 +306,7 @@ def _residual_sd(spec: ModelSpec, ipred, sig: dict):
 
 
 def _likelihood(spec: ModelSpec, ipred, sd, dv):
-    if spec.residual.kind == "exponential":
+    if spec.observation_models()[0].family.log_scale:
         return pm.LogNormal("DV", mu=pt.log(ipred), sigma=sd, observed=dv, dims="obs")
     return pm.Normal("DV", mu=ipred, sigma=sd, observed=dv, dims="obs")
 
@@ -324,7 +325,7 @@ def _build_mixture(model, spec, data, doses, init, parts, dv_data) -> BuiltModel
         ipred = _predict(spec, data, doses, ind, obs_ind)
         sd = _residual_sd(spec, ipred, sig)
         if container:
-            dist = (pm.LogNormal.dist(mu=pt.log(ipred), sigma=sd) if spec.residual.kind == "exponential"
+            dist = (pm.LogNormal.dist(mu=pt.log(ipred), sigma=sd) if spec.observation_models()[0].family.log_scale
                     else pm.Normal.dist(mu=ipred, sigma=sd))
             ll = pm.logp(dist, observed)
         else:   # censored records (M3) by their probability below/above the limit

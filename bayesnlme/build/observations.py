@@ -7,9 +7,9 @@ log-density of each observation record as one (n_obs,) tensor.  The builder
 registers it as the observed variable ``DV`` (dims ``obs``), so
 ``log_likelihood["DV"]`` is pointwise and ArviZ LOO works for every family.
 
-The densities are written per family on the records of that family (integer
-index sets from the data, so no branch evaluates another family's formula and
-no NaN reaches a gradient); see :mod:`bayesnlme.spec.observation` for the formulas.
+Each family's density is its own (:mod:`bayesnlme.spec.families`), evaluated on the records of
+that family (integer index sets from the data, so no family evaluates another's formula and no
+NaN reaches a gradient); see :mod:`bayesnlme.spec.observation` for the formulas.
 """
 
 from __future__ import annotations
@@ -17,146 +17,11 @@ from __future__ import annotations
 import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
-from pymc.distributions.dist_math import normal_lccdf, normal_lcdf
-from scipy.special import gammaln, roots_legendre
+from scipy.special import roots_legendre
 
 from bayesnlme.build.priors import DIST_ARGS, prior_rv
 from bayesnlme.spec import ModelSpec
 from bayesnlme.spec.observation import check_data
-
-_LOG_2PI = float(np.log(2 * np.pi))
-
-
-def normal_logp(kind: str, y, f, sd, cens=None, limit=None):
-    """Log-density (or, for censored records, log-probability) of continuous observations.
-
-    Parameters
-    ----------
-    kind : {"additive", "proportional", "combined", "exponential"}
-    y : numpy.ndarray
-        DV (the limit for censored records).
-    f, sd : tensor
-        Prediction and residual SD (log scale for exponential error).
-    cens : numpy.ndarray of int, optional
-        0 observed, 1 below DV (M3: ``P(Y <= DV)``, or ``P(LIMIT <= Y <= DV)``), -1 above DV.
-    limit : numpy.ndarray of float, optional
-        The interval's other end (NaN: open).
-    """
-    n = len(y)
-    cens = np.zeros(n, int) if cens is None else np.asarray(cens)
-    limit = np.full(n, np.nan) if limit is None else np.asarray(limit, float)
-    log = kind == "exponential"
-    mu = pt.log(f) if log else f
-    with np.errstate(divide="ignore"):
-        yt = np.log(np.where(y > 0, y, 1.0)) if log else y
-        lt = np.where(limit > 0, np.log(np.where(limit > 0, limit, 1.0)), -np.inf) if log else limit
-    out = pt.zeros(n)
-    obs = np.flatnonzero(cens == 0)
-    if len(obs):
-        s = sd[obs]
-        if kind == "proportional":
-            # SD = sigma_prop * IPRED is 0 where IPRED is 0 (before a lag time): density 0 there
-            # (DV = 0 is rejected by check_data), written so that neither value nor gradient is NaN
-            positive = s > 0
-            s = pt.switch(positive, s, 1.0)
-        z = (yt[obs] - mu[obs]) / s
-        lp = -0.5 * z ** 2 - pt.log(s) - 0.5 * _LOG_2PI - (yt[obs] if log else 0.0)
-        if kind == "proportional":
-            lp = pt.switch(positive, lp, -np.inf)
-        out = pt.set_subtensor(out[obs], lp)
-    for side in (1, -1):
-        for bounded in (False, True):
-            idx = np.flatnonzero((cens == side) & (np.isfinite(lt) == bounded))
-            if not len(idx):
-                continue
-            m, s = mu[idx], sd[idx]
-            if side == 1:
-                lp = normal_lcdf(m, s, yt[idx])
-                if bounded:   # log(Phi(b) - Phi(a))
-                    lp = pm.math.logdiffexp(lp, normal_lcdf(m, s, lt[idx]))
-            else:
-                lp = normal_lccdf(m, s, yt[idx])
-                if bounded:
-                    lp = pm.math.logdiffexp(lp, normal_lccdf(m, s, lt[idx]))
-            out = pt.set_subtensor(out[idx], lp)
-    return out
-
-
-def bernoulli_logp(y, eta):
-    """``y log expit(eta) + (1 - y) log expit(-eta)``, written with log1pexp."""
-    sign = np.where(np.asarray(y) == 1, -1.0, 1.0)
-    return -pt.log1pexp(sign * eta)
-
-
-def ordinal_logp(y, eta, cutpoints):
-    """Proportional odds: ``P(Y <= k) = expit(c_k - eta)``, categories 0..K-1."""
-    y = np.asarray(y, int)
-    k = cutpoints.type.shape[0]   # static: the number of cutpoints is K - 1
-    upper = pt.concatenate([cutpoints, [np.inf]])[y] - eta
-    lower = pt.concatenate([[-np.inf], cutpoints])[y] - eta
-    # log(expit(u) - expit(l)) = log(expit(u)) + log1p(-exp(l - u)) ... done stably via logdiffexp
-    lu = -pt.log1pexp(-upper)
-    ll = -pt.log1pexp(-lower)
-    top = y == k   # upper = +inf: log(1 - expit(l)) = -log1pexp(l)
-    bottom = y == 0
-    mid = pm.math.logdiffexp(lu, ll)
-    return pt.switch(top, -pt.log1pexp(lower), pt.switch(bottom, lu, mid))
-
-
-def poisson_logp(y, lp, link="log"):
-
-    y = np.asarray(y, float)
-    log_rate = lp if link == "log" else pt.log(lp)
-    return y * log_rate - pt.exp(log_rate) - gammaln(y + 1)
-
-
-def negbin_logp(y, lp, phi, link="log"):
-    """NB2 with mean ``m`` and ``Var = m + m^2 / phi``."""
-
-    y = np.asarray(y, float)
-    log_m = lp if link == "log" else pt.log(lp)
-    log_pm = pt.logaddexp(pt.log(phi), log_m)   # log(phi + m)
-    return (pt.gammaln(y + phi) - pt.gammaln(phi) - gammaln(y + 1)
-            + phi * (pt.log(phi) - log_pm) + y * (log_m - log_pm))
-
-
-def log_baseline_hazard(hazard, t, lam, shape=None):
-    """``log h0(t)`` (t > 0)."""
-    if hazard == "exponential":
-        return pt.log(lam) * pt.ones_like(t)
-    if hazard == "weibull":
-        return pt.log(lam) + pt.log(shape) + (shape - 1) * pt.log(lam * t)
-    return pt.log(lam) + shape * t
-
-
-def cumulative_baseline_hazard(hazard, t, lam, shape=None):
-    """``H0(t) = int_0^t h0``."""
-    if hazard == "exponential":
-        return lam * t
-    if hazard == "weibull":
-        return (lam * t) ** shape
-    # Gompertz: lam (exp(shape t) - 1) / shape, -> lam t as shape -> 0
-    st = shape * t
-    return lam * t * pt.switch(pt.abs(st) < 1e-8, 1.0 + st / 2, pt.expm1(st) / pt.switch(pt.abs(st) < 1e-8, 1.0, st))
-
-
-def tte_logp(hazard, y, t, lam, shape, lp_at_t, lp_nodes=None, nodes=32):
-    """``DV log h(T) - H(T)`` with ``h = h0 exp(lp)``.
-
-    ``lp_nodes`` None: ``lp`` is constant on [0, T] and ``H = H0(T) exp(lp)`` exactly;
-    otherwise ``lp_nodes`` (n, Q) holds lp at the Gauss--Legendre nodes ``T (x + 1) / 2``.
-    """
-    y = np.asarray(y, float)
-    t = np.asarray(t, float)
-    log_h = log_baseline_hazard(hazard, t, lam, shape) + lp_at_t
-    if lp_nodes is None:
-        cum = cumulative_baseline_hazard(hazard, t, lam, shape) * pt.exp(lp_at_t)
-    else:
-        x, w = roots_legendre(nodes)
-        tq = t[:, None] * (x[None, :] + 1) / 2
-        h = pt.exp(log_baseline_hazard(hazard, tq, lam, shape) + lp_nodes)
-        cum = (h * (w[None, :] * t[:, None] / 2)).sum(axis=1)
-    return y * log_h - cum
 
 
 def quadrature_times(t: np.ndarray, nodes: int) -> np.ndarray:
@@ -229,25 +94,15 @@ def pointwise_loglik(spec: ModelSpec, data, outputs: dict, init: dict, at_times=
         p = {b: (_cutpoints(m, init) if b == "cutpoints" else _param(b + m.suffix, m.priors[b], init))
              for b in m.base_names()}
         families.append((m, full, {b: p[b] for b in ("phi", "cutpoints") if b in p}))
-        if m.is_normal:
-            s = _residual_sd(m.likelihood, p, f)
-            sd = pt.set_subtensor(sd[full], _residual_sd(m.likelihood, p, outputs[m.output][full]))
-            lp = normal_logp(m.likelihood, y, f, s, cens[idx], limit[idx])
-        elif m.likelihood == "bernoulli":
-            lp = bernoulli_logp(y, f)
-        elif m.likelihood == "ordinal":
-            lp = ordinal_logp(y, f, p["cutpoints"])
-        elif m.likelihood == "poisson":
-            lp = poisson_logp(y, f, m.link)
-        elif m.likelihood == "negbin":
-            lp = negbin_logp(y, f, p["phi"], m.link)
-        else:
-            nodes_lp = None
-            if at_times is not None:
-                tq = np.zeros((n, m.nodes))
-                tq[idx] = quadrature_times(data.obs_time[idx], m.nodes)
-                nodes_lp = at_times(tq)[m.output][idx]
-            lp = tte_logp(m.hazard, y, data.obs_time[idx], p["lambda"], p.get("shape"), f, nodes_lp, m.nodes)
+        family = m.family
+        if family.continuous:
+            sd = pt.set_subtensor(sd[full], family.residual_sd(p, outputs[m.output][full]))
+        nodes_lp = None
+        if family.event_time and at_times is not None:   # the output changes on [0, T]: quadrature
+            tq = np.zeros((n, m.nodes))
+            tq[idx] = quadrature_times(data.obs_time[idx], m.nodes)
+            nodes_lp = at_times(tq)[m.output][idx]
+        lp = family.logp(m, y, f, p, cens[idx], limit[idx], time=data.obs_time[idx], nodes_lp=nodes_lp)
         ll = pt.set_subtensor(ll[idx], lp)
     return ll, ipred, sd, np.array(sorted(excluded), int), families
 
@@ -280,13 +135,3 @@ def dv_draw_inputs(families: list) -> tuple[list, object]:
         return out
 
     return scalars, random
-
-
-def _residual_sd(kind, p, f):
-    if kind == "additive":
-        return p["sigma_add"] * pt.ones_like(f)
-    if kind == "proportional":
-        return p["sigma_prop"] * f
-    if kind == "combined":
-        return pt.sqrt(p["sigma_add"] ** 2 + (p["sigma_prop"] * f) ** 2)
-    return p["sigma_exp"] * pt.ones_like(f)

@@ -52,7 +52,6 @@ from bayesnlme.evaluate.outcomes import observation_draw, type_index
 from bayesnlme.evaluate.predict import new_subject_draws, posterior_predictions, simulation_outputs, thinned_draws
 from bayesnlme.inference.convergence import ESS_MIN, R_HAT_MAX, divergence_location
 from bayesnlme.inference.quick import APPROXIMATE
-from bayesnlme.spec.observation import NORMAL_KINDS
 
 BFMI_MIN = 0.3
 
@@ -172,10 +171,10 @@ def _gof(result, n_sims: int, seed: int) -> pd.DataFrame:
     for m, idx in type_index(spec.observation_models(), data):
         if not len(idx):
             continue
-        if m.likelihood in NORMAL_KINDS:
+        if m.family.residual == "npde":   # continuous: IWRES, CWRES and NPDE (censored records imputed)
             f, s_ = ipred[:, idx], sd[:, idx]
             eps = rng.standard_normal(f.shape)
-            log = m.likelihood == "exponential"
+            log = m.family.log_scale
             iwres[idx] = (((np.log(dv[idx]) - np.log(f)) if log else (dv[idx] - f)) / s_).mean(0)
             yrep = f * np.exp(s_ * eps) if log else f + s_ * eps
             cwres[idx] = (dv[idx] - yrep.mean(0)) / yrep.std(0, ddof=1)
@@ -184,9 +183,9 @@ def _gof(result, n_sims: int, seed: int) -> pd.DataFrame:
             y = impute_censored(dv[idx], cens[idx], None if data.obs_limit is None else data.obs_limit[idx],
                                 sims[:, idx], rng)
             scores[idx] = npde(y, data.obs_subject[idx], sims[:, idx])
-            kind[idx] = "npde"
+            kind[idx] = m.family.residual
             continue
-        if m.likelihood == "tte":
+        if m.family.event_time:
             t_sim, event_sim = simulate_event_times(result, n_draws=k, seed=seed + 3, dvid=m.dvid)
             t_obs, event_obs, tidx = tte_observed(result, dvid=m.dvid)
             below = ((event_sim == 1) & (t_sim < t_obs[None, :])).mean(0)   # F(T) (F(C) when censored)
@@ -196,7 +195,7 @@ def _gof(result, n_sims: int, seed: int) -> pd.DataFrame:
             lo, hi = (sims[:, idx] < dv[idx]).mean(0), (sims[:, idx] <= dv[idx]).mean(0)
         u = rng.uniform(lo, np.maximum(hi, lo))
         scores[idx] = stats.norm.ppf(np.clip(u, 0.5 / k, 1 - 0.5 / k))
-        kind[idx] = "randomized PIT"
+        kind[idx] = m.family.residual
     ids = np.array([str(i) for i in data.ids])
     table = pd.DataFrame({
         "ROW": data.obs_row, "ID": ids[data.obs_subject], "TIME": data.obs_time, "DV": data.obs_dv,

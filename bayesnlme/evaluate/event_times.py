@@ -23,7 +23,7 @@ _CELLS = 20_000_000   # array elements per vectorised block (bounds memory)
 
 def _tte_model(spec, dvid=None):
     """The spec's ``tte`` observation model (the one with ``dvid`` when there are several)."""
-    tte = [m for m in spec.observation_models() if m.likelihood == "tte" and (dvid is None or m.dvid == dvid)]
+    tte = [m for m in spec.observation_models() if m.family.event_time and (dvid is None or m.dvid == dvid)]
     if len(tte) != 1:
         which = f"{len(tte)} of them; pass dvid=..." if tte else "none" + (f" with DVID {dvid}" if dvid else "")
         raise BayesNLMEInputError(f"event-time simulation needs one likelihood = \"tte\" observation model "

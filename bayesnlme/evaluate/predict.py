@@ -233,10 +233,8 @@ def residual_draw(spec, ipred: np.ndarray, sd: np.ndarray, rng: np.random.Genera
     """
     if getattr(spec, "observations", ()):
         require_single_residual(spec, "predict.residual_draw (use bayesnlme.evaluate.simulate.simulate)")
-    eps = rng.standard_normal(np.shape(ipred))
-    if spec.residual.kind == "exponential":
-        return ipred * np.exp(sd * eps)
-    return ipred + sd * eps
+    m = spec.observation_models()[0]
+    return m.family.draw(m, np.asarray(ipred, float), np.asarray(sd, float), {}, rng)
 
 
 def simulate_replicates(result, n_rep: int | None = None, *, new_subjects: bool = True,

@@ -26,7 +26,7 @@ def prior_predictive(spec, data, *, draws: int = 500, seed: int = 0) -> tuple[np
     data : NMData
     """
     data = read_nonmem(data)
-    tte = [m for m in spec.observation_models() if m.likelihood == "tte"]
+    tte = [m for m in spec.observation_models() if m.family.event_time]
     if tte:
         raise BayesNLMEInputError(
             f"prior predictive check: model {spec.name} has a time-to-event observation model, whose outcome is "

@@ -23,14 +23,6 @@ _COVARIATE_FACTOR = {
     "piecewise": "(1 + g({c}) − g({ref})), "
                  "g(x) = {t} · (min(x, {knot}) − {knot}) + {t2} · (max(x, {knot}) − {knot})",
 }
-_RESIDUAL_EQUATION = {
-    "additive": "DV_ij = IPRED_ij + sigma_add · EPS_ij",
-    "proportional": "DV_ij = IPRED_ij + sigma_prop · IPRED_ij · EPS_ij",
-    "combined": "DV_ij = IPRED_ij + sqrt(sigma_add² + (sigma_prop · IPRED_ij)²) · EPS_ij",
-    "exponential": "log(DV_ij) = log(IPRED_ij) + sigma_exp · EPS_ij",
-}
-
-
 def prior_text(prior: Prior | None, fixed=None) -> str:
     """``lognormal(median=5, sigma=1)`` or ``fixed at 0.75``."""
     if fixed is not None:
@@ -76,19 +68,14 @@ def equations(spec: ModelSpec) -> list[str]:
     if getattr(spec, "observations", None):
         lines += [_observation_line(m) for m in spec.observation_models()]
     else:
-        lines.append(_RESIDUAL_EQUATION[spec.residual.kind] + ",  EPS_ij ~ Normal(0, 1)")
+        m = spec.observation_models()[0]
+        lines.append(m.family.equation(m, output="IPRED"))
     return lines
 
 
 def _observation_line(m) -> str:
     where = f"DVID {m.dvid}: " if m.dvid is not None else ""
-    if m.likelihood in _RESIDUAL_EQUATION:
-        text = _RESIDUAL_EQUATION[m.likelihood].replace("IPRED", m.output)
-        for base in m.base_names():
-            text = text.replace(base, base + m.suffix)
-        return where + text + ",  EPS_ij ~ Normal(0, 1)"
-    names = ", ".join(b + m.suffix for b in m.base_names())
-    return f"{where}DV_ij ~ {m.likelihood}({m.output}_ij{', ' + names if names else ''})"
+    return where + m.family.equation(m)
 
 
 def parameter_table(spec: ModelSpec) -> pd.DataFrame:

@@ -68,13 +68,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.special import expit
 
 from bayesnlme.errors import SpecError
+from bayesnlme.spec.families import FAMILIES, LIKELIHOODS, NORMAL_KINDS, Family
 from bayesnlme.spec.priors import Prior, check_keys
 
-NORMAL_KINDS = ("additive", "proportional", "combined", "exponential")
-LIKELIHOODS = NORMAL_KINDS + ("bernoulli", "ordinal", "poisson", "negbin", "tte")
 HAZARDS = ("exponential", "weibull", "gompertz")
 BLQ_METHODS = ("m3", "m1")
 _KEYS = ("dvid", "output", "likelihood", "sigma_add", "sigma_prop", "sigma_exp", "phi", "lambda",
@@ -133,19 +131,14 @@ class ObservationModel:
     nodes: int = 32
     suffix: str = ""
 
+    @property
+    def family(self) -> Family:
+        """The likelihood family object (:mod:`bayesnlme.spec.families`): density, draw, checks, VPC, text."""
+        return FAMILIES[self.likelihood]
+
     def base_names(self) -> tuple[str, ...]:
         """Parameter base names of this likelihood (vector ``cutpoints`` counts once)."""
-        k = self.likelihood
-        if k in NORMAL_KINDS:
-            return {"additive": ("sigma_add",), "proportional": ("sigma_prop",),
-                    "combined": ("sigma_add", "sigma_prop"), "exponential": ("sigma_exp",)}[k]
-        if k == "negbin":
-            return ("phi",)
-        if k == "tte":
-            return ("lambda",) if self.hazard == "exponential" else ("lambda", "shape")
-        if k == "ordinal":
-            return ("cutpoints",)
-        return ()
+        return self.family.base_names(self)
 
     def parameter_names(self) -> list[str]:
         """Names reported in the summary (``cutpoint_<k>`` for ordinal models)."""
@@ -159,7 +152,7 @@ class ObservationModel:
 
     @property
     def is_normal(self) -> bool:
-        return self.likelihood in NORMAL_KINDS
+        return self.family.continuous
 
     def draw(self, f: np.ndarray, sd: np.ndarray, params: dict, rng: np.random.Generator) -> np.ndarray:
         """Random DV of this model's records: the numpy side of its log-density.
@@ -183,23 +176,7 @@ class ObservationModel:
             link: ``f``); negative binomial as a gamma--Poisson mixture; time to event: NaN (the
             event time is simulated over the hazard, :mod:`bayesnlme.evaluate.event_times`).
         """
-        k = self.likelihood
-        if k in NORMAL_KINDS:
-            eps = rng.standard_normal(np.shape(f))
-            return f * np.exp(sd * eps) if k == "exponential" else f + sd * eps
-        if k == "bernoulli":
-            return (rng.random(np.shape(f)) < expit(f)).astype(float)
-        if k == "ordinal":
-            cut = np.asarray(params["cutpoints"], float).reshape(len(f), 1, -1)
-            cum = expit(cut - f[:, :, None])                        # P(Y <= k), k = 0..K-2
-            return (rng.random(np.shape(f))[:, :, None] > cum).sum(axis=2).astype(float)
-        if k in ("poisson", "negbin"):
-            mean = np.exp(f) if self.link == "log" else np.maximum(f, 0.0)
-            if k == "negbin":
-                phi = np.asarray(params["phi"], float).reshape(-1, 1)
-                mean = rng.gamma(phi, mean / phi)                   # NB2 = Poisson with a gamma-distributed mean
-            return rng.poisson(mean).astype(float)
-        return np.full(np.shape(f), np.nan)
+        return self.family.draw(self, f, sd, params, rng)
 
     def to_dict(self) -> dict:
         d = {"output": self.output, "likelihood": self.likelihood,
@@ -309,17 +286,8 @@ def check_data(models: tuple, data) -> None:
         sel = np.ones(data.n_obs, bool) if not multi else dvid == m.dvid
         y = data.obs_dv[sel]
         rows = data.obs_row[sel]
-        bad = None
-        if m.likelihood == "bernoulli":
-            bad, msg = ~np.isin(y, [0, 1]), "a bernoulli (binary) DV must be 0 or 1"
-        elif m.likelihood == "ordinal":
-            bad = ~np.isin(y, np.arange(m.categories))
-            msg = f"an ordinal DV must be a category 0..{m.categories - 1} (categories = {m.categories})"
-        elif m.likelihood in ("poisson", "negbin"):
-            bad, msg = (y < 0) | (y != np.round(y)), "a count DV must be a whole number >= 0"
-        elif m.likelihood == "tte":
-            bad, msg = ~np.isin(y, [0, 1]), "a time-to-event DV must be 1 (event) or 0 (censored at TIME)"
-        elif m.likelihood in ("proportional", "exponential"):
+        bad, msg = m.family.dv_error(m, y) or (None, "")
+        if m.family.continuous and m.family.positive:
             check_positive_dv(m, data, y, rows, sel)
         if bad is not None and bad.any():
             raise data.error(f"{msg}, got {y[bad][0]:g}", row=int(rows[bad][0]), column="DV")
@@ -361,4 +329,5 @@ def check_positive_dv(m: ObservationModel, data, y, rows, sel) -> None:
                      f"(MDV = 1)", row=int(rows[bad][0]), column="DV")
 
 
-__all__ = ["ObservationModel", "LIKELIHOODS", "HAZARDS", "observation_from_dict", "resolve", "check_data"]
+__all__ = ["ObservationModel", "LIKELIHOODS", "NORMAL_KINDS", "HAZARDS", "observation_from_dict", "resolve",
+           "check_data"]

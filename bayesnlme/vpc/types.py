@@ -23,10 +23,10 @@ from bayesnlme.errors import BayesNLMEInputError
 from bayesnlme.evaluate.event_times import simulate_event_times, tte_observed
 from bayesnlme.evaluate.outcomes import record_lloq, type_index
 from bayesnlme.evaluate.simulate import simulate
+from bayesnlme.spec.families import FAMILIES
 from bayesnlme.vpc import outcomes as vo
 
-CATEGORICAL = ("bernoulli", "ordinal", "poisson", "negbin")
-_MAX_COUNT_CATEGORIES = 8
+CATEGORICAL = tuple(name for name, family in FAMILIES.items() if family.vpc == "categorical")
 
 
 def select_type(spec, data, dvid=None):
@@ -118,13 +118,13 @@ def outcome_vpc_table(result, model, mask, sim=None, *, n_sim=200, time=None, bi
     """
 
     data = result.data
-    if model.likelihood == "tte":
+    if model.family.event_time:
 
         obs_time, obs_event, idx = tte_observed(result, dvid=model.dvid)
         sim_time, sim_event = simulate_event_times(result, n_draws=n_sim, seed=seed, dvid=model.dvid)
         return vo.km_vpc_table(obs_time, obs_event, sim_time, sim_event, pi=pi,
                                strata=strata[idx] if strata is not None else None)
-    if model.likelihood not in CATEGORICAL:
+    if model.family.vpc != "categorical":
         raise BayesNLMEInputError(f"no VPC for a {model.likelihood} observation type")
 
     sim = simulate(result, n_draws=n_sim, seed=seed) if sim is None else sim
@@ -138,12 +138,7 @@ def outcome_vpc_table(result, model, mask, sim=None, *, n_sim=200, time=None, bi
 
 def _default_categories(model, y):
     """Every category of a bernoulli/ordinal type; for counts 0..the observed 90th percentile (at most 8)."""
-    if model.likelihood == "bernoulli":
-        return [0, 1]
-    if model.likelihood == "ordinal":
-        return list(range(model.categories))
-    top = int(np.ceil(np.quantile(y, 0.9))) if len(y) else 0
-    return list(range(min(top, _MAX_COUNT_CATEGORIES - 1) + 1))
+    return model.family.default_categories(model, y)
 
 
 __all__ = ["select_type", "censored_observations", "outcome_vpc_table", "CATEGORICAL"]
