@@ -294,21 +294,14 @@ def _sigmas(spec: ModelSpec, init: dict) -> dict:
 
 
 def _residual_sd(spec: ModelSpec, ipred, sig: dict):
-    """Residual SD at each observation (on the log scale for exponential error)."""
-    r = spec.residual
-    if r.kind == "additive":
-        return sig["sigma_add"] * pt.ones_like(ipred)
-    if r.kind == "proportional":
-        return sig["sigma_prop"] * ipred
-    if r.kind == "combined":
-        return pt.sqrt(sig["sigma_add"] ** 2 + (sig["sigma_prop"] * ipred) ** 2)
-    return sig["sigma_exp"] * pt.ones_like(ipred)
+    """Residual SD at each observation (on the log scale for exponential error): the family's."""
+    return spec.observation_models()[0].family.residual_sd(sig, ipred)
 
 
 def _likelihood(spec: ModelSpec, ipred, sd, dv):
-    if spec.observation_models()[0].family.log_scale:
-        return pm.LogNormal("DV", mu=pt.log(ipred), sigma=sd, observed=dv, dims="obs")
-    return pm.Normal("DV", mu=ipred, sigma=sd, observed=dv, dims="obs")
+    """The observed ``DV`` as the family's own PyMC distribution (uncensored continuous records)."""
+    cls, kwargs = spec.observation_models()[0].family.pymc_distribution(ipred, sd)
+    return cls("DV", **kwargs, observed=dv, dims="obs")
 
 
 def _build_mixture(model, spec, data, doses, init, parts, dv_data) -> BuiltModel:
@@ -325,9 +318,8 @@ def _build_mixture(model, spec, data, doses, init, parts, dv_data) -> BuiltModel
         ipred = _predict(spec, data, doses, ind, obs_ind)
         sd = _residual_sd(spec, ipred, sig)
         if container:
-            dist = (pm.LogNormal.dist(mu=pt.log(ipred), sigma=sd) if spec.observation_models()[0].family.log_scale
-                    else pm.Normal.dist(mu=ipred, sigma=sd))
-            ll = pm.logp(dist, observed)
+            cls, kwargs = spec.observation_models()[0].family.pymc_distribution(ipred, sd)
+            ll = pm.logp(cls.dist(**kwargs), observed)
         else:   # censored records (M3) by their probability below/above the limit
             ll = pt.switch(dropped, 0.0, normal_logp(spec.residual.kind, data.obs_dv, ipred, sd, cens, data.obs_limit))
         return ipred, _predict(spec, data, doses, typ, obs_typ), sd, ll

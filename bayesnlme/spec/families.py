@@ -123,6 +123,15 @@ class Continuous(Family):
     def logp(self, m, y, f, p, cens=None, limit=None, time=None, nodes_lp=None):
         return normal_logp(self.name, y, f, self.residual_sd(p, f), cens, limit)
 
+    def pymc_distribution(self, f, sd):
+        """PyMC's own distribution of uncensored records: (class, keyword arguments) -- ``Normal(f, sd)``,
+        or ``LogNormal(log f, sd)`` for exponential error (used where DV is a data container)."""
+        import pymc as pm  # the spec stage does not load PyMC; the builder, which calls this, has
+
+        if self.log_scale:
+            return pm.LogNormal, {"mu": pt.log(f), "sigma": sd}
+        return pm.Normal, {"mu": f, "sigma": sd}
+
     def draw(self, m, f, sd, params, rng):
         eps = rng.standard_normal(np.shape(f))
         return f * np.exp(sd * eps) if self.log_scale else f + sd * eps
