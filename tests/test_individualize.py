@@ -391,3 +391,57 @@ def test_cli_future_occasion_flag():
     base = ["individualize", "model.toml", "--patient", "p.csv", "--target", "CTROUGH 10-20"]
     assert parser().parse_args(base).future_occasion == "new"
     assert parser().parse_args(base + ["--future-occasion", "last"]).future_occasion == "last"
+
+
+# A published PK/PD model: concentrations (DVID 1) and an Emax effect (DVID 2) of one oral dose.
+PKPD_SPEC = ModelSpec.from_dict({
+    "name": "pkpd_published", "structural": "pkpd_1cmt_oral_emax",
+    "parameters": {
+        "CL": {"prior": {"dist": "lognormal", "median": 3.0, "sigma": 0.05}, "iiv": "lognormal",
+               "omega": {"dist": "lognormal", "median": 0.3, "sigma": 0.05}},
+        "V": {"prior": {"dist": "lognormal", "median": 30.0, "sigma": 0.05}, "iiv": "lognormal",
+              "omega": {"dist": "lognormal", "median": 0.2, "sigma": 0.05}},
+        "KA": {"fixed": 1.5, "iiv": "none"}, "E0": {"fixed": 10.0, "iiv": "none"},
+        "EMAX": {"fixed": 50.0, "iiv": "none"},
+        "EC50": {"prior": {"dist": "lognormal", "median": 5.0, "sigma": 0.05}, "iiv": "lognormal",
+                 "omega": {"dist": "lognormal", "median": 0.5, "sigma": 0.05}}},
+    "observations": [
+        {"dvid": 1, "output": "CP", "likelihood": "combined", "sigma_add": {"fixed": 0.1},
+         "sigma_prop": {"fixed": 0.1}},
+        {"dvid": 2, "output": "EFFECT", "likelihood": "additive", "sigma_add": {"fixed": 2.0}}]})
+
+
+def _pkpd_patient(with_effect: bool) -> pd.DataFrame:
+    rows = [dict(ID=1, TIME=0.0, DV=0.0, AMT=300.0, EVID=1, MDV=1, CMT=1, DVID=1, II=12.0, ADDL=1),
+            dict(ID=1, TIME=2.0, DV=6.5, AMT=0.0, EVID=0, MDV=0, CMT=2, DVID=1, II=0.0, ADDL=0),
+            dict(ID=1, TIME=10.0, DV=3.1, AMT=0.0, EVID=0, MDV=0, CMT=2, DVID=1, II=0.0, ADDL=0)]
+    if with_effect:   # a strong effect at these concentrations: EC50 below the typical 5
+        rows += [dict(ID=1, TIME=t, DV=dv, AMT=0.0, EVID=0, MDV=0, CMT=2, DVID=2, II=0.0, ADDL=0)
+                 for t, dv in ((2.0, 48.0), (6.0, 44.0), (10.0, 40.0))]
+    return pd.DataFrame(rows).sort_values(["TIME", "EVID"], ascending=[True, False], kind="stable")
+
+
+def test_pkpd_levels_inform_the_posterior_and_the_profile_is_the_concentration():
+    """[[observations]]: every level (PK and PD) enters the individual posterior; the profile and the dose table
+    predict the concentration type."""
+    pk_only = individualize(PKPD_SPEC, _pkpd_patient(False), n_draws=100, seed=4)
+    both = individualize(PKPD_SPEC, _pkpd_patient(True), n_draws=100, seed=4)
+    ec50 = {k: p.parameters["EC50"].to_numpy() for k, p in (("pk", pk_only), ("both", both))}
+    # PK alone leaves EC50 at its population distribution; the effect levels pull it down and narrow it
+    assert np.median(ec50["both"]) < 0.6 * np.median(ec50["pk"])
+    assert np.std(np.log(ec50["both"])) < 0.6 * np.std(np.log(ec50["pk"]))
+    cl = {k: np.median(p.parameters["CL"]) for k, p in (("pk", pk_only), ("both", both))}
+    assert cl["both"] == pytest.approx(cl["pk"], rel=0.1)            # the effect says little about CL
+    profile = predict_profile(both, times=[1.0, 2.0, 10.0, 20.0])
+    # the grid's four times and the two measured concentrations' records (the effects' records are not rows)
+    np.testing.assert_array_equal(profile["TIME"], [1.0, 2.0, 2.0, 10.0, 10.0, 20.0])
+    measured = profile.dropna(subset=["DV_OBS"])
+    np.testing.assert_allclose(sorted(measured["DV_OBS"]), [3.1, 6.5])      # the concentrations, not the effects
+    assert (profile["IPRED_median"] < 20).all()                             # mg/L, not effect units
+    table = dose_table(both, "CTROUGH 2-6", [150, 300, 600], [12])
+    trough = table["CTROUGH_median"].to_numpy()
+    np.testing.assert_allclose(trough / trough[0], [1, 2, 4], rtol=1e-6)     # linear PK: troughs scale with dose
+    assert trough[0] < 2 < trough[1] < 6 < trough[2] and recommend(table)["DOSE"] == 300
+    effect_only = {**PKPD_SPEC.to_dict(), "name": "pk_effect", "observations": [PKPD_SPEC.to_dict()["observations"][1]]}
+    with pytest.raises(BayesNLMEInputError, match="no observation type of pk_effect observes it"):
+        read_patient(_pkpd_patient(True), ModelSpec.from_dict(effect_only))

@@ -35,8 +35,8 @@ import numpy as np
 import pandas as pd
 
 from bayesnlme.errors import BayesNLMEInputError
-from bayesnlme.evaluate.individual_model import design_draws, patient_model
-from bayesnlme.evaluate.predict import evaluate_draws, residual_draw
+from bayesnlme.evaluate.individual_model import concentration_type, design_draws, patient_model
+from bayesnlme.evaluate.predict import evaluate_draws
 from bayesnlme.evaluate.regimens import METRICS, attains, exposure_metrics, linear_closed_form, target_label
 from bayesnlme.evaluate.simulate import regimen_data
 
@@ -114,8 +114,9 @@ def last_dose(data) -> dict:
 # ---------------------------------------------------------------------------- profile
 
 
-def _profile_frame(data, regimen: dict | None, times) -> tuple[pd.DataFrame, float]:
-    """The patient's records, the proposed doses and grid records; and when the proposed regimen starts."""
+def _profile_frame(data, regimen: dict | None, times, dvid=None) -> tuple[pd.DataFrame, float]:
+    """The patient's records, the proposed doses and grid records (observation type ``dvid`` when the spec
+    has types); and when the proposed regimen starts."""
     frame = data.records.copy()
     obs = data.frame["_OBS"].to_numpy(bool)
     frame["_MEASURED"] = np.where(obs, frame["DV"].astype(float), np.nan)
@@ -151,6 +152,8 @@ def _profile_frame(data, regimen: dict | None, times) -> tuple[pd.DataFrame, flo
                "DUR": 0.0} for t in times]
     add = pd.DataFrame(extra)
     add["ID"] = frame["ID"].iloc[0]
+    if dvid is not None:
+        add["DVID"] = dvid
     combined = pd.concat([frame.assign(_ORDER=0), add.assign(_ORDER=1)], ignore_index=True)
     combined = combined.sort_values(["TIME", "_ORDER"], kind="stable").reset_index(drop=True)
     covs = [c for c in frame.columns if c not in _STANDARD and not c.startswith("_")]
@@ -197,13 +200,13 @@ def predict_profile(post, regimen: dict | None = None, *, times=None, future_occ
         measured level), ``IPRED_MAP`` (at the MAP estimate), ``DV_OBS`` (the measured level at its own
         time, NaN elsewhere).
     """
-    frame, start = _profile_frame(post.patient, regimen, times)
+    conc = concentration_type(post.spec)
+    frame, start = _profile_frame(post.patient, regimen, times, conc.dvid)
     cols = [c for c in frame.columns if not c.startswith("_")]
     built, _ = patient_model(post.spec, frame[cols], check_residual=False)
     design = built.data
     ipred, sd = _evaluate(post, built, ("ipred", "residual_sd"), future_occasion, seed)
     rng = np.random.default_rng(seed)
-    dv = residual_draw(post.spec, ipred, sd, rng)
     theta_map = {k: np.asarray(v)[None] for k, v in post.map.theta.items()}
     at_map = evaluate_draws(built, design_draws(built, post.patient, theta_map, post.map.z[None],
                                                 future="last" if future_occasion == "last" else "mode"),
@@ -211,9 +214,13 @@ def predict_profile(post, regimen: dict | None = None, *, times=None, future_occ
     measured = frame.loc[(frame["EVID"] == 0) & (frame["MDV"] == 0), "_MEASURED"].to_numpy()
     if len(measured) != design.n_obs:   # the design's observations are these rows, in this order
         raise AssertionError("profile design and its measured levels are out of step")
+    # the concentration's records (other observation types' levels informed the posterior, not the profile)
+    keep = design.obs_dvid == conc.dvid if conc.dvid is not None else np.ones(design.n_obs, bool)
+    ipred, sd, at_map, measured = ipred[:, keep], sd[:, keep], at_map[keep], measured[keep]
+    dv = conc.family.draw(conc, ipred, sd, {}, rng)
     q = lambda x, p: np.quantile(x, p, axis=0)   # noqa: E731
-    return pd.DataFrame({"TIME": design.obs_time,
-                         "PHASE": np.where(design.obs_time >= start, "proposed", "history"),
+    time = design.obs_time[keep]
+    return pd.DataFrame({"TIME": time, "PHASE": np.where(time >= start, "proposed", "history"),
                          "IPRED_median": q(ipred, 0.5), "IPRED_q5": q(ipred, 0.05), "IPRED_q95": q(ipred, 0.95),
                          "DV_q5": q(dv, 0.05), "DV_q95": q(dv, 0.95), "IPRED_MAP": at_map, "DV_OBS": measured})
 
@@ -332,6 +339,9 @@ def dose_table(post, targets, doses=None, intervals=None, *, duration: float | N
                          covariates=_covariates(post.patient))
         frames.append(f.assign(ID=k + 1))
     design = pd.concat(frames, ignore_index=True)
+    dvid = concentration_type(post.spec).dvid
+    if dvid is not None:      # the steady-state grid observes the concentration's type
+        design["DVID"] = dvid
     if "OCC" in post.patient.frame.columns:
         design["OCC"] = next_occasion(post.patient.frame)
     built, _ = patient_model(post.spec, design, check_residual=False)

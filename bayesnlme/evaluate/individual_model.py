@@ -79,13 +79,33 @@ def read_patient(patient, spec: ModelSpec):
                         f"patient's records", source=data.source, column="ID")
     if not data.frame["EVID"].isin([1, 4]).any():
         raise DataError("the patient has no dose record (EVID=1, AMT > 0)", source=data.source, column="AMT")
-    if spec.observations:
-        raise BayesNLMEInputError(f"individualisation predicts one concentration with one [residual] model; "
-                                  f"{spec.name} has [[observations]] (DVID types)")
+    concentration_type(spec)   # a spec whose types observe no concentration: one line
     if any(par.omega_iov is not None for par in spec.parameters.values()) and "OCC" not in data.frame.columns:
         data = read_nonmem(data.records.assign(OCC=1), name=data.source)   # no OCC: one occasion
     spec.bind(data)   # a covariate column the model needs and the patient lacks: one line naming it
     return data
+
+
+def concentration_type(spec: ModelSpec):
+    """The observation model of the concentration that profiles and dose finding predict.
+
+    A ``[residual]`` spec: its one model.  With ``[[observations]]`` (e.g. PK and PD levels by ``DVID``):
+    the continuous type observing the structural model's first output (``CP``); the other types' levels
+    inform the individual posterior (every measured level does) but are not predicted.
+
+    Raises
+    ------
+    BayesNLMEInputError
+        No continuous observation type of the first output.
+    """
+    models = spec.observation_models()
+    output = spec.structural.outputs[0]
+    for m in models:
+        if m.output == output and m.family.continuous:
+            return m
+    raise BayesNLMEInputError(f"individualisation predicts the concentration {output}, but no observation type "
+                              f"of {spec.name} observes it with a continuous likelihood "
+                              f"(types: {', '.join(f'DVID {m.dvid} {m.output} {m.likelihood}' for m in models)})")
 
 
 def design_key(spec: ModelSpec, data) -> tuple:
