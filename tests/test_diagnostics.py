@@ -73,6 +73,16 @@ def test_npde_is_standard_normal_and_decorrelated():
     # a biased model gives shifted NPDE
     biased = diagnostics.npde(dv + 1.0, subject, sims)
     assert biased.mean() > 0.5
+    # a failed simulation (NaN: an ODE solve past its step budget) leaves only its subject's draw out
+    broken = sims.copy()
+    broken[7, 0] = np.nan
+    got = diagnostics.npde(dv, subject, broken)
+    np.testing.assert_array_equal(got[n_i:], out.ravel()[n_i:])
+    np.testing.assert_allclose(got[:n_i], diagnostics.npde(dv[:n_i], subject[:n_i], np.delete(sims[:, :n_i], 7, 0)))
+    cens = np.zeros(len(dv), int)
+    cens[[0, 5]] = 1
+    imputed = diagnostics.impute_censored(dv, cens, None, broken, np.random.default_rng(1))
+    assert np.isfinite(imputed).all() and imputed[0] <= dv[0] and imputed[5] <= dv[5]
 
 
 @pytest.mark.slow

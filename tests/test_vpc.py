@@ -144,3 +144,18 @@ def test_cli_vpc_writes_tables_and_plots(tmp_path, correct, capsys):
     assert main(["vpc", str(tmp_path), "--bins", "0,x"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--bins" in err[0]
+
+
+def test_a_failed_simulated_record_is_left_out_not_spread():
+    """A NaN simulation (an ODE solve past its step budget) leaves the bands finite and nearly unchanged."""
+    rng = np.random.default_rng(3)
+    time = np.tile([1.0, 2.0, 4.0, 8.0], 30)
+    y = np.exp(-0.2 * time) * rng.lognormal(0, 0.2, time.size)
+    sims = np.exp(-0.2 * time)[None, :] * rng.lognormal(0, 0.2, (100, time.size))
+    clean = vpc_statistics(y, sims, time, bins=[0, 1.5, 3, 6, 9])
+    broken = sims.copy()
+    broken[4, 0] = np.nan
+    got = vpc_statistics(y, broken, time, bins=[0, 1.5, 3, 6, 9])
+    cols = ["SIM_LO", "SIM_MEDIAN", "SIM_HI"]
+    assert np.isfinite(got[cols].to_numpy()).all()
+    np.testing.assert_allclose(got[cols].to_numpy(), clean[cols].to_numpy(), rtol=0.05)

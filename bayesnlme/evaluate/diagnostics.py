@@ -239,17 +239,17 @@ def impute_censored(dv: np.ndarray, cens: np.ndarray, limit, sims: np.ndarray,
         return out
     lim = np.full(len(dv), np.nan) if limit is None else np.asarray(limit, float)
     ys = sims[:, idx]
-    cdf = lambda x: (ys < x[None, :]).mean(0)   # noqa: E731 - the empirical CDF of each record's simulations
+    k = np.maximum(np.isfinite(ys).sum(0), 1)   # failed simulations (NaN) are left out, record by record
+    cdf = lambda x: (ys < x[None, :]).sum(0) / k   # noqa: E731 - the empirical CDF of each record's simulations
     below = cens[idx] == 1
     lower = np.where(below, np.where(np.isnan(lim[idx]), -np.inf, lim[idx]), dv[idx])
     upper = np.where(below, dv[idx], np.where(np.isnan(lim[idx]), np.inf, lim[idx]))
     lo, hi = cdf(lower), cdf(upper)
-    k = sims.shape[0]
     u = rng.uniform(lo, np.maximum(hi, lo))
     u = np.clip(u, 0.5 / k, 1 - 0.5 / k)   # inside the simulated range when the interval has no simulations
     # the empirical quantile (inverse of the empirical CDF) of each record's simulations at its own u
     rank = np.clip(np.ceil(u * k).astype(int) - 1, 0, k - 1)
-    out[idx] = np.take_along_axis(np.sort(ys, axis=0), rank[None, :], axis=0)[0]
+    out[idx] = np.take_along_axis(np.sort(ys, axis=0), rank[None, :], axis=0)[0]   # NaN sort last
     return out
 
 
@@ -261,17 +261,24 @@ def npde(dv: np.ndarray, subject: np.ndarray, sims: np.ndarray) -> np.ndarray:
     dv : numpy.ndarray, shape (n_obs,)
     subject : numpy.ndarray of int, shape (n_obs,)
     sims : numpy.ndarray, shape (K, n_obs)
-        Simulated data sets of new subjects under the model.
+        Simulated data sets of new subjects under the model; a draw with a non-finite value for a
+        subject is left out of that subject's reference (NaN when fewer than 2 remain).
 
     Returns
     -------
     numpy.ndarray, shape (n_obs,)
     """
-    k = sims.shape[0]
     out = np.empty(len(dv))
     for s in np.unique(subject):          # per-subject linear algebra on a handful of observations
         idx = np.flatnonzero(subject == s)
         ys = sims[:, idx]
+        # a simulated subject whose prediction failed (an ODE solve past its step budget at extreme
+        # parameters: NaN) is left out of this subject's reference distribution
+        ys = ys[np.isfinite(ys).all(axis=1)]
+        k = ys.shape[0]
+        if k < 2:
+            out[idx] = np.nan
+            continue
         mean = ys.mean(0)
         cov = np.atleast_2d(np.cov(ys, rowvar=False))
         cov = cov + np.eye(len(idx)) * 1e-10 * max(np.trace(cov) / len(idx), 1e-300)

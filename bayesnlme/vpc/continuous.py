@@ -139,8 +139,11 @@ def vpc_statistics(y, sims, time, *, bins=8, strata=None, percentiles=(5, 50, 95
                     "TIME": float(np.median(time[m])), "N_OBS": int(m.sum())}
             lq = _bin_lloq(limits, m)
             obs = _censored_quantile(y[m], q, lq, None if lq is None else y[m] < limits[m])
-            sim = np.quantile(sims[:, m], q, axis=1)          # (n_q, n_rep), uncensored model quantiles
-            lo, med, hi = np.quantile(sim, band, axis=1)
+            # (n_q, n_rep), uncensored model quantiles; a simulated record that failed (NaN: an ODE solve
+            # past its step budget at extreme parameters) is left out of its replicate
+            vals = sims[:, m]
+            sim = (np.nanquantile if np.isnan(vals).any() else np.quantile)(vals, q, axis=1)
+            lo, med, hi = (np.nanquantile if np.isnan(sim).any() else np.quantile)(sim, band, axis=1)
             for j, p in enumerate(percentiles):
                 if np.isnan(obs[j]):     # observed percentile below LLOQ: outside if the whole PI is above it
                     outside = bool(lo[j] >= lq)
