@@ -19,7 +19,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install benchmark benchmark-scale benchmark-gpu benchmark-many sbc-check clean case-studies docs fuzz qualify capabilities
+.PHONY: demo test install benchmark benchmark-scale benchmark-gpu benchmark-many sbc-check clean case-studies case-studies-check docs fuzz qualify capabilities
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ capabilities: $(STAMP)
 
 qualify: $(STAMP)
 	$(BIN)/python -m bayesnlme.cli.qualify --out qualification
+
+# every notebook with the test suite's short settings, the warfarin study's joint ODE fits included (~5 min)
+case-studies-check: $(STAMP)
+	BAYESNLME_ALL_CASE_STUDIES=1 $(BIN)/python -m pytest -q tests/test_case_studies.py
 
 case-studies: $(STAMP)
 	$(BIN)/python case_studies/run_all.py case_studies/html
