@@ -98,11 +98,11 @@ def concentration_type(spec: ModelSpec):
     BayesNLMEInputError
         No continuous observation type of the first output.
     """
-    models = spec.observation_models()
     output = spec.structural.outputs[0]
-    for m in models:
-        if m.output == output and m.family.continuous:
-            return m
+    m = spec.observation_model_of(output, continuous=True)
+    if m is not None:
+        return m
+    models = spec.observation_models()
     raise BayesNLMEInputError(f"individualisation predicts the concentration {output}, but no observation type "
                               f"of {spec.name} observes it with a continuous likelihood "
                               f"(types: {', '.join(f'DVID {m.dvid} {m.output} {m.likelihood}' for m in models)})")

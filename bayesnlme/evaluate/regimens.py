@@ -116,10 +116,10 @@ def concentration_dvid(spec) -> int | None:
     """
     if not spec.observations:
         return None
+    m = spec.observation_model_of("CP")
+    if m is not None:
+        return m.dvid if m.dvid is not None else 1
     models = spec.observation_models()
-    for m in models:
-        if m.output == "CP":
-            return m.dvid if m.dvid is not None else 1
     raise BayesNLMEInputError(
         f"regimen evaluation summarises the predicted drug concentration (CP), and {spec.name} observes none "
         f"(its observation models: {', '.join(f'{m.output} {m.likelihood}' for m in models)}); simulate the "

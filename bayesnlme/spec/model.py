@@ -74,6 +74,14 @@ class ModelSpec:
         """The observation models (:mod:`bayesnlme.spec.observation`): ``[[observations]]`` or the ``[residual]`` one."""
         return resolve(self.observations, self.residual, self.structural)
 
+    def observation_model_of(self, output: str, *, continuous: bool = False):
+        """The first observation model observing structural ``output`` (with ``continuous``: a continuous
+        likelihood), or None: which observation type is, e.g., the drug concentration."""
+        for m in self.observation_models():
+            if m.output == output and (m.family.continuous or not continuous):
+                return m
+        return None
+
     def observation_parameter_names(self) -> list[str]:
         """Residual/outcome parameters in summary order (``sigma_add`` ... for a single residual)."""
         return [n for m in self.observation_models() for n in m.parameter_names()]
