@@ -40,7 +40,7 @@ from bayesnlme.data import NMData, read_nonmem
 from bayesnlme.errors import DataError, SpecError
 from bayesnlme.spec import ModelSpec
 from bayesnlme.spec.families import normal_logp
-from bayesnlme.spec.observation import ObservationModel, check_positive_dv
+from bayesnlme.spec.observation import check_positive_dv
 from bayesnlme.structural import LIBRARY, DoseEvents, dose_events
 from bayesnlme.structural.pd import time_varying
 
@@ -238,7 +238,8 @@ def _check_residual(spec: ModelSpec, data: NMData, doses: DoseEvents) -> None:
     if spec.observations:   # each observation model checks its own records (observation.py)
         return
     kind = spec.residual.kind
-    family = spec.observation_models()[0].family
+    model = spec.observation_models()[0]   # the [residual] one
+    family = model.family
     if family.log_scale and (data.obs_dv <= 0).any():
         i = int(np.flatnonzero(data.obs_dv <= 0)[0])
         raise DataError(f"exponential (log-scale) residual error needs DV > 0, got {data.obs_dv[i]:g} "
@@ -259,8 +260,7 @@ def _check_residual(spec: ModelSpec, data: NMData, doses: DoseEvents) -> None:
                             row=int(data.obs_row[i]), column="DV")
     if family.positive:   # DV = 0 where the prediction is 0 (proportional; exponential refused DV <= 0 above)
         every = np.ones(data.n_obs, bool)
-        check_positive_dv(ObservationModel(output=spec.structural.outputs[0], likelihood=kind), data,
-                           data.obs_dv, data.obs_row, every)
+        check_positive_dv(model, data, data.obs_dv, data.obs_row, every)
 
 
 def _check_dosed(spec: ModelSpec, data: NMData) -> None:

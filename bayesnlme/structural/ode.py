@@ -410,13 +410,12 @@ def ode_function(params_by_subject: dict, data, model, *, system: ODESystem, out
     n_seg = int(seg.max(initial=0)) + 1
     # each subject's segments: the first observation of each (padding: any observation of the subject;
     # a segment that is never reached keeps zero sensitivities)
-    first = np.zeros((n_sub, n_seg), np.int64)
-    seen = np.zeros((n_sub, n_seg), bool)
-    for o in np.lexsort((np.arange(data.n_obs), data.obs_time, data.obs_subject)):
-        i, g = data.obs_subject[o], seg[o]
-        if not seen[i, g]:
-            first[i, g], seen[i, g] = o, True
-    first = np.where(seen, first, first[:, :1])
+    order = np.lexsort((np.arange(data.n_obs), data.obs_time, data.obs_subject))
+    subj, g = data.obs_subject[order], seg[order]
+    opens = np.r_[True, (subj[1:] != subj[:-1]) | (g[1:] != g[:-1])]   # a segment is one run of observations
+    first = np.full((n_sub, n_seg), -1, np.int64)
+    first[subj[opens], g[opens]] = order[opens]
+    first = np.maximum(np.where(first < 0, first[:, :1], first), 0)
     cols, active = [], []
     for name in system.parameters:
         v = params_by_subject.get(name, model.optional.get(name))
