@@ -109,6 +109,22 @@ def test_michaelis_menten_matches_solve_ivp():
     _close(ode, ref)
 
 
+def _central_differences(f, x0, floor):
+    """Central differences of the scalar ``f`` at ``x0``, step 1e-4 of each value (at least of ``floor``).
+
+    1e-4: with 1e-6 the difference quotient carries the adaptive solver's ~1e-10 error divided by eps
+    (~1e-4 relative noise); central-difference truncation is ~1e-8 here.
+    """
+    fd = np.zeros_like(x0)
+    for idx in np.ndindex(*x0.shape):
+        eps = 1e-4 * max(abs(x0[idx]), floor)
+        up, down = x0.copy(), x0.copy()
+        up[idx] += eps
+        down[idx] -= eps
+        fd[idx] = (f(up) - f(down)) / (2 * eps)
+    return fd
+
+
 def _gradient_and_fd(data, params):
     """Gradient of a weighted sum of CP by the solver's sensitivities, and by central differences."""
     system = LINEAR.function.keywords["system"]
@@ -118,15 +134,7 @@ def _gradient_and_fd(data, params):
     fn = pytensor.function([P], [(cp * weights).sum(), pytensor.grad((cp * weights).sum(), P)])
     p0 = np.stack([params[k] for k in system.parameters], axis=1)
     _, grad = fn(p0)
-    fd = np.zeros_like(p0)
-    for idx in np.ndindex(*p0.shape):
-        # 1e-4: with 1e-6 the difference quotient carries the adaptive solver's ~1e-10 error
-        # divided by eps (~1e-4 relative noise); central-difference truncation is ~1e-8 here
-        eps = 1e-4 * max(abs(p0[idx]), 1e-2)
-        up, down = p0.copy(), p0.copy()
-        up[idx] += eps
-        down[idx] -= eps
-        fd[idx] = (fn(up)[0] - fn(down)[0]) / (2 * eps)
+    fd = _central_differences(lambda p: fn(p)[0], p0, 1e-2)
     return grad, fd, np.abs(fd).max(axis=0)   # scale per parameter (columns have different units)
 
 
@@ -453,15 +461,8 @@ def test_piecewise_parameter_gradient_matches_finite_differences():
     p0 = np.stack([PARAMS[k] for k in system.parameters], axis=1)
     k0 = np.stack([KEY_LOG[n] for n in ("CL", "KA", "ALAG")], axis=1)
     _, gp, gk = fn(p0, k0)
-    for x0, grad, which in ((p0, gp, 0), (k0, gk, 1)):
-        fd = np.zeros_like(x0)
-        for idx in np.ndindex(*x0.shape):
-            eps = 1e-4 * max(abs(x0[idx]), 1e-1)
-            up, down = x0.copy(), x0.copy()
-            up[idx] += eps
-            down[idx] -= eps
-            args = ((up, k0), (down, k0)) if which == 0 else ((p0, up), (p0, down))
-            fd[idx] = (fn(*args[0])[0] - fn(*args[1])[0]) / (2 * eps)
+    for grad, fd in ((gp, _central_differences(lambda p: fn(p, k0)[0], p0, 1e-1)),
+                     (gk, _central_differences(lambda k: fn(p0, k)[0], k0, 1e-1))):
         scale = np.abs(fd).max(axis=0)
         assert np.all(np.abs(grad - fd) <= 5e-6 * scale + 1e-9)
     # later segments' multipliers carry gradient: key 1's for CL, KA and the lag of its dose; key 2
