@@ -98,10 +98,18 @@ def test_cens_limit_validation():
         ModelSpec.from_toml_text(TOML % "m2")
 
 
-def test_no_cens_keeps_plain_normal_likelihood():
-    df = simulate(n=2).drop(columns="CENS")
-    built = build_model(ModelSpec.from_toml_text(TOML % "m3"), df)
-    assert type(built.model["DV"].owner.op).__name__ == "NormalRV"
+def test_cens_column_of_zeros_changes_nothing():
+    """No CENS column and a CENS column of zeros: the same per-record log-likelihood, one graph path."""
+    df = simulate(n=2)
+    spec = ModelSpec.from_toml_text(TOML % "m3")
+    plain = build_model(spec, df.drop(columns=["CENS", "LIMIT"], errors="ignore").assign(DV=lambda d: d.DV.abs() + 1))
+    zeros = build_model(spec, df.assign(CENS=0, DV=lambda d: d.DV.abs() + 1))
+    for b in (plain, zeros):
+        assert type(b.model["DV"].owner.op).__name__ == "CustomDist_DV"
+    ip = plain.model.initial_point()
+    a, b = (bm.model.compile_logp(vars=[bm.model["DV"]], sum=False)(ip)[0] for bm in (plain, zeros))
+    assert a.shape == (plain.data.n_obs,) and np.isfinite(a).all()
+    np.testing.assert_allclose(a, b, rtol=1e-12)
 
 
 def test_gof_with_censored_records_imputes_npde(fits):

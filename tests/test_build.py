@@ -93,6 +93,31 @@ def test_residual_models_match_scipy(residual):
     assert got == pytest.approx(expected, rel=1e-9)
 
 
+def test_residual_is_one_observation_model_and_its_dv_a_container():
+    """``[residual]`` and the same error as one ``[[observations]]`` entry build the same log-density; with
+    ``dv_data`` the DV is a data container, and new DV values give the scipy log-density at them."""
+    df = load_indometacin()
+    spec = _spec(residual="combined", structural="1cmt_iv", params=("CL", "V"))
+    d = spec.to_dict()
+    d.pop("residual")
+    d["observations"] = [{"output": "CP", "likelihood": "combined"}]
+    twin = ModelSpec.from_dict(d)
+    built, other = build_model(spec, df, dv_data=True), build_model(twin, df)
+    m = built.model
+    pt_ = _point(built, CL=8.0, V=10.0, omega_CL=0.2, omega_V=0.1, sigma_add=0.1, sigma_prop=0.15)
+    logp = m.compile_logp(vars=[m["DV"]])
+    assert logp(pt_) == pytest.approx(other.model.compile_logp(vars=[other.model["DV"]])(pt_), rel=1e-12)
+    data = read_nonmem(df)
+    z = pt_["eta_z"]
+    cl, v = 8 * np.exp(0.2 * z[:, 0]), 10 * np.exp(0.1 * z[:, 1])
+    conc = 25 / v[data.obs_subject] * np.exp(-cl[data.obs_subject] / v[data.obs_subject] * data.obs_time)
+    sd = np.sqrt(0.1 ** 2 + (0.15 * conc) ** 2)
+    new = data.obs_dv * 1.5 + 0.2
+    m.set_data("DV_data", new)
+    assert logp(pt_) == pytest.approx(stats.norm.logpdf(new, conc, sd).sum(), rel=1e-9)
+    assert "DV_data" not in other.model.named_vars
+
+
 def test_block_omega_correlates_etas():
     spec = _spec({"random_effects": {"blocks": [["CL", "V"]], "lkj_eta": 2.0}})
     built = build_model(spec, load_theophylline())

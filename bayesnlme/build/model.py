@@ -39,7 +39,7 @@ from bayesnlme.build.priors import estimate, prior_dist, prior_rv
 from bayesnlme.data import NMData, read_nonmem
 from bayesnlme.errors import DataError, SpecError
 from bayesnlme.spec import ModelSpec
-from bayesnlme.spec.families import normal_logp
+from bayesnlme.spec.families import normal_logp, put, take
 from bayesnlme.spec.observation import check_positive_dv
 from bayesnlme.structural import LIBRARY, DoseEvents, dose_events
 from bayesnlme.structural.pd import time_varying
@@ -298,12 +298,6 @@ def _residual_sd(spec: ModelSpec, ipred, sig: dict):
     return spec.observation_models()[0].family.residual_sd(sig, ipred)
 
 
-def _likelihood(spec: ModelSpec, ipred, sd, dv):
-    """The observed ``DV`` as the family's own PyMC distribution (uncensored continuous records)."""
-    cls, kwargs = spec.observation_models()[0].family.pymc_distribution(ipred, sd)
-    return cls("DV", **kwargs, observed=dv, dims="obs")
-
-
 def _build_mixture(model, spec, data, doses, init, parts, dv_data) -> BuiltModel:
     """A ``[mixture]`` model: one prediction per component, DV's density marginalised over membership."""
     check_mixture_data(spec, data)
@@ -317,11 +311,10 @@ def _build_mixture(model, spec, data, doses, init, parts, dv_data) -> BuiltModel
     def component(ind, typ):
         ipred = _predict(spec, data, doses, ind, obs_ind)
         sd = _residual_sd(spec, ipred, sig)
-        if container:
-            cls, kwargs = spec.observation_models()[0].family.pymc_distribution(ipred, sd)
-            ll = pm.logp(cls.dist(**kwargs), observed)
-        else:   # censored records (M3) by their probability below/above the limit
-            ll = pt.switch(dropped, 0.0, normal_logp(spec.residual.kind, data.obs_dv, ipred, sd, cens, data.obs_limit))
+        # censored records (M3) by their probability below/above the limit; M1-dropped ones 0
+        ll = normal_logp(spec.residual.kind, observed, ipred, sd, cens, data.obs_limit)
+        if dropped.any():
+            ll = pt.switch(dropped, 0.0, ll)
         return ipred, _predict(spec, data, doses, typ, obs_typ), sd, ll
 
     with model:
@@ -343,8 +336,9 @@ def build_model(spec: ModelSpec, data, *, check_residual: bool = True, dv_data: 
     dv_data : bool
         Hold the observed DV in a data container ``DV_data`` (:func:`pymc.Data`) instead of a
         constant, so that a compiled model can be sampled again for new DV values of the same design
-        (:mod:`bayesnlme.inference.refit`).  Single-residual models only: with ``[[observations]]`` or
-        censored records DV stays a constant (check ``"DV_data" in built.model.named_vars``).
+        (:mod:`bayesnlme.inference.refit`).  Continuous observation models only: with a discrete or
+        time-to-event observation model or censored records DV stays a constant (check
+        ``"DV_data" in built.model.named_vars``).
 
     Returns
     -------
@@ -378,16 +372,8 @@ def build_model(spec: ModelSpec, data, *, check_residual: bool = True, dv_data: 
         individual, typical, obs_ind, obs_typ = individual_parameters(spec, data, init, occ_index)
         if spec.mixture is not None:
             return _build_mixture(model, spec, data, doses, init, (individual, typical, obs_ind, obs_typ), dv_data)
-        if _observation_models_needed(spec, data):
-            return _build_observations(model, spec, data, doses, init, individual, typical, obs_ind, obs_typ)
-        ipred, pred = (_predict(spec, data, doses, params, obs_log)
-                       for params, obs_log in ((individual, obs_ind), (typical, obs_typ)))
-        sd = _residual_sd(spec, ipred, _sigmas(spec, init))
-        observed = pm.Data("DV_data", data.obs_dv, dims="obs") if dv_data else data.obs_dv
-        dv = _likelihood(spec, ipred, sd, observed)
-    return BuiltModel(model=model, spec=spec, data=data, initial_point=init,
-                      ipred=ipred, pred=pred, residual_sd=sd, individual=individual,
-                      loglik=pm.logp(dv, observed))
+        return _build_observations(model, spec, data, doses, init, (individual, typical, obs_ind, obs_typ),
+                                   dv_data=dv_data, check=check_residual or bool(spec.observations))
 
 
 def _dvid_data(spec: ModelSpec, data: NMData) -> NMData:
@@ -395,11 +381,6 @@ def _dvid_data(spec: ModelSpec, data: NMData) -> NMData:
 
         return replace(data, obs_cmt=np.zeros_like(data.obs_cmt))
     return data
-
-
-def _observation_models_needed(spec: ModelSpec, data: NMData) -> bool:
-    """Observation models by DVID, outcome likelihoods or censored (BLQ) records: the general likelihood."""
-    return bool(spec.observations) or (data.obs_cens is not None and bool((data.obs_cens != 0).any()))
 
 
 def _within_subject(spec: ModelSpec, data: NMData, obs_log: dict) -> dict:
@@ -444,23 +425,35 @@ def _outputs(spec: ModelSpec, data: NMData, doses: DoseEvents, params: dict, obs
     return out if isinstance(out, dict) else {st.outputs[0]: out}
 
 
-def _build_observations(model, spec, data, doses, init, individual, typical, obs_ind, obs_typ) -> BuiltModel:
-    """The observed ``DV`` as the sum of per-record log-densities of each record's observation model."""
+def _build_observations(model, spec, data, doses, init, parts, *, dv_data: bool, check: bool) -> BuiltModel:
+    """The observed ``DV`` as the sum of per-record log-densities of each record's observation model.
+
+    One path for every spec: ``[residual]`` is a single continuous observation model.  ``DV`` is a
+    ``pm.CustomDist`` whose log-density is the per-record graph (so ``log_likelihood["DV"]`` is
+    pointwise) and whose random draw is each record's observation model's.
+    """
     st = spec.structural
+    individual, typical, obs_ind, obs_typ = parts
     outs = _outputs(spec, data, doses, individual, obs_ind)
     at_times = ((lambda tq: st.function(individual, data, st, times=tq, **_within_subject(spec, data, obs_ind)))
                 if time_varying(st) else None)
-    ll, ipred, sd, excluded, families = pointwise_loglik(spec, data, outs, init, at_times)
+    # a data container (refit of one compiled model for new DV) where every record's density is a
+    # function of DV: continuous observation models, no censored record (a censored DV is a limit)
+    container = dv_data and all(m.family.continuous for m in spec.observation_models()) and not (
+        data.obs_cens is not None and (data.obs_cens != 0).any())
+    with model:
+        dv = pm.Data("DV_data", data.obs_dv, dims="obs") if container else None
+    ll, ipred, sd, excluded, families = pointwise_loglik(spec, data, outs, init, at_times, dv=dv, check=check)
     pred_outs = _outputs(spec, data, doses, typical, obs_typ)
     pred = pt.zeros(data.n_obs)
     for m in spec.observation_models():
         idx = np.flatnonzero(data.obs_dvid == m.dvid) if m.dvid is not None else np.arange(data.n_obs)
-        pred = pt.set_subtensor(pred[idx], pred_outs[m.output][idx])
+        pred = put(pred, idx, take(pred_outs[m.output], idx, data.n_obs), data.n_obs)
     with model:
         # logp: the per-record log-likelihood graph; random: each record's observation model draws it
         scalars, random = dv_draw_inputs(families)
         pm.CustomDist("DV", ll, ipred, sd, *scalars, logp=lambda value, lp, *rest: lp, random=random,
-                      observed=data.obs_dv, dims="obs")
+                      observed=data.obs_dv if dv is None else dv, dims="obs")
     return BuiltModel(model=model, spec=spec, data=data, initial_point=init, ipred=ipred, pred=pred,
                       residual_sd=sd, individual=individual, excluded=excluded, loglik=ll)
 

@@ -21,6 +21,7 @@ from scipy.special import roots_legendre
 
 from bayesnlme.build.priors import DIST_ARGS, prior_rv
 from bayesnlme.spec import ModelSpec
+from bayesnlme.spec.families import put, take
 from bayesnlme.spec.observation import check_data
 
 
@@ -50,13 +51,19 @@ def _cutpoints(m, init):
     return c
 
 
-def pointwise_loglik(spec: ModelSpec, data, outputs: dict, init: dict, at_times=None):
+def pointwise_loglik(spec: ModelSpec, data, outputs: dict, init: dict, at_times=None, dv=None, check=True):
     """Parameters of every observation model and the log-likelihood of each record.
 
     Parameters
     ----------
     outputs : dict of str -> tensor (n_obs,)
         Structural outputs at the records.
+    dv : tensor (n_obs,), optional
+        DV as a data container (continuous observation models, no censored record); default
+        ``data.obs_dv`` as a constant.
+    check : bool
+        Check DV against each observation model (:func:`check_data`); off where the records are a
+        design whose DV is a placeholder.
     at_times : callable, optional
         ``at_times(times (n_obs, Q)) -> dict of (n_obs, Q)`` for models whose
         outputs change between records (time-varying hazards).
@@ -73,7 +80,8 @@ def pointwise_loglik(spec: ModelSpec, data, outputs: dict, init: dict, at_times=
         its random draw needs besides IPRED and SD (:meth:`ObservationModel.draw`).
     """
     models = spec.observation_models()
-    check_data(models, data)
+    if check:
+        check_data(models, data)
     n = data.n_obs
     multi = len(models) > 1 or models[0].dvid is not None
     cens = data.obs_cens if data.obs_cens is not None else np.zeros(n, int)
@@ -88,22 +96,22 @@ def pointwise_loglik(spec: ModelSpec, data, outputs: dict, init: dict, at_times=
             idx = idx[cens[idx] == 0]
         if not len(idx):
             continue
-        f = outputs[m.output][idx]
-        ipred = pt.set_subtensor(ipred[full], outputs[m.output][full])
-        y = data.obs_dv[idx]
+        f = take(outputs[m.output], idx, n)
+        ipred = put(ipred, full, take(outputs[m.output], full, n), n)
+        y = take(data.obs_dv if dv is None else dv, idx, n)
         p = {b: (_cutpoints(m, init) if b == "cutpoints" else _param(b + m.suffix, m.priors[b], init))
              for b in m.base_names()}
         families.append((m, full, {b: p[b] for b in ("phi", "cutpoints") if b in p}))
         family = m.family
         if family.continuous:
-            sd = pt.set_subtensor(sd[full], family.residual_sd(p, outputs[m.output][full]))
+            sd = put(sd, full, family.residual_sd(p, take(outputs[m.output], full, n)), n)
         nodes_lp = None
         if family.event_time and at_times is not None:   # the output changes on [0, T]: quadrature
             tq = np.zeros((n, m.nodes))
             tq[idx] = quadrature_times(data.obs_time[idx], m.nodes)
             nodes_lp = at_times(tq)[m.output][idx]
         lp = family.logp(m, y, f, p, cens[idx], limit[idx], time=data.obs_time[idx], nodes_lp=nodes_lp)
-        ll = pt.set_subtensor(ll[idx], lp)
+        ll = put(ll, idx, lp, n)
     return ll, ipred, sd, np.array(sorted(excluded), int), families
 
 

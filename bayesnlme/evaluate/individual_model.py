@@ -133,8 +133,7 @@ def patient_model(spec: ModelSpec, data, *, check_residual: bool = True):
             build_model(spec, data)   # the checks of DV against the residual model (no compilation)
     else:
         built = build_model(spec, data, check_residual=check_residual, dv_data=True)
-        model = built.model
-        loglik = pm.logp(model["DV"], model["DV_data"]) if "DV_data" in model.named_vars else built.loglik
+        loglik = built.loglik   # of the DV_data container where DV is one
         _CACHE[key] = (built, loglik)
         while len(_CACHE) > CACHE_SIZE:
             _CACHE.popitem(last=False)

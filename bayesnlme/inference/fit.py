@@ -235,7 +235,9 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
         if not isinstance(value, (int, np.integer)) or value < low:
             raise BayesNLMEInputError(f"{name} must be an integer >= {low}, got {value!r}")
     data = read_nonmem(data)
-    built = build_model(spec, data)
+    # DV in a data container where the model allows one: the graph the refitter compiles once and samples
+    # for new DV (inference.refit), so that a refit and a fit of the same data give the same draws
+    built = build_model(spec, data, dv_data=True)
     model, start = built.model, built.initial_point
     settings = {"method": method, "sampler": sampler if method == "nuts" else method, "chains": chains,
                 "device": device,
@@ -308,6 +310,8 @@ def _approximate(built, method, draws, seed, progress):
 
 
 def _add_data_groups(idata: az.InferenceData, data: NMData) -> None:
+    if "constant_data" in idata.groups():   # an engine's copy of the data containers (DV_data): the fit's own below
+        del idata.constant_data
     obs = {"obs": data.obs_row}
     ids = np.array([str(i) for i in data.ids])
     groups = {}

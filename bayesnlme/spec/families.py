@@ -123,15 +123,6 @@ class Continuous(Family):
     def logp(self, m, y, f, p, cens=None, limit=None, time=None, nodes_lp=None):
         return normal_logp(self.name, y, f, self.residual_sd(p, f), cens, limit)
 
-    def pymc_distribution(self, f, sd):
-        """PyMC's own distribution of uncensored records: (class, keyword arguments) -- ``Normal(f, sd)``,
-        or ``LogNormal(log f, sd)`` for exponential error (used where DV is a data container)."""
-        import pymc as pm  # the spec stage does not load PyMC; the builder, which calls this, has
-
-        if self.log_scale:
-            return pm.LogNormal, {"mu": pt.log(f), "sigma": sd}
-        return pm.Normal, {"mu": f, "sigma": sd}
-
     def draw(self, m, f, sd, params, rng):
         eps = rng.standard_normal(np.shape(f))
         return f * np.exp(sd * eps) if self.log_scale else f + sd * eps
@@ -264,8 +255,9 @@ def normal_logp(kind: str, y, f, sd, cens=None, limit=None):
     Parameters
     ----------
     kind : {"additive", "proportional", "combined", "exponential"}
-    y : numpy.ndarray
-        DV (the limit for censored records).
+    y : numpy.ndarray or tensor (n,)
+        DV (the limit for censored records).  A tensor (a data container whose values change between
+        fits of one compiled model) only where no record is censored.
     f, sd : tensor
         Prediction and residual SD (log scale for exponential error).
     cens : numpy.ndarray of int, optional
@@ -273,34 +265,38 @@ def normal_logp(kind: str, y, f, sd, cens=None, limit=None):
     limit : numpy.ndarray of float, optional
         The interval's other end (NaN: open).
     """
-    n = len(y)
+    n = len(y) if isinstance(y, np.ndarray) else len(cens if cens is not None else limit)
     cens = np.zeros(n, int) if cens is None else np.asarray(cens)
     limit = np.full(n, np.nan) if limit is None else np.asarray(limit, float)
     log = kind == "exponential"
     mu = pt.log(f) if log else f
-    with np.errstate(divide="ignore"):
-        yt = np.log(np.where(y > 0, y, 1.0)) if log else y
-        lt = np.where(limit > 0, np.log(np.where(limit > 0, limit, 1.0)), -np.inf) if log else limit
     out = pt.zeros(n)
     obs = np.flatnonzero(cens == 0)
     if len(obs):
-        s = sd[obs]
+        s, m, yo = take(sd, obs, n), take(mu, obs, n), take(y, obs, n)
+        if log:   # DV > 0 on observed records (check_positive_dv)
+            yo = np.log(yo) if isinstance(yo, np.ndarray) else pt.log(yo)
         if kind == "proportional":
             # SD = sigma_prop * IPRED is 0 where IPRED is 0 (before a lag time): density 0 there
             # (DV = 0 is rejected by check_data), written so that neither value nor gradient is NaN
             positive = s > 0
             s = pt.switch(positive, s, 1.0)
-        z = (yt[obs] - mu[obs]) / s
-        lp = -0.5 * z ** 2 - pt.log(s) - 0.5 * _LOG_2PI - (yt[obs] if log else 0.0)
+        z = (yo - m) / s
+        lp = -0.5 * z ** 2 - pt.log(s) - 0.5 * _LOG_2PI - (yo if log else 0.0)
         if kind == "proportional":
             lp = pt.switch(positive, lp, -np.inf)
-        out = pt.set_subtensor(out[obs], lp)
+        out = put(out, obs, lp, n)
     if (cens != 0).any():
+        if not isinstance(y, np.ndarray):
+            raise TypeError("censored records need DV (their limit) as a constant array")
         from pymc.distributions.dist_math import (  # PyMC's stable normal tails
             normal_lccdf,
             normal_lcdf,
         )
 
+        with np.errstate(divide="ignore"):
+            yt = np.log(np.where(y > 0, y, 1.0)) if log else y
+            lt = np.where(limit > 0, np.log(np.where(limit > 0, limit, 1.0)), -np.inf) if log else limit
         for side in (1, -1):
             for bounded in (False, True):
                 idx = np.flatnonzero((cens == side) & (np.isfinite(lt) == bounded))
@@ -313,6 +309,18 @@ def normal_logp(kind: str, y, f, sd, cens=None, limit=None):
                     lp = _logdiffexp(lp, tail(m, s, lt[idx]))
                 out = pt.set_subtensor(out[idx], lp)
     return out
+
+
+def take(x, idx: np.ndarray, n: int):
+    """``x[idx]`` for sorted distinct record numbers ``idx`` of ``n``; ``x`` itself when they are all
+    (no indexing op in the graph of a model with one observation type)."""
+    return x if len(idx) == n else x[idx]
+
+
+def put(base, idx: np.ndarray, value, n: int):
+    """``base`` with ``value`` at sorted distinct record numbers ``idx`` of ``n``; ``value`` itself when
+    they are all."""
+    return value if len(idx) == n else pt.set_subtensor(base[idx], value)
 
 
 def log_baseline_hazard(hazard, t, lam, shape=None):
