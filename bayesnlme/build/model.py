@@ -34,12 +34,12 @@ import pytensor.tensor as pt
 
 from bayesnlme.build.covariates import covariate_log_factors
 from bayesnlme.build.mixture import build_mixture, check_mixture_data
-from bayesnlme.build.observations import dv_draw_inputs, pointwise_loglik
+from bayesnlme.build.observations import dv_draw_inputs, observation_parameters, pointwise_loglik
 from bayesnlme.build.priors import estimate, prior_dist, prior_rv
 from bayesnlme.data import NMData, read_nonmem
 from bayesnlme.errors import DataError, SpecError
 from bayesnlme.spec import ModelSpec
-from bayesnlme.spec.families import normal_logp, put, take
+from bayesnlme.spec.families import put, take
 from bayesnlme.spec.observation import check_positive_dv
 from bayesnlme.structural import LIBRARY, DoseEvents, dose_events
 from bayesnlme.structural.pd import time_varying
@@ -283,21 +283,6 @@ def _check_dosed(spec: ModelSpec, data: NMData) -> None:
                         column="AMT")
 
 
-def _sigmas(spec: ModelSpec, init: dict) -> dict:
-    """The residual SDs' random variables (constants when fixed)."""
-    r, sig = spec.residual, {}
-    for s in r.sigma_names():
-        sig[s] = prior_rv(s, r.priors[s])
-        if not r.priors[s].is_fixed:
-            init[s] = r.priors[s].median()
-    return sig
-
-
-def _residual_sd(spec: ModelSpec, ipred, sig: dict):
-    """Residual SD at each observation (on the log scale for exponential error): the family's."""
-    return spec.observation_models()[0].family.residual_sd(sig, ipred)
-
-
 def _build_mixture(model, spec, data, doses, init, parts, dv_data) -> BuiltModel:
     """A ``[mixture]`` model: one prediction per component, DV's density marginalised over membership."""
     check_mixture_data(spec, data)
@@ -306,16 +291,17 @@ def _build_mixture(model, spec, data, doses, init, parts, dv_data) -> BuiltModel
     dropped = (cens != 0) & (spec.residual.blq == "m1")      # M1: out of the likelihood (log-density 0)
     container = dv_data and not cens.any()                   # as without [mixture]: censored DV stays a constant
     observed = pm.Data("DV_data", data.obs_dv, dims="obs") if container else data.obs_dv
-    sig = _sigmas(spec, init)
+    m = spec.observation_models()[0]   # the [residual] one
+    p = observation_parameters(m, init)
 
     def component(ind, typ):
-        ipred = _predict(spec, data, doses, ind, obs_ind)
-        sd = _residual_sd(spec, ipred, sig)
+        ipred = _outputs(spec, data, doses, ind, obs_ind)[m.output]
+        sd = m.family.residual_sd(p, ipred)
         # censored records (M3) by their probability below/above the limit; M1-dropped ones 0
-        ll = normal_logp(spec.residual.kind, observed, ipred, sd, cens, data.obs_limit)
+        ll = m.family.logp(m, observed, ipred, p, cens, data.obs_limit)
         if dropped.any():
             ll = pt.switch(dropped, 0.0, ll)
-        return ipred, _predict(spec, data, doses, typ, obs_typ), sd, ll
+        return ipred, _outputs(spec, data, doses, typ, obs_typ)[m.output], sd, ll
 
     with model:
         out = build_mixture(spec, data, init, individual, typical, component, observed)
@@ -456,13 +442,3 @@ def _build_observations(model, spec, data, doses, init, parts, *, dv_data: bool,
                       observed=data.obs_dv if dv is None else dv, dims="obs")
     return BuiltModel(model=model, spec=spec, data=data, initial_point=init, ipred=ipred, pred=pred,
                       residual_sd=sd, individual=individual, excluded=excluded, loglik=ll)
-
-
-def _predict(spec: ModelSpec, data: NMData, doses: DoseEvents, params: dict, obs_log: dict):
-    # optional parameters the spec leaves out are absent: functions use params.get(name, default)
-    st = spec.structural
-    if not st.per_subject:
-        return st.function(at_observations(params, obs_log, data), doses)
-    out = st.function(params, data, st, **_within_subject(spec, data, obs_log))
-    # contract 1: a dict of outputs; until observation types (DVID) pick one per record, the first
-    return out[st.outputs[0]] if isinstance(out, dict) else out

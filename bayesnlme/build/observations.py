@@ -51,6 +51,13 @@ def _cutpoints(m, init):
     return c
 
 
+def observation_parameters(m, init: dict) -> dict:
+    """An observation model's parameters by base name (``sigma_add``, ``phi``, ``cutpoints`` ...): random
+    variables named with the model's suffix (constants when fixed); their starts go into ``init``."""
+    return {b: (_cutpoints(m, init) if b == "cutpoints" else _param(b + m.suffix, m.priors[b], init))
+            for b in m.base_names()}
+
+
 def pointwise_loglik(spec: ModelSpec, data, outputs: dict, init: dict, at_times=None, dv=None, check=True):
     """Parameters of every observation model and the log-likelihood of each record.
 
@@ -99,8 +106,7 @@ def pointwise_loglik(spec: ModelSpec, data, outputs: dict, init: dict, at_times=
         f = take(outputs[m.output], idx, n)
         ipred = put(ipred, full, take(outputs[m.output], full, n), n)
         y = take(data.obs_dv if dv is None else dv, idx, n)
-        p = {b: (_cutpoints(m, init) if b == "cutpoints" else _param(b + m.suffix, m.priors[b], init))
-             for b in m.base_names()}
+        p = observation_parameters(m, init)
         families.append((m, full, {b: p[b] for b in ("phi", "cutpoints") if b in p}))
         family = m.family
         if family.continuous:
