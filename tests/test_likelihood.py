@@ -74,16 +74,48 @@ def _exact_loglik(df, theta):
     return float(sum(mvn.logpdf(df.DV[df.ID == i].to_numpy()) for i in df.ID.unique()))
 
 
-@pytest.fixture(scope="module")
-def linear_fit():
-    spec = ModelSpec.from_dict(
+def _linear_spec():
+    return ModelSpec.from_dict(
         {"name": "level", "parameters": {"B": {"prior": {"dist": "lognormal", "median": 1000.0, "sigma": 10.0},
                                                "iiv": "lognormal",
                                                "omega": {"dist": "halfnormal", "sigma": 3.0}}},
          "residual": {"type": "additive", "sigma_add": {"dist": "halfnormal", "sigma": 3.0}}},
         structural=StructuralModel.custom(_level, ["B"]))
+
+
+@pytest.fixture(scope="module")
+def linear_fit():
     df = _linear_data()
-    return _quiet_fit(spec, df, chains=2, draws=300, tune=300, seed=2, progress=False), df
+    return _quiet_fit(_linear_spec(), df, chains=2, draws=300, tune=300, seed=2, progress=False), df
+
+
+@pytest.mark.slow
+def test_mle_of_a_variance_component_on_its_boundary():
+    """Data without between-subject variation (seed 1: the exact MLE of OMEGA is 0): the MLE of OMEGA is
+    0 to Monte Carlo error, the same from two starts, with the exact maximum likelihood."""
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame([(i + 1, float(j), 10.0 + rng.normal(0.0, 0.8)) for i in range(_N_SUB) for j in range(_N_PER)],
+                      columns=["ID", "TIME", "DV"])
+
+    def exact(v):
+        return _exact_loglik(df, {"B": math.exp(v[0]), "omega_B": v[1], "sigma_add": math.exp(v[2])})
+
+    best = optimize.minimize(lambda v: -exact(v), [10.0, 0.5, -0.2], method="L-BFGS-B",
+                             bounds=[(None, None), (0.0, None), (None, None)])
+    assert best.x[1] < 1e-6   # the data set is a boundary case
+    fit = _quiet_fit(_linear_spec(), df, chains=2, draws=300, tune=300, seed=2, progress=False)
+    med = {n: float(np.median(fit.posterior_draws(n))) for n in ("B", "omega_B", "sigma_add")}
+    mles = []
+    for start in (None, {**med, "omega_B": 1.0}):
+        mle = population_mode(fit, prior=False, n_samples=1000, seed=1, start=start)
+        assert float(mle["omega_B"]) < 0.05, (start, mle)   # vs sigma/sqrt(5) = 0.33: 0 to MC error
+        at = exact([math.log(float(mle["B"])), float(mle["omega_B"]), math.log(float(mle["sigma_add"]))])
+        assert at > -best.fun - 0.01, (start, mle)
+        mles.append(mle)
+    # the same estimate from both starts (on the log scale of OMEGA the second start ran on towards
+    # exp(-20) while the first stopped at 0.009: the direction is flat there)
+    for name in ("B", "omega_B", "sigma_add"):
+        assert float(mles[0][name]) == pytest.approx(float(mles[1][name]), rel=1e-3, abs=1e-3), name
 
 
 @pytest.mark.slow

@@ -271,7 +271,10 @@ def population_mode(result, *, prior: bool = True, n_samples: int = 2000, seed: 
 
     The optimiser (L-BFGS-B, gradients by pytensor's automatic differentiation) works on
     the model's unconstrained scale (log for positive parameters, the sampler's
-    transforms otherwise) starting from the posterior medians; the density
+    transforms otherwise), except that the OMEGA SDs are optimised on their own scale
+    bounded below by :data:`OMEGA_FLOOR` (a variance component whose mode is 0 reaches
+    that bound, where on the log scale the search would stop at a start-dependent
+    point of a flat direction), starting from the posterior medians; the density
     maximised is that of the parameters in their natural units (no Jacobian of
     the transform), so the mode is the usual MAP estimate.  The importance
     samples use common random numbers -- fixed standard-normal and chi-square
@@ -323,7 +326,13 @@ def population_mode(result, *, prior: bool = True, n_samples: int = 2000, seed: 
         for _ in range(2):
             z, log_w = _is_pass(built, info.natural(u), proposal, base)
             proposal = proposal.adapted(z, log_w)
-    bounds = [(x - 20.0, x + 20.0) for x in u]
+    # variance components (scalar OMEGA SDs, log-transformed) are optimised on their natural scale with a
+    # lower bound near 0: a mode at omega = 0 (no IIV/IOV in the data) is then a bound the optimiser
+    # reaches, where on the log scale it lies at -infinity and the search stops wherever the flat
+    # direction lets it (start-dependent estimates)
+    sd = _variance_components(info, theta0)
+    bounds = [(OMEGA_FLOOR, math.exp(x + 20.0)) if v else (x - 20.0, x + 20.0) for x, v in zip(u, sd)]
+    u = np.where(sd, np.exp(u), u)   # the optimiser's coordinates from here on
     fn = _objective_function(built)
     log_k = math.log(n_samples) if proposal is not None else 0.0
     res = None
@@ -334,12 +343,14 @@ def population_mode(result, *, prior: bool = True, n_samples: int = 2000, seed: 
             z, log_ratio = proposal.sample(base)
             args = (z, log_ratio)
 
-        def fun_and_grad(v, args=args):
+        def fun_and_grad(x, args=args):
+            v = _log_sd(x, sd)
             out = fn(*info.unflatten(v), *args, float(prior))
             val = -(float(out[0]) - n_sub * log_k)
             grad = -np.concatenate([np.asarray(g, float).ravel() for g in out[1:]])
+            grad = np.where(sd, grad / np.where(sd, x, 1.0), grad)   # d/d omega = d/d log(omega) / omega
             if not (np.isfinite(val) and np.isfinite(grad).all()):
-                return 1e10, np.zeros_like(v)
+                return 1e10, np.zeros_like(x)
             return val, grad
 
         res = optimize.minimize(fun_and_grad, u, jac=True, method="L-BFGS-B", bounds=bounds,
@@ -348,7 +359,7 @@ def population_mode(result, *, prior: bool = True, n_samples: int = 2000, seed: 
         u = res.x
         if proposal is None:
             break
-        z, log_w = _is_pass(built, info.natural(u), proposal, base)
+        z, log_w = _is_pass(built, info.natural(_log_sd(u, sd)), proposal, base)
         proposal = proposal.adapted(z, log_w)
         if moved < tol:
             break
@@ -361,7 +372,28 @@ def population_mode(result, *, prior: bool = True, n_samples: int = 2000, seed: 
             warnings.warn(f"population_mode: the optimiser did not converge ({res.message}; largest "
                           f"gradient {np.max(np.abs(g)):.3g}); treat the estimate with caution",
                           RuntimeWarning, stacklevel=2)
-    return info.natural(u)
+    return info.natural(_log_sd(u, sd))
+
+
+OMEGA_FLOOR = 1e-6
+"""Lower bound of an OMEGA SD in :func:`population_mode` (the boundary estimate 0, to the objective's precision)."""
+
+
+def _variance_components(info, theta: dict) -> np.ndarray:
+    """Flat mask of the population coordinates that are scalar OMEGA SDs (IIV ``omega_P``, IOV ``omega_iov_P``)
+    stored on the log scale (natural value = exp(unconstrained))."""
+    mask = []
+    for name, size in zip(info.names, info.sizes):
+        mask += [name.startswith("omega_") and size == 1] * size
+    mask = np.array(mask, bool)
+    u = info.unconstrained(theta)
+    nat = np.concatenate([np.asarray(theta[n], float).ravel() for n in info.names]) if info.names else u
+    return mask & np.isclose(np.exp(np.clip(u, -700, 700)), nat, rtol=1e-9, atol=0.0)
+
+
+def _log_sd(x: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """Unconstrained coordinates from the optimiser's (natural-scale SDs back to their logs)."""
+    return np.where(sd, np.log(np.where(sd, x, 1.0)), x)
 
 
 def marginal_loglik(result, *, theta=None, n_samples: int = 2000, seed: int = 0) -> MarginalLik:
