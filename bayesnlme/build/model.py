@@ -289,8 +289,8 @@ def _build_mixture(model, spec, data, doses, init, parts, dv_data) -> BuiltModel
     individual, typical, obs_ind, obs_typ = parts
     cens = data.obs_cens if data.obs_cens is not None else np.zeros(data.n_obs, int)
     dropped = (cens != 0) & (spec.residual.blq == "m1")      # M1: out of the likelihood (log-density 0)
-    container = dv_data and not cens.any()                   # as without [mixture]: censored DV stays a constant
-    observed = pm.Data("DV_data", data.obs_dv, dims="obs") if container else data.obs_dv
+    dv = _dv_container(model, spec, data, dv_data)
+    observed = data.obs_dv if dv is None else dv
     m = spec.observation_models()[0]   # the [residual] one
     p = observation_parameters(m, init)
 
@@ -411,6 +411,19 @@ def _outputs(spec: ModelSpec, data: NMData, doses: DoseEvents, params: dict, obs
     return out if isinstance(out, dict) else {st.outputs[0]: out}
 
 
+def _dv_container(model, spec: ModelSpec, data: NMData, dv_data: bool):
+    """``DV_data``, DV as a data container (a refit samples one compiled model for new DV), or None.
+
+    Made where every record's density is a function of DV: continuous observation models and no
+    censored record (a censored record's DV is its limit).
+    """
+    censored = data.obs_cens is not None and bool((data.obs_cens != 0).any())
+    if not dv_data or censored or not all(m.family.continuous for m in spec.observation_models()):
+        return None
+    with model:
+        return pm.Data("DV_data", data.obs_dv, dims="obs")
+
+
 def _build_observations(model, spec, data, doses, init, parts, *, dv_data: bool, check: bool) -> BuiltModel:
     """The observed ``DV`` as the sum of per-record log-densities of each record's observation model.
 
@@ -423,12 +436,7 @@ def _build_observations(model, spec, data, doses, init, parts, *, dv_data: bool,
     outs = _outputs(spec, data, doses, individual, obs_ind)
     at_times = ((lambda tq: st.function(individual, data, st, times=tq, **_within_subject(spec, data, obs_ind)))
                 if time_varying(st) else None)
-    # a data container (refit of one compiled model for new DV) where every record's density is a
-    # function of DV: continuous observation models, no censored record (a censored DV is a limit)
-    container = dv_data and all(m.family.continuous for m in spec.observation_models()) and not (
-        data.obs_cens is not None and (data.obs_cens != 0).any())
-    with model:
-        dv = pm.Data("DV_data", data.obs_dv, dims="obs") if container else None
+    dv = _dv_container(model, spec, data, dv_data)
     ll, ipred, sd, excluded, families = pointwise_loglik(spec, data, outs, init, at_times, dv=dv, check=check)
     pred_outs = _outputs(spec, data, doses, typical, obs_typ)
     pred = pt.zeros(data.n_obs)
