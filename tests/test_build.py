@@ -9,8 +9,10 @@ from scipy import stats
 from bayesnlme.build import build_model
 from bayesnlme.data import read_nonmem
 from bayesnlme.datasets import load_indometacin, load_theophylline
-from bayesnlme.errors import DataError
+from bayesnlme.errors import DataError, SpecError
+from bayesnlme.report.model_text import equations
 from bayesnlme.spec import ModelSpec, load_spec
+from bayesnlme.spec.toml_text import spec_toml
 
 
 def _spec(extra="", residual="combined", structural="1cmt_oral", params=("CL", "V", "KA")):
@@ -137,6 +139,54 @@ def test_block_omega_correlates_etas():
     np.testing.assert_allclose(eta[:, :, 2], prior["omega_KA"].values[0][:, None] * z[:, :, 2], rtol=1e-10)
     # the LKJ(2) prior on a 2x2 correlation is Beta(2, 2) on (r + 1) / 2: mean 0, SD 1/sqrt(5)
     assert abs(r.mean()) < 3 * 0.447 / np.sqrt(300) and abs(r.std() - 0.447) < 0.06
+
+
+def _fixed_block_spec(corr=0.6, **over):
+    d = load_spec("pk_1cmt_oral").to_dict()
+    for p, sd in (("CL", 0.3), ("V", 0.2)):
+        d["parameters"][p].pop("omega", None)
+        d["parameters"][p]["omega_fixed"] = sd
+    d["random_effects"] = {"fixed_blocks": [{"parameters": ["CL", "V"], "correlation": [[1.0, corr], [corr, 1.0]]}]}
+    d.update(over)
+    return ModelSpec.from_dict(d, source="fixed.toml")
+
+
+def test_fixed_omega_block_gives_the_known_covariance():
+    """A published OMEGA block (NONMEM BLOCK(2) ... FIX): ETA = L z with the constant Cholesky factor, nothing
+    about the block sampled; the ETA draws have the block's covariance."""
+    spec = _fixed_block_spec()
+    assert ModelSpec.from_toml_text(_toml(spec), source="fixed.toml") == spec   # the TOML round-trips
+    built = build_model(spec, load_theophylline())
+    m = built.model
+    assert not {"omega_CL", "omega_V", "corr_CL_V"} & {v.name for v in m.free_RVs}
+    with m:
+        prior = pm.sample_prior_predictive(draws=2000, random_seed=1, var_names=["ETA", "eta_z"]).prior
+    eta, z = prior["ETA"].values[0], prior["eta_z"].values[0]
+    chol = np.linalg.cholesky([[0.09, 0.6 * 0.06], [0.6 * 0.06, 0.04]])
+    np.testing.assert_allclose(eta[:, :, :2], z[:, :, :2] @ chol.T, rtol=1e-10, atol=1e-14)
+    pairs = eta[:, :, :2].reshape(-1, 2)   # 24,000 (CL, V) pairs: SE of the correlation (1 - 0.36)/sqrt(n) = 0.004
+    assert np.corrcoef(pairs.T)[0, 1] == pytest.approx(0.6, abs=4 * 0.64 / np.sqrt(len(pairs)))
+    assert pairs.std(axis=0) == pytest.approx([0.3, 0.2], rel=4 / np.sqrt(2 * len(pairs)))
+    assert "(ETA_CL, ETA_V) correlated, fixed: correlation CL-V 0.6" in equations(spec)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(corr=1.2), r"fixed.toml: random_effects.fixed_blocks: correlation of \['CL', 'V'\] is not positive definite"),
+    (dict(random_effects={"fixed_blocks": [{"parameters": ["CL", "V"], "correlation": [[1.0, 0.5]]}]}),
+     r"correlation must be a 2 x 2 matrix"),
+    (dict(random_effects={"fixed_blocks": [{"parameters": ["CL", "KA"], "correlation": [[1, 0.5], [0.5, 1]]}]}),
+     r"fixed OMEGA block \['CL', 'KA'\]: parameter KA needs omega_fixed"),
+    (dict(random_effects={"blocks": [["CL", "KA"]],
+                          "fixed_blocks": [{"parameters": ["CL", "V"], "correlation": [[1, 0.5], [0.5, 1]]}]}),
+     r"parameter CL"),
+])
+def test_fixed_omega_block_errors_name_the_block(change, message):
+    with pytest.raises(SpecError, match=message):
+        _fixed_block_spec(**change)
+
+
+def _toml(spec):
+    return spec_toml(spec.to_dict(), [], {})
 
 
 def test_graph_size_does_not_grow_with_subjects():

@@ -110,6 +110,7 @@ def _random_effects(spec: ModelSpec, n_sub: int, init: dict):
         col = {p: z[:, i] for i, p in enumerate(z_names)}
     eta = {}
     in_block = {p for block in spec.omega_blocks for p in block}
+    in_block |= {p for block in spec.fixed_omega_blocks for p in block.parameters}
     for p in names:
         if p in in_block:
             continue
@@ -135,6 +136,11 @@ def _random_effects(spec: ModelSpec, n_sub: int, init: dict):
             eta[p] = correlated[:, i]
             for j in range(i + 1, len(block)):
                 pm.Deterministic(f"corr_{p}_{block[j]}", corr[i, j])
+    for block in spec.fixed_omega_blocks:   # OMEGA known: a constant Cholesky factor, nothing sampled
+        chol = block.cholesky([spec.parameters[p].omega_fixed for p in block.parameters])
+        correlated = pt.stack([col[p] for p in block.parameters], axis=1) @ chol.T
+        for i, p in enumerate(block.parameters):
+            eta[p] = correlated[:, i]
     pm.Deterministic("ETA", pt.stack([eta[p] for p in names], axis=1), dims=("ID", "eta_parameter"))
     return eta
 

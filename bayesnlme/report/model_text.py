@@ -64,6 +64,11 @@ def equations(spec: ModelSpec) -> list[str]:
         lines.append(f"ETA_{p},i ~ Normal(0, omega_{p}²)")
     for block in spec.omega_blocks:
         lines.append(f"(ETA_{', ETA_'.join(block)}) correlated: LKJ(eta={spec.lkj_eta:g}) prior on their correlation")
+    for block in spec.fixed_omega_blocks:
+        k = len(block.parameters)
+        corr = ", ".join(f"{block.parameters[i]}-{block.parameters[j]} {block.correlation[i][j]:g}"
+                         for i in range(k) for j in range(i + 1, k))
+        lines.append(f"(ETA_{', ETA_'.join(block.parameters)}) correlated, fixed: correlation {corr}")
     lines.append(f"IPRED_ij = f(t_ij, doses_i; individual parameters of subject i)   [{spec.structural.name}]")
     if getattr(spec, "observations", None):
         lines += [_observation_line(m) for m in spec.observation_models()]

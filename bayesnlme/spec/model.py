@@ -43,6 +43,7 @@ from bayesnlme.spec.components import (
 )
 from bayesnlme.spec.mixture import Mixture, check_mixture, mixture_from_dict
 from bayesnlme.spec.observation import observation_from_dict, resolve
+from bayesnlme.spec.omega import check_fixed_blocks, fixed_block_from_dict
 from bayesnlme.spec.priors import NAME_PATTERN, check_keys, number
 from bayesnlme.structural import LIBRARY, StructuralModel
 
@@ -61,6 +62,7 @@ class ModelSpec:
     covariates: tuple = ()
     omega_blocks: tuple = ()
     lkj_eta: float = 2.0
+    fixed_omega_blocks: tuple = ()   # of bayesnlme.spec.omega.FixedBlock
     description: str = ""
     observations: tuple = ()
     shrinkage: CovariateShrinkage | None = None
@@ -185,6 +187,8 @@ class ModelSpec:
             d["observations"] = [o.to_dict() for o in self.observations]
         if self.omega_blocks:
             d["random_effects"] = {"blocks": [list(b) for b in self.omega_blocks], "lkj_eta": self.lkj_eta}
+        if self.fixed_omega_blocks:
+            d.setdefault("random_effects", {})["fixed_blocks"] = [b.to_dict() for b in self.fixed_omega_blocks]
         if self.covariates:
             d["covariates"] = [c.to_dict() for c in self.covariates]
         if self.shrinkage is not None:
@@ -258,10 +262,13 @@ def _from_dict(d, structural, source):
         raise SpecError(f"{source}: 'parameters' must be a table with one entry per parameter")
     parameters = {n: parameter_from_dict(n, p, source) for n, p in params.items()}
     re_ = d.get("random_effects", {})
-    check_keys(re_, ("blocks", "lkj_eta"), f"{source}: random_effects")
+    check_keys(re_, ("blocks", "lkj_eta", "fixed_blocks"), f"{source}: random_effects")
     blocks = re_.get("blocks", [])
     if not isinstance(blocks, list) or not all(isinstance(b, list) for b in blocks):
         raise SpecError(f"{source}: random_effects.blocks must be a list of parameter lists, e.g. [[\"CL\", \"V\"]]")
+    fixed_blocks = re_.get("fixed_blocks", [])
+    if not isinstance(fixed_blocks, list):
+        raise SpecError(f"{source}: random_effects.fixed_blocks must be a list of tables")
     covs = d.get("covariates", [])
     if not isinstance(covs, list):
         raise SpecError(f"{source}: 'covariates' must be an array of tables ([[covariates]])")
@@ -271,6 +278,8 @@ def _from_dict(d, structural, source):
                          covariates=tuple(covariate_from_dict(c, source) for c in covs),
                          omega_blocks=tuple(tuple(b) for b in blocks),
                          lkj_eta=number(re_.get("lkj_eta", 2.0), f"{source}: random_effects.lkj_eta", True),
+                         fixed_omega_blocks=tuple(fixed_block_from_dict(b, f"{source}: random_effects.fixed_blocks")
+                                                  for b in fixed_blocks),
                          description=str(d.get("description", "")),
                          observations=_observations_from_list(d.get("observations", []), source),
                          shrinkage=shrinkage_from_dict(d.get("covariate_shrinkage"), source),
@@ -356,6 +365,7 @@ def _validate_spec(spec: ModelSpec) -> None:
                                 f"family ({block[0]}: {spec.parameters[block[0]].omega.dist}, "
                                 f"{p}: {spec.parameters[p].omega.dist})")
             seen.add(p)
+    check_fixed_blocks(spec)
     names = set()
     for eff in spec.covariates:
         if eff.parameter not in spec.parameters:
