@@ -420,6 +420,50 @@ $THETA (0, 8) (0, 10) (0, 4) (0, 20)
 $OMEGA 0.1 0.1
 $SIGMA 0.04
 """
+STREAMS["indo_block_fix"] = STREAMS["indo_advan3"].replace(
+    "BLOCK(2), fixed OMEGA and SIGMA", "a fixed BLOCK(2) as published").replace("0.05 0.1\n", "0.08 0.1 FIX\n")
+STREAMS["warf_two_thetas"] = """$PROBLEM Warfarin: a THETA per sex, CL on a covariate computed from two columns, capped
+$INPUT ID TIME DV AMT EVID MDV DVID CMT WT AGE SEX CRCL=DROP
+$DATA ../warf.csv IGNORE=@ IGNORE=(DVID.EQ.2)
+$SUBROUTINE ADVAN2 TRANS2
+$PK
+AGEWT = (140-AGE)*WT/72      ; Cockcroft-Gault without creatinine
+IF (AGEWT.GT.120) AGEWT = 120
+IF (SEX.EQ.1) THEN
+  TVCL = THETA(1)
+ELSE
+  TVCL = THETA(4)
+ENDIF
+CL = TVCL*(AGEWT/100)**THETA(5)*EXP(ETA(1))
+V  = THETA(2)*(WT/70)*EXP(ETA(2))
+KA = THETA(3)
+S2 = V
+$ERROR
+Y = F + F*EPS(1)
+$THETA (0, 0.13) (0, 8) (0, 1.2) (0, 0.11) (0.75)
+$OMEGA 0.1 0.02
+$SIGMA 0.01
+"""
+STREAMS["theo_lower"] = """$problem theophylline in lower case (NM-TRAN 7.2+), a 0/1 flag computed in $pk
+$input id time dv amt evid mdv cmt wt age sex
+$data ../theo.csv ignore=@
+$subroutine advan2 trans2
+$pk
+female = 0
+if (sex.eq.0) female = 1
+tvcl = theta(1)*(1 + theta(4)*female)
+cl = tvcl*exp(eta(1))
+v  = theta(2)*exp(eta(2))
+ka = theta(3)*exp(eta(3))
+s2 = v
+$error
+ipred = f
+y = ipred + ipred*eps(1) + eps(2)
+$theta (0, 2.8) (0, 32) (0, 1.5) (-0.5, 0.1, 2)
+$omega 0.09 0.04 0.4
+$sigma 0.01 0.04
+$estimation method=1 interaction
+"""
 
 # --------------------------------------------------------------------------- what each one should be
 # parameters: P -> (iiv, typical value: prior centre or ("FIX", v), omega SD: halfnormal scale / 2, ("FIX", sd)
@@ -495,6 +539,20 @@ EXPECTED = {
     "indo_trans1": dict(structural="2cmt_iv", parameters={
         "CL": (LN, 8.0, math.sqrt(0.1)), "V": (LN, 10.0, math.sqrt(0.1)), "Q": ("none", 4.0, None),
         "V2": ("none", 20.0, None)}, residual=("proportional", {"sigma_prop": 0.2})),
+    "indo_block_fix": dict(structural="2cmt_iv", parameters={
+        "CL": (LN, 8.0, ("FIX", math.sqrt(0.1))), "V": (LN, 10.0, ("FIX", math.sqrt(0.1))), "Q": ("none", 4.0, None),
+        "V2": (LN, 20.0, ("FIX", math.sqrt(0.1)))}, fixed_blocks=((("CL", "V"), pytest.approx(0.8)),),
+        residual=("additive", {"sigma_add": ("FIX", 0.2)})),
+    # the typical CL is the ELSE branch's THETA(4); the IF branch's THETA(1) is the ratio 0.13 / 0.11
+    "warf_two_thetas": dict(structural="1cmt_oral", parameters={
+        "CL": (LN, 0.11, math.sqrt(0.1)), "V": (LN, 8.0, math.sqrt(0.02)), "KA": ("none", 1.2, None)},
+        effects={("CL", "AGEWT"): ("power", 100, 0.75), ("CL", "SEXEQ1"): ("categorical", 0, math.log(0.13 / 0.11)),
+                 ("V", "WT"): ("power", 70, ("FIX", 1.0))},
+        residual=("proportional", {"sigma_prop": 0.1})),
+    "theo_lower": dict(structural="1cmt_oral", parameters={
+        "CL": (LN, 2.8, 0.3), "V": (LN, 32.0, 0.2), "KA": (LN, 1.5, math.sqrt(0.4))},
+        effects={("CL", "FEMALE"): ("linear", 0, 0.1)},
+        residual=("combined", {"sigma_prop": 0.1, "sigma_add": 0.2})),
 }
 
 
@@ -557,6 +615,8 @@ def _summary(res) -> dict:
                residual=(spec.residual.kind, {k: _sigma(v) for k, v in spec.residual.priors.items()}))
     if spec.omega_blocks:
         out["blocks"] = spec.omega_blocks
+    if spec.fixed_omega_blocks:
+        out["fixed_blocks"] = tuple((b.parameters, b.correlation[0][1]) for b in spec.fixed_omega_blocks)
     if res.dose_scale != 1:
         out["dose_scale"] = res.dose_scale
     if res.log_dv:
@@ -608,6 +668,15 @@ def test_notes_and_data_mapping(imported):
     assert infusion["RATE"].max() == pytest.approx(1000 * _indo_infusion()["RATE"].max())
     # log-transformed DV: exponentiated on reading
     assert imported["indo_advan11_log"].data["DV"].iloc[1] == pytest.approx(_indo()["DV"].iloc[1])
+    # covariates computed in $PK from data items become columns, computed per record as NONMEM does
+    two = imported["warf_two_thetas"]
+    assert list(two.derived) == ["AGEWT", "SEXEQ1"] and two.derived["SEXEQ1"] == "SEX.EQ.1"
+    assert "(WT*(140 - AGE)/72, True)" in two.derived["AGEWT"] and "120" in two.derived["AGEWT"]   # the cap
+    np.testing.assert_allclose(two.data["AGEWT"], np.minimum((140 - pk["AGE"]) * pk["WT"] / 72, 120), rtol=1e-12)
+    assert (two.data["AGEWT"] == 120).mean() > 0.1 and (two.data["AGEWT"] < 120).mean() > 0.1   # the cap acts
+    lower = imported["theo_lower"]   # lower-case code read as NM-TRAN reads it; the $DATA path kept as written
+    assert lower.data["FEMALE"].tolist() == (theo_data["SEX"] == 0).astype(int).tolist()
+    assert any("FEMALE = Piecewise((1, Eq(SEX, 0)), (0, True))" in m for m in lower.mapped)
 
 
 # ----------------------------------------------------------------- the control streams' own equations
@@ -675,6 +744,17 @@ def _indo_trans1(r, e):
     return dict(K=cl / v1, K12=q / v1, K21=q / v2, V1=v1, S=None)
 
 
+def _warf_two_thetas(r, e):
+    agewt = min((140 - r.AGE) * r.WT / 72, 120.0)
+    tvcl = 0.13 if r.SEX == 1 else 0.11
+    return dict(CL=tvcl * (agewt / 100) ** 0.75 * math.exp(e[0]), V=8 * r.WT / 70 * math.exp(e[1]), KA=1.2, S=None)
+
+
+def _theo_lower(r, e):
+    return dict(CL=2.8 * (1 + 0.1 * (r.SEX == 0)) * math.exp(e[0]), V=32 * math.exp(e[1]), KA=1.5 * math.exp(e[2]),
+                S=None)
+
+
 def _warf_advan12(r, e):
     return dict(CL=0.13 * math.exp(e[0]), V2=7 * math.exp(e[1]), Q3=0.5, V3=3.0, Q4=0.1, V4=1.5, KA=1.2, S=None)
 
@@ -700,6 +780,10 @@ NUMERIC = {
     "indo_infusion": (3, _indo_infusion, _indo_infusion_pk, {"CL": 1, "V": 2},
                       lambda f: np.sqrt(0.04 * f**2 + 2500)),
     "indo_trans1": (3, _indo, _indo_trans1, {"CL": 1, "V": 2}, lambda f: 0.2 * f),
+    "indo_block_fix": (3, lambda: _indo(), _indo_advan3, {"CL": 1, "V": 2, "V2": 3}, lambda f: np.full_like(f, 0.2)),
+    "warf_two_thetas": (2, lambda: _warf().query("DVID != 2"), _warf_two_thetas, {"CL": 1, "V": 2},
+                        lambda f: 0.1 * f),
+    "theo_lower": (2, _theo, _theo_lower, {"CL": 1, "V": 2, "KA": 3}, lambda f: np.sqrt(0.01 * f**2 + 0.04)),
 }
 #: ADVAN -> (depot, central volume, [(intercompartmental clearance, peripheral volume)]), NONMEM's numbering
 ADVAN_LAYOUT = {1: (False, "V", []), 2: (True, "V", []), 3: (False, "V1", [("Q", "V2")]),
@@ -779,6 +863,10 @@ def _spec_outputs(res, eta_of: dict):
         if par.omega_fixed is None:
             point[f"omega_{p}"] = sds[p]
         point["eta_z"][:, j] = [_eta(i)[eta_of[p] - 1] / sds[p] for i in ids] if p in eta_of else 0.0
+    for block in spec.fixed_omega_blocks:   # ETA = L z: the z that give the control stream's ETAs
+        cols = [spec.eta_parameters.index(p) for p in block.parameters]
+        sd = [sds[p] for p in block.parameters]
+        point["eta_z"][:, cols] = np.linalg.solve(block.cholesky(sd), (point["eta_z"][:, cols] * sd).T).T
     for block in spec.omega_blocks:   # packed Cholesky factor of a diagonal OMEGA: ETA = z * SD
         k = len(block)
         packed = np.zeros(k * (k + 1) // 2)
@@ -820,10 +908,11 @@ $SIGMA 0.25
     with pytest.raises(NonmemImportError, match=r"line 6 `K = THETA\(1\)\*EXP\(ETA\(1\)\)`: TRANS1 CL = K\*V: CL has "
                                                 r"more than one ETA"):
         import_nonmem(k_direct)
-    block_fix = streams / "indo_block_fix.mod"
-    block_fix.write_text(STREAMS["indo_advan3"].replace("0.05 0.1\n", "0.05 0.1 FIX\n"))
-    with pytest.raises(NonmemImportError, match=r"line 15 `\$OMEGA BLOCK\(2\) 0.1 0.05 0.1 FIX`: ETA\(1\), ETA\(2\): "
-                                                r"a fixed OMEGA block"):
+    block_fix = streams / "indo_block_fix_npd.mod"   # a fixed block must be a covariance matrix
+    block_fix.write_text(STREAMS["indo_block_fix"].replace("0.08 0.1 FIX", "0.2 0.1 FIX"))
+    with pytest.raises(NonmemImportError, match=r"line 15 `\$OMEGA BLOCK\(2\) 0.1 0.2 0.1 FIX`: ETA\(1\), ETA\(2\): "
+                                                r"\$OMEGA BLOCK: correlation of \['CL', 'V'\] is not positive "
+                                                r"definite"):
         import_nonmem(block_fix)
     trans3 = streams / "indo_trans3.mod"
     trans3.write_text(STREAMS["indo_advan3"].replace("TRANS4", "TRANS3").replace("V2 = ", "VSS = "))

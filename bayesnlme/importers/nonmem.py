@@ -87,13 +87,47 @@ def _read_model(path: Path, data):
                                 f"({type(exc).__name__}: {msg[:300]})") from None
 
 
+#: The file token of $DATA (possibly quoted).
+_DATA_FILE = re.compile(r"(\$DATA\s+)(\"[^\"]*\"|'[^']*'|\S+)", re.IGNORECASE)
+
+
 def _parse(path, data, read_model, read_model_from_string):
-    if data is None:
+    text = path.read_text()
+    lower = needs_upper_case(text)
+    if data is None and not lower:
         return read_model(str(path))
-    # the data file named on $DATA (one token, possibly quoted) replaced by the one given
-    text = re.sub(r"(\$DATA\s+)(\"[^\"]*\"|'[^']*'|\S+)", lambda m: m.group(1) + str(Path(data).resolve()),
-                  path.read_text(), count=1, flags=re.IGNORECASE)
+    if data is None:   # $DATA relative to the control stream, as NONMEM reads it
+        found = _DATA_FILE.search(text)
+        data = path.parent / found.group(2).strip("\"'") if found else None
+    if lower:
+        text = upper_case_code(text)
+    if data is not None:   # the data file named on $DATA replaced by the (absolute) one to read
+        text = _DATA_FILE.sub(lambda m: m.group(1) + str(Path(data).resolve()), text, count=1)
     return read_model_from_string(text)
+
+
+def needs_upper_case(text: str) -> bool:
+    """True when a record name is not in upper case (``$pk``, ``$Error``): NM-TRAN reads lower-case code
+    (NONMEM 7.2 and later), Pharmpy recognises only upper-case control streams."""
+    return any(not m.group(1).isupper() for m in re.finditer(r"^\s*\$([A-Za-z]+)", text, re.MULTILINE))
+
+
+def upper_case_code(text: str) -> str:
+    """The control stream with its code in upper case, comments (after ``;``) and line breaks as written.
+
+    NM-TRAN is not case-sensitive, so this is the same model; the $DATA file name is put back by the
+    caller (file names are case-sensitive).
+
+    Examples
+    --------
+    >>> upper_case_code("$pk\ncl = theta(1)*exp(eta(1)) ; clearance, L/h\n")
+    '$PK\nCL = THETA(1)*EXP(ETA(1)) ; clearance, L/h\n'
+    """
+    out = []
+    for line in text.splitlines(keepends=True):
+        code, sep, comment = line.partition(";")
+        out.append(code.upper() + sep + comment)
+    return "".join(out)
 
 
 def _values(model, path, priors, ext) -> dict:

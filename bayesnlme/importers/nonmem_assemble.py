@@ -45,6 +45,11 @@ def assemble(t, structural: str, params: dict, res, omegas: dict, blocks: list):
         comments["random_effects"] = ["$OMEGA BLOCK: correlated ETAs with an LKJ(2) prior on the correlation; "
                                       "the OMEGA off-diagonal values are not used by the prior"]
         t.mapped.append(f"$OMEGA BLOCK -> random_effects.blocks = {blocks} (LKJ(2) on the correlations)")
+    fixed = [b for b in t.fixed_blocks if all("omega_fixed" in d["parameters"].get(p, {}) for p in b.parameters)]
+    if fixed:
+        d.setdefault("random_effects", {})["fixed_blocks"] = [b.to_dict() for b in fixed]
+        comments.setdefault("random_effects", []).append(
+            "$OMEGA BLOCK ... FIX: the members' SDs are their omega_fixed, the correlations are fixed_blocks")
     if res is not None:
         d["residual"], comments["residual"] = _residual(t, res, used)
     unused = sorted(t.thetas - used - t.zero_terms, key=lambda p: int(t.nm[p][6:-1]))
@@ -113,7 +118,13 @@ def _effect(t, bn, e, used):
     entry = {"parameter": bn, "covariate": cov, "type": e.kind, "reference": e.reference}
     if e.kind == "categorical":
         t.derived[cov] = e.condition
-    if e.theta:
+    if e.theta and e.denominator:   # a THETA per IF branch: the ratio of the two
+        v = pri.ratio(t.values[e.theta], t.values[e.denominator])
+        used.update((e.theta, e.denominator))
+        entry.update(pri.effect(v, e.kind, e.transform))
+        src = (f"{_name(t, e.theta)} in the branch, {_name(t, e.denominator)} otherwise; bayesnlme's {cov}_on_{bn} "
+               f"= log({t.nm[e.theta]}/{t.nm[e.denominator]})")
+    elif e.theta:
         v = t.values[e.theta]
         used.add(e.theta)
         entry.update(pri.effect(v, e.kind, e.transform))

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+import numpy as np
 import sympy
 from sympy.core.function import AppliedUndef
 
 from bayesnlme.errors import SpecError
 from bayesnlme.importers import nonmem_priors as pri
 from bayesnlme.importers.nonmem_assemble import assemble
-from bayesnlme.importers.nonmem_data import NM_ITEMS, column_mapping, translate_frame
+from bayesnlme.importers.nonmem_data import NM_ITEMS, can_evaluate, column_mapping, translate_frame
 from bayesnlme.importers.nonmem_error import residual as classify_residual
 from bayesnlme.importers.nonmem_error import without_fixed_zero
 from bayesnlme.importers.nonmem_pk import (
@@ -26,6 +27,7 @@ from bayesnlme.importers.nonmem_pk import (
 )
 from bayesnlme.importers.nonmem_result import ImportResult, Item, Lines, NonmemImportError, omega_records
 from bayesnlme.spec import ModelSpec
+from bayesnlme.spec.omega import fixed_block_from_dict
 from bayesnlme.spec.toml_text import spec_toml
 
 #: Records that carry model content bayesnlme has no place for.
@@ -72,7 +74,7 @@ class Translation:
                 self.fail(self.lines.record(rec, f"record ${rec.name} is not translated"))
         structural, names, scale = self._structural()
         self._columns()
-        self._pk_environment()
+        self._pk_environment(names)
         if self.trans1:
             names = self._rate_constants(names, scale)
         params = self._parameters(names, structural)
@@ -92,7 +94,9 @@ class Translation:
                                     f"({exc})") from None
         toml = spec_toml(d, self._header(), comments)
         data = self._data(res.log_dv if res else False)
-        return ImportResult(spec, toml, self.columns, {k: ".".join(map(str, v)) for k, v in self.derived.items()},
+        derived = {**{k: str(e) for k, e in self.computed_columns().items()},
+                   **{k: ".".join(map(str, v)) for k, v in self.derived.items()}}
+        return ImportResult(spec, toml, self.columns, derived,
                             bool(res and res.log_dv), data, self.mapped, self.untranslated, self.notes,
                             self.dose_scale)
 
@@ -134,18 +138,39 @@ class Translation:
         self.covariates = {c for c, new in self.columns.items() if new is not None} - EVENT_ITEMS - set(NM_ITEMS)
         self.derived, self.dose_scale = {}, 1.0
 
-    def _pk_environment(self) -> None:
-        """Substitute the $PK assignments into each other: symbol -> expression, and which statements."""
-        self.env, self.deps, self.pk = {}, {}, []
+    def _pk_environment(self, names: dict) -> None:
+        """Substitute the $PK assignments into each other: symbol -> expression, and which statements.
+
+        A variable computed from data items alone in a way that is not one covariate's plain form
+        (several items, ``(140-AGE)*WT/(72*SCR)``; an IF, ``IF (CRCL.GT.150) CRCL = 150``; a function,
+        ``LOG(WT/70)``) becomes a data column of its own (:attr:`computed`), as NONMEM computes it per record.
+        """
+        self.env, self.deps, self.pk, self.computed = {}, {}, [], []
         self.abbr = self._abbreviations()
         before = [s for s in self.model.statements.before_odes if hasattr(s, "symbol")]
+        reserved = set(names) | {"V", "K"} | {k for ks in TRANS1.values() for k in ks}
         for i, s in enumerate(before):
             sym, expr = sympy.Symbol(str(s.symbol)), sympy.sympify(s.expression).xreplace(self.abbr)
             self.pk.append((sym, expr))
             deps = {("PK", i)}.union(*[self.deps.get(x, set()) for x in expr.free_symbols])
-            self.env[sym] = expr.xreplace({k: v for k, v in self.env.items() if k in expr.free_symbols})
+            full = expr.xreplace({k: v for k, v in self.env.items() if k in expr.free_symbols})
+            if str(sym) not in reserved and not SPECIAL.match(str(sym)) and _computed_covariate(full, self.covariates):
+                self.computed.append((str(sym), full))
+                self.covariates.add(str(sym))
+                full = sym
+            self.env[sym] = full
             self.deps[sym] = deps
+        if self.computed:
+            self.mapped.append("covariates computed in $PK -> data columns " + ", ".join(
+                f"{n} = {e}" for n, e in self.computed_columns().items()))
         self.used = set()
+
+    def computed_columns(self) -> dict:
+        """Each covariate computed in $PK -> its expression in the data items (later steps substituted)."""
+        out = {}
+        for name, expr in self.computed:
+            out[name] = expr.xreplace({sympy.Symbol(k): v for k, v in out.items()})
+        return out
 
     def _abbreviations(self) -> dict:
         """``$ABBR REPLACE THETA(CL)=THETA(1)``: the name in the code -> Pharmpy's parameter (``THETA_CL``)."""
@@ -341,7 +366,7 @@ class Translation:
     def _omegas(self, params: dict):
         rvs = self.model.random_variables
         by_eta = {pm.eta: bn for bn, pm in params.items() if pm.eta}
-        omegas, blocks = {}, []
+        omegas, blocks, self.fixed_blocks = {}, [], []
         records = omega_records(self.cs)
         index = {e: i for i, e in enumerate(rvs.etas.names)}
         for dist in rvs.etas:
@@ -358,11 +383,10 @@ class Translation:
                                                        f"parameter (dropped)"))
             etas = [e for e in etas if e in by_eta]
             if len(dist.names) > 1 and len(etas) > 1:
-                fix = any(self.values[str(rvs.get_covariance(e, e))].fixed for e in etas)
-                if fix:
-                    self.fail(self._omega_item(rec, f"{', '.join(map(self.eta_nm.get, etas))}: a fixed OMEGA block "
-                                                    f"(fixed correlations) has no bayesnlme equivalent"))
-                blocks.append([by_eta[e] for e in etas])
+                if any(self.values[str(rvs.get_covariance(e, e))].fixed for e in etas):   # BLOCK(n) ... FIX
+                    self._fixed_block(rec, etas, by_eta)
+                else:
+                    blocks.append([by_eta[e] for e in etas])
             for e in etas:
                 v = self.values[str(rvs.get_covariance(e, e))]
                 omegas[by_eta[e]] = (e, v)
@@ -372,6 +396,23 @@ class Translation:
                     e, v = omegas[p]
                     omegas[p] = (e, pri.Value(v.value, None, v.lower, v.upper, v.fixed))
         return omegas, blocks
+
+    def _fixed_block(self, rec, etas: list, by_eta: dict) -> None:
+        """``$OMEGA BLOCK(n) ... FIX``: the members' SDs fixed and a fixed correlation matrix."""
+        rvs = self.model.random_variables
+        cov = np.array([[float(self.values[str(rvs.get_covariance(a, b))].value)
+                         if str(rvs.get_covariance(a, b)) in self.values else 0.0 for b in etas] for a in etas])
+        sd = np.sqrt(np.diag(cov))
+        names = [by_eta[e] for e in etas]
+        try:
+            block = fixed_block_from_dict({"parameters": names, "correlation": (cov / np.outer(sd, sd)).tolist()},
+                                          "$OMEGA BLOCK")
+        except SpecError as exc:
+            self.fail(self._omega_item(rec, f"{', '.join(map(self.eta_nm.get, etas))}: {exc}"))
+            return
+        self.fixed_blocks.append(block)
+        self.mapped.append(f"$OMEGA BLOCK({len(etas)}) FIX -> random_effects.fixed_blocks {names} (SDs "
+                           + ", ".join(f"{s:.4g}" for s in sd) + ", fixed correlation)")
 
     def _omega_item(self, rec, reason: str) -> Item:
         return self.lines.record(rec, reason) if rec is not None else Item(None, "$OMEGA", reason)
@@ -405,6 +446,9 @@ class Translation:
             k = f"{self.dose_scale:g}"
             out += [f"Doses: the control stream's scale makes the prediction amount x {k} / V; fit this spec to",
                     f"the data with AMT (and RATE) x {k} (ImportResult.data, --data-out), not to the $DATA file."]
+        if self.computed:
+            out.append("Covariates computed in $PK (add them to the data, or use ImportResult.data): "
+                       + ", ".join(f"{k} = {e}" for k, e in self.computed_columns().items()))
         if self.derived:
             out.append("Derived 0/1 columns (add them to the data, or use ImportResult.data): "
                        + ", ".join(f"{k} = ({c}.{op}.{v})" for k, (c, op, v) in self.derived.items()))
@@ -425,7 +469,18 @@ class Translation:
             self.notes.append(self.lines.record(rec[0], f"data file not read ({why})") if rec
                               else Item(None, "$DATA", "no $DATA"))
             return None
-        return translate_frame(frame, self.columns, self.derived, log_dv, self.dose_scale)
+        return translate_frame(frame, self.columns, self.derived, log_dv, self.dose_scale, self.computed)
+
+
+def _computed_covariate(expr, columns: set) -> bool:
+    """True for an expression in data items only that is not one item's plain form (``WT/70`` stays a
+    power or linear effect of WT): several items, an IF, or a function (EXP, LOG, SQRT)."""
+    syms = {str(x) for x in expr.free_symbols}
+    if not syms or not syms <= columns:
+        return False
+    if not can_evaluate(expr):
+        return False
+    return len(syms) > 1 or expr.has(sympy.Piecewise) or bool(expr.atoms(sympy.Function))
 
 
 def _pharmpy_version(model) -> str:

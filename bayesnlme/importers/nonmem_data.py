@@ -5,7 +5,8 @@ one, ``A=B`` gives a synonym (``DV=CONC``: the column is DV, the code calls it C
 ``IGNORE=@`` / ``IGNORE=#`` / ``IGNORE=C`` / ``IGNORE=(COND,...)`` / ``ACCEPT=(...)`` skip records.
 Pharmpy reads the file that way (records filtered, ``.`` read as 0 as NONMEM does); this module
 renames the columns to bayesnlme's (``ID TIME DV AMT EVID MDV CMT RATE II ADDL SS``), drops the
-dropped ones, adds the 0/1 columns the translated categorical effects use (``SEXEQ1 = SEX == 1``),
+dropped ones, adds the 0/1 columns the translated categorical effects use (``SEXEQ1 = SEX == 1``)
+and the covariates the $PK computes from several data items (``CRCL = (140-AGE)*WT/(72*SCR)``),
 exponentiates a log-transformed DV (``Y = LOG(F) + EPS(1)``) and scales the doses where the
 control stream scales the prediction (``S2 = V/1000``: AMT x 1000).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import sympy
 
 from bayesnlme.importers.nonmem_pk import condition_mask
 
@@ -64,8 +66,65 @@ def column_mapping(colnames, drops, synonyms: dict) -> tuple[dict, list]:
     return mapping, problems
 
 
+#: sympy functions a covariate computed in $PK may use, and their numpy equivalents.
+_FUNCTIONS = {sympy.exp: np.exp, sympy.log: np.log, sympy.sqrt: np.sqrt, sympy.Abs: np.abs}
+_RELATIONS = {sympy.Eq: np.equal, sympy.Ne: np.not_equal, sympy.Lt: np.less, sympy.Le: np.less_equal,
+              sympy.Gt: np.greater, sympy.Ge: np.greater_equal}
+
+
+def can_evaluate(expr) -> bool:
+    """True when :func:`evaluate` knows every function in ``expr``."""
+    return all(f.func in _FUNCTIONS or f.func in (sympy.Min, sympy.Max, sympy.Piecewise)
+               for f in expr.atoms(sympy.Function))
+
+
+def evaluate(expr, frame: pd.DataFrame) -> np.ndarray:
+    """A $PK expression in data items (``(140-AGE)*WT/72``, ``IF (CRCL.GT.150) CRCL=150``) on each record.
+
+    Walks the sympy tree Pharmpy parsed (numbers, data items, ``+ * **``, EXP, LOG, SQRT, ABS, MIN,
+    MAX, IF branches); nothing is compiled or evaluated as text.
+
+    Raises
+    ------
+    ValueError
+        For anything else, naming it.
+    """
+    if expr.is_Symbol:
+        return frame[str(expr)].to_numpy(dtype=float)
+    if expr.is_number:
+        return np.full(len(frame), float(expr))
+    if expr.is_Add:
+        return sum(evaluate(a, frame) for a in expr.args)
+    if expr.is_Mul:
+        out = np.ones(len(frame))
+        for a in expr.args:
+            out = out * evaluate(a, frame)
+        return out
+    if expr.is_Pow:
+        return np.power(evaluate(expr.base, frame), evaluate(expr.exp, frame))
+    if expr.func in _FUNCTIONS:
+        return _FUNCTIONS[expr.func](evaluate(expr.args[0], frame))
+    if expr.func in (sympy.Min, sympy.Max):
+        op = np.minimum if expr.func is sympy.Min else np.maximum
+        return op.reduce([evaluate(a, frame) for a in expr.args])
+    if expr.func in _RELATIONS:
+        return _RELATIONS[expr.func](evaluate(expr.lhs, frame), evaluate(expr.rhs, frame))
+    if isinstance(expr, (sympy.And, sympy.Or)):
+        parts = [evaluate(a, frame).astype(bool) for a in expr.args]
+        return np.logical_and.reduce(parts) if isinstance(expr, sympy.And) else np.logical_or.reduce(parts)
+    if isinstance(expr, sympy.Piecewise):
+        out = np.full(len(frame), np.nan)
+        done = np.zeros(len(frame), bool)
+        for value, cond in expr.args:
+            hit = ~done & (np.ones(len(frame), bool) if cond == sympy.true else evaluate(cond, frame).astype(bool))
+            out = np.where(hit, evaluate(value, frame), out)
+            done |= hit
+        return out
+    raise ValueError(f"{expr.func.__name__} in {expr}")
+
+
 def translate_frame(frame: pd.DataFrame, mapping: dict, derived: dict, log_dv: bool,
-                    dose_scale: float = 1.0) -> pd.DataFrame:
+                    dose_scale: float = 1.0, computed: dict | None = None) -> pd.DataFrame:
     """A Pharmpy-read data set with bayesnlme's columns.
 
     Parameters
@@ -80,9 +139,16 @@ def translate_frame(frame: pd.DataFrame, mapping: dict, derived: dict, log_dv: b
         DV holds log concentrations: exponentiate it on observation records.
     dose_scale : float
         Factor on AMT and on positive RATE (``S2 = V/1000``, dose in mg and DV in ng/mL: 1000).
+    computed : list of (str, sympy.Expr), optional
+        Covariates computed in $PK from data items, in $PK order (a later one may use or redefine an
+        earlier one: ``IF (CRCL.GT.150) CRCL = 150``).
     """
     out = pd.DataFrame({new: frame[old].to_numpy() for old, new in mapping.items()
                         if new is not None and old in frame})
+    if computed:
+        frame = frame.copy()
+        for name, expr in computed:
+            frame[name] = out[name] = evaluate(expr, frame)
     for name, condition in derived.items():
         out[name] = condition_mask(frame, condition).astype(int).to_numpy()
     if dose_scale != 1:

@@ -17,6 +17,8 @@ NONMEM                                            bayesnlme
 ``IF (SEX.EQ.1) TVCL=TVCL*THETA(n)``              categorical effect on a derived 0/1 column
    (or ``*(1+THETA(n))``, ``*EXP(THETA(n))``)      ``SEXEQ1``: log ratio = log(THETA(n)),
                                                    log(1+THETA(n)) or THETA(n)
+``IF (SEX.EQ.1) THEN TVCL=THETA(1)``               categorical effect, log ratio
+   ``ELSE TVCL=THETA(2)`` (a THETA per branch)        = log(THETA(1)/THETA(2)); typical value THETA(2)
 ``*THETA(n)**SEX``                                exponential effect, reference 0, with
                                                    theta = log(THETA(n)) (the log ratio if 0/1)
 ================================================  ==============================================
@@ -77,7 +79,8 @@ class Effect:
     """One covariate effect found in a typical value.
 
     ``transform`` says how bayesnlme's theta follows from the NONMEM THETA: ``"identity"``,
-    ``"log"`` (ratio THETA -> log THETA), ``"log1p"`` (ratio 1+THETA -> log(1+THETA)).
+    ``"log"`` (ratio THETA -> log THETA), ``"log1p"`` (ratio 1+THETA -> log(1+THETA)).  With a
+    ``denominator`` (one THETA per IF branch) the ratio is ``theta / denominator``.
     """
     covariate: str
     kind: str
@@ -86,6 +89,7 @@ class Effect:
     fixed: float | None = None    # a constant exponent/slope written in the code
     transform: str = "identity"
     condition: tuple | None = None   # categorical: (column, op, value) of the derived 0/1 column
+    denominator: str | None = None   # a THETA for each branch: the ratio is theta / denominator
 
 
 @dataclass
@@ -357,6 +361,10 @@ def _categorical(name, pw, thetas, columns) -> Effect:
     value = int(value) if value.is_integer() else value
     ratio = sympy.simplify(ratio)
     th = [s for s in ratio.free_symbols if str(s) in thetas]
+    num, den = sympy.fraction(ratio)
+    if len(th) == 2 and num in th and den in th:   # IF (SEX.EQ.1) THEN TVCL=THETA(1) ELSE TVCL=THETA(2)
+        return Effect(indicator_name(str(lhs), _OPS[rel], value), "categorical", 0, theta=str(num),
+                      transform="log", condition=(str(lhs), _OPS[rel], value), denominator=str(den))
     if len(th) != 1 or ratio.free_symbols != set(th):
         raise Untranslatable(f"{name}: the IF branch multiplies by {ratio}, not by a function of one THETA",
                              pw.free_symbols)

@@ -51,6 +51,22 @@ class Value:
     fixed: bool = False
 
 
+def ratio(a: Value, b: Value) -> Value:
+    """``a / b`` of two positive THETAs as one value (a category's THETA over the reference's).
+
+    The SE by the delta method, ``(a/b) sqrt((se_a/a)^2 + (se_b/b)^2)``, without the covariance of
+    the two estimates (the ``.ext`` file does not give it); positive when both are bounded below by 0.
+    """
+    if a.fixed != b.fixed:
+        raise Untranslatable("one branch's THETA is fixed and the other estimated; bayesnlme estimates the "
+                             "ratio of the two")
+    if a.value <= 0 or b.value <= 0:
+        raise Untranslatable(f"THETA values {a.value:g} and {b.value:g} are not both positive: no log ratio")
+    r = a.value / b.value
+    se = r * math.hypot(a.se / a.value, b.se / b.value) if a.se and b.se else None
+    return Value(r, se, 0.0 if a.lower >= 0 and b.lower >= 0 else -math.inf, math.inf, a.fixed)
+
+
 def read_ext(path) -> tuple[dict, dict]:
     """Final estimates and standard errors of a NONMEM ``.ext`` file (its last table).
 
