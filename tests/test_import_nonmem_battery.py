@@ -422,6 +422,26 @@ $SIGMA 0.04
 """
 STREAMS["indo_block_fix"] = STREAMS["indo_advan3"].replace(
     "BLOCK(2), fixed OMEGA and SIGMA", "a fixed BLOCK(2) as published").replace("0.05 0.1\n", "0.08 0.1 FIX\n")
+STREAMS["theo_logit_f"] = """$PROBLEM Theophylline: bioavailability with logit-normal IIV, THETA on the natural scale
+$INPUT ID TIME DV AMT EVID MDV CMT WT AGE SEX
+$DATA ../theo.csv IGNORE=@
+$SUBROUTINE ADVAN2 TRANS2
+$PK
+CL = THETA(1)*EXP(ETA(1))
+V  = THETA(2)*EXP(ETA(2))
+KA = THETA(3)
+TVF = THETA(4)
+LGT = LOG(TVF/(1-TVF)) + ETA(3)
+F1 = EXP(LGT)/(1+EXP(LGT))
+S2 = V
+$ERROR
+Y = F + F*EPS(1)
+$THETA (0, 2.8) (0, 32) (0, 1.5) (0, 0.8, 1)
+$OMEGA 0.09 0.04 0.5
+$SIGMA 0.01
+"""
+STREAMS["theo_logit_theta"] = STREAMS["theo_logit_f"].replace("THETA on the natural", "THETA on the logit").replace(
+    "TVF = THETA(4)\nLGT = LOG(TVF/(1-TVF)) + ETA(3)", "LGT = THETA(4) + ETA(3)").replace("(0, 0.8, 1)", "1.4")
 STREAMS["warf_two_thetas"] = """$PROBLEM Warfarin: a THETA per sex, CL on a covariate computed from two columns, capped
 $INPUT ID TIME DV AMT EVID MDV DVID CMT WT AGE SEX CRCL=DROP
 $DATA ../warf.csv IGNORE=@ IGNORE=(DVID.EQ.2)
@@ -543,6 +563,13 @@ EXPECTED = {
         "CL": (LN, 8.0, ("FIX", math.sqrt(0.1))), "V": (LN, 10.0, ("FIX", math.sqrt(0.1))), "Q": ("none", 4.0, None),
         "V2": (LN, 20.0, ("FIX", math.sqrt(0.1)))}, fixed_blocks=((("CL", "V"), pytest.approx(0.8)),),
         residual=("additive", {"sigma_add": ("FIX", 0.2)})),
+    "theo_logit_f": dict(structural="1cmt_oral", parameters={
+        "CL": (LN, 2.8, 0.3), "V": (LN, 32.0, 0.2), "KA": ("none", 1.5, None), "F": ("logit", 0.8, math.sqrt(0.5))},
+        residual=("proportional", {"sigma_prop": 0.1})),
+    "theo_logit_theta": dict(structural="1cmt_oral", parameters={
+        "CL": (LN, 2.8, 0.3), "V": (LN, 32.0, 0.2), "KA": ("none", 1.5, None),
+        "F": ("logit", 1 / (1 + math.exp(-1.4)), math.sqrt(0.5))},
+        residual=("proportional", {"sigma_prop": 0.1})),
     # the typical CL is the ELSE branch's THETA(4); the IF branch's THETA(1) is the ratio 0.13 / 0.11
     "warf_two_thetas": dict(structural="1cmt_oral", parameters={
         "CL": (LN, 0.11, math.sqrt(0.1)), "V": (LN, 8.0, math.sqrt(0.02)), "KA": ("none", 1.2, None)},
@@ -744,6 +771,13 @@ def _indo_trans1(r, e):
     return dict(K=cl / v1, K12=q / v1, K21=q / v2, V1=v1, S=None)
 
 
+def _theo_logit(logit_f):
+    def pk(r, e):
+        return dict(CL=2.8 * math.exp(e[0]), V=32 * math.exp(e[1]), KA=1.5, F1=1 / (1 + math.exp(-logit_f - e[2])),
+                    S=None)
+    return pk
+
+
 def _warf_two_thetas(r, e):
     agewt = min((140 - r.AGE) * r.WT / 72, 120.0)
     tvcl = 0.13 if r.SEX == 1 else 0.11
@@ -781,6 +815,8 @@ NUMERIC = {
                       lambda f: np.sqrt(0.04 * f**2 + 2500)),
     "indo_trans1": (3, _indo, _indo_trans1, {"CL": 1, "V": 2}, lambda f: 0.2 * f),
     "indo_block_fix": (3, lambda: _indo(), _indo_advan3, {"CL": 1, "V": 2, "V2": 3}, lambda f: np.full_like(f, 0.2)),
+    "theo_logit_f": (2, _theo, _theo_logit(math.log(0.8 / 0.2)), {"CL": 1, "V": 2, "F": 3}, lambda f: 0.1 * f),
+    "theo_logit_theta": (2, _theo, _theo_logit(1.4), {"CL": 1, "V": 2, "F": 3}, lambda f: 0.1 * f),
     "warf_two_thetas": (2, lambda: _warf().query("DVID != 2"), _warf_two_thetas, {"CL": 1, "V": 2},
                         lambda f: 0.1 * f),
     "theo_lower": (2, _theo, _theo_lower, {"CL": 1, "V": 2, "KA": 3}, lambda f: np.sqrt(0.01 * f**2 + 0.04)),

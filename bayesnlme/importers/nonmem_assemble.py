@@ -88,8 +88,8 @@ def _parameter(t, bn, pm, omegas, used):
                 entry["omega_fixed"] = om["fixed"]
             else:
                 entry["omega"] = om["prior"]
-            kind = "log-normal (ETA on the log scale)" if pm.iiv == "lognormal" else "normal (additive ETA, " \
-                                                                                      "units of " + bn + ")"
+            kind = {"lognormal": "log-normal (ETA on the log scale)", "logit": "logit-normal (ETA on the logit "
+                    "scale)"}.get(pm.iiv, f"normal (additive ETA, units of {bn})")
             lines.append(f"{eta}: {col} variance {ov.value:g}{' FIX' if ov.fixed else ''} -> omega_{bn} = "
                          f"SD {math.sqrt(ov.value):.4g}, {kind}"
                          + (f"; RSE of the variance {100 * ov.se / ov.value:.0f}%" if ov.se else ""))
@@ -101,11 +101,14 @@ def _parameter(t, bn, pm, omegas, used):
 def _typical_value(t, bn, pm, used):
     v = t.values[pm.theta]
     used.add(pm.theta)
-    domain = (0.0, math.inf) if pm.iiv == "lognormal" else KNOWN_DOMAINS.get(bn, (-math.inf, math.inf))
-    entry = {"iiv": pm.iiv, **pri.typical_value(v, pm.scale, domain, pm.log_theta)}
+    domain = {"lognormal": (0.0, math.inf), "logit": (0.0, 1.0)}.get(
+        pm.iiv, KNOWN_DOMAINS.get(bn, (-math.inf, math.inf)))
+    entry = {"iiv": pm.iiv, **pri.typical_value(v, pm.scale, domain, pm.log_theta, pm.logit_theta)}
     scale = "" if pm.scale == 1 else f" x {pm.scale:g}"
-    name = f"EXP({_name(t, pm.theta)})" if pm.log_theta else _name(t, pm.theta)
-    se = (f", SE {v.se:.3g} (log scale)" if pm.log_theta else f", RSE {100 * v.se / abs(v.value):.0f}%") if v.se else ""
+    name = (f"EXP({_name(t, pm.theta)})" if pm.log_theta else
+            f"EXPIT({_name(t, pm.theta)})" if pm.logit_theta else _name(t, pm.theta))
+    se = (f", SE {v.se:.3g} ({'log' if pm.log_theta else 'logit'} scale)" if pm.log_theta or pm.logit_theta
+          else f", RSE {100 * v.se / abs(v.value):.0f}%") if v.se else ""
     lines = [f"{bn}: typical value {name}{scale}, "
              + (f"FIX {v.value:g}" if v.fixed else f"{'estimate' if t.values_are_estimates else 'initial'} "
                 f"{v.value:g}" + se)]

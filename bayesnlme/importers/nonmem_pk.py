@@ -9,6 +9,8 @@ NONMEM                                            bayesnlme
 ``CL = TVCL*EXP(ETA(1))`` (also MU referencing)   ``iiv = "lognormal"``
 ``CL = EXP(THETA(1) + ETA(1))`` (THETA = log CL)    typical value ``exp(THETA(1))``
 ``CL = TVCL + ETA(1)``                            ``iiv = "normal"``
+``F1 = EXP(L)/(1+EXP(L))``, ``L = LOG(TVF/(1-TVF))  ``iiv = "logit"`` (typical value TVF, or
+   + ETA(1)`` (or ``L = THETA(1) + ETA(1)``)         EXP(THETA(1))/(1+EXP(THETA(1))))
 ``THETA(1)`` (one per parameter)                  typical value (prior on ``CL``)
 ``1.5`` (a number, e.g. ``F1 = 1``)               fixed typical value
 ``*(WT/70)**THETA(n)`` / ``**0.75`` / ``*WT``     power effect, estimated / fixed exponent
@@ -101,6 +103,7 @@ class ParameterModel:
     nonmem: str = ""
     fixed_value: float | None = None
     log_theta: bool = False       # the typical value is EXP(THETA) (MU_1 = THETA(1), CL = EXP(MU_1 + ETA(1)))
+    logit_theta: bool = False     # the typical value is EXP(THETA)/(1+EXP(THETA)) (F1 with a logit-scale THETA)
     iiv: str = "none"
     eta: str | None = None
     effects: list = field(default_factory=list)
@@ -161,8 +164,15 @@ def decompose(name: str, expr, thetas: set, etas: set, columns: set) -> Paramete
             pm.iiv, tv = "lognormal", ratio
         elif eta not in (diff := expr - eta).free_symbols:
             pm.iiv, tv = "normal", diff
+        elif (odds := _without_exp_eta(sympy.simplify(expr / (1 - expr)), eta)) is not None:
+            pm.iiv = "logit"   # F1 = EXP(LGT)/(1+EXP(LGT)), LGT = LOG(TVF/(1-TVF)) + ETA (or THETA + ETA)
+            if isinstance(odds, sympy.exp) and odds.args[0].is_Symbol and str(odds.args[0]) in thetas:
+                pm.theta, pm.logit_theta = str(odds.args[0]), True
+                return pm
+            tv = sympy.simplify(odds / (1 + odds))
         else:
-            raise Untranslatable(f"{eta} enters {name} neither as TV*EXP(ETA) nor as TV+ETA", [eta])
+            raise Untranslatable(f"{eta} enters {name} neither as TV*EXP(ETA), TV+ETA nor as the logit "
+                                 f"EXP(L)/(1+EXP(L)) with L = LOG(TV/(1-TV)) + ETA", [eta])
     _typical_value(pm, tv, thetas, columns)
     return pm
 

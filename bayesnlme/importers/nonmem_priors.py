@@ -111,15 +111,22 @@ def _rse_log_sigma(v: Value) -> float:
     return math.sqrt(math.log1p((v.se / abs(v.value)) ** 2)) if v.se else WEAK_LOG_SIGMA
 
 
-def typical_value(v: Value, scale: float, domain: tuple, log: bool = False) -> dict:
+def typical_value(v: Value, scale: float, domain: tuple, log: bool = False, logit: bool = False) -> dict:
     """The ``prior``/``fixed`` entry of a typical value ``scale * THETA`` (natural units).
 
     ``log``: the typical value is ``scale * exp(THETA)`` (a THETA on the log scale); its bounds and value are
     exponentiated and its SE becomes the relative SE, so its normal prior is the log-normal one.
+    ``logit``: the typical value is ``expit(THETA)`` (a fraction, THETA on the logit scale); value and bounds
+    through expit, the SE by the delta method (``p (1 - p) SE``).
     """
     if log:
         v = Value(math.exp(v.value), v.se * math.exp(v.value) if v.se else None, math.exp(v.lower),
                   math.exp(v.upper), v.fixed)
+    elif logit:
+        def expit(x):
+            return 1.0 / (1.0 + math.exp(-x)) if x > -700 else 0.0
+        p = expit(v.value)
+        v = Value(p, v.se * p * (1 - p) if v.se else None, expit(v.lower), expit(v.upper), v.fixed)
     x = v.value * scale
     if v.fixed:
         return {"fixed": x}
