@@ -224,15 +224,23 @@ def test_fixed_parameters_are_not_free():
 
 
 def test_exponential_error_rejects_zero_dv_with_row():
-    with pytest.raises(DataError, match=r"theophylline, row 14, column DV: exponential .*needs DV > 0"):
+    with pytest.raises(DataError, match=r"theophylline, row 14, column DV: exponential residual error \(output CP\) "
+                                        r"with DV <= 0 at 9 observation\(s\) \(rows 14, 26, 38"):
         build_model(_spec(residual="exponential"), read_nonmem(load_theophylline(), name="theophylline"))
 
 
 def test_proportional_error_rejects_predose_observation():
     df = load_theophylline()
-    df = df[~((df["TIME"] == 0) & (df["EVID"] == 0) & (df["DV"] > 0))]
-    with pytest.raises(DataError, match=r"row 13, column DV: proportional residual error: the prediction is exactly 0"):
+    df = df[~((df["TIME"] == 0) & (df["EVID"] == 0) & (df["DV"] == 0))]   # the 3 pre-dose samples with DV > 0 stay
+    with pytest.raises(DataError, match=r"row 2, column DV: proportional residual error: the prediction is exactly 0 "
+                                        r".*3 such observations"):
         build_model(_spec(residual="proportional"), df)
+    # the same check for a concentration type of [[observations]] (a PK/PD spec)
+    d = _spec().to_dict()
+    d["observations"] = [{"dvid": 1, "output": "CP", "likelihood": "proportional"}]
+    with pytest.raises(DataError, match=r"row 2, column DV: proportional residual error \(DVID 1\): the prediction "
+                                        r"is exactly 0"):
+        build_model(ModelSpec.from_dict(d), df.assign(DVID=1))
 
 
 def test_dose_into_unknown_compartment():

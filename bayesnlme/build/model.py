@@ -34,13 +34,18 @@ import pytensor.tensor as pt
 
 from bayesnlme.build.covariates import covariate_log_factors
 from bayesnlme.build.mixture import build_mixture, check_mixture_data
-from bayesnlme.build.observations import dv_draw_inputs, observation_parameters, pointwise_loglik
+from bayesnlme.build.observations import (
+    check_zero_prediction,
+    dv_draw_inputs,
+    observation_parameters,
+    pointwise_loglik,
+)
 from bayesnlme.build.priors import estimate, prior_dist, prior_rv
 from bayesnlme.data import NMData, read_nonmem
 from bayesnlme.errors import DataError, SpecError
 from bayesnlme.spec import ModelSpec
 from bayesnlme.spec.families import put, take
-from bayesnlme.spec.observation import check_positive_dv
+from bayesnlme.spec.observation import check_data
 from bayesnlme.structural import LIBRARY, DoseEvents, dose_events
 from bayesnlme.structural.pd import time_varying
 
@@ -240,35 +245,6 @@ def at_observations(params: dict, obs_log: dict, data: NMData) -> dict:
     return out
 
 
-def _check_residual(spec: ModelSpec, data: NMData, doses: DoseEvents) -> None:
-    if spec.observations:   # each observation model checks its own records (observation.py)
-        return
-    kind = spec.residual.kind
-    model = spec.observation_models()[0]   # the [residual] one
-    family = model.family
-    if family.log_scale and (data.obs_dv <= 0).any():
-        i = int(np.flatnonzero(data.obs_dv <= 0)[0])
-        raise DataError(f"exponential (log-scale) residual error needs DV > 0, got {data.obs_dv[i]:g} "
-                        f"({int((data.obs_dv <= 0).sum())} such observations); exclude them (MDV=1) or use "
-                        f"a combined error model", source=data.source, row=int(data.obs_row[i]), column="DV")
-    # the prediction is 0 before the first dose only for a concentration; an effect driven by an exposure
-    # column (outputs ("EFFECT",)) does not depend on doses
-    if family.positive and spec.structural.outputs[0] == "CP":
-        dt = np.asarray(doses.dt)
-        contributes = doses.applies & (~(doses.depot & (dt <= 0)) | doses.steady)   # an SS dose's history is present
-        zero = ~contributes.any(axis=1)
-        if zero.any():
-            i = int(np.flatnonzero(zero)[0])
-            raise DataError(f"{kind} residual error: the prediction is exactly 0 at this observation "
-                            f"(no dose has reached the central compartment yet; {int(zero.sum())} such "
-                            f"observations), so its error SD would be 0; exclude pre-dose observations "
-                            f"(MDV=1) or use a combined error model", source=data.source,
-                            row=int(data.obs_row[i]), column="DV")
-    if family.positive:   # DV = 0 where the prediction is 0 (proportional; exponential refused DV <= 0 above)
-        every = np.ones(data.n_obs, bool)
-        check_positive_dv(model, data, data.obs_dv, data.obs_row, every)
-
-
 def _check_dosed(spec: ModelSpec, data: NMData) -> None:
     """A library PK model predicts 0 for every observation of a subject never dosed: a data error."""
     st = spec.structural
@@ -346,8 +322,11 @@ def build_model(spec: ModelSpec, data, *, check_residual: bool = True, dv_data: 
     spec = spec.bind(data)
     # with observation types, DVID (not CMT) says what an observation record is
     doses = dose_events(_dvid_data(spec, data), spec.structural)
+    check = check_residual or bool(spec.observations)   # DVIDs must match even on a design's records
+    if check:   # DV in range for each observation model (the one check of every family's data)
+        check_data(spec.observation_models(), data)
     if check_residual:   # off when the "observations" are prediction times, not data
-        _check_residual(spec, data, doses)
+        check_zero_prediction(spec, data, doses)
         _check_dosed(spec, data)
     coords = {"ID": [str(i) for i in data.ids], "obs": data.obs_row.tolist(),
               "eta_parameter": spec.eta_parameters}
@@ -365,7 +344,7 @@ def build_model(spec: ModelSpec, data, *, check_residual: bool = True, dv_data: 
         if spec.mixture is not None:
             return _build_mixture(model, spec, data, doses, init, (individual, typical, obs_ind, obs_typ), dv_data)
         return _build_observations(model, spec, data, doses, init, (individual, typical, obs_ind, obs_typ),
-                                   dv_data=dv_data, check=check_residual or bool(spec.observations))
+                                   dv_data=dv_data)
 
 
 def _dvid_data(spec: ModelSpec, data: NMData) -> NMData:
@@ -430,7 +409,7 @@ def _dv_container(model, spec: ModelSpec, data: NMData, dv_data: bool):
         return pm.Data("DV_data", data.obs_dv, dims="obs")
 
 
-def _build_observations(model, spec, data, doses, init, parts, *, dv_data: bool, check: bool) -> BuiltModel:
+def _build_observations(model, spec, data, doses, init, parts, *, dv_data: bool) -> BuiltModel:
     """The observed ``DV`` as the sum of per-record log-densities of each record's observation model.
 
     One path for every spec: ``[residual]`` is a single continuous observation model.  ``DV`` is a
@@ -443,7 +422,7 @@ def _build_observations(model, spec, data, doses, init, parts, *, dv_data: bool,
     at_times = ((lambda tq: st.function(individual, data, st, times=tq, **_within_subject(spec, data, obs_ind)))
                 if time_varying(st) else None)
     dv = _dv_container(model, spec, data, dv_data)
-    ll, ipred, sd, excluded, families = pointwise_loglik(spec, data, outs, init, at_times, dv=dv, check=check)
+    ll, ipred, sd, excluded, families = pointwise_loglik(spec, data, outs, init, at_times, dv=dv)
     pred_outs = _outputs(spec, data, doses, typical, obs_typ)
     pred = pt.zeros(data.n_obs)
     for m in spec.observation_models():

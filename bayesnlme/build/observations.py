@@ -22,13 +22,43 @@ from scipy.special import roots_legendre
 from bayesnlme.build.priors import DIST_ARGS, prior_rv
 from bayesnlme.spec import ModelSpec
 from bayesnlme.spec.families import put, take
-from bayesnlme.spec.observation import check_data
 
 
 def quadrature_times(t: np.ndarray, nodes: int) -> np.ndarray:
     """Gauss--Legendre nodes on [0, t] per record, shape (n, nodes)."""
     x, _ = roots_legendre(nodes)
     return np.asarray(t, float)[:, None] * (x[None, :] + 1) / 2
+
+
+def check_zero_prediction(spec: ModelSpec, data, doses) -> None:
+    """Refuse a record whose concentration is exactly 0 under an error model whose SD is then 0.
+
+    Before the first dose reaches the central compartment (pre-dose samples, inside an oral dose's
+    lag) CP is exactly 0, and a proportional or exponential error has no density there.  Applies to
+    every continuous observation model of CP, ``[residual]`` or ``[[observations]]``.
+
+    Raises
+    ------
+    DataError
+        Naming the first such record (row, column DV) and how many there are.
+    """
+    models = [m for m in spec.observation_models()
+              if m.family.continuous and m.family.positive and m.output == "CP"]
+    if not models:
+        return
+    dt = np.asarray(doses.dt)
+    contributes = doses.applies & (~(doses.depot & (dt <= 0)) | doses.steady)   # an SS dose's history is present
+    zero = ~contributes.any(axis=1)
+    multi = len(spec.observation_models()) > 1 or models[0].dvid is not None
+    for m in models:
+        hit = zero & (data.obs_dvid == m.dvid) if multi else zero
+        if hit.any():
+            i = int(np.flatnonzero(hit)[0])
+            where = "" if m.dvid is None else f" (DVID {m.dvid})"
+            raise data.error(f"{m.likelihood} residual error{where}: the prediction is exactly 0 at this "
+                             f"observation (no dose has reached the central compartment yet; {int(hit.sum())} "
+                             f"such observations), so its error SD would be 0; exclude pre-dose observations "
+                             f"(MDV=1) or use a combined error model", row=int(data.obs_row[i]), column="DV")
 
 
 def _param(name, prior, init):
@@ -58,7 +88,7 @@ def observation_parameters(m, init: dict) -> dict:
             for b in m.base_names()}
 
 
-def pointwise_loglik(spec: ModelSpec, data, outputs: dict, init: dict, at_times=None, dv=None, check=True):
+def pointwise_loglik(spec: ModelSpec, data, outputs: dict, init: dict, at_times=None, dv=None):
     """Parameters of every observation model and the log-likelihood of each record.
 
     Parameters
@@ -68,9 +98,6 @@ def pointwise_loglik(spec: ModelSpec, data, outputs: dict, init: dict, at_times=
     dv : tensor (n_obs,), optional
         DV as a data container (continuous observation models, no censored record); default
         ``data.obs_dv`` as a constant.
-    check : bool
-        Check DV against each observation model (:func:`check_data`); off where the records are a
-        design whose DV is a placeholder.
     at_times : callable, optional
         ``at_times(times (n_obs, Q)) -> dict of (n_obs, Q)`` for models whose
         outputs change between records (time-varying hazards).
@@ -86,9 +113,7 @@ def pointwise_loglik(spec: ModelSpec, data, outputs: dict, init: dict, at_times=
         Each model's records and its own parameters (``phi``, ``cutpoints``) as tensors: what
         its random draw needs besides IPRED and SD (:meth:`ObservationModel.draw`).
     """
-    models = spec.observation_models()
-    if check:
-        check_data(models, data)
+    models = spec.observation_models()   # their data were checked by the builder (check_data)
     n = data.n_obs
     multi = len(models) > 1 or models[0].dvid is not None
     cens = data.obs_cens if data.obs_cens is not None else np.zeros(n, int)

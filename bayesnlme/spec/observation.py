@@ -274,8 +274,6 @@ def check_data(models: tuple, data) -> None:
     DataError
         Naming the record and column.
     """
-    import numpy as np
-
     dvid = data.obs_dvid
     multi = len(models) > 1 or models[0].dvid is not None
     if multi and dvid is None:
@@ -311,8 +309,6 @@ def check_positive_dv(m: ObservationModel, data, y, rows, sel) -> None:
     before a lag time), so the likelihood has no maximum; ``log DV`` does not
     exist for DV <= 0.  NONMEM users switch to a combined error model.
     """
-    import numpy as np
-
     cens = data.obs_cens[sel] if data.obs_cens is not None else np.zeros(len(y), int)
     bad = (cens == 0) & ((y == 0) if m.likelihood == "proportional" else (y <= 0))
     if not bad.any():
