@@ -20,6 +20,8 @@ def test_refit_draws_equal_fit_model_draws():
     fit = fit_model(spec, with_dv(design, dv), chains=2, draws=100, tune=100, seed=5, progress=False)
     for name in ("CL", "V", "omega_CL", "sigma_prop"):
         np.testing.assert_array_equal(post[name].values, fit.idata.posterior[name].values)
+    # the fit keeps the graph it sampled (DV in its container), so predictions and diagnostics need no rebuild
+    assert np.array_equal(fit.built.model["DV_data"].get_value(), dv)
 
 
 def test_masked_records_leave_the_log_density_as_if_removed():

@@ -78,7 +78,7 @@ class FitResult:
 
     @property
     def built(self):
-        """The PyMC model of this fit (rebuilt from spec and data on first use)."""
+        """The PyMC model of this fit: the one sampled, or for a fit read from disk rebuilt on first use."""
         if "_built" not in self.__dict__:
             self.__dict__["_built"] = build_model(self.spec, self.data)
         return self.__dict__["_built"]
@@ -261,6 +261,7 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
                                   compile_kwargs={"mode": "NUMBA"})
     _add_data_groups(idata, built.data)
     result = FitResult(idata=idata, spec=built.spec, data=built.data, settings=settings)
+    result.__dict__["_built"] = built   # the graph that was sampled: predictions and diagnostics reuse it
     result.problems = problems if method != "nuts" else convergence_problems(result)
     for p in result.problems:
         warnings.warn(p, ConvergenceWarning, stacklevel=2)
