@@ -464,6 +464,27 @@ $THETA (0, 0.13) (0, 8) (0, 1.2) (0, 0.11) (0.75)
 $OMEGA 0.1 0.02
 $SIGMA 0.01
 """
+STREAMS["warf_age_levels"] = """$PROBLEM Warfarin: age class computed in $PK, a THETA per class
+$INPUT ID TIME DV AMT EVID MDV DVID CMT WT AGE SEX CRCL
+$DATA ../warf.csv IGNORE=@ IGNORE=(DVID.EQ.2)
+$SUBROUTINE ADVAN2 TRANS2
+$PK
+AGECAT = 1
+IF (AGE.GT.30) AGECAT = 2
+IF (AGE.GT.45) AGECAT = 3
+TVCL = THETA(1)
+IF (AGECAT.EQ.2) TVCL = THETA(4)
+IF (AGECAT.EQ.3) TVCL = THETA(5)
+CL = TVCL*EXP(ETA(1))
+V  = THETA(2)*EXP(ETA(2))
+KA = THETA(3)
+S2 = V
+$ERROR
+Y = F + F*EPS(1)
+$THETA (0, 0.13) (0, 8) (0, 1.2) (0, 0.12) (0, 0.1)
+$OMEGA 0.1 0.02
+$SIGMA 0.01
+"""
 STREAMS["theo_lower"] = """$problem theophylline in lower case (NM-TRAN 7.2+), a 0/1 flag computed in $pk
 $input id time dv amt evid mdv cmt wt age sex
 $data ../theo.csv ignore=@
@@ -575,6 +596,11 @@ EXPECTED = {
         "CL": (LN, 0.11, math.sqrt(0.1)), "V": (LN, 8.0, math.sqrt(0.02)), "KA": ("none", 1.2, None)},
         effects={("CL", "AGEWT"): ("power", 100, 0.75), ("CL", "SEXEQ1"): ("categorical", 0, math.log(0.13 / 0.11)),
                  ("V", "WT"): ("power", 70, ("FIX", 1.0))},
+        residual=("proportional", {"sigma_prop": 0.1})),
+    "warf_age_levels": dict(structural="1cmt_oral", parameters={
+        "CL": (LN, 0.13, math.sqrt(0.1)), "V": (LN, 8.0, math.sqrt(0.02)), "KA": ("none", 1.2, None)},
+        effects={("CL", "AGECATEQ3"): ("categorical", 0, math.log(0.1 / 0.13)),
+                 ("CL", "AGECATEQ2"): ("categorical", 0, math.log(0.12 / 0.13))},
         residual=("proportional", {"sigma_prop": 0.1})),
     "theo_lower": dict(structural="1cmt_oral", parameters={
         "CL": (LN, 2.8, 0.3), "V": (LN, 32.0, 0.2), "KA": (LN, 1.5, math.sqrt(0.4))},
@@ -784,6 +810,11 @@ def _warf_two_thetas(r, e):
     return dict(CL=tvcl * (agewt / 100) ** 0.75 * math.exp(e[0]), V=8 * r.WT / 70 * math.exp(e[1]), KA=1.2, S=None)
 
 
+def _warf_age_levels(r, e):
+    tvcl = 0.1 if r.AGE > 45 else 0.12 if r.AGE > 30 else 0.13
+    return dict(CL=tvcl * math.exp(e[0]), V=8 * math.exp(e[1]), KA=1.2, S=None)
+
+
 def _theo_lower(r, e):
     return dict(CL=2.8 * (1 + 0.1 * (r.SEX == 0)) * math.exp(e[0]), V=32 * math.exp(e[1]), KA=1.5 * math.exp(e[2]),
                 S=None)
@@ -818,6 +849,8 @@ NUMERIC = {
     "theo_logit_f": (2, _theo, _theo_logit(math.log(0.8 / 0.2)), {"CL": 1, "V": 2, "F": 3}, lambda f: 0.1 * f),
     "theo_logit_theta": (2, _theo, _theo_logit(1.4), {"CL": 1, "V": 2, "F": 3}, lambda f: 0.1 * f),
     "warf_two_thetas": (2, lambda: _warf().query("DVID != 2"), _warf_two_thetas, {"CL": 1, "V": 2},
+                        lambda f: 0.1 * f),
+    "warf_age_levels": (2, lambda: _warf().query("DVID != 2"), _warf_age_levels, {"CL": 1, "V": 2},
                         lambda f: 0.1 * f),
     "theo_lower": (2, _theo, _theo_lower, {"CL": 1, "V": 2, "KA": 3}, lambda f: np.sqrt(0.01 * f**2 + 0.04)),
 }
@@ -950,6 +983,12 @@ $SIGMA 0.25
                                                 r"\$OMEGA BLOCK: correlation of \['CL', 'V'\] is not positive "
                                                 r"definite"):
         import_nonmem(block_fix)
+    overlapping = streams / "warf_overlapping.mod"   # first match wins: not a product of one factor per IF
+    overlapping.write_text(STREAMS["warf_age_levels"].replace("AGECAT.EQ.2", "AGE.GT.30").replace("AGECAT.EQ.3",
+                                                                                                   "AGE.GT.45"))
+    with pytest.raises(NonmemImportError, match=r"line 11 `IF \(AGE.GT.45\) TVCL = THETA\(5\)`: IF conditions "
+                                                r"that can hold together"):
+        import_nonmem(overlapping)
     trans3 = streams / "indo_trans3.mod"
     trans3.write_text(STREAMS["indo_advan3"].replace("TRANS4", "TRANS3").replace("V2 = ", "VSS = "))
     with pytest.raises(NonmemImportError, match=r"line 4 `\$SUBROUTINE ADVAN3 TRANS3`: .*CL, V, Q, VSS"):

@@ -270,6 +270,14 @@ def _factors(tv) -> list:
         *branches, (default, cond) = tv.args
         if cond != sympy.true:
             raise Untranslatable("an IF without a default branch", tv.free_symbols)
+        while isinstance(default, sympy.Piecewise) and default.args[-1][1] == sympy.true:
+            # IF (X.EQ.2) TVCL=THETA(4) / IF (X.EQ.3) TVCL=THETA(5): one factor per level, exact when the
+            # conditions exclude each other (the first that holds is the only one)
+            *inner, (default, _) = default.args
+            branches += inner
+            if not _exclusive([c for _, c in branches]):
+                raise Untranslatable("IF conditions that can hold together (bayesnlme multiplies one factor "
+                                     "per condition)", tv.free_symbols)
         out = _factors(default)
         for value, c in branches:
             ratio = sympy.simplify(value / default)
@@ -284,6 +292,15 @@ def _factors(tv) -> list:
         else:
             out.append(f)
     return out
+
+
+def _exclusive(conditions) -> bool:
+    """True when the conditions are ``COLUMN == value`` of one column, each with its own value."""
+    if not all(isinstance(c, sympy.Eq) for c in conditions):
+        return False
+    pairs = [(c.lhs, c.rhs) if c.rhs.is_number else (c.rhs, c.lhs) for c in conditions]
+    return (len({str(a) for a, _ in pairs}) == 1 and all(b.is_number for _, b in pairs)
+            and len({float(b) for _, b in pairs}) == len(pairs))
 
 
 def _is_ratio(pw) -> bool:
