@@ -17,7 +17,7 @@ from scipy.special import gammaln
 
 from bayesnlme.build import occasions
 from bayesnlme.errors import BayesNLMEInputError
-from bayesnlme.evaluate.predict import evaluate_draws
+from bayesnlme.evaluate.predict import cached, evaluate_draws
 
 #: Degrees of freedom of the Student-t importance proposal.
 PROPOSAL_DF = 5.0
@@ -51,9 +51,10 @@ class RandomEffects:
 
 def random_effects(built) -> RandomEffects:
     """The random-effect layout of a built model (:class:`RandomEffects`); cached on the model."""
-    cache = built.__dict__.setdefault("_compiled_cache", {})
-    if "random_effects" in cache:
-        return cache["random_effects"]
+    return cached(built, "random_effects", lambda: _layout(built))
+
+
+def _layout(built) -> RandomEffects:
     free = {rv.name for rv in built.model.free_RVs}
     centred = tuple(p for p in built.spec.eta_parameters if built.spec.parameters[p].centered)
     names = [n for n in ["eta_z"] if n in free] + [f"eta_{p}" for p in centred]
@@ -69,7 +70,6 @@ def random_effects(built) -> RandomEffects:
         info = RandomEffects(tuple(names + ["kappa_z"]), centred, info.n_eta,
                              n_iov=int(built.model["kappa_z"].shape[1].eval()), n_slots=int(occ_slot.max()) + 1,
                              occ_subject=occ_subject, occ_slot=occ_slot)
-    cache["random_effects"] = info
     return info
 
 
@@ -238,9 +238,10 @@ class Population:
 
 def population(built) -> Population:
     """Compile (once per built model) the transforms and log prior of the population variables."""
-    cache = built.__dict__.setdefault("_compiled_cache", {})
-    if "population" in cache:
-        return cache["population"]
+    return cached(built, "population", lambda: _population(built))
+
+
+def _population(built) -> Population:
     model = built.model
     random, _ = random_effect_names(built)
     pop = [rv for rv in model.free_RVs if rv.name not in random]
@@ -264,11 +265,9 @@ def population(built) -> Population:
         to_nat = to_unc = lambda *a: []
         log_prior = lambda *a: 0.0
     n_eta = random_effects(built).n_re
-    info = Population(names=[rv.name for rv in pop], shapes=shapes,
-                       sizes=[int(np.prod(s)) for s in shapes], to_natural=to_nat,
-                       to_unconstrained=to_unc, log_prior=log_prior, has_eta=bool(random), n_eta=n_eta)
-    cache["population"] = info
-    return info
+    return Population(names=[rv.name for rv in pop], shapes=shapes,
+                      sizes=[int(np.prod(s)) for s in shapes], to_natural=to_nat,
+                      to_unconstrained=to_unc, log_prior=log_prior, has_eta=bool(random), n_eta=n_eta)
 
 
 def check_theta(info: Population, theta) -> dict:

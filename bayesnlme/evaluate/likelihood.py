@@ -59,6 +59,7 @@ import numpy as np
 import pandas as pd
 import pytensor
 import pytensor.tensor as pt
+from pytensor.graph.replace import vectorize_graph
 from scipy import optimize
 
 from bayesnlme.errors import BayesNLMEInputError
@@ -74,6 +75,7 @@ from bayesnlme.evaluate.importance import (
     subject_loglik,
     z_to_draws,
 )
+from bayesnlme.evaluate.predict import cached
 
 __all__ = ["MarginalLik", "marginal_loglik", "population_mode"]
 
@@ -187,11 +189,10 @@ def _objective_function(built):
     and ``log_ratio`` has shape (1, n_sub).  The per-record densities are the model's
     own (:attr:`BuiltModel.loglik`), as in :func:`subject_loglik`.
     """
-    cache = built.__dict__.setdefault("_compiled_cache", {})
-    if "_objective" in cache:
-        return cache["_objective"]
-    from pytensor.graph.replace import vectorize_graph
+    return cached(built, "objective", lambda: _compile_objective(built))
 
+
+def _compile_objective(built):
     model, data = built.model, built.data
     random, centred = random_effect_names(built)
     pop = [rv for rv in model.free_RVs if rv.name not in random]
@@ -240,7 +241,6 @@ def _objective_function(built):
     if fn is None:
         fn = pytensor.function(inputs + [log_ratio, use_prior], [objective, *grads], on_unused_input="ignore",
                                mode=pytensor.compile.get_mode("FAST_RUN").including(_CHECK_TO_NINF))
-    cache["_objective"] = fn
     return fn
 
 

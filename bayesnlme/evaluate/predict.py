@@ -65,13 +65,20 @@ def compiled_function(built, key, make) -> tuple[list, object]:
     function
         ``function(*draws) -> list of arrays``, each with a leading draw dimension.
     """
-    cache = built.__dict__.setdefault("_compiled_cache", {})
-    if key not in cache:
+    def compile_():
         rvs = list(built.model.free_RVs)
         batched = [pt.tensor(name=rv.name, shape=(None, *rv.type.shape), dtype=rv.dtype) for rv in rvs]
         vec = vectorize_graph(list(make()), replace=dict(zip(rvs, batched)))
-        cache[key] = ([rv.name for rv in rvs],
-                      pytensor.function(batched, vec, on_unused_input="ignore", mode=EVAL_MODE))
+        return [rv.name for rv in rvs], pytensor.function(batched, vec, on_unused_input="ignore", mode=EVAL_MODE)
+    return cached(built, key, compile_)
+
+
+def cached(built, key, make):
+    """What is compiled or derived once per built model (evaluation functions, the likelihood's
+    objective, the random-effect layout), kept on the model: ``make()`` on the first call per key."""
+    cache = built.__dict__.setdefault("_compiled_cache", {})
+    if key not in cache:
+        cache[key] = make()
     return cache[key]
 
 
