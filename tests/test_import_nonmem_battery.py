@@ -485,6 +485,24 @@ $THETA (0, 0.13) (0, 8) (0, 1.2) (0, 0.12) (0, 0.1)
 $OMEGA 0.1 0.02
 $SIGMA 0.01
 """
+STREAMS["theo_mu_logcov"] = """$PROBLEM Theophylline, MU referencing with the covariates on the log scale
+$INPUT ID TIME DV AMT EVID MDV CMT WT AGE SEX
+$DATA ../theo.csv IGNORE=@
+$SUBROUTINE ADVAN2 TRANS2
+$PK
+MU_1 = LOG(THETA(1)) + THETA(4)*LOG(WT/70)
+MU_2 = LOG(THETA(2)) + LOG(WT/70)
+MU_3 = LOG(THETA(3))
+CL = EXP(MU_1 + ETA(1))
+V  = EXP(MU_2 + ETA(2))
+KA = EXP(MU_3 + ETA(3))
+S2 = V
+$ERROR
+Y = F*(1 + EPS(1))
+$THETA (0, 2.8) (0, 32) (0, 1.5) (0.75)
+$OMEGA 0.09 0.04 0.4
+$SIGMA 0.01
+"""
 STREAMS["theo_lower"] = """$problem theophylline in lower case (NM-TRAN 7.2+), a 0/1 flag computed in $pk
 $input id time dv amt evid mdv cmt wt age sex
 $data ../theo.csv ignore=@
@@ -601,6 +619,10 @@ EXPECTED = {
         "CL": (LN, 0.13, math.sqrt(0.1)), "V": (LN, 8.0, math.sqrt(0.02)), "KA": ("none", 1.2, None)},
         effects={("CL", "AGECATEQ3"): ("categorical", 0, math.log(0.1 / 0.13)),
                  ("CL", "AGECATEQ2"): ("categorical", 0, math.log(0.12 / 0.13))},
+        residual=("proportional", {"sigma_prop": 0.1})),
+    "theo_mu_logcov": dict(structural="1cmt_oral", parameters={
+        "CL": (LN, 2.8, 0.3), "V": (LN, 32.0, 0.2), "KA": (LN, 1.5, math.sqrt(0.4))},
+        effects={("CL", "WT"): ("power", 70, 0.75), ("V", "WT"): ("power", 70, ("FIX", 1.0))},
         residual=("proportional", {"sigma_prop": 0.1})),
     "theo_lower": dict(structural="1cmt_oral", parameters={
         "CL": (LN, 2.8, 0.3), "V": (LN, 32.0, 0.2), "KA": (LN, 1.5, math.sqrt(0.4))},
@@ -852,6 +874,7 @@ NUMERIC = {
                         lambda f: 0.1 * f),
     "warf_age_levels": (2, lambda: _warf().query("DVID != 2"), _warf_age_levels, {"CL": 1, "V": 2},
                         lambda f: 0.1 * f),
+    "theo_mu_logcov": (2, _theo, _theo_mu, {"CL": 1, "V": 2, "KA": 3}, lambda f: 0.1 * f),
     "theo_lower": (2, _theo, _theo_lower, {"CL": 1, "V": 2, "KA": 3}, lambda f: np.sqrt(0.01 * f**2 + 0.04)),
 }
 #: ADVAN -> (depot, central volume, [(intercompartmental clearance, peripheral volume)]), NONMEM's numbering

@@ -8,6 +8,7 @@ NONMEM                                            bayesnlme
 ================================================  ==============================================
 ``CL = TVCL*EXP(ETA(1))`` (also MU referencing)   ``iiv = "lognormal"``
 ``CL = EXP(THETA(1) + ETA(1))`` (THETA = log CL)    typical value ``exp(THETA(1))``
+``MU_1 = LOG(THETA(1)) + THETA(4)*LOG(WT/70)``      power effect of WT, reference 70 (MU referencing)
 ``CL = TVCL + ETA(1)``                            ``iiv = "normal"``
 ``F1 = EXP(L)/(1+EXP(L))``, ``L = LOG(TVF/(1-TVF))  ``iiv = "logit"`` (typical value TVF, or
    + ETA(1)`` (or ``L = THETA(1) + ETA(1)``)         EXP(THETA(1))/(1+EXP(THETA(1))))
@@ -196,7 +197,7 @@ def _without_exp_eta(expr, eta):
 
 def _typical_value(pm: ParameterModel, tv, thetas, columns) -> None:
     const, powers = sympy.Integer(1), []
-    for f in [g for f in _factors(tv) for g in _log_theta_split(f, thetas)]:
+    for f in [h for f in _factors(tv) for g in _log_theta_split(f, thetas) for h in _exp_of_logs(g)]:
         syms = {str(s) for s in f.free_symbols}
         events = syms & EVENT_ITEMS
         if events:
@@ -262,6 +263,21 @@ def _log_theta_split(f, thetas) -> list:
     if len(own) != 1:
         return [f]
     return [sympy.exp(own[0]), *sympy.Mul.make_args(sympy.exp(f.args[0] - own[0]))]
+
+
+def _exp_of_logs(f) -> list:
+    """``exp(THETA(4)*LOG(WT/70) + ...)`` -> ``[(WT/70)**THETA(4), ...]``: a power effect written on the log
+    scale (``MU_1 = LOG(THETA(1)) + THETA(4)*LOG(WT/70)``); terms without a LOG stay in one ``exp``."""
+    if not isinstance(f, sympy.exp):
+        return [f]
+    powers, rest = [], []
+    for term in sympy.Add.make_args(f.args[0]):
+        logs = [g for g in sympy.Mul.make_args(term) if isinstance(g, sympy.log)]
+        if len(logs) == 1:
+            powers.append(logs[0].args[0] ** (term / logs[0]))
+        else:
+            rest.append(term)
+    return powers + ([sympy.exp(sympy.Add(*rest))] if rest else []) if powers else [f]
 
 
 def _factors(tv) -> list:
