@@ -48,6 +48,7 @@ from bayesnlme.spec.families import put, take
 from bayesnlme.spec.observation import check_data
 from bayesnlme.structural import LIBRARY, DoseEvents, dose_events
 from bayesnlme.structural.pd import time_varying
+from bayesnlme.structural.pk import SubjectParams
 
 # Bit-reproducible draws.  With numba's fastmath, LLVM may reassociate floating-point arithmetic, and a
 # log-density loaded from pytensor's on-disk numba cache was optimised differently from a fresh compile
@@ -238,8 +239,13 @@ def individual_parameters(spec: ModelSpec, data: NMData, init: dict,
 
 
 def at_observations(params: dict, obs_log: dict, data: NMData) -> dict:
-    """Per-subject parameters gathered to observations, times their within-subject multipliers."""
+    """Per-subject parameters gathered to observations, times their within-subject multipliers.
+
+    Without such multipliers the result is a :class:`~bayesnlme.structural.pk.SubjectParams`: the
+    closed-form models then derive their rate constants once per subject."""
     out = {p: v[data.obs_subject] for p, v in params.items()}
+    if not obs_log:
+        return SubjectParams(out, dict(params), data.obs_subject)
     for p, term in obs_log.items():
         out[p] = out[p] * pt.exp(term)
     return out

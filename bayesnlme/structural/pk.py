@@ -29,7 +29,7 @@ import numpy as np
 import pytensor.tensor as pt
 
 from bayesnlme.structural import steady_state
-from bayesnlme.structural.steady_state import exp_difference
+from bayesnlme.structural.steady_state import exp_difference, safe_inverse
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,41 @@ class DoseEvents:
         return np.zeros(np.shape(self.amt), bool) if self.ss is None else np.asarray(self.ss) > 0
 
 
+class SubjectParams(dict):
+    """Parameters at the observations (the dict, shape (n_obs,) each) that also carry the per-subject
+    values they were gathered from: ``by_subject`` (shape (n_subjects,)) and ``index`` (subject of each
+    observation).
+
+    The builder passes this where no parameter changes within a subject.  The closed-form models
+    then derive rate constants, coefficients and reciprocals once per subject and gather them
+    (:func:`_derive`), so the loop over records has no division; any other function reads it as the
+    plain dict of per-observation values.
+    """
+
+    def __init__(self, by_obs: dict, by_subject: dict, index: np.ndarray):
+        super().__init__(by_obs)
+        self.by_subject = by_subject
+        self.index = index
+
+
+def _derive(params, fn):
+    """``fn(p)`` -> sequence of tensors from parameters ``p``, as (n_obs, 1) columns.
+
+    Evaluated once per subject and gathered where ``params`` is a :class:`SubjectParams`, else per
+    observation.  A scalar (an absent optional parameter's default) stays a scalar.
+    """
+    by_subject = getattr(params, "by_subject", None)
+    values = fn(params if by_subject is None else by_subject)
+    out = []
+    for v in values:
+        v = pt.as_tensor_variable(v)
+        if v.ndim == 0:
+            out.append(v)
+        else:
+            out.append((v if by_subject is None else v[params.index])[:, None])
+    return out
+
+
 def _given(mask, dt):
     """Elapsed time where ``mask`` holds (0 elsewhere) and the mask as weights.
 
@@ -85,10 +120,11 @@ def _given(mask, dt):
     return pt.switch(mask, dt, 0.0), pt.cast(mask, "float64")
 
 
-def _superpose(lams, coefs, doses: DoseEvents, ka=None, F=1.0, alag=None):
+def _superpose(lams, coefs, doses: DoseEvents, ka=None, F=1.0, alag=None, diffs=None):
     """Central amount at each observation from all doses; shape (n_obs,).
 
-    ``alag`` None means no lag time; otherwise depot doses are delayed by it.
+    ``alag`` None means no lag time; otherwise depot doses are delayed by it.  ``diffs``: for
+    each rate constant, ``(KA - lambda, 1 / (KA - lambda))`` already derived (per subject).
     Steady-state doses (``doses.ss > 0``) use the geometric-series sums of
     :mod:`bayesnlme.structural.steady_state`; their graph is built only when
     the data have such doses.
@@ -107,7 +143,7 @@ def _superpose(lams, coefs, doses: DoseEvents, ka=None, F=1.0, alag=None):
         if is_inf.any():
             total = total + _infusion(lams, coefs, doses, is_inf, ss)
         if is_depot.any():
-            total = total + _absorbed(lams, coefs, doses, is_depot, ss, ka, alag) * F * ka[:, 0]
+            total = total + _absorbed(lams, coefs, doses, is_depot, ss, ka, alag, diffs) * F * ka[:, 0]
     return total
 
 
@@ -139,7 +175,7 @@ def _infusion(lams, coefs, doses, mask, ss):
     return pt.sum(w * rate * resp, axis=1)
 
 
-def _absorbed(lams, coefs, doses, mask, ss, ka, alag):
+def _absorbed(lams, coefs, doses, mask, ss, ka, alag, diffs=None):
     """Sum over depot doses of amount x response, per unit F and KA."""
     if alag is None:
         t, w = _given(mask, doses.dt)
@@ -151,24 +187,44 @@ def _absorbed(lams, coefs, doses, mask, ss, ka, alag):
     if ss:
         resp = steady_state.absorption(lams, coefs, ka, t, _interval(doses, mask))
     else:
-        resp = sum(c * exp_difference(lam, ka, t) for lam, c in zip(lams, coefs))
+        diffs = diffs or [(None, None)] * len(lams)
+        resp = sum(c * exp_difference(lam, ka, t, d, inv_d) for lam, c, (d, inv_d) in zip(lams, coefs, diffs))
     return pt.sum(w * doses.amt * resp, axis=1)
 
 
-def _col(x):
-    return pt.as_tensor_variable(x)[:, None]
+def _derivation(oral: bool, lams_coefs):
+    """What a linear model derives from its parameters ``p``: ``lams_coefs(p) -> (lams, coefs)``, then
+    the rate constants, coefficients, 1/V and, with absorption, KA, F, ALAG and each
+    ``(KA - lambda, 1 / (KA - lambda))``."""
+    def fn(p):
+        lams, coefs = lams_coefs(p)
+        if not oral:
+            return [*lams, *coefs, 1.0 / p["V"]]
+        ka = p["KA"]
+        diffs = [x for lam in lams for x in (ka - lam, safe_inverse(ka - lam))]
+        return [*lams, *coefs, 1.0 / p["V"], ka, p.get("F", 1.0), p.get("ALAG", 0.0), *diffs]
+    return fn
+
+
+def _linear(params, doses: DoseEvents, oral: bool, lams_coefs, n: int):
+    """Concentration of an n-compartment linear model from its per-subject derivation."""
+    vals = _derive(params, _derivation(oral, lams_coefs))
+    lams, coefs, inv_v = vals[:n], vals[n:2 * n], vals[2 * n]
+    if oral:
+        ka, F = vals[2 * n + 1], vals[2 * n + 2]
+        F = F[:, 0] if F.ndim else F
+        alag = vals[2 * n + 3] if "ALAG" in params else None
+        d = vals[2 * n + 4:]
+        amount = _superpose(lams, coefs, doses, ka=ka, F=F, alag=alag,
+                            diffs=[(d[2 * i], d[2 * i + 1]) for i in range(n)])
+    else:
+        amount = _superpose(lams, coefs, doses)
+    return amount * inv_v[:, 0]
 
 
 def one_compartment(params, doses: DoseEvents, oral: bool):
     """Concentration for a 1-compartment model (CL, V; KA, F, ALAG if oral)."""
-    CL, V = _col(params["CL"]), _col(params["V"])
-    k = CL / V
-    if oral:
-        amount = _superpose([k], [1.0], doses, ka=_col(params["KA"]), F=params.get("F", 1.0),
-                            alag=_col(params["ALAG"]) if "ALAG" in params else None)
-    else:
-        amount = _superpose([k], [1.0], doses)
-    return amount / params["V"]
+    return _linear(params, doses, oral, lambda p: ([p["CL"] / p["V"]], [1.0]), 1)
 
 
 def two_compartment_rates(CL, V, Q, V2):
@@ -188,13 +244,10 @@ def two_compartment_rates(CL, V, Q, V2):
 
 def two_compartment(params, doses: DoseEvents, oral: bool):
     """Concentration for a 2-compartment model (CL, V, Q, V2; KA, F, ALAG if oral)."""
-    alpha, beta, ca, cb = two_compartment_rates(*(_col(params[p]) for p in ("CL", "V", "Q", "V2")))
-    if oral:
-        amount = _superpose([alpha, beta], [ca, cb], doses, ka=_col(params["KA"]), F=params.get("F", 1.0),
-                            alag=_col(params["ALAG"]) if "ALAG" in params else None)
-    else:
-        amount = _superpose([alpha, beta], [ca, cb], doses)
-    return amount / params["V"]
+    def rates(p):
+        alpha, beta, ca, cb = two_compartment_rates(*(p[n] for n in ("CL", "V", "Q", "V2")))
+        return [alpha, beta], [ca, cb]
+    return _linear(params, doses, oral, rates, 2)
 
 
 def three_compartment_rates(CL, V, Q, V2, Q3, V3):
@@ -247,10 +300,5 @@ def three_compartment(params, doses: DoseEvents, oral: bool):
     intercompartmental clearance Q2 and volume), Q3 and V3 (second
     peripheral); KA, F, ALAG if oral.
     """
-    lams, coefs = three_compartment_rates(*(_col(params[p]) for p in ("CL", "V", "Q", "V2", "Q3", "V3")))
-    if oral:
-        amount = _superpose(lams, coefs, doses, ka=_col(params["KA"]), F=params.get("F", 1.0),
-                            alag=_col(params["ALAG"]) if "ALAG" in params else None)
-    else:
-        amount = _superpose(lams, coefs, doses)
-    return amount / params["V"]
+    return _linear(params, doses, oral,
+                   lambda p: three_compartment_rates(*(p[n] for n in ("CL", "V", "Q", "V2", "Q3", "V3"))), 3)

@@ -35,24 +35,42 @@ import pytensor.tensor as pt
 _SERIES_BELOW = 1e-2   # |b - a| t below which exp_difference uses its series
 
 
-def exp_difference(a, b, t):
+def exp_difference(a, b, t, d=None, inv_d=None):
     """``(exp(-a t) - exp(-b t)) / (b - a)`` for ``a, b > 0``, ``t >= 0``, stable for ``a ~ b``.
 
     Where ``|b - a| t >= 0.01`` the difference is formed directly: both
     exponentials are at most 1, so nothing overflows, and cancellation costs
     at most ~1e-14 relative.  Closer to the flip-flop point it equals
-    ``exp(-(a + b) t / 2) * t * sinh(y) / y`` with ``y = (b - a) t / 2``, whose
-    series ``1 + y^2/6 + y^4/120`` is exact to double precision for
-    ``|y| < 0.005``.  Both forms are symmetric in ``a`` and ``b``, so values and
-    gradients are right at exactly ``KA == k``.
+    ``exp(-a t) t (1 - exp(-x)) / x`` with ``x = (b - a) t``, whose series
+    ``1 - x/2 + x^2/6 - x^3/24 + x^4/120 - x^5/720`` is exact to double precision
+    for ``|x| < 0.01``.  Values and gradients are right at exactly ``KA == k``.
+
+    Parameters
+    ----------
+    a, b : tensor
+        Rate constants (1/time), broadcastable against ``t``.
+    t : array or tensor
+        Time since the dose (time units).
+    d, inv_d : tensor, optional
+        ``b - a`` and :func:`safe_inverse` of it, when the caller has them already (computed
+        once per subject instead of once per record: the record-level loop then has no division).
     """
-    d = b - a
+    if d is None:
+        d = b - a
+    if inv_d is None:
+        inv_d = safe_inverse(d)
     x = d * t
     small = pt.abs(x) < _SERIES_BELOW
-    y2 = 0.25 * x * x
-    series = pt.exp(-0.5 * (a + b) * t) * t * (1.0 + y2 / 6.0 + y2 * y2 / 120.0)
-    direct = (pt.exp(-a * t) - pt.exp(-b * t)) / pt.switch(small, 1.0, d)
+    ea = pt.exp(-a * t)
+    series = ea * t * (1.0 - x * (1 / 2 - x * (1 / 6 - x * (1 / 24 - x * (1 / 120 - x / 720)))))
+    direct = (ea - pt.exp(-b * t)) * inv_d
     return pt.switch(small, series, direct)
+
+
+def safe_inverse(d):
+    """``1 / d``, with 1 where ``|d| < 1e-100`` (there :func:`exp_difference` uses its series for any
+    time below 1e98, so the value is never used; it keeps gradients finite)."""
+    return 1.0 / pt.switch(pt.abs(d) < 1e-100, 1.0, d)
 
 
 def _one_minus_q(lam, ii):
