@@ -4,7 +4,8 @@ Indometacin (6 subjects, 1-compartment IV), the smallest bundled study.  The fir
 into an empty home directory (a cold PyTensor/numba cache, as on a new machine or in CI); the second
 reuses that cache (warm) and runs with one thread for BLAS/OpenMP/numba.
 Before numba's fastmath was turned off for model graphs, the warm run gave different draws from the
-cold one (a cached log-density was optimised differently from a fresh compile).
+cold one (a cached log-density was optimised differently from a fresh compile).  The warm run also
+loads nutpie's C callbacks from the cache instead of compiling them.
 """
 
 import os
@@ -41,7 +42,12 @@ def test_draws_identical_across_processes_cold_and_warm_cache(tmp_path):
     home.mkdir()
     cold = _run(tmp_path / "cold.nc", home)
     assert (home / ".pytensor").is_dir()   # the first run filled the cache the second one reuses
+    # nutpie's C callbacks were cached too (bayesnlme.inference.nutpie_cache), and the warm run loads them
+    # instead of compiling (a compile would write the cache files again)
+    callbacks = {p: p.stat().st_mtime_ns for p in (home / ".pytensor").rglob("*nutpie_*.nbc")}
+    assert {p.name.split("-")[0] for p in callbacks} == {"string.nutpie_logp", "string.nutpie_expand"}
     warm = _run(tmp_path / "warm.nc", home, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    assert {p: p.stat().st_mtime_ns for p in (home / ".pytensor").rglob("*nutpie_*.nbc")} == callbacks
     assert set(cold) == set(warm) and {"CL", "V", "ETA"} <= set(cold)
     for name in cold:
         np.testing.assert_array_equal(cold[name], warm[name], err_msg=name)

@@ -32,6 +32,7 @@ import pymc as pm
 from pymc.initial_point import make_initial_point_fn
 
 from bayesnlme.errors import BayesNLMEInputError
+from bayesnlme.inference import nutpie_cache
 from bayesnlme.structural import ode_jax
 
 SAMPLERS = ("nutpie", "pymc", "numpyro", "blackjax")
@@ -112,12 +113,17 @@ def chain_starts(model, start: dict, jitter: set[str], chains: int, seed: int) -
 
 def compile_nutpie(model, start: dict, flat=()):
     """nutpie's compiled model: chains start at ``start``, :func:`jitter_names` jittered per chain, and the
-    natural-scale free variables and deterministics kept (:func:`harmonise` drops nutpie's ``*__``)."""
+    natural-scale free variables and deterministics kept (:func:`harmonise` drops nutpie's ``*__``).
+    Its C callbacks come from PyTensor's numba cache when this model structure and data shape were
+    compiled before (:mod:`bayesnlme.inference.nutpie_cache`)."""
     import nutpie  # numba bindings: loaded only where a model is compiled
 
     rvs = {v for v in model.free_RVs if v.name in jitter_names(model, flat)}
     keep = [v.name for v in model.free_RVs + model.deterministics]
-    return nutpie.compile_pymc_model(model, initial_points=start, jitter_rvs=rvs, var_names=keep)
+    compiled = nutpie_cache.compile_model(model, start, rvs, keep)   # its C callbacks cached on disk
+    if compiled is None:
+        compiled = nutpie.compile_pymc_model(model, initial_points=start, jitter_rvs=rvs, var_names=keep)
+    return compiled
 
 
 def sample(model, start: dict, sampler: str, *, device: str = "cpu", chains: int, draws: int, tune: int,

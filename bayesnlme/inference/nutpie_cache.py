@@ -1,0 +1,154 @@
+"""nutpie's compiled model with its two C callbacks kept in PyTensor's on-disk numba cache.
+
+nutpie (``nutpie.compile_pymc_model``) wraps the numba functions PyTensor compiles for the
+log-density with its gradient, and for expanding a draw to the stored variables, in two
+``numba.cfunc`` callbacks that its Rust sampler calls.  numba cannot cache those callbacks (they
+close over objects made at run time), so every process compiled them again: 6-9 s on the
+1-compartment theophylline model, more than half of a warm ``fit_model``.
+
+Here the callbacks are generated as source text with every constant written out (dimensions, word
+offsets into nutpie's user-data record, dtypes of the data containers) and registered with
+PyTensor's cache locator under a key made of that text, PyTensor's own key for the function they
+call and the nutpie version; a second process with the same model structure and data shape loads
+them from the cache in ~0.1 s.  The C signatures and the user-data record are nutpie's, so
+``CompiledPyMCModel.with_data`` (DV swapped for refits) works unchanged, and the draws are those
+of nutpie's own wrappers bit for bit (``tests/test_fit.py``).
+
+Where PyTensor does not cache the callee (a graph with an op numba cannot cache), the callbacks are
+compiled as before, without a cache.  :func:`compile_model` returns ``None`` when this nutpie lacks
+the internals used here; the caller then uses ``nutpie.compile_pymc_model``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+
+import numpy as np
+
+#: Bump when the generated source changes in a way its text does not show.
+_VERSION = "1"
+
+_LOGP = '''
+def nutpie_logp(dim, x_, out_, logp_, user_data_):
+    if dim != {n_dim}:
+        return -1
+    try:
+        x = numba.carray(x_, ({n_dim},))
+        out = numba.carray(out_, ({n_dim},))
+        logp = numba.carray(logp_, ())
+        ud = numba.carray(user_data_, ({n_words},), np.uint64)
+{unpack}
+        logp_val, grad = inner(x{args})
+        logp[()] = logp_val
+        out[...] = grad
+        if not np.all(np.isfinite(out)):
+            return 3
+        if not np.isfinite(logp_val):
+            return 4
+    except Exception:
+        return 1
+    return 0
+'''
+
+_EXPAND = '''
+def nutpie_expand(dim, expanded, x_, out_, user_data_):
+    if dim != {n_dim}:
+        return -1
+    if expanded != {n_expanded}:
+        return -1
+    try:
+        x = numba.carray(x_, ({n_dim},))
+        out = numba.carray(out_, ({n_expanded},))
+        ud = numba.carray(user_data_, ({n_words},), np.uint64)
+{unpack}
+        (values,) = inner(x{args})
+        out[...] = values
+    except Exception:
+        return -2
+    return 0
+'''
+
+
+def _unpack(user_data: np.ndarray, names: list[str], shared: dict) -> tuple[str, str]:
+    """Source lines that rebuild each container's array from nutpie's user-data record, and the call's
+    argument list.  Every field of the record is one 8-byte word (pointer, size, shape entries)."""
+    record = user_data.dtype.fields["shared"]
+    sub, base = record[0], record[1]
+    lines = []
+    for i, name in enumerate(names):
+        data_off = base + sub.fields["data"][1] + sub["data"].fields[name][1]
+        shape_type, shape_off = sub["shape"].fields[name][:2]
+        shape_off += base + sub.fields["shape"][1]
+        if data_off % 8 or shape_off % 8:
+            raise ValueError("nutpie's user-data record is not made of 8-byte words")
+        ndim = shape_type.shape[0] if shape_type.shape else 0
+        shape = "(" + "".join(f"int(ud[{shape_off // 8 + k}]), " for k in range(ndim)) + ")"
+        lines.append(f"        s{i} = numba.carray(address_as_void_pointer(ud[{data_off // 8}]), {shape}, "
+                     f"np.{np.dtype(shared[name].dtype).name})")
+    return "\n".join(lines) or "        pass", "".join(f", s{i}" for i in range(len(names)))
+
+
+def _callback(template: str, name: str, signature, inner, shared_names, user_data, shared, **sizes):
+    """Compile one C callback around ``inner``, cached when PyTensor caches ``inner`` itself."""
+    import numba
+    import nutpie
+    from nutpie.compile_pymc import address_as_void_pointer
+    from pytensor.link.numba.cache import CACHED_SRC_FUNCTIONS, compile_numba_function_src
+
+    unpack, args = _unpack(user_data, shared_names, shared)
+    src = template.format(n_words=user_data.nbytes // 8, unpack=unpack, args=args, **sizes)
+    inner_key = CACHED_SRC_FUNCTIONS.get(inner.py_func)
+    key = None if inner_key is None else hashlib.sha256(
+        "\0".join([src, inner_key, nutpie.__version__, _VERSION]).encode()).hexdigest()
+    env = {"__name__": __name__, "numba": numba, "np": np, "inner": inner,
+           "address_as_void_pointer": address_as_void_pointer}
+    fn = compile_numba_function_src(src, name, env, cache_key=key)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Cannot cache compiled function", category=numba.NumbaWarning)
+        return numba.cfunc(signature, cache=key is not None)(fn)
+
+
+def compile_model(model, start: dict, jitter_rvs: set, var_names: list[str]):
+    """What ``nutpie.compile_pymc_model(model, initial_points=start, jitter_rvs=jitter_rvs,
+    var_names=var_names)`` returns, with cached C callbacks; ``None`` where this nutpie lacks the
+    internals used (the caller falls back to nutpie's own compile)."""
+    try:
+        import numba
+        from nutpie.compile_pymc import (
+            CompiledPyMCModel,
+            _make_functions,
+            _prepare_dims_and_coords,
+            _wrap_with_lock,
+            make_user_data,
+        )
+        from pymc.initial_point import make_initial_point_fn
+    except ImportError:
+        return None
+    initial = _wrap_with_lock(make_initial_point_fn(model=model, overrides=start, default_strategy="support_point",
+                                                    jitter_rvs=jitter_rvs, return_transformed=True))
+    n_dim, n_expanded, logp_fn, expand_fn, initial_fn, shape_info = _make_functions(
+        model, mode="NUMBA", compute_grad=True, join_expanded=True, pymc_initial_point_fn=initial,
+        var_names=var_names)
+    shared, containers = {}, {}
+    for var in [*logp_fn.get_shared(), *expand_fn.get_shared()]:
+        if var.name in shared and containers[var.name] is not var:
+            raise ValueError(f"two data containers are named {var.name!r}")
+        shared[var.name] = np.array(var.get_value(), order="C", copy=True)
+        shared[var.name].flags.writeable = False
+        containers[var.name] = var
+    user_data = make_user_data(containers, shared)
+    t = numba.types
+    ptr = t.CPointer(t.double)
+    logp_c = _callback(_LOGP, "nutpie_logp", t.int64(t.uint64, ptr, ptr, ptr, t.voidptr), logp_fn.vm.jit_fn,
+                       [v.name for v in logp_fn.get_shared()], user_data, shared, n_dim=n_dim)
+    expand_c = _callback(_EXPAND, "nutpie_expand", t.int64(t.uint64, t.uint64, ptr, ptr, t.voidptr),
+                         expand_fn.vm.jit_fn, [v.name for v in expand_fn.get_shared()], user_data, shared,
+                         n_dim=n_dim, n_expanded=n_expanded)
+    dims, coords = _prepare_dims_and_coords(model, shape_info)
+    return CompiledPyMCModel(
+        _n_dim=n_dim, dims=dims, _coords=coords,
+        _shapes={name: tuple(shape) for name, _, shape in zip(*shape_info)},
+        compiled_logp_func=logp_c, compiled_expand_func=expand_c, initial_point_func=initial_fn,
+        shared_data=shared, user_data=user_data, n_expanded=n_expanded, shape_info=shape_info,
+        logp_func=logp_fn, expand_func=expand_fn)
