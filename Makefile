@@ -52,7 +52,8 @@ capabilities: $(STAMP)
 qualify: $(STAMP)
 	$(BIN)/python -m bayesnlme.cli.qualify --out qualification
 
-# every notebook with the test suite's short settings, the warfarin study's joint ODE fits included (~5 min)
+# every notebook with the test suite's short settings, the warfarin study's joint ODE fits and the covariate
+# search study included (~12 min)
 case-studies-check: $(STAMP)
 	BAYESNLME_ALL_CASE_STUDIES=1 $(BIN)/python -m pytest -q tests/test_case_studies.py
 

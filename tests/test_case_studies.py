@@ -39,8 +39,10 @@ def test_case_studies_exist():
 
 
 # run by `make case-studies-check` (BAYESNLME_ALL_CASE_STUDIES=1), not by `make test`: the two joint ODE PK/PD
-# fits of the warfarin study take ~4 CPU-minutes even at 100 draws, a sixth of the suite's time on 2 cores
-SEPARATE = {"warfarin_pkpd"}
+# fits of the warfarin study take ~4 CPU-minutes even at 100 draws, a sixth of the suite's time on 2 cores;
+# the covariate search study's ~10 fits and 12 SBC replicates take ~3.5 CPU-minutes, and the search itself
+# (stepwise forward/backward, the horseshoe full model, a rerun that does no work) is tests/test_covsearch.py
+SEPARATE = {"warfarin_pkpd", "phenobarbital_covsearch"}
 
 
 @pytest.mark.slow
