@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytensor
+import pytensor.tensor as pt
 from pymc.initial_point import make_initial_point_fn
 from pymc.logprob.utils import ParameterValueError
 from pytensor.compile.mode import Mode
@@ -72,8 +73,9 @@ def check_start(built, start: dict | None = None) -> list[str]:
     model = built.model
     point = transformed_start(built, start)
     values = [model.rvs_to_values[v] for v in model.free_RVs]
-    terms = model.logp(vars=model.free_RVs + model.observed_RVs, sum=False)
-    grads = pytensor.grad(model.logp(), values)
+    factors = model.logp(sum=False)   # free, then observed variables, then potentials: one logp graph built
+    terms = factors[:len(model.free_RVs) + len(model.observed_RVs)]
+    grads = pytensor.grad(sum(pt.as_tensor(f).sum() for f in factors), values)
     extra = [g for g in (built.ipred, built.residual_sd) if g is not None]
     extra = model.replace_rvs_by_values(extra) if extra else []
     args = [point[v.name] for v in values]
