@@ -12,7 +12,7 @@ PyTensor's cache locator under a key made of that text, PyTensor's own key for t
 call and the nutpie version; a second process with the same model structure and data shape loads
 them from the cache in ~0.1 s.  The C signatures and the user-data record are nutpie's, so
 ``CompiledPyMCModel.with_data`` (DV swapped for refits) works unchanged, and the draws are those
-of nutpie's own wrappers bit for bit (``tests/test_fit.py``).
+of nutpie's own wrappers bit for bit (``tests/test_nutpie_cache.py``).
 
 Where PyTensor does not cache the callee (a graph with an op numba cannot cache), the callbacks are
 compiled as before, without a cache.  :func:`compile_model` returns ``None`` when this nutpie lacks
@@ -120,9 +120,11 @@ def compile_model(model, start: dict, jitter_rvs: set, var_names: list[str]):
             _make_functions,
             _prepare_dims_and_coords,
             _wrap_with_lock,
+            address_as_void_pointer,  # noqa: F401  (used by _callback: checked here, so a missing one falls back)
             make_user_data,
         )
         from pymc.initial_point import make_initial_point_fn
+        from pytensor.link.numba.cache import CACHED_SRC_FUNCTIONS, compile_numba_function_src  # noqa: F401
     except ImportError:
         return None
     initial = _wrap_with_lock(make_initial_point_fn(model=model, overrides=start, default_strategy="support_point",
