@@ -2,7 +2,7 @@
 
 The callbacks are generated source with nutpie's C signatures and user-data record; these tests
 check they read the data containers where nutpie puts them (two containers, swapped with
-``with_data``) and give nutpie's own draws bit for bit.  That a second process loads them from the
+``with_data``, and the design arrays lifted out of the graph) and give nutpie's own log-density.  That a second process loads them from the
 cache instead of compiling is checked in tests/test_reproducible.py.
 """
 
@@ -13,7 +13,7 @@ nutpie = pytest.importorskip("nutpie")
 
 from bayesnlme import datasets, load_spec, read_nonmem  # noqa: E402
 from bayesnlme.build import build_model  # noqa: E402
-from bayesnlme.inference import engines, nutpie_cache  # noqa: E402
+from bayesnlme.inference import engines, lift, nutpie_cache  # noqa: E402
 from bayesnlme.inference.refit import _add_mask  # noqa: E402
 from bayesnlme.inference.startpoint import check_start  # noqa: E402
 
@@ -39,7 +39,7 @@ def test_unpack_reads_each_containers_pointer_and_shape_from_nutpies_record():
 
 
 @pytest.mark.slow
-def test_cached_callbacks_give_nutpies_own_draws_with_swapped_data():
+def test_cached_callbacks_give_nutpies_log_density_and_read_swapped_data():
     data = read_nonmem(datasets.dataset_path("indometacin"))
     built = build_model(load_spec("pk_1cmt_iv"), data, check_residual=False, dv_data=True)
     _add_mask(built.model)          # two data containers: DV_data and DV_drop
@@ -48,21 +48,32 @@ def test_cached_callbacks_give_nutpies_own_draws_with_swapped_data():
     keep = [v.name for v in model.free_RVs + model.deterministics]
     ours = nutpie_cache.compile_model(model, built.initial_point, rvs, keep)
     theirs = nutpie.compile_pymc_model(model, initial_points=built.initial_point, jitter_rvs=rvs, var_names=keep)
-    assert ours is not None and ours.n_dim == theirs.n_dim
+    assert ours is not None and ours.n_dim == theirs.n_dim and ours.n_expanded == theirs.n_expanded
+    # the design (TIME, AMT, subject index) travels in the user-data record beside the DV containers
+    lifted = sorted(k for k in ours.shared_data if k.startswith(lift.PREFIX))
+    assert len(lifted) >= 2 and {"DV_data", "DV_drop"} <= set(ours.shared_data)
+    assert any(np.array_equal(ours.shared_data[k], data.obs_time) for k in lifted)
 
     def draws(compiled, **swap):
         idata = nutpie.sample(compiled.with_data(**swap) if swap else compiled, draws=40, tune=40, chains=2,
                               seed=4, progress_bar=False, cores=1)
         return {k: idata.posterior[k].values for k in ("CL", "V", "sigma_prop")}
 
-    first = draws(ours)
-    for name, value in draws(theirs).items():
-        np.testing.assert_array_equal(first[name], value, err_msg=name)
-    # DV doubled and the first subject's records dropped: both read the new containers
+    # the same log-density and gradient as nutpie's own compile (the lifted graph sums in another order:
+    # equal to rounding), through the C callbacks nutpie calls, also after the DV containers are swapped
     dv = 2.0 * data.obs_dv
     drop = (data.obs_subject == 0).astype(float)
+    rng = np.random.default_rng(3)
+    for swap in ({}, {"DV_data": dv, "DV_drop": drop}):
+        a, b = (c.with_data(**swap) if swap else c for c in (ours, theirs))
+        for seed in range(4):
+            x = a.initial_point_func(seed) + 0.3 * rng.normal(size=ours.n_dim)
+            (lp_a, g_a), (lp_b, g_b) = a.logp_func(x), b.logp_func(x)
+            assert lp_a == pytest.approx(lp_b, rel=1e-12)
+            np.testing.assert_allclose(g_a, g_b, rtol=1e-10, atol=1e-10)
+            np.testing.assert_allclose(a.expand_func(x)[0], b.expand_func(x)[0], rtol=1e-12)
+    first = draws(ours)
+    np.testing.assert_array_equal(draws(ours)["CL"], first["CL"])   # the same seed, the same draws
     swapped = draws(ours, DV_data=dv, DV_drop=drop)
-    for name, value in draws(theirs, DV_data=dv, DV_drop=drop).items():
-        np.testing.assert_array_equal(swapped[name], value, err_msg=name)
     # doubling every concentration halves V (the data changed, not only the seed's path)
     assert np.median(swapped["V"]) == pytest.approx(np.median(first["V"]) / 2, rel=0.25)

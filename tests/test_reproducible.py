@@ -5,7 +5,8 @@ into an empty home directory (a cold PyTensor/numba cache, as on a new machine o
 reuses that cache (warm) and runs with one thread for BLAS/OpenMP/numba.
 Before numba's fastmath was turned off for model graphs, the warm run gave different draws from the
 cold one (a cached log-density was optimised differently from a fresh compile).  The warm run also
-loads nutpie's C callbacks from the cache instead of compiling them.
+loads nutpie's C callbacks from the cache instead of compiling them, and so does a third process on
+another data set of the same shape.
 """
 
 import os
@@ -20,17 +21,19 @@ SCRIPT = """
 import sys, warnings
 warnings.simplefilter("ignore")
 from bayesnlme import datasets, fit_model, load_spec
-res = fit_model(load_spec("pk_1cmt_iv"), datasets.dataset_path("indometacin"), chains=2, draws=60, tune=60,
+data = datasets.load_indometacin()
+data["TIME"] *= float(sys.argv[3])     # another data set of the same shape
+res = fit_model(load_spec("pk_1cmt_iv"), data, chains=2, draws=60, tune=60,
                 seed=11, progress=False, sampler=sys.argv[2])
 res.save(sys.argv[1])
 """
 
 
-def _run(out, home, sampler="nutpie", **env):
+def _run(out, home, sampler="nutpie", time_scale=1.0, **env):
     full = dict(os.environ, HOME=str(home), **env)
     for name in ("PYTENSOR_FLAGS", "BAYESNLME_CACHE_DIR"):
         full.pop(name, None)
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(out), sampler], env=full, capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(out), sampler, str(time_scale)], env=full, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     with xr.open_dataset(out, group="posterior") as post:
@@ -53,6 +56,12 @@ def test_draws_identical_across_processes_cold_and_warm_cache(tmp_path):
         np.testing.assert_array_equal(cold[name], warm[name], err_msg=name)
     # the seed matters: the draws are not a constant
     assert np.std(cold["CL"]) > 0
+    # another data set of the same shape (every TIME x 1.1): the design is an input of the compiled
+    # functions (bayesnlme.inference.lift), so nothing is compiled again, and the data did change the draws
+    pytensor_files = {p: p.stat().st_mtime_ns for p in (home / ".pytensor").rglob("*") if p.is_file()}
+    other = _run(tmp_path / "other.nc", home, time_scale=1.1)
+    assert {p: p.stat().st_mtime_ns for p in (home / ".pytensor").rglob("*") if p.is_file()} == pytensor_files
+    assert not np.array_equal(other["CL"], cold["CL"])
 
 
 def test_jax_engine_draws_identical_cold_and_warm_persistent_cache(tmp_path):

@@ -19,7 +19,6 @@ from pathlib import Path
 import arviz as az
 import numpy as np
 import pandas as pd
-import pymc as pm
 import pytensor
 import xarray as xr
 
@@ -27,7 +26,7 @@ from bayesnlme.atomic import write_atomic
 from bayesnlme.build import build_model
 from bayesnlme.data import NMData, read_nonmem
 from bayesnlme.errors import BayesNLMEInputError, ConvergenceWarning, SamplingError
-from bayesnlme.inference import engines, quick
+from bayesnlme.inference import engines, lift, quick
 from bayesnlme.inference.convergence import ESS_MIN, R_HAT_MAX, divergence_location
 from bayesnlme.inference.engines import DEVICES, SAMPLERS  # noqa: F401  (re-exported)
 from bayesnlme.inference.startpoint import check_start
@@ -255,10 +254,8 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
         if init == "map":
             flat = check_start(built, start)
         idata = _nuts(model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat, device, cores)
-    with model:
-        # numba, not C: the C backend first scans PyTensor's whole C module cache (seconds)
-        pm.compute_log_likelihood(idata, extend_inferencedata=True, progressbar=False,
-                                  compile_kwargs={"mode": "NUMBA"})
+    # numba, not C (the C backend first scans PyTensor's whole C module cache: seconds), design lifted
+    lift.add_log_likelihood(idata, model)
     _add_data_groups(idata, built.data)
     result = FitResult(idata=idata, spec=built.spec, data=built.data, settings=settings)
     result.__dict__["_built"] = built   # the graph that was sampled: predictions and diagnostics reuse it

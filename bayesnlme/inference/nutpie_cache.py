@@ -25,6 +25,11 @@ import hashlib
 import warnings
 
 import numpy as np
+import pytensor
+import pytensor.tensor as pt
+from pymc.pytensorf import compile as compile_pymc
+
+from bayesnlme.inference.lift import Lifter
 
 #: Bump when the generated source changes in a way its text does not show.
 _VERSION = "1"
@@ -33,12 +38,12 @@ _LOGP = '''
 def nutpie_logp(dim, x_, out_, logp_, user_data_):
     if dim != {n_dim}:
         return -1
-    try:
-        x = numba.carray(x_, ({n_dim},))
-        out = numba.carray(out_, ({n_dim},))
-        logp = numba.carray(logp_, ())
-        ud = numba.carray(user_data_, ({n_words},), np.uint64)
+    x = numba.carray(x_, ({n_dim},))
+    out = numba.carray(out_, ({n_dim},))
+    logp = numba.carray(logp_, ())
+    ud = numba.carray(user_data_, ({n_words},), np.uint64)
 {unpack}
+    try:
         logp_val, grad = inner(x{args})
         logp[()] = logp_val
         out[...] = grad
@@ -57,11 +62,11 @@ def nutpie_expand(dim, expanded, x_, out_, user_data_):
         return -1
     if expanded != {n_expanded}:
         return -1
-    try:
-        x = numba.carray(x_, ({n_dim},))
-        out = numba.carray(out_, ({n_expanded},))
-        ud = numba.carray(user_data_, ({n_words},), np.uint64)
+    x = numba.carray(x_, ({n_dim},))
+    out = numba.carray(out_, ({n_expanded},))
+    ud = numba.carray(user_data_, ({n_words},), np.uint64)
 {unpack}
+    try:
         (values,) = inner(x{args})
         out[...] = values
     except Exception:
@@ -84,9 +89,9 @@ def _unpack(user_data: np.ndarray, names: list[str], shared: dict) -> tuple[str,
             raise ValueError("nutpie's user-data record is not made of 8-byte words")
         ndim = shape_type.shape[0] if shape_type.shape else 0
         shape = "(" + "".join(f"int(ud[{shape_off // 8 + k}]), " for k in range(ndim)) + ")"
-        lines.append(f"        s{i} = numba.carray(address_as_void_pointer(ud[{data_off // 8}]), {shape}, "
+        lines.append(f"    s{i} = numba.carray(address_as_void_pointer(ud[{data_off // 8}]), {shape}, "
                      f"np.{np.dtype(shared[name].dtype).name})")
-    return "\n".join(lines) or "        pass", "".join(f", s{i}" for i in range(len(names)))
+    return "\n".join(lines) or "    pass", "".join(f", s{i}" for i in range(len(names)))
 
 
 def _callback(template: str, name: str, signature, inner, shared_names, user_data, shared, **sizes):
@@ -109,6 +114,46 @@ def _callback(template: str, name: str, signature, inner, shared_names, user_dat
         return numba.cfunc(signature, cache=key is not None)(fn)
 
 
+def _make_functions(model, initial, var_names):
+    """nutpie's ``_make_functions(model, mode="NUMBA", compute_grad=True, join_expanded=True, ...)`` with the
+    design arrays lifted out of both graphs (:mod:`bayesnlme.inference.lift`): the compiled functions take
+    them from nutpie's user-data record, like the DV container, and are cached for any data of this shape."""
+    from nutpie.compile_pymc import _compute_shapes, _rv_dict_to_flat_array_wrapper
+
+    shapes = _compute_shapes(model)
+    value_vars = [model.rvs_to_values[v] for v in model.free_RVs]
+    rewrites = ["canonicalize", "stabilize"] + ([] if model.check_bounds else ["local_remove_check_parameter"])
+    logp = pytensor.graph.rewrite_graph(model.logp(), include=rewrites)
+    grad = pt.concatenate([pt.as_tensor(g).ravel() for g in pytensor.gradient.grad(logp, value_vars)])
+    names = [v.name for v in value_vars]
+    sizes = [int(np.prod(shapes[n])) for n in names]
+    bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+    n_dim = int(bounds[-1])
+    joined = pt.TensorType("float64", shape=(n_dim,))(name="_unconstrained_point")
+    replacements = {value: joined[bounds[i]:bounds[i + 1]].reshape(shapes[value.name]).astype(rv.dtype)
+                    for i, (rv, value) in enumerate(zip(model.free_RVs, value_vars))}
+    lift = Lifter()
+    logp, grad = lift(pytensor.clone_replace([logp, grad], replacements))
+    remaining = [v for v in model.unobserved_value_vars if v.name not in names
+                 and (var_names is None or v.name in set(var_names))]
+    expanded = pt.concatenate([joined, *[pt.as_tensor(v).ravel() for v in remaining]])
+    (expanded,) = lift(pytensor.clone_replace([expanded], replacements))
+    with model:
+        logp_fn = compile_pymc((joined,), (logp, grad), mode="NUMBA")
+        expand_fn = compile_pymc((joined,), [expanded], mode="NUMBA")
+    all_names, all_slices, all_shapes = list(names), [], [shapes[n] for n in names]
+    all_slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    count = n_dim
+    for v in remaining:
+        length = int(np.prod(shapes[v.name]))
+        all_names.append(v.name)
+        all_shapes.append(shapes[v.name])
+        all_slices.append(slice(count, count + length))
+        count += length
+    initial_fn = _rv_dict_to_flat_array_wrapper(initial, names=names, shapes=[shapes[n] for n in names])
+    return n_dim, count, logp_fn, expand_fn, initial_fn, (all_names, all_slices, all_shapes)
+
+
 def compile_model(model, start: dict, jitter_rvs: set, var_names: list[str]):
     """What ``nutpie.compile_pymc_model(model, initial_points=start, jitter_rvs=jitter_rvs,
     var_names=var_names)`` returns, with cached C callbacks; ``None`` where this nutpie lacks the
@@ -117,10 +162,11 @@ def compile_model(model, start: dict, jitter_rvs: set, var_names: list[str]):
         import numba
         from nutpie.compile_pymc import (
             CompiledPyMCModel,
-            _make_functions,
+            _compute_shapes,  # noqa: F401  (this and the next two are used by _make_functions and _callback:
             _prepare_dims_and_coords,
+            _rv_dict_to_flat_array_wrapper,  # noqa: F401  checked here, so a missing one falls back)
             _wrap_with_lock,
-            address_as_void_pointer,  # noqa: F401  (used by _callback: checked here, so a missing one falls back)
+            address_as_void_pointer,  # noqa: F401
             make_user_data,
         )
         from pymc.initial_point import make_initial_point_fn
@@ -129,9 +175,7 @@ def compile_model(model, start: dict, jitter_rvs: set, var_names: list[str]):
         return None
     initial = _wrap_with_lock(make_initial_point_fn(model=model, overrides=start, default_strategy="support_point",
                                                     jitter_rvs=jitter_rvs, return_transformed=True))
-    n_dim, n_expanded, logp_fn, expand_fn, initial_fn, shape_info = _make_functions(
-        model, mode="NUMBA", compute_grad=True, join_expanded=True, pymc_initial_point_fn=initial,
-        var_names=var_names)
+    n_dim, n_expanded, logp_fn, expand_fn, initial_fn, shape_info = _make_functions(model, initial, var_names)
     shared, containers = {}, {}
     for var in [*logp_fn.get_shared(), *expand_fn.get_shared()]:
         if var.name in shared and containers[var.name] is not var:
