@@ -2,8 +2,9 @@
 
 The callbacks are generated source with nutpie's C signatures and user-data record; these tests
 check they read the data containers where nutpie puts them (two containers, swapped with
-``with_data``, and the design arrays lifted out of the graph) and give nutpie's own log-density.  That a second process loads them from the
-cache instead of compiling is checked in tests/test_reproducible.py.
+``with_data``, and the design arrays lifted out of the graph) and give nutpie's own log-density.
+That a second process loads them from the cache instead of compiling is checked in
+tests/test_reproducible.py.
 """
 
 import numpy as np

@@ -33,8 +33,8 @@ def _run(out, home, sampler="nutpie", time_scale=1.0, **env):
     full = dict(os.environ, HOME=str(home), **env)
     for name in ("PYTENSOR_FLAGS", "BAYESNLME_CACHE_DIR"):
         full.pop(name, None)
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(out), sampler, str(time_scale)], env=full, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(out), sampler, str(time_scale)], env=full,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     with xr.open_dataset(out, group="posterior") as post:
         return {name: post[name].values.copy() for name in post.data_vars}
