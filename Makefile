@@ -3,7 +3,9 @@
 #             diagnostics/,report.html}
 # make case-studies : run every notebook in case_studies/ with full settings; HTML copies in case_studies/html/
 # make docs : API reference from the numpydoc docstrings into docs/_build/ (pdoc)
-# make test : create .venv if missing, install, run the test suite
+# make test : create .venv if missing, install, run the test suite (without the validation runs)
+# make validate : the statistical validation runs (covariate search, mixture recovery, trial PoS, SBC,
+#                 one capability cell; ~15 min on 2 cores)
 # make fuzz : 10,000 random cases per fuzz target (data reader, spec parser, regimen files); docs/reliability.md
 # make capabilities : every model_library entry through fit, diagnose, -2LL, subject LOO, VPC and
 #                      regimens (~70 min on 2 cores); writes docs/capabilities.md
@@ -19,7 +21,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install benchmark benchmark-scale benchmark-gpu benchmark-many sbc-check clean case-studies case-studies-check docs fuzz qualify capabilities
+.PHONY: demo test validate install benchmark benchmark-scale benchmark-gpu benchmark-many sbc-check clean case-studies case-studies-check docs fuzz qualify capabilities
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,7 +42,11 @@ demo: $(STAMP)
 TEST_WORKERS ?= 2
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile -m "not validation"
+
+# the statistical validation runs left out of make test (several minutes each; ~25 CPU-minutes in all)
+validate: $(STAMP)
+	$(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile -m validation
 
 fuzz: $(STAMP)
 	BAYESNLME_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py \

@@ -26,6 +26,7 @@ def _check(cell: dict) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.validation
 def test_capability_cell(tmp_path):
     """One cell end to end: a PK model with 25% BLQ records through every command."""
     _check(cm.run_cell("pk_1cmt_iv", True, tmp_path))

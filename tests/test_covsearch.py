@@ -61,6 +61,7 @@ def test_screen_and_rule():
 
 
 @pytest.mark.slow
+@pytest.mark.validation
 def test_covsearch_selects_the_true_effects_and_a_rerun_does_no_work(study, tmp_path):
     data = tmp_path / "study.csv"
     study.to_csv(data, index=False)

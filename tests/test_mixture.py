@@ -168,6 +168,7 @@ def fitted():
     return result, poor
 
 
+@pytest.mark.validation
 def test_fit_recovers_both_modes_and_the_mixing_fraction(fitted):
     result, _ = fitted
     summary = result.summary()
@@ -182,6 +183,7 @@ def test_fit_recovers_both_modes_and_the_mixing_fraction(fitted):
     assert summary.loc["ratio_CL_2", "r_hat"] < 1.05
 
 
+@pytest.mark.validation
 def test_membership_classifies_subjects(fitted):
     result, poor = fitted
     table = mixture_membership(result)
@@ -192,6 +194,7 @@ def test_membership_classifies_subjects(fitted):
     assert accuracy >= 0.9 > chance + 0.1
 
 
+@pytest.mark.validation
 def test_simulation_draws_membership_per_subject(fitted):
     """New subjects: a component per subject from p_mix; fitted subjects: from their posterior membership."""
     result, poor = fitted
@@ -236,6 +239,7 @@ def test_prior_predictive_draws_a_component_per_subject():
     assert sims.shape == (30, 80) and np.isfinite(sims).all()
 
 
+@pytest.mark.validation
 def test_predictions_keep_each_subjects_most_probable_component(fitted):
     from bayesnlme.evaluate.predict import predict_at_times
 

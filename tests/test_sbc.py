@@ -64,6 +64,7 @@ def _narrow_wrong_cl() -> ModelSpec:
 
 
 @pytest.mark.slow
+@pytest.mark.validation
 def test_sbc_of_pk_1cmt_oral_is_calibrated_and_a_wrong_prior_is_flagged(design, tmp_path):
     spec = load_spec("pk_1cmt_oral")
     good = sbc(spec, design, n=40, run_dir=tmp_path / "good", seed=2, scheduler="serial", **SETTINGS)

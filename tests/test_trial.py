@@ -85,6 +85,7 @@ def fit():
 
 
 @pytest.mark.slow
+@pytest.mark.validation
 def test_probability_of_success_grows_with_the_study_and_dropout_removes_records(fit, tmp_path):
     rule = DecisionRule.interval("CL", ci=0.9, lower=0.8, upper=1.25, scale="relative")
     kw = dict(n=12, rule=rule, chains=2, draws=200, tune=200, seed=2, scheduler="serial", progress=False)

@@ -11,9 +11,10 @@ products, reductions) by a shared variable holding the same values, of the same 
 broadcast scalars (every dimension of length 1: numbers of the model's structure, not data).  The compiled
 function then takes the design as an input and is found in the cache for any data of the same shape.
 
-The graph is first rewritten with PyTensor's ``canonicalize`` and ``stabilize`` (as nutpie and PyMC do
-before compiling), so that sub-expressions of constants alone are folded into one constant and lifted
-as such, not recomputed at every evaluation.
+The graph is not rewritten first: PyTensor's ``canonicalize`` + ``stabilize`` on a log-density joined
+with its gradient did not finish on some models (a PK/PD model with BLQ records: minutes, 5 GB), and
+on the library's models the arrays lifted are the same without it (the design's TIME, AMT, subject
+index), so constant sub-expressions of the design are computed at each evaluation, not folded.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import pytensor
 from pymc.backends.arviz import apply_function_over_dataset, coords_and_dims_for_inferencedata
 from pymc.model.transform.conditioning import remove_value_transforms
 from pytensor.graph.basic import Constant
-from pytensor.graph.rewriting.utils import rewrite_graph
 from pytensor.graph.traversal import io_toposort
 from pytensor.tensor.basic import Join
 from pytensor.tensor.blas import Dot22
@@ -69,11 +69,9 @@ class Lifter:
     def __init__(self):
         self._by_content: dict[str, pytensor.compile.SharedVariable] = {}
 
-    def __call__(self, outputs: list, rewrite: bool = True) -> list:
+    def __call__(self, outputs: list) -> list:
         """``outputs`` with their liftable constants replaced (same values, same static types)."""
         outputs = list(outputs)
-        if rewrite:
-            outputs = rewrite_graph(outputs, include=("canonicalize", "stabilize"))   # in place: pass a fresh graph
         uses: dict = {}
         for node in io_toposort([], outputs):
             for position, var in enumerate(node.inputs):
@@ -102,10 +100,10 @@ class Lifter:
         return list(self._by_content.values())
 
 
-def lift_constants(outputs: list, rewrite: bool = True) -> list:
+def lift_constants(outputs: list) -> list:
     """``outputs`` with array constants that only feed data operations lifted into shared variables
     (:class:`Lifter`); one graph, or several compiled together."""
-    return Lifter()(outputs, rewrite=rewrite)
+    return Lifter()(outputs)
 
 
 def add_log_likelihood(idata, model):
