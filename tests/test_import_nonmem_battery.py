@@ -3,10 +3,11 @@
 Each stream is in NM-TRAN's own syntax on a bundled data set written NONMEM-style (header skipped by
 ``IGNORE=@`` or ``IGNORE=#``, records filtered by ``IGNORE=(...)``/``ACCEPT=(...)``).  For each one the
 translation is compared with what the control stream says (structural model, parameters, covariate
-forms and references, IIV, residual, priors centred on the initial values, fixed values), and for 13
+forms and references, IIV, residual, priors centred on the initial values, fixed values), and for 25
 of them the imported spec's IPRED and residual SD are compared, record by record, with the control
 stream's own equations evaluated directly: individual parameters from its $PK written in numpy, the
-amounts by the matrix exponential of the ADVAN's compartment matrix, ``F = A(central)/S``.  No NUTS fit.
+amounts by the matrix exponential of the ADVAN's compartment matrix (TRANS3/5/6: its rate constants by NONMEM's
+own formulas), ``F = A(central)/S``.  No NUTS fit.
 """
 
 import math
@@ -420,6 +421,91 @@ $THETA (0, 8) (0, 10) (0, 4) (0, 20)
 $OMEGA 0.1 0.1
 $SIGMA 0.04
 """
+STREAMS["indo_trans3"] = """$PROBLEM Indometacin, 2-cmt iv by the steady-state volume (ADVAN3 TRANS3)
+$INPUT ID TIME DV AMT EVID MDV CMT
+$DATA ../indo.csv IGNORE=@
+$SUBROUTINE ADVAN3 TRANS3
+$PK
+CL  = THETA(1)*EXP(ETA(1))
+V   = THETA(2)*EXP(ETA(2))
+Q   = THETA(3)
+VSS = THETA(4)*EXP(ETA(3))
+S1  = V
+$ERROR
+Y = F + F*EPS(1)
+$THETA (0, 8) (0, 10) (0, 4) (0, 30)
+$OMEGA 0.1 0.1 0.05
+$SIGMA 0.04
+"""
+STREAMS["indo_trans6"] = """$PROBLEM Indometacin, 2-cmt iv by macro rate constants (ADVAN3 TRANS6)
+$INPUT ID TIME DV AMT EVID MDV CMT
+$DATA ../indo.csv IGNORE=@
+$SUBROUTINE ADVAN3 TRANS6
+$PK
+ALPHA = THETA(1)*EXP(ETA(1))
+BETA  = THETA(2)*EXP(ETA(2))
+K21   = THETA(3)
+V     = THETA(4)*EXP(ETA(3))
+S1    = V
+$ERROR
+Y = F + F*EPS(1)
+$THETA (0, 2.5) (0, 0.2) (0, 0.6) (0, 10)
+$OMEGA 0.1 0.1 0.1
+$SIGMA 0.04
+"""
+STREAMS["warf_trans5"] = """$PROBLEM Warfarin 2-cmt oral by A/B, ALPHA and BETA (ADVAN4 TRANS5), S2 a THETA of its own
+$INPUT ID TIME DV AMT EVID MDV DVID CMT WT AGE SEX CRCL
+$DATA ../warf.csv IGNORE=@ IGNORE=(DVID.EQ.2)
+$SUBROUTINE ADVAN4 TRANS5
+$PK
+AOB   = THETA(1)
+ALPHA = THETA(2)*EXP(ETA(1))
+BETA  = THETA(3)*EXP(ETA(2))
+KA    = THETA(5)
+S2    = THETA(4)*(WT/70)*EXP(ETA(3))
+$ERROR
+Y = F + F*EPS(1)
+$THETA (0, 2) (0, 0.1) (0, 0.012) (0, 8) (0, 1.2)
+$OMEGA 0.1 0.1 0.05
+$SIGMA 0.04
+"""
+STREAMS["indo_advan11_trans6"] = """$PROBLEM Indometacin, 3-cmt iv by macro rate constants (ADVAN11 TRANS6)
+$INPUT ID TIME DV AMT EVID MDV CMT
+$DATA ../indo.csv IGNORE=@
+$SUBROUTINE ADVAN11 TRANS6
+$PK
+ALPHA = THETA(1)*EXP(ETA(1))
+BETA  = THETA(2)
+GAMMA = THETA(3)
+K21   = THETA(4)
+K31   = THETA(5)
+V     = THETA(6)*EXP(ETA(2))
+S1    = V
+$ERROR
+Y = F + F*EPS(1)
+$THETA (0, 3) (0, 0.5) (0, 0.05) (0, 1) (0, 0.1) (0, 10)
+$OMEGA 0.1 0.1
+$SIGMA 0.04
+"""
+STREAMS["warf_advan12_trans6"] = """$PROBLEM Warfarin 3-cmt oral by macro rate constants (ADVAN12 TRANS6), conc ng/mL
+$INPUT ID TIME DV AMT EVID MDV DVID CMT WT AGE SEX CRCL
+$DATA ../warf_ngml.csv IGNORE=@ IGNORE=(DVID.EQ.2)
+$SUBROUTINE ADVAN12 TRANS6
+$PK
+ALPHA = THETA(1)*EXP(ETA(1))
+BETA  = THETA(2)
+GAMMA = THETA(3)
+K32   = THETA(4)
+K42   = THETA(5)
+V     = THETA(6)*EXP(ETA(2))
+KA    = THETA(7)
+S2    = V/1000
+$ERROR
+Y = F + F*EPS(1)
+$THETA (0, 0.5) (0, 0.05) (0, 0.01) (0, 0.2) (0, 0.02) (0, 8) (0, 1.2)
+$OMEGA 0.1 0.1
+$SIGMA 0.04
+"""
 STREAMS["indo_block_fix"] = STREAMS["indo_advan3"].replace(
     "BLOCK(2), fixed OMEGA and SIGMA", "a fixed BLOCK(2) as published").replace("0.05 0.1\n", "0.08 0.1 FIX\n")
 STREAMS["theo_logit_f"] = """$PROBLEM Theophylline: bioavailability with logit-normal IIV, THETA on the natural scale
@@ -598,6 +684,24 @@ EXPECTED = {
     "indo_trans1": dict(structural="2cmt_iv", parameters={
         "CL": (LN, 8.0, math.sqrt(0.1)), "V": (LN, 10.0, math.sqrt(0.1)), "Q": ("none", 4.0, None),
         "V2": ("none", 20.0, None)}, residual=("proportional", {"sigma_prop": 0.2})),
+    "indo_trans3": dict(structural="2cmt_iv_vss", parameters={
+        "CL": (LN, 8.0, math.sqrt(0.1)), "V": (LN, 10.0, math.sqrt(0.1)), "Q": ("none", 4.0, None),
+        "VSS": (LN, 30.0, math.sqrt(0.05))}, residual=("proportional", {"sigma_prop": 0.2})),
+    "indo_trans6": dict(structural="2cmt_iv_macro", parameters={
+        "ALPHA": (LN, 2.5, math.sqrt(0.1)), "BETA": (LN, 0.2, math.sqrt(0.1)), "K21": ("none", 0.6, None),
+        "V": (LN, 10.0, math.sqrt(0.1))}, residual=("proportional", {"sigma_prop": 0.2})),
+    "warf_trans5": dict(structural="2cmt_oral_aob", parameters={
+        "AOB": ("none", 2.0, None), "ALPHA": (LN, 0.1, math.sqrt(0.1)), "BETA": (LN, 0.012, math.sqrt(0.1)),
+        "V": (LN, 8.0, math.sqrt(0.05)), "KA": ("none", 1.2, None)},
+        effects={("V", "WT"): ("power", 70, ("FIX", 1.0))}, residual=("proportional", {"sigma_prop": 0.2})),
+    "indo_advan11_trans6": dict(structural="3cmt_iv_macro", parameters={
+        "ALPHA": (LN, 3.0, math.sqrt(0.1)), "BETA": ("none", 0.5, None), "GAMMA": ("none", 0.05, None),
+        "K21": ("none", 1.0, None), "K31": ("none", 0.1, None), "V": (LN, 10.0, math.sqrt(0.1))},
+        residual=("proportional", {"sigma_prop": 0.2})),
+    "warf_advan12_trans6": dict(structural="3cmt_oral_macro", parameters={
+        "ALPHA": (LN, 0.5, math.sqrt(0.1)), "BETA": ("none", 0.05, None), "GAMMA": ("none", 0.01, None),
+        "K21": ("none", 0.2, None), "K31": ("none", 0.02, None), "V": (LN, 8.0, math.sqrt(0.1)),
+        "KA": ("none", 1.2, None)}, dose_scale=1000.0, residual=("proportional", {"sigma_prop": 0.2})),
     "indo_block_fix": dict(structural="2cmt_iv", parameters={
         "CL": (LN, 8.0, ("FIX", math.sqrt(0.1))), "V": (LN, 10.0, ("FIX", math.sqrt(0.1))), "Q": ("none", 4.0, None),
         "V2": (LN, 20.0, ("FIX", math.sqrt(0.1)))}, fixed_blocks=((("CL", "V"), pytest.approx(0.8)),),
@@ -846,6 +950,47 @@ def _warf_advan12(r, e):
     return dict(CL=0.13 * math.exp(e[0]), V2=7 * math.exp(e[1]), Q3=0.5, V3=3.0, Q4=0.1, V4=1.5, KA=1.2, S=None)
 
 
+def _micro_2cmt(trans, k):
+    """NONMEM's TRANS5/TRANS6 rate constants (its guide, also Pharmpy's ``advan.py``): K, K12, K21."""
+    alpha, beta = k["ALPHA"], k["BETA"]
+    k21 = (k["AOB"] * beta + alpha) / (k["AOB"] + 1) if trans == 5 else k["K21"]
+    k10 = alpha * beta / k21
+    return k10, alpha + beta - k21 - k10, k21
+
+
+def _micro_3cmt(k):
+    """ADVAN11/12 TRANS6: K, K12, K21, K13, K31 from ALPHA, BETA, GAMMA, K21, K31."""
+    a, b, g, k21, k31 = (k[n] for n in ("ALPHA", "BETA", "GAMMA", "K21", "K31"))
+    k10 = a * b * g / (k21 * k31)
+    k13 = (a * b + a * g + b * g + k31 * k31 - k31 * (a + b + g) - k10 * k21) / (k21 - k31)
+    return k10, a + b + g - k10 - k13 - k21 - k31, k21, k13, k31
+
+
+def _indo_trans3(r, e):
+    v = 10 * math.exp(e[1])
+    return dict(K=8 * math.exp(e[0]) / v, K12=4.0 / v, K21=4.0 / (30 * math.exp(e[2]) - v), S=v)
+
+
+def _indo_trans6(r, e):
+    k, k12, k21 = _micro_2cmt(6, dict(ALPHA=2.5 * math.exp(e[0]), BETA=0.2 * math.exp(e[1]), K21=0.6))
+    return dict(K=k, K12=k12, K21=k21, S=10 * math.exp(e[2]))
+
+
+def _warf_trans5(r, e):
+    k, k23, k32 = _micro_2cmt(5, dict(AOB=2.0, ALPHA=0.1 * math.exp(e[0]), BETA=0.012 * math.exp(e[1])))
+    return dict(K=k, K23=k23, K32=k32, KA=1.2, S=8 * r.WT / 70 * math.exp(e[2]))
+
+
+def _indo_advan11_trans6(r, e):
+    k, k12, k21, k13, k31 = _micro_3cmt(dict(ALPHA=3 * math.exp(e[0]), BETA=0.5, GAMMA=0.05, K21=1.0, K31=0.1))
+    return dict(K=k, K12=k12, K21=k21, K13=k13, K31=k31, S=10 * math.exp(e[1]))
+
+
+def _warf_advan12_trans6(r, e):
+    k, k23, k32, k24, k42 = _micro_3cmt(dict(ALPHA=0.5 * math.exp(e[0]), BETA=0.05, GAMMA=0.01, K21=0.2, K31=0.02))
+    return dict(K=k, K23=k23, K32=k32, K24=k24, K42=k42, KA=1.2, S=8 * math.exp(e[1]) / 1000)
+
+
 #: stream -> (ADVAN, data as NONMEM reads it, $PK in numpy, {bayesnlme parameter: ETA number}, residual SD of F)
 NUMERIC = {
     "theo_mu": (2, lambda: _theo(), _theo_mu, {"CL": 1, "V": 2, "KA": 3}, lambda f: np.sqrt(0.3**2 + 0.1**2 * f**2)),
@@ -875,6 +1020,13 @@ NUMERIC = {
     "warf_age_levels": (2, lambda: _warf().query("DVID != 2"), _warf_age_levels, {"CL": 1, "V": 2},
                         lambda f: 0.1 * f),
     "theo_mu_logcov": (2, _theo, _theo_mu, {"CL": 1, "V": 2, "KA": 3}, lambda f: 0.1 * f),
+    "indo_trans3": (3, _indo, _indo_trans3, {"CL": 1, "V": 2, "VSS": 3}, lambda f: 0.2 * f),
+    "indo_trans6": (3, _indo, _indo_trans6, {"ALPHA": 1, "BETA": 2, "V": 3}, lambda f: 0.2 * f),
+    "warf_trans5": (4, lambda: _warf().query("DVID != 2"), _warf_trans5, {"ALPHA": 1, "BETA": 2, "V": 3},
+                    lambda f: 0.2 * f),
+    "indo_advan11_trans6": (11, _indo, _indo_advan11_trans6, {"ALPHA": 1, "V": 2}, lambda f: 0.2 * f),
+    "warf_advan12_trans6": (12, lambda: _warf(1000.0).query("DVID != 2"), _warf_advan12_trans6, {"ALPHA": 1, "V": 2},
+                            lambda f: 0.2 * f),
     "theo_lower": (2, _theo, _theo_lower, {"CL": 1, "V": 2, "KA": 3}, lambda f: np.sqrt(0.01 * f**2 + 0.04)),
 }
 #: ADVAN -> (depot, central volume, [(intercompartmental clearance, peripheral volume)]), NONMEM's numbering
@@ -1012,10 +1164,11 @@ $SIGMA 0.25
     with pytest.raises(NonmemImportError, match=r"line 11 `IF \(AGE.GT.45\) TVCL = THETA\(5\)`: IF conditions "
                                                 r"that can hold together"):
         import_nonmem(overlapping)
-    trans3 = streams / "indo_trans3.mod"
-    trans3.write_text(STREAMS["indo_advan3"].replace("TRANS4", "TRANS3").replace("V2 = ", "VSS = "))
-    with pytest.raises(NonmemImportError, match=r"line 4 `\$SUBROUTINE ADVAN3 TRANS3`: .*CL, V, Q, VSS"):
-        import_nonmem(trans3)
+    trans6 = streams / "theo_trans6.mod"   # no macro-constant parameterisation of a 1-compartment ADVAN
+    trans6.write_text(STREAMS["theo_mu"].replace("TRANS2", "TRANS6"))
+    with pytest.raises(NonmemImportError, match=r"line \d+ `\$SUBROUTINES? ADVAN2 TRANS6`: ADVAN2 has no TRANS6; its "
+                                                r"parameterisations are TRANS1, TRANS2"):
+        import_nonmem(trans6)
     other_amount = streams / "theo_depot.mod"
     other_amount.write_text(STREAMS["theo_abbr"].replace("IPRED = A(2)/V", "IPRED = A(1)/V"))
     with pytest.raises(NonmemImportError, match=r"line 15 `IPRED = A\(1\)/V`: Y uses A_DEPOT"):

@@ -345,3 +345,41 @@ def test_per_subject_derivation_equals_per_observation(name):
     for g_sub, g_obs in zip(out[2:2 + k], out[2 + k:]):
         assert np.all(np.isfinite(g_sub))
         assert_allclose(g_sub, g_obs, rtol=1e-9, atol=1e-12 * abs(out[0]))
+
+
+def _nonmem_parameters(kind: str, p: dict) -> dict:
+    """NONMEM's TRANS3/5/6 parameters of the model with clearances and volumes ``p`` (numpy)."""
+    k10, k12, k21 = p["CL"] / p["V"], p["Q"] / p["V"], p["Q"] / p["V2"]
+    extra = {k: p[k] for k in ("KA", "F", "ALAG") if k in p}
+    if kind == "vss":
+        return dict(CL=p["CL"], V=p["V"], Q=p["Q"], VSS=p["V"] + p["V2"], **extra)
+    if "Q3" in p:   # three compartments: the rates are the eigenvalues of the central-peripheral matrix
+        k13, k31 = p["Q3"] / p["V"], p["Q3"] / p["V3"]
+        m = np.array([[-(k10 + k12 + k13), k21, k31], [k12, -k21, 0.0], [k13, 0.0, -k31]])
+        a, b, g = sorted(-np.linalg.eigvals(m).real, reverse=True)
+        return dict(ALPHA=a, BETA=b, GAMMA=g, K21=k21, K31=k31, V=p["V"], **extra)
+    a, b = two_cmt_macro(p)
+    if kind == "aob":
+        return dict(AOB=(a - k21) / (k21 - b), ALPHA=a, BETA=b, V=p["V"], **extra)
+    return dict(ALPHA=a, BETA=b, K21=k21, V=p["V"], **extra)
+
+
+@pytest.mark.parametrize("name", [n for n in S.LIBRARY if n.endswith(("_vss", "_aob", "_macro"))])
+def test_nonmem_parameterisations_equal_clearances_and_volumes(name):
+    """TRANS3 (VSS), TRANS5 (AOB, ALPHA, BETA) and TRANS6 (ALPHA, BETA[, GAMMA], K21[, K31]) models give the
+    concentrations of the CL/V model they are a reparameterisation of: boluses, infusions, repeated
+    doses, on subjects with slow and with fast distribution."""
+    canonical = name.rsplit("_", 1)[0]
+    kind, oral = name.rsplit("_", 1)[1], "oral" in name
+    model, ref = S.LIBRARY[name], S.LIBRARY[canonical]
+    base = [dict(CL=3.0, V=15.0, Q=5.0, V2=40.0, Q3=1.0, V3=80.0, KA=0.9, F=0.7, ALAG=0.5),
+            dict(CL=0.5, V=60.0, Q=30.0, V2=10.0, Q3=8.0, V3=300.0, KA=4.0, F=1.0, ALAG=0.0)]
+    plist = [{k: v for k, v in p.items() if k in ref.all_parameters} for p in base]
+    regimens = [[dose(0.0, 100.0, ADDL=3, II=12.0)], [dose(0.0, 500.0, ADDL=1, II=24.0),
+                                                       dose(30.0, 50.0, 2 if oral else 1, RATE=25.0)]]
+    data = make_data(*(records(d, [0.75, 2.0, 6.0, 11.9, 25.0, 31.0, 48.0, 96.0]) for d in regimens))
+    alt = [_nonmem_parameters(kind, p) for p in plist]
+    assert set(alt[0]) == set(model.all_parameters)
+    got, expected = S.evaluate(model, stack(alt), data), S.evaluate(ref, stack(plist), data)
+    assert expected.min() > 0
+    assert_allclose(got, expected, rtol=1e-9)

@@ -35,7 +35,7 @@ from bayesnlme.structural import LIBRARY
 METRICS = ("AUCTAU", "CMAX", "CMIN", "CTROUGH")
 _KEYS = {"doses", "intervals", "duration", "cmt", "n_subjects", "n_draws", "seed", "grid_points",
          "credible_interval", "n_doses", "bands", "targets"}
-_LINEAR = ("1cmt_iv", "1cmt_oral", "2cmt_iv", "2cmt_oral", "3cmt_iv", "3cmt_oral")
+_LINEAR = ("1cmt_iv", "1cmt_oral", "2cmt_iv", "2cmt_oral", "3cmt_iv", "3cmt_oral", "2cmt_iv_vss", "2cmt_oral_vss")
 _ODE_DOSES = 20
 
 

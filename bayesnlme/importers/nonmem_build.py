@@ -16,9 +16,9 @@ from bayesnlme.importers.nonmem_error import residual as classify_residual
 from bayesnlme.importers.nonmem_error import without_fixed_zero
 from bayesnlme.importers.nonmem_pk import (
     ADVANS,
+    CENTRAL,
     DEPOT_EXTRAS,
     EVENT_ITEMS,
-    OTHER_TRANS,
     SPECIAL,
     TRANS1,
     Untranslatable,
@@ -77,6 +77,10 @@ class Translation:
         self._pk_environment(names)
         if self.trans1:
             names = self._rate_constants(names, scale)
+        if CENTRAL in names:   # TRANS5/6: the central volume is the one S1 (S2) scales by
+            volume = self._central_volume(scale)
+            names = {volume if k == CENTRAL else k: v for k, v in names.items()}
+            self.mapped.append(f"central volume (not an ADVAN{self.advan} parameter): {scale} -> V = {volume}")
         params = self._parameters(names, structural)
         self._scale(scale, names)
         res = self._residual()
@@ -111,9 +115,10 @@ class Translation:
         if self.trans1:   # rate constants: the same structural model, read back as clearances and volumes
             trans = 2 if advan in (1, 2) else 4
         if (advan, trans) not in ADVANS:
-            if any(a == advan for a, _ in ADVANS) and trans in OTHER_TRANS:
-                why = (f"TRANS{trans} parameterises ADVAN{advan} by {OTHER_TRANS[trans]}; bayesnlme takes "
-                       f"clearances and volumes (TRANS{2 if advan in (1, 2) else 4})")
+            known = sorted(({1} if advan in TRANS1 else set()) | {t for a, t in ADVANS if a == advan})
+            if known:
+                why = (f"ADVAN{advan} has no TRANS{trans}; its parameterisations are "
+                       + ", ".join(f"TRANS{t}" for t in known))
             else:
                 why = f"ADVAN{advan} has no closed-form bayesnlme structural model (ADVAN1-4, 11, 12 do)"
             self.fail(self.lines.record(sub[0], why) if sub else Item(None, "$PRED", "no $SUBROUTINE ADVAN"))

@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 
 import sympy
 
+#: The central volume of TRANS5/TRANS6, which are not parameterised by it: the volume S1 (S2) scales by.
+CENTRAL = "<central volume>"
 #: (ADVAN, TRANS) -> (bayesnlme structural model, {NONMEM name: bayesnlme name}, central scale S<n>).
 ADVANS = {
     (1, 2): ("1cmt_iv", {"CL": "CL", "V": "V"}, "S1"),
@@ -47,6 +49,18 @@ ADVANS = {
     (11, 4): ("3cmt_iv", {"CL": "CL", "V1": "V", "Q2": "Q", "V2": "V2", "Q3": "Q3", "V3": "V3"}, "S1"),
     (12, 4): ("3cmt_oral", {"CL": "CL", "V2": "V", "Q3": "Q", "V3": "V2", "Q4": "Q3", "V4": "V3",
                             "KA": "KA"}, "S2"),
+    # TRANS3: steady-state volume; TRANS5: A/B and the macro rate constants; TRANS6: macro rate constants
+    # and the return rates of the peripheral compartments (named by bayesnlme's compartments: K21, K31)
+    (3, 3): ("2cmt_iv_vss", {"CL": "CL", "V": "V", "Q": "Q", "VSS": "VSS"}, "S1"),
+    (4, 3): ("2cmt_oral_vss", {"CL": "CL", "V": "V", "Q": "Q", "VSS": "VSS", "KA": "KA"}, "S2"),
+    (3, 5): ("2cmt_iv_aob", {"AOB": "AOB", "ALPHA": "ALPHA", "BETA": "BETA", CENTRAL: "V"}, "S1"),
+    (4, 5): ("2cmt_oral_aob", {"AOB": "AOB", "ALPHA": "ALPHA", "BETA": "BETA", CENTRAL: "V", "KA": "KA"}, "S2"),
+    (3, 6): ("2cmt_iv_macro", {"ALPHA": "ALPHA", "BETA": "BETA", "K21": "K21", CENTRAL: "V"}, "S1"),
+    (4, 6): ("2cmt_oral_macro", {"ALPHA": "ALPHA", "BETA": "BETA", "K32": "K21", CENTRAL: "V", "KA": "KA"}, "S2"),
+    (11, 6): ("3cmt_iv_macro", {"ALPHA": "ALPHA", "BETA": "BETA", "GAMMA": "GAMMA", "K21": "K21", "K31": "K31",
+                                CENTRAL: "V"}, "S1"),
+    (12, 6): ("3cmt_oral_macro", {"ALPHA": "ALPHA", "BETA": "BETA", "GAMMA": "GAMMA", "K32": "K21", "K42": "K31",
+                                  CENTRAL: "V", "KA": "KA"}, "S2"),
 }
 #: TRANS1 (rate constants): ADVAN -> {TRANS2/4 name: its expression in the rate constants and ``VC``, the
 #: central volume that S1 (S2) scales by}; ``K = CL/V`` in $PK then gives back ``CL = K*V`` exactly.
@@ -59,8 +73,6 @@ TRANS1 = {
     12: {"CL": "K*VC", "V2": "VC", "Q3": "K23*VC", "V3": "K23*VC/K32", "Q4": "K24*VC", "V4": "K24*VC/K42",
          "KA": "KA"},
 }
-#: Parameterisations bayesnlme cannot take (VSS, macro constants), for the message.
-OTHER_TRANS = {3: "CL, V, Q, VSS", 5: "AOB, ALPHA, BETA", 6: "ALPHA, BETA, K21 (macro constants)"}
 #: Oral models: bioavailability and lag of the depot (compartment 1) -> bayesnlme's F and ALAG.
 DEPOT_EXTRAS = {"F1": "F", "ALAG1": "ALAG"}
 #: Data items that are not covariates: a condition or a factor on them is not a covariate model.

@@ -17,7 +17,8 @@ RESIDUAL_KINDS = NORMAL_KINDS   # [residual] is shorthand for one continuous obs
 #: Allowed values of structural parameters the library knows: (lower, upper).
 KNOWN_DOMAINS = {"CL": (0, math.inf), "V": (0, math.inf), "Q": (0, math.inf), "V2": (0, math.inf),
                  "Q3": (0, math.inf), "V3": (0, math.inf),
-                 "KA": (0, math.inf), "F": (0, 1), "ALAG": (0, math.inf)}
+                 "KA": (0, math.inf), "F": (0, 1), "ALAG": (0, math.inf),
+                 **{k: (0, math.inf) for k in ("VSS", "AOB", "ALPHA", "BETA", "GAMMA", "K21", "K31")}}
 
 
 # distribution name -> (required parameters, support function)

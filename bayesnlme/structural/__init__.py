@@ -20,7 +20,14 @@ from functools import partial
 from bayesnlme.structural.base import StructuralModel, dose_events, evaluate
 from bayesnlme.structural.ode_library import library_models as ode_library_models
 from bayesnlme.structural.pd import library_models as pd_library_models
-from bayesnlme.structural.pk import DoseEvents, one_compartment, three_compartment, two_compartment
+from bayesnlme.structural.pk import (
+    REPARAMETERISED,
+    DoseEvents,
+    one_compartment,
+    reparameterised_model,
+    three_compartment,
+    two_compartment,
+)
 
 __all__ = ["StructuralModel", "LIBRARY", "DoseEvents", "get_structural", "dose_events", "evaluate"]
 
@@ -61,6 +68,36 @@ LIBRARY["3cmt_oral"] = StructuralModel(
     optional=_ORAL_OPTIONAL, depot_cmt=1, central_cmt=2,
     description="three compartments with first-order absorption (F, ALAG); CMT 1 = depot, "
                 "CMT 2 = central")
+
+# NONMEM's other parameterisations of the same linear models (TRANS3: VSS; TRANS5: AOB, ALPHA, BETA; TRANS6:
+# macro rate constants with the peripheral return rates), e.g. "2cmt_iv_vss", "3cmt_oral_macro"
+_REPARAMETERISED_TEXT = {
+    ("2cmt", "vss"): "CL, V, Q and the steady-state volume VSS = V + V2 (NONMEM TRANS3)",
+    ("2cmt", "aob"): "the ratio AOB = A/B of the bolus-response coefficients, the rate constants "
+                     "ALPHA > BETA and the central volume V (NONMEM TRANS5)",
+    ("2cmt", "macro"): "the rate constants ALPHA > BETA, the peripheral return rate K21 and the central "
+                       "volume V (NONMEM TRANS6)",
+    ("3cmt", "macro"): "the rate constants ALPHA > BETA > GAMMA, the peripheral return rates K21 and K31 "
+                       "and the central volume V (NONMEM TRANS6)"}
+
+
+def _reparameterised_library() -> dict:
+    out = {}
+    for cmt, kind in REPARAMETERISED:
+        for route in ("iv", "oral"):
+            params, fn = reparameterised_model(cmt, kind)
+            oral, name = route == "oral", f"{cmt}_{route}_{kind}"
+            layout = "CMT 1 = depot, CMT 2 = central" if oral else "CMT 1 = central"
+            out[name] = StructuralModel(
+                name, params + ("KA",) * oral, partial(fn, oral=oral), optional=dict(_ORAL_OPTIONAL) if oral else {},
+                depot_cmt=1 if oral else None, central_cmt=2 if oral else 1,
+                description=f"{'two' if cmt == '2cmt' else 'three'} compartments, "
+                            f"{'first-order absorption (F, ALAG)' if oral else 'IV bolus and/or infusion'}, "
+                            f"parameterised by {_REPARAMETERISED_TEXT[(cmt, kind)]}; {layout}")
+    return out
+
+
+LIBRARY.update(_reparameterised_library())
 
 # ODE models (Michaelis-Menten, turnover, effect compartment): compiled on first use
 

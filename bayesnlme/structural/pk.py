@@ -302,3 +302,66 @@ def three_compartment(params, doses: DoseEvents, oral: bool):
     """
     return _linear(params, doses, oral,
                    lambda p: three_compartment_rates(*(p[n] for n in ("CL", "V", "Q", "V2", "Q3", "V3"))), 3)
+
+
+# ------------------------------------------------------------------ NONMEM's other parameterisations
+# The same linear models read from other parameters (NONMEM TRANS3, TRANS5, TRANS6).  Each gives the
+# rate constants and central coefficients directly; the concentration is the central amount over V.
+
+def two_compartment_vss_rates(CL, V, Q, VSS):
+    """TRANS3: the 2-cmt rates from CL, V, Q and the steady-state volume ``VSS = V + V2``."""
+    return two_compartment_rates(CL, V, Q, VSS - V)
+
+
+def macro_coefficients(lams, k_back):
+    """Central coefficients of the unit bolus response from the rate constants ``lams`` (the roots)
+    and the peripheral return rates ``k_back`` (K21, K31): ``c_i = prod_k (k_k - lambda_i) /
+    prod_{j != i} (lambda_j - lambda_i)``."""
+    coefs = []
+    for i, li in enumerate(lams):
+        num, den = 1.0, 1.0
+        for k in k_back:
+            num = num * (k - li)
+        for j, lj in enumerate(lams):
+            if j != i:
+                den = den * (lj - li)
+        coefs.append(num / den)
+    return coefs
+
+
+def two_compartment_aob_rates(AOB, ALPHA, BETA):
+    """TRANS5: the 2-cmt rates from ``AOB = A/B`` (ratio of the bolus-response coefficients), ALPHA and
+    BETA; ``K21 = (AOB BETA + ALPHA)/(AOB + 1)``, so the coefficients are ``AOB/(1+AOB)`` and ``1/(1+AOB)``."""
+    return [ALPHA, BETA], [AOB / (1.0 + AOB), 1.0 / (1.0 + AOB)]
+
+
+def _reparameterised(names, rates, n):
+    """A linear model of ``n`` exponentials whose ``rates(*p[names]) -> (lams, coefs)``."""
+    def model(params, doses: DoseEvents, oral: bool):
+        return _linear(params, doses, oral, lambda p: rates(*(p[k] for k in names)), n)
+    model.__doc__ = f"Concentration from {', '.join(names)}, V (KA, F, ALAG if oral)."
+    return model
+
+
+def _vss(CL, V, Q, VSS):
+    alpha, beta, ca, cb = two_compartment_vss_rates(CL, V, Q, VSS)
+    return [alpha, beta], [ca, cb]
+
+
+#: The alternative parameterisations: name suffix -> (parameters before V, rates, number of exponentials).
+#: The rate constants are per time unit; ``K21``/``K31`` are the return rates of the first/second peripheral.
+REPARAMETERISED = {
+    ("2cmt", "vss"): (("CL", "V", "Q", "VSS"), _vss, 2),
+    ("2cmt", "aob"): (("AOB", "ALPHA", "BETA"), two_compartment_aob_rates, 2),
+    ("2cmt", "macro"): (("ALPHA", "BETA", "K21"),
+                        lambda a, b, k21: ([a, b], macro_coefficients([a, b], [k21])), 2),
+    ("3cmt", "macro"): (("ALPHA", "BETA", "GAMMA", "K21", "K31"),
+                        lambda a, b, g, k21, k31: ([a, b, g], macro_coefficients([a, b, g], [k21, k31])), 3),
+}
+
+
+def reparameterised_model(compartments: str, kind: str):
+    """``(parameters, function(params, doses, oral))`` of one of :data:`REPARAMETERISED`."""
+    names, rates, n = REPARAMETERISED[(compartments, kind)]
+    params = names if "V" in names else (*names, "V")
+    return params, _reparameterised(names, rates, n)
