@@ -19,7 +19,7 @@ from bayesnlme.cli.parsers import individualize_out, parser
 from bayesnlme.errors import BayesNLMEInputError, ConvergenceWarning
 
 # command -> (module of bayesnlme.cli, function)
-COMMANDS = {"fit": ("fitting", "run_fit"), "diagnose": ("fitting", "run_diagnose"), "library": ("fitting", "run_library"),
+COMMANDS = {"fit": ("fit", "run_fit"), "diagnose": ("diagnose", "run_diagnose"), "library": ("fit", "run_library"),
             "compare": ("compare", "run"), "vpc": ("vpc", "run"), "simulate": ("simulate", "run"),
             "prior-check": ("prior_check", "run"), "eda": ("report", "run_eda"), "report": ("report", "run"),
             "sbc": ("sbc", "run"), "covsearch": ("covsearch", "run"), "individualize": ("individualize", "run"),

@@ -1,8 +1,7 @@
-"""``bayesnlme fit``, ``bayesnlme diagnose`` and ``bayesnlme library``."""
+"""``bayesnlme diagnose``: convergence, goodness-of-fit tables and figures of a saved fit."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -16,37 +15,7 @@ from bayesnlme.evaluate.covariates import plot_covariate_forest
 from bayesnlme.evaluate.likelihood import marginal_loglik
 from bayesnlme.evaluate.mixture import mixture_membership
 from bayesnlme.evaluate.predict import predict_at_times
-from bayesnlme.inference import FitResult, fit_model
-from bayesnlme.inference.fit import SUMMARY_COLUMNS
-from bayesnlme.spec import library_names, library_path, load_spec
-
-
-def run_fit(args) -> int:
-    spec = load_spec(args.model)
-    result = fit_model(spec, args.data, chains=args.chains, draws=args.draws, tune=args.tune,
-                       seed=args.seed, sampler=args.sampler, progress=not args.no_progress,
-                       method=args.method, init=args.init, device=args.device)
-    result.metadata["command"] = " ".join(["bayesnlme"] + sys.argv[1:])
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    result.save(out / "fit.nc")
-    table = result.summary()
-    write_text_atomic(out / "summary.csv", table.reset_index()[SUMMARY_COLUMNS].to_csv(index=False))
-    with pd.option_context("display.width", 120, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
-        print(f"{spec.name} on {result.data.source}: {result.data.n_subjects} subjects, "
-              f"{result.data.n_obs} observations; " + (f"{args.chains} chains x {args.draws} draws"
-              if not result.approximate else f"{args.method.upper()}: {args.draws} approximate draws"))
-        print(table.to_string())
-    if result.approximate:
-        print(f"\napproximate fit ({result.method}): no convergence diagnostics; confirm with NUTS")
-    if result.problems:
-        print("\nconvergence problems:")
-        for p in result.problems:
-            print(f"  - {p}")
-    elif not result.approximate:
-        print("\nconvergence: no problems found (R-hat <= 1.01, bulk ESS >= 400, no divergences)")
-    print(f"\nwrote {out / 'fit.nc'} and {out / 'summary.csv'}")
-    return 0
+from bayesnlme.inference import FitResult
 
 
 def run_diagnose(args) -> int:
@@ -106,15 +75,4 @@ def run_diagnose(args) -> int:
     what = "NPDE / randomized PIT" if "NPDE_KIND" in gof and (gof["NPDE_KIND"] != "npde").any() else "NPDE"
     print(f"{cwres}{what} mean {gof['NPDE'].mean():.2f}, SD {gof['NPDE'].std():.2f} (expected 0 and 1)")
     print(f"\nwrote {len(tables) + 1 + (lik is not None)} tables and {len(figures)} plots to {out}")
-    return 0
-
-
-def run_library(args) -> int:
-    if args.name:
-        print(library_path(args.name).read_text(), end="")
-        return 0
-    names = library_names()
-    width = max(len(n) for n in names) + 2
-    for name in names:
-        print(f"{name:{width}s}{load_spec(name).description}")
     return 0
