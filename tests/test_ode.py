@@ -241,6 +241,42 @@ def test_library_rhs_compile_to_scalar_functions():
         assert len(graph[0]) == n + 1 + n_p and len(graph[1]) == n + n * n + n * n_p
 
 
+def _system(model):
+    return model.function.keywords["system"]
+
+
+def test_integrator_cache_key_names_the_compiled_code():
+    """The integrator gets a key in PyTensor's numba cache (so a log-density holding it is cached and a
+    second process loads it instead of compiling the integrator again, ~40 s): present for every library
+    model and for a matrix RHS, the same for the same system built again and in another process, and
+    different for another RHS, other initial states or the steady-state kernel."""
+    import subprocess
+    import sys
+
+    keys = {}
+    for model in [m for m in LIBRARY.values() if "system" in getattr(m.function, "keywords", {})] + [LINEAR]:
+        system = _system(model)
+        keys[model.name] = system.cache_key(False)
+        assert keys[model.name] is not None and system.cache_key(True) not in (None, keys[model.name]), model.name
+    assert len(set(keys.values())) == len(keys)   # e.g. turnover models 1-4 differ by one term of the RHS
+    same = dict(outputs={"CP": lambda y, p: y[:, 1]}, optional={"F": 1.0, "ALAG": 0.0}, depot_cmt=1)
+    again = StructuralModel.ode(_two_cmt_rhs, ("CL", "V", "Q", "V2", "KA"), 3, **same)
+    assert _system(again).cache_key(False) == keys["ode_2cmt"]
+    baseline = StructuralModel.ode(_two_cmt_rhs, ("CL", "V", "Q", "V2", "KA"), 3, **same,
+                                   initial=lambda p: [0 * p["CL"], p["V"], 0 * p["CL"]])
+    assert _system(baseline).cache_key(False) != keys["ode_2cmt"]
+
+    def matrix_rhs(y, t, p):   # on the state matrix: the array (batched) RHS
+        flux = y[:, :2] * pt.stack([p["KA"], p["CL"] / p["V"]], axis=1)
+        return pt.stack([-flux[:, 0], flux[:, 0] - flux[:, 1]], axis=1)
+    matrix = StructuralModel.ode(matrix_rhs, ("CL", "V", "KA"), 2, outputs={"CP": lambda y, p: y[:, 1]})
+    assert scalar_graph(matrix_rhs, ("CL", "V", "KA"), 2) is None and _system(matrix).cache_key(False) is not None
+    code = ("from bayesnlme.structural import LIBRARY; "
+            "print(LIBRARY['1cmt_mm_oral'].function.keywords['system'].cache_key(False))")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert other.stdout.strip().splitlines()[-1] == keys["1cmt_mm_oral"], other.stderr[-2000:]
+
+
 def test_matrix_rhs_falls_back_to_array_version(regimens):
     """An RHS written on the state matrix (not elementwise) gives the same solution."""
     def rhs(y, t, p):

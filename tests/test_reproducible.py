@@ -78,3 +78,46 @@ def test_jax_engine_draws_identical_cold_and_warm_persistent_cache(tmp_path):
     for name in cold:
         np.testing.assert_array_equal(cold[name], warm[name], err_msg=name)
     assert np.std(cold["CL"]) > 0
+
+
+ODE_SCRIPT = """
+import sys, warnings
+warnings.simplefilter("ignore")
+import numpy as np, pytensor, pytensor.tensor as pt
+from bayesnlme import datasets
+from bayesnlme.data import read_nonmem
+from bayesnlme.structural import StructuralModel
+model = StructuralModel.ode(lambda y, t, p: [-p["CL"] / p["V"] * y[:, 0]], ("CL", "V"), 1,
+                            outputs={"CP": lambda y, p: y[:, 0] / p["V"]}, name="elimination")
+data = read_nonmem(datasets.load_indometacin())
+cl, v = pt.dvector("CL"), pt.dvector("V")
+total = model.function({"CL": cl, "V": v}, data, model)["CP"].sum()
+f = pytensor.function([cl, v], [total, *pytensor.grad(total, [cl, v])], mode="NUMBA")
+out = f(np.full(data.n_subjects, 8.0), np.full(data.n_subjects, 20.0))
+print(" ".join(repr(float(x)) for x in np.concatenate([np.atleast_1d(o) for o in out])))
+"""
+
+
+@pytest.mark.validation
+def test_ode_integrator_is_compiled_once_across_processes(tmp_path):
+    """An ODE model's log-density, integrator included, is compiled by the first process (~45 s) and loaded
+    from PyTensor's numba cache by the next (~2 s), which compiles nothing: no file in the cache is
+    written again (before, the integrator had no cache key and every process compiled it again)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTENSOR_FLAGS", "BAYESNLME_CACHE_DIR")}
+    env["HOME"] = str(home)
+
+    def run():
+        proc = subprocess.run([sys.executable, "-c", ODE_SCRIPT], env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return [float(x) for x in proc.stdout.split()]
+
+    first = run()
+    files = {p: p.stat().st_mtime_ns for p in (home / ".pytensor").rglob("*") if p.is_file()}
+    # the integrator's own entry (PyTensor's wrapper of ODESolveOp's numba function, named after it)
+    assert any(p.name.startswith("string.solve-") and p.suffix == ".nbc" for p in files)
+    second = run()
+    assert {p: p.stat().st_mtime_ns for p in (home / ".pytensor").rglob("*") if p.is_file()} == files
+    assert second == first and first[0] > 0 and len(first) == 1 + 2 * 6   # value, d/dCL and d/dV of 6 subjects

@@ -23,13 +23,11 @@ observations in the graph.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 import pymc as pm
-import pytensor
 import pytensor.tensor as pt
 
 from bayesnlme.build.covariates import covariate_log_factors
@@ -50,14 +48,8 @@ from bayesnlme.structural import LIBRARY, DoseEvents, dose_events
 from bayesnlme.structural.pd import time_varying
 from bayesnlme.structural.pk import SubjectParams
 
-# Bit-reproducible draws.  With numba's fastmath, LLVM may reassociate floating-point arithmetic, and a
-# log-density loaded from pytensor's on-disk numba cache was optimised differently from a fresh compile
-# of the same graph: the same seed gave different draws on a cold and on a warm cache (and so on a new
-# machine).  Without fastmath a cold compile, a warm cache and a second process agree bit for bit, at the
-# same sampling speed (measured on theophylline).  A user who sets numba__fastmath in PYTENSOR_FLAGS keeps
-# their choice; the saved fit records which was used.
-if "numba__fastmath" not in os.environ.get("PYTENSOR_FLAGS", ""):
-    pytensor.config.numba__fastmath = False
+# numba's fastmath is off for model graphs (bit-reproducible draws): set where the ODE integrator, the
+# lowest compiled code, is defined (bayesnlme.structural.ode), so that it holds whatever is imported first.
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,10 @@ and runs through ``perform`` under the C/Python backends (``pm.sample``).
 
 from __future__ import annotations
 
+import hashlib
+import os
 from functools import cached_property
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -71,12 +74,28 @@ import pytensor
 import pytensor.tensor as pt
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
-from pytensor.link.numba.dispatch import numba_funcify
+from pytensor.link.numba.cache import CACHED_SRC_FUNCTIONS
+from pytensor.link.numba.dispatch.basic import register_funcify_and_cache_key
 
+from bayesnlme.structural import ode_kernel
 from bayesnlme.structural.ode_kernel import make_kernel
 from bayesnlme.structural.ode_schedule import schedule, segments
 
+# Bit-reproducible draws.  With numba's fastmath, LLVM may reassociate floating-point arithmetic, and a
+# log-density loaded from pytensor's on-disk numba cache was optimised differently from a fresh compile
+# of the same graph: the same seed gave different draws on a cold and on a warm cache (and so on a new
+# machine).  Without fastmath a cold compile, a warm cache and a second process agree bit for bit, at the
+# same sampling speed (measured on theophylline).  A user who sets numba__fastmath in PYTENSOR_FLAGS keeps
+# their choice; the saved fit records which was used.  Set here, below every compiled function of the
+# package (the ODE integrator's RHS included), so that it holds whatever module is imported first.
+if "numba__fastmath" not in os.environ.get("PYTENSOR_FLAGS", ""):
+    pytensor.config.numba__fastmath = False
+
 __all__ = ["ODESystem", "ODESolveOp", "schedule", "segments", "solve_states"]
+
+#: The integrator's code as far as the cache key is concerned: this module's and the kernel module's text.
+_SOURCE_KEY = hashlib.sha256("\0".join(Path(f).read_text() for f in (__file__, ode_kernel.__file__)).encode()
+                             ).hexdigest()
 
 # Dormand-Prince 5(4) tableau (Hairer, Norsett & Wanner, Table 5.2)
 
@@ -114,18 +133,42 @@ class ODESystem:
         data without SS doses do not pay for it)."""
         return make_kernel(*self._compiled, steady=True)
 
+    def cache_key(self, steady: bool) -> str | None:
+        """Key of the compiled integrator in PyTensor's numba cache: the keys PyTensor gave the compiled
+        RHS (with its Jacobians) and initial-state functions, the sizes, and the source of this module and
+        of :mod:`~bayesnlme.structural.ode_kernel`; None when PyTensor did not cache one of those functions
+        (then the integrator is compiled in every process, as before)."""
+        keys = self._keys
+        if any(k is None for k in keys):
+            return None
+        parts = ["bayesnlme-ode", _SOURCE_KEY, *keys, str(self.n_states), str(len(self.parameters)), str(steady)]
+        return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+    @property
+    def _keys(self):
+        rhs_fn, init_fn = self._compiled_functions
+        return [CACHED_SRC_FUNCTIONS.get(f.py_func) if hasattr(f, "py_func") else None for f in (rhs_fn, init_fn)]
+
     @cached_property
     def _compiled(self):
         """The compiled RHS and initial-state functions, with n_states and n_params."""
+        init = self._compiled_functions[1]
+        return self._rhs_call, init, self.n_states, len(self.parameters)
+
+    @cached_property
+    def _compiled_functions(self):
+        """PyTensor's numba functions of the RHS with its Jacobians and of the initial states (not yet
+        compiled by numba: that happens at the first call, or is loaded from the cache)."""
         n, n_p = self.n_states, len(self.parameters)
         rhs = _scalar_rhs(self.rhs, self.parameters, n) or _batched_rhs(self.rhs, self.parameters, n)
+        self._rhs_call, rhs_fn = rhs
         P = pt.tensor("P", shape=(None, n_p), dtype="float64")
         p = {name: P[:, k] for k, name in enumerate(self.parameters)}
         zeros_y, zeros_s = pt.zeros((P.shape[0], n)), pt.zeros((P.shape[0], n, n_p))
         y0 = _as_matrix(self.initial(p), n, "initial") + zeros_y if self.initial is not None else zeros_y
         s0 = pt.stack([pt.grad(y0[:, i].sum(), P, disconnected_inputs="ignore") for i in range(n)], axis=1)
         init_fn = pytensor.function([P], [y0, s0 + zeros_s], mode="NUMBA", on_unused_input="ignore")
-        return rhs, init_fn.vm.jit_fn, n, n_p
+        return rhs_fn, init_fn.vm.jit_fn
 
 
 def _derivatives(rhs, parameters, n, rows, t, cols):
@@ -169,7 +212,7 @@ def _scalar_rhs(rhs, parameters, n):
         for k in range(len(r)):
             res[k] = r[k]
 
-    return call
+    return call, jf
 
 
 def scalar_graph(rhs, parameters, n):
@@ -240,7 +283,7 @@ def _batched_rhs(rhs, parameters, n):
         r = jf(x[:n].copy().reshape((n, 1)), x[n:n + 1].copy(), x[n + 1:].copy().reshape((n_p, 1)))[0]
         res[:] = r[:, 0]
 
-    return call
+    return call, jf
 
 
 class _StateColumns:
@@ -336,8 +379,11 @@ class ODESolveOp(Op):
         return [[True, True]] + [[False, False]] * (len(node.inputs) - 1)
 
 
-@numba_funcify.register(ODESolveOp)
+@register_funcify_and_cache_key(ODESolveOp)
 def _numba_ode_solve(op, node=None, **kwargs):
+    """The integrator as PyTensor's numba backend calls it, with its cache key (:meth:`ODESystem.cache_key`):
+    a log-density holding it is then cached like any other, and a second process loads it instead of
+    compiling the integrator again."""
     kernel = op.kernel
 
     @numba.njit
@@ -351,7 +397,7 @@ def _numba_ode_solve(op, node=None, **kwargs):
                       dose_ss.copy(), dose_ii.copy(), reset_time.copy(), reset_row.copy(), obs_row.copy(),
                       obs_boundary.copy(), seg_stop.copy(), dose_seg.copy(), idx.copy(), opts.copy())
 
-    return solve
+    return solve, op.system.cache_key(op.steady)
 
 
 def solve_states(system: ODESystem, P, data, model, rtol: float = 1e-8, atol: float = 1e-10,
