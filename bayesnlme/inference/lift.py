@@ -6,7 +6,8 @@ graph as constants.  PyTensor writes constants into the function it compiles, an
 on them: every new data set of the same model compiled again from scratch (theophylline: 40 s cold,
 7.5 s warm, 23.5 s with TIME x 1.01).  :func:`lift_constants` replaces each array constant that only
 feeds data operations (elementwise maths, gathers and scatters by index, transposes, joins, dot
-products, reductions) by a shared variable holding the same values, of the same static type
+products, reductions, and the inputs an Op declares as data with ``lift_data_from``, e.g. the ODE
+integrator's dose and observation schedule) by a shared variable holding the same values, of the same static type
 (shape included); constants that set a shape or a slice bound stay constants, and so do
 broadcast scalars (every dimension of length 1: numbers of the model's structure, not data).  The compiled
 function then takes the design as an input and is found in the cache for any data of the same shape.
@@ -53,6 +54,9 @@ def _is_data_use(node, position: int) -> bool:
     op = node.op
     if isinstance(op, _DATA_OPS):
         return True
+    start = getattr(op, "lift_data_from", None)   # an Op's own declaration: its inputs from here on are data
+    if start is not None:
+        return position >= start
     if isinstance(op, Join):
         return position > 0   # the axis stays a constant
     for kind, n in _LEADING_DATA.items():

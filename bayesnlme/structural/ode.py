@@ -342,6 +342,10 @@ class ODESolveOp(Op):
     (first order only: ``S`` itself has no gradient).
     """
     __props__ = ("system", "steady")
+    #: inputs after ``P`` are the schedule, data of the subjects' doses and records: lifted out of compiled
+    #: graphs like the closed forms' design (:mod:`bayesnlme.inference.lift`), so another data set of the
+    #: same shape reuses the compiled log density
+    lift_data_from = 1
 
     def __init__(self, system: ODESystem, steady: bool = False):
         self.system = system
