@@ -286,8 +286,10 @@ def trial(result, design, *, n: int = 200, rule: DecisionRule, analysis: str = "
     Notes
     -----
     Replicates whose subjects draw their own covariates are simulated on the workers, and their
-    analysis compiles a model each (the covariates are part of the compiled model): with NUTS that
-    adds the compilation time (seconds) to every replicate.
+    analysis builds a model each (the covariates are part of it); its compiled log density is found
+    in the cache for any covariate values of the same design (:mod:`bayesnlme.inference.lift`), so a
+    replicate pays the graph rewrites (~2-3 s), not a compilation: 12-subject replicates of a
+    ``WT`` on ``CL`` model took ~4.6 s each with 2 x 200 draws on 2 cores.
 
     An attainment rule's new subjects come from the population the design samples: the fitted
     subjects (``covariates="resample"``), the covariate table (without an ID column), or the
