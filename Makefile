@@ -5,7 +5,7 @@
 # make docs : API reference from the numpydoc docstrings into docs/_build/ (pdoc)
 # make test : create .venv if missing, install, run the test suite (without the validation runs)
 # make validate : the statistical validation runs (covariate search, mixture recovery, trial PoS, SBC,
-#                 one capability cell, ODE compile-once check; ~8 min on 2 cores)
+#                 one capability cell, ODE compile-once check; ~6 min on 2 cores)
 # make fuzz : 10,000 random cases per fuzz target (data reader, spec parser, regimen files); docs/reliability.md
 # make capabilities : every model_library entry through fit, diagnose, -2LL, subject LOO, VPC and
 #                      regimens (~70 min on 2 cores); writes docs/capabilities.md
@@ -44,7 +44,7 @@ TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile -m "not validation"
 
-# the statistical validation runs left out of make test (one to three minutes each; ~9 CPU-minutes in all)
+# the statistical validation runs left out of make test (one to three minutes each; ~10 CPU-minutes in all)
 validate: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile -m validation
 
