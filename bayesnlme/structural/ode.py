@@ -125,50 +125,43 @@ class ODESystem:
     def kernel(self):
         """The compiled integrator without steady-state doses (built on first use: numba
         compilation takes seconds)."""
-        return make_kernel(*self._compiled, steady=False)
+        return self._kernel(steady=False)
 
     @cached_property
     def kernel_ss(self):
         """The compiled integrator with steady-state (SS=1) doses (a separate compilation:
         data without SS doses do not pay for it)."""
-        return make_kernel(*self._compiled, steady=True)
+        return self._kernel(steady=True)
 
     def cache_key(self, steady: bool) -> str | None:
         """Key of the compiled integrator in PyTensor's numba cache: the keys PyTensor gave the compiled
         RHS (with its Jacobians) and initial-state functions, the sizes, and the source of this module and
         of :mod:`~bayesnlme.structural.ode_kernel`; None when PyTensor did not cache one of those functions
         (then the integrator is compiled in every process, as before)."""
-        keys = self._keys
+        _, rhs_fn, init_fn = self._compiled
+        keys = [CACHED_SRC_FUNCTIONS.get(f.py_func) if hasattr(f, "py_func") else None for f in (rhs_fn, init_fn)]
         if any(k is None for k in keys):
             return None
         parts = ["bayesnlme-ode", _SOURCE_KEY, *keys, str(self.n_states), str(len(self.parameters)), str(steady)]
         return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
-    @property
-    def _keys(self):
-        rhs_fn, init_fn = self._compiled_functions
-        return [CACHED_SRC_FUNCTIONS.get(f.py_func) if hasattr(f, "py_func") else None for f in (rhs_fn, init_fn)]
-
     @cached_property
     def _compiled(self):
-        """The compiled RHS and initial-state functions, with n_states and n_params."""
-        init = self._compiled_functions[1]
-        return self._rhs_call, init, self.n_states, len(self.parameters)
-
-    @cached_property
-    def _compiled_functions(self):
-        """PyTensor's numba functions of the RHS with its Jacobians and of the initial states (not yet
-        compiled by numba: that happens at the first call, or is loaded from the cache)."""
+        """The numba call of the RHS with its Jacobians (what the kernel calls), and PyTensor's numba functions
+        of the RHS and of the initial states (compiled by numba at their first call, or loaded from the cache)."""
         n, n_p = self.n_states, len(self.parameters)
-        rhs = _scalar_rhs(self.rhs, self.parameters, n) or _batched_rhs(self.rhs, self.parameters, n)
-        self._rhs_call, rhs_fn = rhs
+        rhs_call, rhs_fn = _scalar_rhs(self.rhs, self.parameters, n) or _batched_rhs(self.rhs, self.parameters, n)
         P = pt.tensor("P", shape=(None, n_p), dtype="float64")
         p = {name: P[:, k] for k, name in enumerate(self.parameters)}
         zeros_y, zeros_s = pt.zeros((P.shape[0], n)), pt.zeros((P.shape[0], n, n_p))
         y0 = _as_matrix(self.initial(p), n, "initial") + zeros_y if self.initial is not None else zeros_y
         s0 = pt.stack([pt.grad(y0[:, i].sum(), P, disconnected_inputs="ignore") for i in range(n)], axis=1)
         init_fn = pytensor.function([P], [y0, s0 + zeros_s], mode="NUMBA", on_unused_input="ignore")
-        return rhs_fn, init_fn.vm.jit_fn
+        return rhs_call, rhs_fn, init_fn.vm.jit_fn
+
+    def _kernel(self, steady: bool):
+        rhs_call, _, init = self._compiled
+        return make_kernel(rhs_call, init, self.n_states, len(self.parameters), steady=steady)
 
 
 def _derivatives(rhs, parameters, n, rows, t, cols):

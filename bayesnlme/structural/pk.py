@@ -308,11 +308,6 @@ def three_compartment(params, doses: DoseEvents, oral: bool):
 # The same linear models read from other parameters (NONMEM TRANS3, TRANS5, TRANS6).  Each gives the
 # rate constants and central coefficients directly; the concentration is the central amount over V.
 
-def two_compartment_vss_rates(CL, V, Q, VSS):
-    """TRANS3: the 2-cmt rates from CL, V, Q and the steady-state volume ``VSS = V + V2``."""
-    return two_compartment_rates(CL, V, Q, VSS - V)
-
-
 def macro_coefficients(lams, k_back):
     """Central coefficients of the unit bolus response from the rate constants ``lams`` (the roots)
     and the peripheral return rates ``k_back`` (K21, K31): ``c_i = prod_k (k_k - lambda_i) /
@@ -344,7 +339,8 @@ def _reparameterised(names, rates, n):
 
 
 def _vss(CL, V, Q, VSS):
-    alpha, beta, ca, cb = two_compartment_vss_rates(CL, V, Q, VSS)
+    """TRANS3: the 2-cmt rates from CL, V, Q and the steady-state volume ``VSS = V + V2``."""
+    alpha, beta, ca, cb = two_compartment_rates(CL, V, Q, VSS - V)
     return [alpha, beta], [ca, cb]
 
 
