@@ -250,6 +250,21 @@ def two_compartment(params, doses: DoseEvents, oral: bool):
     return _linear(params, doses, oral, rates, 2)
 
 
+def _product(factors):
+    out = factors[0]
+    for f in factors[1:]:
+        out = out * f
+    return out
+
+
+def macro_coefficients(lams, k_back):
+    """Central coefficients of the unit bolus response from the rate constants ``lams`` (the roots)
+    and the peripheral return rates ``k_back`` (K21, K31): ``c_i = prod_k (k_k - lambda_i) /
+    prod_{j != i} (lambda_j - lambda_i)``."""
+    return [_product([k - li for k in k_back]) / _product([lj - li for j, lj in enumerate(lams) if j != i])
+            for i, li in enumerate(lams)]
+
+
 def three_compartment_rates(CL, V, Q, V2, Q3, V3):
     """Macro rate constants and central coefficients of the 3-compartment model.
 
@@ -287,9 +302,7 @@ def three_compartment_rates(CL, V, Q, V2, Q3, V3):
     lam2 = 0.5 * (s + pt.sqrt(pt.maximum(s * s - 4.0 * prod, 0.0)))
     lam3 = prod / lam2
     lams = [lam1, lam2, lam3]
-    coefs = [(k21 - li) * (k31 - li) / ((lj - li) * (lk - li))
-             for li, lj, lk in ((lam1, lam2, lam3), (lam2, lam1, lam3), (lam3, lam1, lam2))]
-    return lams, coefs
+    return lams, macro_coefficients(lams, [k21, k31])
 
 
 def three_compartment(params, doses: DoseEvents, oral: bool):
@@ -307,22 +320,6 @@ def three_compartment(params, doses: DoseEvents, oral: bool):
 # ------------------------------------------------------------------ NONMEM's other parameterisations
 # The same linear models read from other parameters (NONMEM TRANS3, TRANS5, TRANS6).  Each gives the
 # rate constants and central coefficients directly; the concentration is the central amount over V.
-
-def macro_coefficients(lams, k_back):
-    """Central coefficients of the unit bolus response from the rate constants ``lams`` (the roots)
-    and the peripheral return rates ``k_back`` (K21, K31): ``c_i = prod_k (k_k - lambda_i) /
-    prod_{j != i} (lambda_j - lambda_i)``."""
-    coefs = []
-    for i, li in enumerate(lams):
-        num, den = 1.0, 1.0
-        for k in k_back:
-            num = num * (k - li)
-        for j, lj in enumerate(lams):
-            if j != i:
-                den = den * (lj - li)
-        coefs.append(num / den)
-    return coefs
-
 
 def two_compartment_aob_rates(AOB, ALPHA, BETA):
     """TRANS5: the 2-cmt rates from ``AOB = A/B`` (ratio of the bolus-response coefficients), ALPHA and
