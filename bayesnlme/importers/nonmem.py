@@ -2,10 +2,13 @@
 
 The control stream is parsed by Pharmpy (``pharmpy-core``; ``pip install 'bayesnlme[nonmem]'``); the
 translation itself is :mod:`~bayesnlme.importers.nonmem_pk` ($PK: structural model, typical values,
-IIV, covariate effects), :mod:`~bayesnlme.importers.nonmem_error` ($ERROR: residual error),
-:mod:`~bayesnlme.importers.nonmem_priors` (priors from $THETA/$OMEGA/$SIGMA or the ``.ext`` file)
-and :mod:`~bayesnlme.importers.nonmem_data` ($DATA/$INPUT).  What maps is translated exactly (the
-imported model has the same likelihood as the NONMEM one); everything else is listed by
+IIV, covariate effects), :mod:`~bayesnlme.importers.nonmem_iov` (occasion ETAs -> ``OCC`` and
+``omega_iov``), :mod:`~bayesnlme.importers.nonmem_omega` ($OMEGA), :mod:`~bayesnlme.importers.nonmem_error`
+($ERROR: residual error), :mod:`~bayesnlme.importers.nonmem_priors` (priors from $THETA/$OMEGA/$SIGMA or
+the ``.ext`` file) and :mod:`~bayesnlme.importers.nonmem_data` ($DATA/$INPUT).  What maps is translated
+exactly (the imported model has the same likelihood as the NONMEM one) with one stated exception: with
+IOV, bayesnlme evaluates each observation with its occasion's parameters for every dose, NONMEM's model
+when the drug of earlier occasions is gone (the import says so).  Everything else is listed by
 control-stream line with the reason, never approximated and never dropped in silence.
 
 Units: THETAs keep their units (the data's); NONMEM's OMEGA and SIGMA are variances and become
@@ -157,8 +160,8 @@ def ext_columns(model) -> dict:
         for i, a in enumerate(names, 1):
             for j, b in enumerate(names[:i], 1):
                 cov = rvs.get_covariance(a, b)
-                if cov != 0:
-                    cols[str(cov)] = f"{kind}({i},{j})"
+                if cov != 0:   # a SAME block repeats its first block's parameters: that block's column
+                    cols.setdefault(str(cov), f"{kind}({i},{j})")
     rv_params = set(rvs.parameter_names)
     thetas = [p.name for p in model.parameters if p.name not in rv_params]
     cols.update({t: f"THETA{i}" for i, t in enumerate(thetas, 1)})

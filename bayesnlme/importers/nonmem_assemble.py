@@ -94,6 +94,13 @@ def _parameter(t, bn, pm, omegas, used):
                          f"SD {math.sqrt(ov.value):.4g}, {kind}"
                          + (f"; RSE of the variance {100 * ov.se / ov.value:.0f}%" if ov.se else ""))
             t.mapped.append(f"{eta} {col} -> omega_{bn} = sqrt(variance), {pm.iiv} IIV")
+    if bn in t.iov:
+        etas, v = t.iov[bn]
+        entry["omega_iov"] = pri.sd_prior(v, 1.0, variance=True)["prior"]
+        col = t.nm.get(str(t.model.random_variables.get_covariance(etas[0], etas[0])), "OMEGA")
+        lines.append(f"{', '.join(map(t.eta_nm.get, etas))} (one per occasion, SAME): {col} variance {v.value:g} "
+                     f"-> omega_iov_{bn} = SD {math.sqrt(v.value):.4g}"
+                     + (f"; RSE of the variance {100 * v.se / v.value:.0f}%" if v.se else ""))
     entry["description"] = f"NONMEM {pm.name} ({lines[0].split(': ', 1)[1]})"
     return entry, lines
 

@@ -9,11 +9,13 @@ import sympy
 from sympy.core.function import AppliedUndef
 
 from bayesnlme.errors import SpecError
-from bayesnlme.importers import nonmem_priors as pri
 from bayesnlme.importers.nonmem_assemble import assemble
-from bayesnlme.importers.nonmem_data import NM_ITEMS, can_evaluate, column_mapping, translate_frame
+from bayesnlme.importers.nonmem_blq import split_m3
+from bayesnlme.importers.nonmem_data import NM_ITEMS, can_evaluate, column_mapping, observation_records, translate_frame
 from bayesnlme.importers.nonmem_error import residual as classify_residual
 from bayesnlme.importers.nonmem_error import without_fixed_zero
+from bayesnlme.importers.nonmem_iov import occasion_column, occasion_layout, split_occasions
+from bayesnlme.importers.nonmem_omega import translate_omegas
 from bayesnlme.importers.nonmem_pk import (
     ADVANS,
     CENTRAL,
@@ -25,9 +27,13 @@ from bayesnlme.importers.nonmem_pk import (
     decompose,
     trans1_expressions,
 )
-from bayesnlme.importers.nonmem_result import ImportResult, Item, Lines, NonmemImportError, omega_records
+from bayesnlme.importers.nonmem_result import (
+    ImportResult,
+    Item,
+    Lines,
+    NonmemImportError,
+)
 from bayesnlme.spec import ModelSpec
-from bayesnlme.spec.omega import fixed_block_from_dict
 from bayesnlme.spec.toml_text import spec_toml
 
 #: Records that carry model content bayesnlme has no place for.
@@ -82,11 +88,16 @@ class Translation:
             names = {volume if k == CENTRAL else k: v for k, v in names.items()}
             self.mapped.append(f"central volume (not an ADVAN{self.advan} parameter): {scale} -> V = {volume}")
         params = self._parameters(names, structural)
+        self.layout = occasion_layout(self, params)
+        if self.computed:
+            self.mapped.append("covariates computed in $PK -> data columns " + ", ".join(
+                f"{n} = {e}" for n, e in self.computed_columns().items()))
         self._scale(scale, names)
         res = self._residual()
-        omegas, blocks = self._omegas(params)
+        omegas, blocks = translate_omegas(self, params)
         self._unused_statements()
         d, comments = self._spec_dict(structural, params, res, omegas, blocks)
+        data = self._data(res.log_dv if res else False)
         if self.untranslated and strict:
             raise self.error()
         try:
@@ -97,8 +108,8 @@ class Translation:
             raise NonmemImportError(f"{self.path}: the translated model is not a valid bayesnlme spec "
                                     f"({exc})") from None
         toml = spec_toml(d, self._header(), comments)
-        data = self._data(res.log_dv if res else False)
         derived = {**{k: str(e) for k, e in self.computed_columns().items()},
+                   **({"OCC": self.layout.describe()} if self.layout is not None else {}),
                    **{k: ".".join(map(str, v)) for k, v in self.derived.items()}}
         return ImportResult(spec, toml, self.columns, derived,
                             bool(res and res.log_dv), data, self.mapped, self.untranslated, self.notes,
@@ -165,9 +176,6 @@ class Translation:
                 full = sym
             self.env[sym] = full
             self.deps[sym] = deps
-        if self.computed:
-            self.mapped.append("covariates computed in $PK -> data columns " + ", ".join(
-                f"{n} = {e}" for n, e in self.computed_columns().items()))
         self.used = set()
 
     def computed_columns(self) -> dict:
@@ -262,17 +270,24 @@ class Translation:
                 continue
             self.used |= self.deps[sym]
             try:
-                pm = decompose(bn, self.env[sym], self.thetas, self._eta_names(), self.covariates)
-                pm.nonmem = str(sym)
+                expr, occasions = split_occasions(bn, self.env[sym], self.iov_etas, self._eta_names())
+                pm = decompose(bn, expr, self.thetas, self._eta_names(), self.covariates)
+                pm.nonmem, pm.occasions = str(sym), occasions
+                if occasions and pm.iiv != "lognormal":
+                    etas = ", ".join(map(self.eta_nm.get, occasions.indicators))
+                    raise Untranslatable(f"{bn} has occasion ETAs ({etas}) but "
+                                         f"{'no IIV' if pm.iiv == 'none' else pm.iiv + ' IIV'}: bayesnlme's IOV is "
+                                         f"P = TV*exp(ETA + KAPPA), a log-normal parameter with IIV",
+                                         occasions.indicators)
                 for t in [pm.theta] * bool(pm.theta) + [e.theta for e in pm.effects if e.theta]:
                     if t in used_thetas:
                         raise Untranslatable(f"{self.nm[t]} is used by {used_thetas[t]} and {bn}; bayesnlme "
                                              f"estimates each effect for one parameter", {t})
                     used_thetas[t] = bn
-                if pm.eta in used_etas:
-                    raise Untranslatable(f"{pm.eta} is shared by {used_etas[pm.eta]} and {bn}", {pm.eta})
-                if pm.eta:
-                    used_etas[pm.eta] = bn
+                for eta in [pm.eta] * bool(pm.eta) + list(occasions.indicators if occasions else ()):
+                    if eta in used_etas:
+                        raise Untranslatable(f"{eta} is shared by {used_etas[eta]} and {bn}", {eta})
+                    used_etas[eta] = bn
                 params[bn] = pm
             except Untranslatable as exc:
                 if str(sym) in self.k_labels:   # TRANS1: at the rate constant, saying what bayesnlme needs
@@ -285,6 +300,11 @@ class Translation:
 
     def _eta_names(self) -> set:
         return set(self.model.random_variables.etas.names)
+
+    @property
+    def iov_etas(self) -> set:
+        """ETAs on Pharmpy's IOV level: the members of ``$OMEGA BLOCK(n) ... SAME`` chains."""
+        return {e for d in self.model.random_variables.etas if d.level != "IIV" for e in d.names}
 
     def _scale(self, scale: str, names: dict) -> None:
         central = next(k for k, v in names.items() if v == "V")
@@ -316,7 +336,7 @@ class Translation:
             if not link.has(sympy.Piecewise):   # one observed compartment (else bayesnlme's reader refuses the data)
                 amount = {a: f * sympy.simplify(a / link) for a in link.atoms(AppliedUndef)}
             after = after[1:]
-        self.err, env, deps = [], dict(self.env), dict(self.deps)
+        self.err, env, deps, self.censoring = [], dict(self.env), dict(self.deps), None
         for i, s in enumerate(after):
             sym, expr = sympy.Symbol(str(s.symbol)), sympy.sympify(s.expression).xreplace(amount).xreplace(self.abbr)
             self.err.append((sym, expr))
@@ -347,8 +367,12 @@ class Translation:
             if par.fix:
                 fixed[str(var)] = par.init
         zero = {n for n, v in self.values.items() if v.fixed and v.value == 0}
+        flag = sympy.Symbol("F_FLAG")
+        if flag in env:
+            self.used |= deps[flag]
         try:
-            full = classify_residual(env[y], f, eps_var, fixed, self.thetas)
+            observed, self.censoring = split_m3(env[y], env.get(flag), f, eps_var, fixed, self.thetas)
+            full = classify_residual(observed, f, eps_var, fixed, self.thetas)
             res = without_fixed_zero(full, zero)
         except Untranslatable as exc:
             self.fail(self._locate("ERROR", deps[y], exc.symbols | {"Y"}, exc.reason))
@@ -364,63 +388,11 @@ class Translation:
                else "a guard on the prediction, dropped (bayesnlme needs none)")
         for i in guards if res.guards else ():
             self.notes.append(self.lines.statement("ERROR", i, why))
+        if self.censoring is not None:
+            self.mapped.append(f"$ERROR M3 (F_FLAG = 1, Y = PHI(...)) -> {self.censoring.describe()}")
         self.mapped.append(f"$ERROR Y -> residual type = \"{res.kind}\""
                            + (" (DV is log-transformed in the data: exponentiated on reading)" if res.log_dv else ""))
         return res
-
-    def _omegas(self, params: dict):
-        rvs = self.model.random_variables
-        by_eta = {pm.eta: bn for bn, pm in params.items() if pm.eta}
-        omegas, blocks, self.fixed_blocks = {}, [], []
-        records = omega_records(self.cs)
-        index = {e: i for i, e in enumerate(rvs.etas.names)}
-        for dist in rvs.etas:
-            etas = list(dist.names)
-            rec = records[index[etas[0]]] if index[etas[0]] < len(records) else None
-            if dist.level != "IIV":
-                self.fail(self._omega_item(rec, f"{', '.join(map(self.eta_nm.get, etas))}: inter-occasion "
-                                                f"variability in NONMEM form ($OMEGA BLOCK SAME); use bayesnlme's "
-                                                f"OCC column and omega_iov"))
-                continue
-            unused = [e for e in etas if e not in by_eta]
-            if unused:
-                self.notes.append(Item(None, "$OMEGA", f"{', '.join(unused)} not used by a structural "
-                                                       f"parameter (dropped)"))
-            etas = [e for e in etas if e in by_eta]
-            if len(dist.names) > 1 and len(etas) > 1:
-                if any(self.values[str(rvs.get_covariance(e, e))].fixed for e in etas):   # BLOCK(n) ... FIX
-                    self._fixed_block(rec, etas, by_eta)
-                else:
-                    blocks.append([by_eta[e] for e in etas])
-            for e in etas:
-                v = self.values[str(rvs.get_covariance(e, e))]
-                omegas[by_eta[e]] = (e, v)
-        for block in blocks:   # members of a block share one prior family
-            if not all(omegas[p][1].se for p in block):
-                for p in block:
-                    e, v = omegas[p]
-                    omegas[p] = (e, pri.Value(v.value, None, v.lower, v.upper, v.fixed))
-        return omegas, blocks
-
-    def _fixed_block(self, rec, etas: list, by_eta: dict) -> None:
-        """``$OMEGA BLOCK(n) ... FIX``: the members' SDs fixed and a fixed correlation matrix."""
-        rvs = self.model.random_variables
-        cov = np.array([[float(self.values[str(rvs.get_covariance(a, b))].value)
-                         if str(rvs.get_covariance(a, b)) in self.values else 0.0 for b in etas] for a in etas])
-        sd = np.sqrt(np.diag(cov))
-        names = [by_eta[e] for e in etas]
-        try:
-            block = fixed_block_from_dict({"parameters": names, "correlation": (cov / np.outer(sd, sd)).tolist()},
-                                          "$OMEGA BLOCK")
-        except SpecError as exc:
-            self.fail(self._omega_item(rec, f"{', '.join(map(self.eta_nm.get, etas))}: {exc}"))
-            return
-        self.fixed_blocks.append(block)
-        self.mapped.append(f"$OMEGA BLOCK({len(etas)}) FIX -> random_effects.fixed_blocks {names} (SDs "
-                           + ", ".join(f"{s:.4g}" for s in sd) + ", fixed correlation)")
-
-    def _omega_item(self, rec, reason: str) -> Item:
-        return self.lines.record(rec, reason) if rec is not None else Item(None, "$OMEGA", reason)
 
     def _unused_statements(self) -> None:
         for record, stmts in (("PK", self.pk), ("ERROR", getattr(self, "err", []))):
@@ -454,6 +426,10 @@ class Translation:
         if self.computed:
             out.append("Covariates computed in $PK (add them to the data, or use ImportResult.data): "
                        + ", ".join(f"{k} = {e}" for k, e in self.computed_columns().items()))
+        if self.censoring is not None:
+            out.append(f"BLQ (M3): {self.censoring.describe()} (ImportResult.data has them)")
+        if self.layout is not None:
+            out.append(f"Occasions (add OCC to the data, or use ImportResult.data): OCC = {self.layout.describe()}")
         if self.derived:
             out.append("Derived 0/1 columns (add them to the data, or use ImportResult.data): "
                        + ", ".join(f"{k} = ({c}.{op}.{v})" for k, (c, op, v) in self.derived.items()))
@@ -474,7 +450,16 @@ class Translation:
             self.notes.append(self.lines.record(rec[0], f"data file not read ({why})") if rec
                               else Item(None, "$DATA", "no $DATA"))
             return None
-        return translate_frame(frame, self.columns, self.derived, log_dv, self.dose_scale, self.computed)
+        out = translate_frame(frame, self.columns, self.derived, log_dv, self.dose_scale, self.computed)
+        if self.censoring is not None:
+            out["CENS"], limit = self.censoring.columns(frame, observation_records(out), log_dv)
+            out["DV"] = np.where(out["CENS"] != 0, limit, out["DV"])
+        if self.layout is not None:
+            out["OCC"], problem = occasion_column(self.layout, frame, observation_records(out))
+            if problem:
+                self.fail(self._assignment(self.layout.parameter_nonmem, f"occasions: {problem}; bayesnlme "
+                                           f"gives each observation the KAPPA of one occasion"))
+        return out
 
 
 def _computed_covariate(expr, columns: set) -> bool:

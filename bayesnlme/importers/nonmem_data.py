@@ -162,3 +162,11 @@ def translate_frame(frame: pd.DataFrame, mapping: dict, derived: dict, log_dv: b
             obs &= out["MDV"] == 0
         out.loc[obs, "DV"] = np.exp(out.loc[obs, "DV"].astype(float))
     return out
+
+
+def observation_records(frame: pd.DataFrame) -> np.ndarray:
+    """Observation records of a data set in bayesnlme's columns (NONMEM's defaults for EVID and MDV)."""
+    amt = frame["AMT"].to_numpy(dtype=float) if "AMT" in frame else np.zeros(len(frame))
+    evid = frame["EVID"].to_numpy(dtype=float) if "EVID" in frame else (amt > 0).astype(float)
+    mdv = frame["MDV"].to_numpy(dtype=float) if "MDV" in frame else (evid != 0).astype(float)
+    return (evid == 0) & (mdv == 0)

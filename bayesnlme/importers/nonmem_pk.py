@@ -78,7 +78,7 @@ DEPOT_EXTRAS = {"F1": "F", "ALAG1": "ALAG"}
 #: Data items that are not covariates: a condition or a factor on them is not a covariate model.
 EVENT_ITEMS = {"TIME", "AMT", "EVID", "MDV", "CMT", "RATE", "II", "ADDL", "SS", "DV", "ID", "T", "TAD",
                "PCMT", "CALLFL", "NEWIND", "ICALL", "IREP"}
-_OPS = {sympy.Eq: "EQ", sympy.Ne: "NE", sympy.Lt: "LT", sympy.Le: "LE", sympy.Gt: "GT", sympy.Ge: "GE"}
+NONMEM_RELATIONS = {sympy.Eq: "EQ", sympy.Ne: "NE", sympy.Lt: "LT", sympy.Le: "LE", sympy.Gt: "GT", sympy.Ge: "GE"}
 
 
 class Untranslatable(Exception):
@@ -120,6 +120,7 @@ class ParameterModel:
     iiv: str = "none"
     eta: str | None = None
     effects: list = field(default_factory=list)
+    occasions: object = None      # IOV: the occasion ETAs and their indicators (nonmem_iov.Occasions)
 
 
 def trans1_expressions(advan: int, volume: str) -> dict:
@@ -399,7 +400,7 @@ def _linear(name, f, thetas, columns) -> Effect:
 def _categorical(name, pw, thetas, columns) -> Effect:
     (ratio, cond), _ = pw.args
     rel = type(cond)
-    if rel not in _OPS:
+    if rel not in NONMEM_RELATIONS:
         raise Untranslatable(f"{name}: condition {cond} is not one comparison of a covariate with a number",
                              pw.free_symbols)
     lhs, rhs = cond.lhs, cond.rhs
@@ -418,8 +419,8 @@ def _categorical(name, pw, thetas, columns) -> Effect:
     th = [s for s in ratio.free_symbols if str(s) in thetas]
     num, den = sympy.fraction(ratio)
     if len(th) == 2 and num in th and den in th:   # IF (SEX.EQ.1) THEN TVCL=THETA(1) ELSE TVCL=THETA(2)
-        return Effect(indicator_name(str(lhs), _OPS[rel], value), "categorical", 0, theta=str(num),
-                      transform="log", condition=(str(lhs), _OPS[rel], value), denominator=str(den))
+        return Effect(indicator_name(str(lhs), NONMEM_RELATIONS[rel], value), "categorical", 0, theta=str(num),
+                      transform="log", condition=(str(lhs), NONMEM_RELATIONS[rel], value), denominator=str(den))
     if len(th) != 1 or ratio.free_symbols != set(th):
         raise Untranslatable(f"{name}: the IF branch multiplies by {ratio}, not by a function of one THETA",
                              pw.free_symbols)
@@ -433,8 +434,8 @@ def _categorical(name, pw, thetas, columns) -> Effect:
     else:
         raise Untranslatable(f"{name}: the IF branch multiplies by {ratio}; bayesnlme takes THETA, 1+THETA "
                              f"or EXP(THETA)", pw.free_symbols)
-    return Effect(indicator_name(str(lhs), _OPS[rel], value), "categorical", 0, theta=str(t),
-                  transform=transform, condition=(str(lhs), _OPS[rel], value))
+    return Effect(indicator_name(str(lhs), NONMEM_RELATIONS[rel], value), "categorical", 0, theta=str(t),
+                  transform=transform, condition=(str(lhs), NONMEM_RELATIONS[rel], value))
 
 
 def _tidy(x: float):
