@@ -83,3 +83,75 @@ def test_chosen_values_and_forest_plot(fake_fit):
     assert ax.get_xscale() == "log" and len(ax.get_yticklabels()) == len(df) == 5
     assert any(abs(line.get_xdata()[0] - 1.0) < 1e-12 for line in ax.get_lines())
     plt.close(fig)
+
+
+# ------------------------------------------------------------------ one theta for two parameters (shared_with)
+_SHARED = """
+name = "shared_allometry"
+structural = "2cmt_iv"
+[parameters.CL]
+prior = { dist = "lognormal", median = 0.005, sigma = 1 }
+[parameters.V]
+prior = { dist = "lognormal", median = 1.0, sigma = 1 }
+[parameters.Q]
+prior = { dist = "lognormal", median = 0.01, sigma = 1 }
+iiv = "none"
+[parameters.V2]
+prior = { dist = "lognormal", median = 1.0, sigma = 1 }
+iiv = "none"
+[[covariates]]
+parameter = "CL"
+covariate = "WT"
+type = "power"
+reference = 1.5
+prior = { dist = "normal", mu = 0.75, sigma = 0.2 }
+[[covariates]]
+parameter = "Q"
+covariate = "WT"
+type = "power"
+reference = 2.0
+shared_with = "CL"
+[residual]
+type = "proportional"
+"""
+
+
+def test_shared_theta_is_one_variable_used_by_both_parameters():
+    import pytensor
+
+    from bayesnlme.build import build_model
+
+    spec = ModelSpec.from_toml_text(_SHARED)
+    assert ModelSpec.from_dict(spec.to_dict()).to_dict() == spec.to_dict()
+    assert [e.estimated_names() for e in spec.covariates] == [["WT_on_CL"], []]
+    assert spec.population_parameter_names().count("WT_on_CL") == 1
+    assert "WT_on_Q" not in spec.population_parameter_names()
+    built = build_model(spec, load_phenobarbital())
+    names = [rv.name for rv in built.model.free_RVs]
+    assert names.count("WT_on_CL") == 1 and not any("WT_on_Q" in n for n in names)
+    point = {k: np.asarray(v, float) for k, v in built.initial_point.items()}
+    point["WT_on_CL"] = np.array(0.6)
+    rvs = list(built.model.free_RVs)
+    fn = pytensor.function(rvs, [built.individual["CL"], built.individual["Q"]], on_unused_input="ignore")
+    cl, q = fn(*[point[rv.name] for rv in rvs])
+    wt = built.data.baseline_covariates(["WT"])["WT"].to_numpy()
+    # Q has no IIV: Q_i / Q_j = (WT_i / WT_j)^0.6 with CL's exponent; the ETAs are 0 at the initial point
+    np.testing.assert_allclose(q / q[0], (wt / wt[0]) ** 0.6, rtol=1e-10)
+    np.testing.assert_allclose(cl / cl[0], (wt / wt[0]) ** 0.6, rtol=1e-10)
+
+
+@pytest.mark.parametrize("change, match", [
+    (("shared_with = \"CL\"", "shared_with = \"V\""), r"needs an effect of WT on V"),
+    (("reference = 2.0\nshared_with", "reference = 2.0\nprior = { dist = \"normal\", mu = 0, sigma = 1 }\nshared_with"),
+     r"give 'prior' or 'fixed' there, not here"),
+    (("type = \"power\"\nreference = 2.0", "type = \"linear\"\nreference = 2.0"),
+     r"that effect is power, this one linear"),
+    (("prior = { dist = \"normal\", mu = 0.75, sigma = 0.2 }", "fixed = 0.75"), r"write fixed = 0.75 here"),
+    (("type = \"power\"\nreference = 2.0", "type = \"categorical\"\nreference = 2.0"),
+     r"shared_with is for power, exponential and linear effects"),
+])
+def test_shared_theta_errors_name_the_effect(change, match):
+    from bayesnlme.errors import SpecError
+
+    with pytest.raises(SpecError, match=r"WT_on_Q.*" + match):
+        ModelSpec.from_toml_text(_SHARED.replace(*change))

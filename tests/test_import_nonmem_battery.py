@@ -3,7 +3,7 @@
 Each stream is in NM-TRAN's own syntax on a bundled data set written NONMEM-style (header skipped by
 ``IGNORE=@`` or ``IGNORE=#``, records filtered by ``IGNORE=(...)``/``ACCEPT=(...)``).  For each one the
 translation is compared with what the control stream says (structural model, parameters, covariate
-forms and references, IIV, residual, priors centred on the initial values, fixed values), and for 25
+forms and references, IIV, residual, priors centred on the initial values, fixed values), and for 26
 of them the imported spec's IPRED and residual SD are compared, record by record, with the control
 stream's own equations evaluated directly: individual parameters from its $PK written in numpy, the
 amounts by the matrix exponential of the ADVAN's compartment matrix (TRANS3/5/6: its rate constants by NONMEM's
@@ -293,6 +293,26 @@ Y = IPRED + W*EPS(1)
 $THETA (0, 0.13) (0, 7) (0, 0.5) (0, 3) (0, 1.2) (0, 200) (0, 0.1)
 $OMEGA 0.1 0.02 0.5
 $SIGMA 1 FIX
+"""
+STREAMS["warf_shared_allometry"] = """$PROBLEM Warfarin 2-cmt oral, estimated allometric exponents (CL and Q; V2 and V3)
+$INPUT ID TIME DV AMT EVID MDV DVID CMT WT AGE SEX CRCL
+$DATA ../warf.csv IGNORE=@ IGNORE=(DVID.EQ.2)
+$SUBROUTINE ADVAN4 TRANS4
+$PK
+ASCL = (WT/70)**THETA(6)   ; clearances
+ASV  = (WT/70)**THETA(7)   ; volumes
+CL = THETA(1)*ASCL*EXP(ETA(1))
+V2 = THETA(2)*ASV*EXP(ETA(2))
+Q  = THETA(3)*ASCL
+V3 = THETA(4)*ASV
+KA = THETA(5)*EXP(ETA(3))
+S2 = V2
+$ERROR
+IPRED = F
+Y = IPRED*(1 + EPS(1))
+$THETA (0, 0.13) (0, 7) (0, 0.5) (0, 3) (0, 1.2) (0, 0.75, 2) (0, 1, 2)
+$OMEGA 0.1 0.02 0.5
+$SIGMA 0.04
 """
 STREAMS["warf_advan12"] = """$PROBLEM Warfarin 3-cmt oral (ADVAN12 TRANS4), fixed THETAs, OMEGA and SIGMA
 $INPUT ID TIME DV AMT EVID MDV DVID CMT WT AGE SEX CRCL
@@ -661,6 +681,12 @@ EXPECTED = {
         "V2": ("none", 3.0, None), "KA": (LN, 1.2, math.sqrt(0.5))},
         effects={("CL", "WT"): ("power", 70, ("FIX", 0.75)), ("V", "WT"): ("power", 70, ("FIX", 1.0))},
         residual=("combined", {"sigma_add": 200.0, "sigma_prop": 0.1}), dose_scale=1000.0),
+    "warf_shared_allometry": dict(structural="2cmt_oral", parameters={
+        "CL": (LN, 0.13, math.sqrt(0.1)), "V": (LN, 7.0, math.sqrt(0.02)), "Q": ("none", 0.5, None),
+        "V2": ("none", 3.0, None), "KA": (LN, 1.2, math.sqrt(0.5))},
+        effects={("CL", "WT"): ("power", 70, 0.75), ("V", "WT"): ("power", 70, 1.0),
+                 ("Q", "WT"): ("power", 70, ("shared", "CL")), ("V2", "WT"): ("power", 70, ("shared", "V"))},
+        residual=("proportional", {"sigma_prop": 0.2})),
     "warf_advan12": dict(structural="3cmt_oral", parameters={
         "CL": (LN, 0.13, math.sqrt(0.1)), "V": (LN, 7.0, ("FIX", math.sqrt(0.1))), "Q": ("none", 0.5, None),
         "V2": ("none", 3.0, None), "Q3": ("none", ("FIX", 0.1), None), "V3": ("none", ("FIX", 1.5), None),
@@ -789,7 +815,8 @@ def _summary(res) -> dict:
     out = dict(structural=spec.structural.name,
                parameters={p: (par.iiv, _value(par.prior, par.fixed), _omega(par))
                            for p, par in spec.parameters.items()},
-               effects={(c.parameter, c.covariate): (c.kind, c.reference, _value(c.prior, c.fixed))
+               effects={(c.parameter, c.covariate): (c.kind, c.reference, ("shared", c.shared_with) if c.shared_with
+                                                      else _value(c.prior, c.fixed))
                         for c in spec.covariates},
                residual=(spec.residual.kind, {k: _sigma(v) for k, v in spec.residual.priors.items()}))
     if spec.omega_blocks:
@@ -946,6 +973,12 @@ def _theo_lower(r, e):
                 S=None)
 
 
+def _warf_shared_allometry(r, e):
+    w = r.WT / 70
+    return dict(CL=0.13 * w**0.75 * math.exp(e[0]), V2=7 * w * math.exp(e[1]), Q=0.5 * w**0.75, V3=3 * w,
+                KA=1.2 * math.exp(e[2]), S=None)
+
+
 def _warf_advan12(r, e):
     return dict(CL=0.13 * math.exp(e[0]), V2=7 * math.exp(e[1]), Q3=0.5, V3=3.0, Q4=0.1, V4=1.5, KA=1.2, S=None)
 
@@ -1006,6 +1039,8 @@ NUMERIC = {
     "indo_advan11_log": (11, lambda: _indo(), _indo_advan11, {"CL": 1, "V": 2}, lambda f: np.full_like(f, 0.2)),
     "warf_advan4_s2": (4, lambda: _warf(1000.0).query("DVID != 2"), _warf_advan4, {"CL": 1, "V": 2, "KA": 3},
                        lambda f: np.sqrt(200.0**2 + 0.1**2 * f**2)),
+    "warf_shared_allometry": (4, lambda: _warf().query("DVID != 2"), _warf_shared_allometry,
+                              {"CL": 1, "V": 2, "KA": 3}, lambda f: 0.2 * f),
     "warf_advan12": (12, lambda: _warf().query("DVID != 2"), _warf_advan12, {"CL": 1, "V": 2},
                      lambda f: 0.2 * f),
     "theo_logtheta": (2, lambda: _theo(), _theo_logtheta, {"CL": 1, "V": 2}, lambda f: 0.1 * f),
@@ -1173,6 +1208,16 @@ $SIGMA 0.25
     other_amount.write_text(STREAMS["theo_abbr"].replace("IPRED = A(2)/V", "IPRED = A(1)/V"))
     with pytest.raises(NonmemImportError, match=r"line 15 `IPRED = A\(1\)/V`: Y uses A_DEPOT"):
         import_nonmem(other_amount)
+    two_typical = streams / "warf_two_typical.mod"   # one THETA in two typical values: not a shared effect
+    two_typical.write_text(STREAMS["warf_shared_allometry"].replace("V3 = THETA(4)*ASV", "V3 = THETA(2)*ASV"))
+    with pytest.raises(NonmemImportError, match=r"line 11 `V3 = THETA\(2\)\*ASV`: THETA\(2\) is used by V and V2, "
+                                                r"not as one effect of one covariate"):
+        import_nonmem(two_typical)
+    other_covariate = streams / "warf_shared_age.mod"   # one THETA as the exponent of WT and of AGE
+    other_covariate.write_text(STREAMS["warf_shared_allometry"].replace("Q  = THETA(3)*ASCL",
+                                                                        "Q  = THETA(3)*(AGE/40)**THETA(6)"))
+    with pytest.raises(NonmemImportError, match=r"THETA\(6\) is used by CL and Q, not as one effect"):
+        import_nonmem(other_covariate)
 
 
 def test_cli_says_the_doses_carry_the_scale(streams, tmp_path, capsys):

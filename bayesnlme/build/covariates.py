@@ -73,10 +73,13 @@ def covariate_log_factors(spec: ModelSpec, data: NMData, init: dict) -> tuple[di
     """
     by_subject, by_obs = {}, {}
     shrink = Horseshoe(spec.shrinkage, init) if spec.shrinkage is not None else None
-    for eff in spec.covariates:
-        thetas = [(shrink.effect(n, eff.prior) if shrink is not None else estimate(n, eff.prior, f, init))
-                  if f is None else pt.as_tensor_variable(float(f))
-                  for n, f in zip(eff.effect_names(), eff.fixed_values())]
+    made = {}   # theta name -> its variable, for the effects that share one (shared_with)
+    for eff in sorted(spec.covariates, key=lambda e: e.shared_with is not None):
+        if eff.shared_with is None:
+            for n, f in zip(eff.effect_names(), eff.fixed_values()):
+                made[n] = ((shrink.effect(n, eff.prior) if shrink is not None else estimate(n, eff.prior, f, init))
+                           if f is None else pt.as_tensor_variable(float(f)))
+        thetas = [made[n] for n in eff.effect_names()]
         if eff.time_varying:
             x, out = data.observation_covariates([eff.covariate])[eff.covariate].to_numpy(), by_obs
         else:

@@ -128,7 +128,10 @@ def _effect(t, bn, e, used):
     entry = {"parameter": bn, "covariate": cov, "type": e.kind, "reference": e.reference}
     if e.kind == "categorical":
         t.derived[cov] = e.condition
-    if e.theta and e.denominator:   # a THETA per IF branch: the ratio of the two
+    if e.shared_with:   # the THETA of the same covariate's effect on another parameter
+        entry["shared_with"] = e.shared_with
+        src = f"{_name(t, e.theta)}, shared with {e.shared_with} (one theta, {cov}_on_{e.shared_with})"
+    elif e.theta and e.denominator:   # a THETA per IF branch: the ratio of the two
         v = pri.ratio(t.values[e.theta], t.values[e.denominator])
         used.update((e.theta, e.denominator))
         entry.update(pri.effect(v, e.kind, e.transform))

@@ -26,8 +26,10 @@ NONMEM                                            bayesnlme
                                                    theta = log(THETA(n)) (the log ratio if 0/1)
 ================================================  ==============================================
 
-Anything else (a THETA shared by two parameters, a condition on TIME, an ETA entering another way)
-is returned as a problem for the caller to list by control-stream line; nothing is approximated.
+A THETA that is one covariate's effect on two parameters (``(WT/70)**THETA(5)`` on CL and Q) is one
+shared effect (``shared_with``).  Anything else (a THETA in two typical values, a condition on TIME,
+an ETA entering another way) is returned as a problem for the caller to list by control-stream line;
+nothing is approximated.
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ class Effect:
     transform: str = "identity"
     condition: tuple | None = None   # categorical: (column, op, value) of the derived 0/1 column
     denominator: str | None = None   # a THETA for each branch: the ratio is theta / denominator
+    shared_with: str | None = None   # the THETA is this parameter's effect of the same covariate (one exponent)
 
 
 @dataclass

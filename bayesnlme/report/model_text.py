@@ -101,7 +101,8 @@ def covariate_table(spec: ModelSpec) -> pd.DataFrame:
     for eff in spec.covariates:
         rows.append({"parameter": eff.parameter, "covariate": eff.covariate, "kind": eff.kind,
                      "reference": _num(eff.reference), "effect": ", ".join(eff.effect_names()),
-                     "prior": prior_text(eff.prior, eff.fixed),
+                     "prior": (f"shared with {eff.covariate}_on_{eff.shared_with}" if eff.shared_with
+                               else prior_text(eff.prior, eff.fixed)),
                      "levels": ", ".join(str(v) for v in eff.levels)})
     return pd.DataFrame(rows)
 

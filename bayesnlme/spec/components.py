@@ -106,6 +106,11 @@ class CovariateEffect:
     ``<COV>_<level>_on_<P>``).  A covariate that changes within a subject is used
     at each observation (time-varying) unless ``time_varying = false``; the
     baseline (first) value is used otherwise.
+
+    ``shared_with = "CL"`` (power, exponential and linear effects) uses the theta of the
+    same covariate's effect of the same kind on ``CL`` instead of one of its own: one
+    allometric exponent for CL and Q (NONMEM: one THETA in both), reported once as
+    ``WT_on_CL``.  The reference is the effect's own.
     """
     parameter: str
     covariate: str
@@ -117,9 +122,12 @@ class CovariateEffect:
     knot: float | None = None
     fixed_above: float | None = None
     time_varying: bool | None = None
+    shared_with: str | None = None
 
     def effect_names(self) -> list[str]:
         """Names of the effect's thetas (estimated or fixed), in the order the factor uses them."""
+        if self.shared_with is not None:
+            return [f"{self.covariate}_on_{self.shared_with}"]
         if self.kind == "categorical":
             return [f"{self.covariate}_{_level_label(v)}_on_{self.parameter}" for v in self.levels]
         if self.kind == "piecewise":
@@ -135,7 +143,9 @@ class CovariateEffect:
         return [self.fixed]
 
     def estimated_names(self) -> list[str]:
-        """The effect's thetas that are sampled (reported in the summary)."""
+        """The effect's thetas that are sampled (reported in the summary); none for a shared one."""
+        if self.shared_with is not None:
+            return []
         return [n for n, f in zip(self.effect_names(), self.fixed_values()) if f is None]
 
     def to_dict(self) -> dict:
@@ -151,6 +161,8 @@ class CovariateEffect:
             d["fixed_above"] = self.fixed_above
         if self.time_varying is not None:
             d["time_varying"] = self.time_varying
+        if self.shared_with is not None:
+            d["shared_with"] = self.shared_with
         return d
 
 
@@ -277,7 +289,7 @@ def residual_from_dict(d, source="spec"):
 def covariate_from_dict(d, source):
     where = f"{source}: covariate effect"
     check_keys(d, ("parameter", "covariate", "type", "reference", "prior", "fixed", "knot",
-                    "fixed_above", "time_varying"), where)
+                    "fixed_above", "time_varying", "shared_with"), where)
     for k in ("parameter", "covariate", "type", "reference"):
         if k not in d:
             raise SpecError(f"{where} {d.get('covariate', '?')}_on_{d.get('parameter', '?')}: missing '{k}'")
@@ -305,6 +317,18 @@ def covariate_from_dict(d, source):
     tv = d.get("time_varying")
     if tv is not None and not isinstance(tv, bool):
         raise SpecError(f"{where}, time_varying: must be true or false, got {tv!r}")
+    shared = d.get("shared_with")
+    if shared is not None:
+        if not isinstance(shared, str) or not shared:
+            raise SpecError(f"{where}, shared_with: must be a parameter name, got {shared!r}")
+        if kind not in ("power", "exponential", "linear"):
+            raise SpecError(f"{where}: shared_with is for power, exponential and linear effects (one theta), "
+                            f"not {kind}")
+        if "prior" in d or "fixed" in d:
+            raise SpecError(f"{where}: a shared effect takes its theta from {d['covariate']}_on_{shared}; give "
+                            f"'prior' or 'fixed' there, not here")
+        return CovariateEffect(parameter=d["parameter"], covariate=d["covariate"], kind=kind, reference=ref,
+                               time_varying=tv, shared_with=shared)
     all_fixed = fixed is not None and (kind != "piecewise" or fixed_above is not None)
     prior = Prior.from_dict(d["prior"], f"{where}, prior") if "prior" in d else (
         None if all_fixed else DEFAULT_COV_PRIOR)

@@ -382,8 +382,25 @@ def _validate_spec(spec: ModelSpec) -> None:
         if key in names:
             raise SpecError(f"covariate effect {eff.covariate}_on_{eff.parameter} is given twice")
         names.add(key)
+        if eff.shared_with is not None:
+            _check_shared(eff, spec.covariates)
     if spec.mixture is not None:
         check_mixture(spec.mixture, spec.parameters)
+
+
+def _check_shared(eff, effects) -> None:
+    """``shared_with``: an estimated effect of the same covariate and kind on another parameter, not shared."""
+    where = f"covariate effect {eff.covariate}_on_{eff.parameter}, shared_with = {eff.shared_with!r}"
+    owner = [e for e in effects if e.parameter == eff.shared_with and e.covariate == eff.covariate]
+    if eff.shared_with == eff.parameter or not owner:
+        raise SpecError(f"{where}: needs an effect of {eff.covariate} on {eff.shared_with} (its theta is shared)")
+    owner = owner[0]
+    if owner.shared_with is not None:
+        raise SpecError(f"{where}: that effect is itself shared (with {owner.shared_with}); name that one")
+    if owner.kind != eff.kind:
+        raise SpecError(f"{where}: that effect is {owner.kind}, this one {eff.kind}; a shared theta needs one kind")
+    if owner.fixed is not None:
+        raise SpecError(f"{where}: that effect is fixed ({owner.fixed:g}); write fixed = {owner.fixed:g} here")
 
 
 def _bind_mixture_covariate(column: str, data) -> None:
