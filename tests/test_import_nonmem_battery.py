@@ -3,7 +3,7 @@
 Each stream is in NM-TRAN's own syntax on a bundled data set written NONMEM-style (header skipped by
 ``IGNORE=@`` or ``IGNORE=#``, records filtered by ``IGNORE=(...)``/``ACCEPT=(...)``).  For each one the
 translation is compared with what the control stream says (structural model, parameters, covariate
-forms and references, IIV, residual, priors centred on the initial values, fixed values), and for 26
+forms and references, IIV, residual, priors centred on the initial values, fixed values), and for 27
 of them the imported spec's IPRED and residual SD are compared, record by record, with the control
 stream's own equations evaluated directly: individual parameters from its $PK written in numpy, the
 amounts by the matrix exponential of the ADVAN's compartment matrix (TRANS3/5/6: its rate constants by NONMEM's
@@ -312,6 +312,24 @@ IPRED = F
 Y = IPRED*(1 + EPS(1))
 $THETA (0, 0.13) (0, 7) (0, 0.5) (0, 3) (0, 1.2) (0, 0.75, 2) (0, 1, 2)
 $OMEGA 0.1 0.02 0.5
+$SIGMA 0.04
+"""
+STREAMS["warf_min_max"] = """$PROBLEM Warfarin 1-cmt oral, CRCL capped with MIN/MAX (NM-TRAN functions Pharmpy does not parse)
+$INPUT ID TIME DV AMT EVID MDV DVID CMT WT AGE SEX CRCL
+$DATA ../warf.csv IGNORE=@ IGNORE=(DVID.EQ.2)
+$SUBROUTINE ADVAN2 TRANS2
+$PK
+CRCLC = MIN(MAX(CRCL, 60), 150)   ; capped
+TVCL = THETA(1)*(CRCLC/100)**THETA(4)
+CL = TVCL*EXP(ETA(1))
+V = THETA(2)*EXP(ETA(2))
+KA = THETA(3)
+S2 = V
+$ERROR
+IPRED = MAX(F, 1E-8)
+Y = IPRED*(1 + EPS(1))
+$THETA (0, 0.13) (0, 8) (0, 1.2) (0, 0.5)
+$OMEGA 0.1 0.02
 $SIGMA 0.04
 """
 STREAMS["warf_advan12"] = """$PROBLEM Warfarin 3-cmt oral (ADVAN12 TRANS4), fixed THETAs, OMEGA and SIGMA
@@ -687,6 +705,9 @@ EXPECTED = {
         effects={("CL", "WT"): ("power", 70, 0.75), ("V", "WT"): ("power", 70, 1.0),
                  ("Q", "WT"): ("power", 70, ("shared", "CL")), ("V2", "WT"): ("power", 70, ("shared", "V"))},
         residual=("proportional", {"sigma_prop": 0.2})),
+    "warf_min_max": dict(structural="1cmt_oral", parameters={
+        "CL": (LN, 0.13, math.sqrt(0.1)), "V": (LN, 8.0, math.sqrt(0.02)), "KA": ("none", 1.2, None)},
+        effects={("CL", "CRCLC"): ("power", 100, 0.5)}, residual=("proportional", {"sigma_prop": 0.2})),
     "warf_advan12": dict(structural="3cmt_oral", parameters={
         "CL": (LN, 0.13, math.sqrt(0.1)), "V": (LN, 7.0, ("FIX", math.sqrt(0.1))), "Q": ("none", 0.5, None),
         "V2": ("none", 3.0, None), "Q3": ("none", ("FIX", 0.1), None), "V3": ("none", ("FIX", 1.5), None),
@@ -843,7 +864,7 @@ def test_stream_translates_as_written(imported, name):
         k: v for k, v in spec.items() if not isinstance(v, float)}
     # $EST / $COV / $TABLE: left out quietly, each with its line; no record is left out otherwise
     records = [i for i in res.notes if i.text.startswith("$")]
-    assert all(i.text.split()[0] in ("$EST", "$ESTIMATION", "$COV", "$COVARIANCE", "$TABLE") for i in records)
+    assert all(i.text.split()[0].upper() in ("$EST", "$ESTIMATION", "$COV", "$COVARIANCE", "$TABLE") for i in records)
     assert all("not part of the model" in i.reason and i.line for i in records)
 
 
@@ -864,6 +885,10 @@ def test_notes_and_data_mapping(imported):
         assert len(imported[name].data) == len(pk) and set(imported[name].data["DVIDNM"]) == {0, 1}
     assert imported["warf_lag_f"].derived == {"SEXEQ1": "SEX.EQ.1"}
     assert "TRANS1 rate constants -> the $PK's own CL, V (K = CL/V ...)" in imported["pheno_trans1"].mapped
+    # MIN/MAX: a computed covariate (capped as NONMEM caps it), a guard quoted as written, at its line
+    capped = imported["warf_min_max"]
+    np.testing.assert_allclose(capped.data["CRCLC"], np.clip(capped.data["CRCL"], 60, 150))
+    assert {(i.line, i.text) for i in capped.notes if "guard" in i.reason} == {(13, "IPRED = MAX(F, 1E-8)")}
     assert imported["theo_abbr"].data["TIME"].max() < 20   # ACCEPT=(TIME.LT.20)
     # S2 = V/1000: the doses, not the parameters, carry the factor; the TOML says so
     s2 = imported["theo_s2_ngml"]
@@ -979,6 +1004,11 @@ def _warf_shared_allometry(r, e):
                 KA=1.2 * math.exp(e[2]), S=None)
 
 
+def _warf_min_max(r, e):
+    crcl = min(max(r.CRCL, 60.0), 150.0)
+    return dict(CL=0.13 * (crcl / 100) ** 0.5 * math.exp(e[0]), V=8 * math.exp(e[1]), KA=1.2, S=None)
+
+
 def _warf_advan12(r, e):
     return dict(CL=0.13 * math.exp(e[0]), V2=7 * math.exp(e[1]), Q3=0.5, V3=3.0, Q4=0.1, V4=1.5, KA=1.2, S=None)
 
@@ -1041,6 +1071,7 @@ NUMERIC = {
                        lambda f: np.sqrt(200.0**2 + 0.1**2 * f**2)),
     "warf_shared_allometry": (4, lambda: _warf().query("DVID != 2"), _warf_shared_allometry,
                               {"CL": 1, "V": 2, "KA": 3}, lambda f: 0.2 * f),
+    "warf_min_max": (2, lambda: _warf().query("DVID != 2"), _warf_min_max, {"CL": 1, "V": 2}, lambda f: 0.2 * f),
     "warf_advan12": (12, lambda: _warf().query("DVID != 2"), _warf_advan12, {"CL": 1, "V": 2},
                      lambda f: 0.2 * f),
     "theo_logtheta": (2, lambda: _theo(), _theo_logtheta, {"CL": 1, "V": 2}, lambda f: 0.1 * f),

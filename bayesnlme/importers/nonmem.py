@@ -97,13 +97,15 @@ _DATA_FILE = re.compile(r"(\$DATA\s+)(\"[^\"]*\"|'[^']*'|\S+)", re.IGNORECASE)
 def _parse(path, data, read_model, read_model_from_string):
     text = path.read_text()
     lower = needs_upper_case(text)
-    if data is None and not lower:
+    min_max = min_max_code(text) != text
+    if data is None and not lower and not min_max:
         return read_model(str(path))
     if data is None:   # $DATA relative to the control stream, as NONMEM reads it
         found = _DATA_FILE.search(text)
         data = path.parent / found.group(2).strip("\"'") if found else None
     if lower:
         text = upper_case_code(text)
+    text = min_max_code(text)
     if data is not None:   # the data file named on $DATA replaced by the (absolute) one to read
         text = _DATA_FILE.sub(lambda m: m.group(1) + str(Path(data).resolve()), text, count=1)
     return read_model_from_string(text)
@@ -131,6 +133,55 @@ def upper_case_code(text: str) -> str:
         code, sep, comment = line.partition(";")
         out.append(code.upper() + sep + comment)
     return "".join(out)
+
+
+_MIN_MAX = re.compile(r"(?<![A-Z0-9_])(MIN|MAX)\s*\(", re.IGNORECASE)
+
+
+def min_max_code(text: str) -> str:
+    """The control stream with NM-TRAN's two-argument ``MIN(a,b)``/``MAX(a,b)`` written with ``ABS``.
+
+    Pharmpy's grammar has no ``MIN``/``MAX``; ``MIN(a,b) = ((a)+(b)-ABS((a)-(b)))/2`` and ``MAX(a,b) =
+    ((a)+(b)+ABS((a)-(b)))/2`` are the same numbers, on the same line (line numbers are kept; messages quote
+    the line as written).  Innermost first, so ``MIN(MAX(CRCL,10),150)`` works.  Comments are left alone.
+
+    Examples
+    --------
+    >>> min_max_code("WTC = MIN(WT, 100) ; capped\n")
+    'WTC = ((WT)+(100)-ABS((WT)-(100)))/2 ; capped\n'
+    """
+    out = []
+    for line in text.splitlines(keepends=True):
+        code, sep, comment = line.partition(";")
+        while True:
+            calls = [m for m in _MIN_MAX.finditer(code) if _args(code, m.end()) is not None]
+            inner = [m for m in calls if not _MIN_MAX.search(code[m.end():_args(code, m.end())[1]])]
+            if not inner:
+                break
+            m = inner[0]
+            (a, b), end = _args(code, m.end())
+            sign = "-" if m.group(1).upper() == "MIN" else "+"
+            code = code[:m.start()] + f"(({a})+({b}){sign}ABS(({a})-({b})))/2" + code[end:]
+        out.append(code + sep + comment)
+    return "".join(out)
+
+
+def _args(code: str, start: int):
+    """``([a, b], end)``: the two top-level arguments of a call whose ``(`` ends at ``start``; else None."""
+    depth, parts, begin = 0, [], start
+    for i in range(start, len(code)):
+        ch = code[i]
+        if ch == "(":
+            depth += 1
+        elif ch == ")" and depth:
+            depth -= 1
+        elif ch == ")":
+            parts.append(code[begin:i].strip())
+            return (parts, i + 1) if len(parts) == 2 and all(parts) else None
+        elif ch == "," and not depth:
+            parts.append(code[begin:i].strip())
+            begin = i + 1
+    return None
 
 
 def _values(model, path, priors, ext) -> dict:

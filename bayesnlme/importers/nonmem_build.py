@@ -166,7 +166,7 @@ class Translation:
         before = [s for s in self.model.statements.before_odes if hasattr(s, "symbol")]
         reserved = set(names) | {"V", "K"} | {k for ks in TRANS1.values() for k in ks}
         for i, s in enumerate(before):
-            sym, expr = sympy.Symbol(str(s.symbol)), sympy.sympify(s.expression).xreplace(self.abbr)
+            sym, expr = sympy.Symbol(str(s.symbol)), without_abs(sympy.sympify(s.expression).xreplace(self.abbr))
             self.pk.append((sym, expr))
             deps = {("PK", i)}.union(*[self.deps.get(x, set()) for x in expr.free_symbols])
             full = expr.xreplace({k: v for k, v in self.env.items() if k in expr.free_symbols})
@@ -353,7 +353,8 @@ class Translation:
             after = after[1:]
         self.err, env, deps, self.censoring = [], dict(self.env), dict(self.deps), None
         for i, s in enumerate(after):
-            sym, expr = sympy.Symbol(str(s.symbol)), sympy.sympify(s.expression).xreplace(amount).xreplace(self.abbr)
+            sym = sympy.Symbol(str(s.symbol))
+            expr = without_abs(sympy.sympify(s.expression).xreplace(amount).xreplace(self.abbr))
             self.err.append((sym, expr))
             deps[sym] = {("ERROR", i)}.union(*[deps.get(x, set()) for x in expr.free_symbols if x != f])
             env[sym] = expr.xreplace({k: w for k, w in env.items() if k in expr.free_symbols and k != f})
@@ -475,6 +476,14 @@ class Translation:
                 self.fail(self._assignment(self.layout.parameter_nonmem, f"occasions: {problem}; bayesnlme "
                                            f"gives each observation the KAPPA of one occasion"))
         return out
+
+
+def without_abs(expr):
+    """``ABS(x)`` as ``IF (x.GE.0) THEN x ELSE -x``, folded into the expression around it: ``MAX(F, 1E-8)``
+    (written ``((F)+(1E-8)+ABS((F)-(1E-8)))/2`` for Pharmpy) becomes the guard ``F if F >= 1E-8 else 1E-8``."""
+    if not expr.has(sympy.Abs):
+        return expr
+    return sympy.piecewise_fold(expr.replace(sympy.Abs, lambda x: sympy.Piecewise((x, x >= 0), (-x, True))))
 
 
 def _computed_covariate(expr, columns: set) -> bool:

@@ -92,7 +92,10 @@ class Lines:
     """Line numbers and texts of a control stream's records and $PK/$ERROR statements."""
 
     def __init__(self, control_stream, path: Path):
-        self.text = path.read_text() if path.is_file() else ""
+        # lines are counted in the text Pharmpy parsed (upper-cased, MIN/MAX written with ABS: the same
+        # lines) and quoted from the file as written
+        self.text = str(control_stream)
+        self.written = path.read_text().splitlines() if path.is_file() else []
         self.starts, self.code = {}, {}
         offset = 0
         for rec in control_stream.records:
@@ -104,11 +107,20 @@ class Lines:
     def _line_at(self, offset: int) -> int:
         return self.text.count("\n", 0, offset) + 1
 
+    def _as_written(self, line: int, parsed: str) -> str:
+        """The file's own text of the lines that ``parsed`` (starting at ``line``) was read from."""
+        n = parsed.strip().count("\n") + 1
+        if self.written and 1 <= line and line + n - 1 <= len(self.written):
+            return _one_line("\n".join(self.written[line - 1:line - 1 + n]))
+        return _one_line(parsed)
+
     def record(self, rec, reason: str) -> Item:
         """An item for a whole record: its first line."""
         start = self.starts.get(id(rec), 0)
-        first = str(rec).strip().splitlines()[0] if str(rec).strip() else f"${rec.name}"
-        return Item(self._line_at(start) if self.text else None, _one_line(first), reason)
+        body = str(rec)
+        first = body.strip().splitlines()[0] if body.strip() else f"${rec.name}"
+        line = self._line_at(start + len(body) - len(body.lstrip())) if self.text else None
+        return Item(line, self._as_written(line, first) if line else _one_line(first), reason)
 
     def _statements(self, rec) -> list:
         """(line, text) of each statement of a code record, in Pharmpy's statement order."""
@@ -123,7 +135,8 @@ class Lines:
                 chunk = "".join(children[ni:nj])
                 lead = len(chunk) - len(chunk.lstrip())
                 for _ in range(si, sj):
-                    out.append((self._line_at(base + offsets[ni] + lead), _one_line(chunk)))
+                    line = self._line_at(base + offsets[ni] + lead)
+                    out.append((line, self._as_written(line, chunk)))
         except (AttributeError, TypeError, ValueError):
             out = []
         if len(out) != len(rec.statements):   # fall back on the assigned name
@@ -136,7 +149,8 @@ class Lines:
         m = re.search(rf"^[^;\n]*\b{re.escape(name)}\s*=.*$", body, flags=re.MULTILINE) if name else None
         if m is None:
             return None, f"{name} = ..."
-        return self._line_at(self.starts.get(id(rec), 0) + m.start()), _one_line(m.group(0))
+        line = self._line_at(self.starts.get(id(rec), 0) + m.start())
+        return line, self._as_written(line, m.group(0))
 
     def statement(self, record: str, index: int, reason: str) -> Item:
         """An item for statement ``index`` of $PK (``record="PK"``) or $ERROR."""
