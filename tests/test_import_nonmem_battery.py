@@ -314,7 +314,7 @@ $THETA (0, 0.13) (0, 7) (0, 0.5) (0, 3) (0, 1.2) (0, 0.75, 2) (0, 1, 2)
 $OMEGA 0.1 0.02 0.5
 $SIGMA 0.04
 """
-STREAMS["warf_min_max"] = """$PROBLEM Warfarin 1-cmt oral, CRCL capped with MIN/MAX (NM-TRAN functions Pharmpy does not parse)
+STREAMS["warf_min_max"] = """$PROBLEM Warfarin 1-cmt oral, CRCL capped with MIN/MAX (NM-TRAN, not parsed by Pharmpy)
 $INPUT ID TIME DV AMT EVID MDV DVID CMT WT AGE SEX CRCL
 $DATA ../warf.csv IGNORE=@ IGNORE=(DVID.EQ.2)
 $SUBROUTINE ADVAN2 TRANS2
