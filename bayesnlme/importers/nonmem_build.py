@@ -24,6 +24,7 @@ from bayesnlme.importers.nonmem_pk import (
     SPECIAL,
     TRANS1,
     Untranslatable,
+    claim_thetas,
     decompose,
     trans1_expressions,
 )
@@ -279,7 +280,7 @@ class Translation:
                                          f"{'no IIV' if pm.iiv == 'none' else pm.iiv + ' IIV'}: bayesnlme's IOV is "
                                          f"P = TV*exp(ETA + KAPPA), a log-normal parameter with IIV",
                                          occasions.indicators)
-                self._claim_thetas(bn, pm, used_thetas)
+                claim_thetas(bn, pm, used_thetas, self.nm)
                 for eta in [pm.eta] * bool(pm.eta) + list(occasions.indicators if occasions else ()):
                     if eta in used_etas:
                         raise Untranslatable(f"{eta} is shared by {used_etas[eta]} and {bn}", {eta})
@@ -293,25 +294,6 @@ class Translation:
                 else:
                     self.fail(self._locate("PK", self.deps[sym], exc.symbols, exc.reason))
         return params
-
-    def _claim_thetas(self, bn: str, pm, used: dict) -> None:
-        """Record which parameter uses each THETA (``used``: THETA -> (parameter, effect or None)).
-
-        A THETA that is the same effect of the same covariate on an earlier parameter (one allometric
-        exponent for CL and Q) makes this effect ``shared_with`` that parameter; any other reuse is refused.
-        """
-        for t, e in [(pm.theta, None)] * bool(pm.theta) + [(e.theta, e) for e in pm.effects if e.theta]:
-            if t in used:
-                owner, first = used[t]
-                if (e is None or first is None or (e.covariate, e.kind) != (first.covariate, first.kind)
-                        or e.kind not in ("power", "exponential", "linear") or e.transform != "identity"
-                        or first.transform != "identity" or e.denominator or first.denominator):
-                    raise Untranslatable(f"{self.nm[t]} is used by {owner} and {bn}, not as one effect of one "
-                                         f"covariate (bayesnlme shares a power, exponential or linear effect's "
-                                         f"theta: shared_with)", {t})
-                e.shared_with = owner
-            else:
-                used[t] = (bn, e)
 
     def _eta_names(self) -> set:
         return set(self.model.random_variables.etas.names)

@@ -194,6 +194,27 @@ def decompose(name: str, expr, thetas: set, etas: set, columns: set) -> Paramete
     return pm
 
 
+def claim_thetas(bn: str, pm: ParameterModel, used: dict, nm: dict) -> None:
+    """Record which parameter uses each THETA (``used``: THETA -> (parameter, effect or None); ``nm``:
+    Pharmpy name -> NONMEM name).
+
+    A THETA that is the same effect of the same covariate on an earlier parameter (one allometric
+    exponent for CL and Q) makes this effect ``shared_with`` that parameter; any other reuse is refused.
+    """
+    for t, e in [(pm.theta, None)] * bool(pm.theta) + [(e.theta, e) for e in pm.effects if e.theta]:
+        if t not in used:
+            used[t] = (bn, e)
+            continue
+        owner, first = used[t]
+        if (e is None or first is None or (e.covariate, e.kind) != (first.covariate, first.kind)
+                or e.kind not in ("power", "exponential", "linear") or e.transform != "identity"
+                or first.transform != "identity" or e.denominator or first.denominator):
+            raise Untranslatable(f"{nm[t]} is used by {owner} and {bn}, not as one effect of one covariate "
+                                 f"(bayesnlme shares a power, exponential or linear effect's theta: shared_with)",
+                                 {t})
+        e.shared_with = owner
+
+
 def _without_exp_eta(expr, eta):
     """``expr / exp(eta)`` when ``expr`` is ``TV * exp(... + eta)`` (MU referencing included), else None."""
     rest, found = [], False
