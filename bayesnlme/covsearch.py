@@ -11,11 +11,10 @@ new subjects instead of likelihood-ratio tests:
 3. **Forward inclusion.** Each step fits the current model plus each remaining candidate, in
    parallel on the many-fits runner (:mod:`bayesnlme.runner`), and computes every subject's
    leave-one-subject-out ELPD from the integrated likelihood (random effects integrated out,
-   :func:`bayesnlme.evaluate.subject_loo.integrated_subject_loo`).  ``elpd_diff`` is the candidate's
-   ELPD minus the current model's, summed over subjects; ``dse`` is the SE of the paired per-subject
-   differences, ``sqrt(n var(d_i))`` (the SE ``arviz.compare`` reports); ``p_effect`` is the
-   effect's two-sided posterior tail probability ``2 min(P(theta > 0), P(theta < 0))`` (the smallest
-   over the levels of a categorical covariate) -- the Bayesian counterpart of a Wald test.
+   :func:`bayesnlme.evaluate.subject_loo.integrated_subject_loo`).  ``elpd_diff``: the candidate's ELPD
+   minus the current model's, summed over subjects; ``dse``: the SE of the paired per-subject differences,
+   ``sqrt(n var(d_i))`` (as ``arviz.compare``); ``p_effect``: the effect's two-sided posterior tail
+   probability ``2 min(P(theta > 0), P(theta < 0))`` (smallest over a categorical covariate's levels).
    Of the candidates that pass the rule, the one with the largest ``elpd_diff`` is included.
 4. **Backward elimination** from the forward model: each included relation is dropped in turn; of
    those that fail the rule, the one whose removal costs least is removed, until all pass.
@@ -28,19 +27,19 @@ The rule (``rule=``):
 ``"elpd"``
     include when ``elpd_diff > forward * dse`` (2); remove when the loss ``< backward * dse`` (2).
 
-Why the default is not the ``elpd_diff > 2 dse`` rule alone: for nested models the per-subject
-differences are heterogeneous (subjects atypical for their covariate value lose, the others gain a
-little), so ``dse`` is large relative to the gain and the rule has little power: on 60 simulated
-subjects, a 1.5-fold effect of sex on V (IIV 30%) gave ``elpd_diff = 3.5, dse = 3.4`` while its
-posterior excluded no effect by far (see Sivula, Magnusson and Vehtari 2022 on the uncertainty
-of ELPD differences between nested models).  Requiring both a predictive gain and a clear effect
-keeps the false-inclusion rate near ``alpha`` per null candidate and step.
+Why not ``elpd_diff > 2 dse`` alone: for nested models the per-subject differences are heterogeneous,
+so ``dse`` is large relative to the gain (60 simulated subjects, a 1.5-fold sex effect on V: ``elpd_diff
+= 3.5, dse = 3.4``, the posterior far from no effect; Sivula et al. 2022).  Requiring a predictive gain
+and a clear effect keeps the false-inclusion rate near ``alpha`` per null candidate and step.
 
 Beside the stepwise search, the **full model** -- every candidate at once under a regularised horseshoe
 prior (Piironen and Vehtari 2017; :class:`bayesnlme.spec.components.CovariateShrinkage`) -- is fitted in
 parallel with the base model, and each effect's median, 90% interval and ``p_effect`` reported
 (``full_model.csv``): one fit instead of many, with the selection uncertainty kept in the posterior.
 
+The stepwise models are one model with every candidate, each relation switched on or off by a data
+container (``fit_model(..., switches=...)``): compiled once per worker, not once per candidate; each
+``fit.nc`` is the model without the relations switched off (``FitResult.switched_off_removed``).
 Every step's fits are independent tasks in ``RUN/stepNN_<direction>/`` (one run directory each, so a
 rerun of the same search resumes where it stopped and redoes no finished fit).  Outputs: the step
 table (step, direction, candidate, elpd_diff, dse, z, decision), the final spec as TOML, the final
@@ -55,10 +54,10 @@ N(0, 1); exponential and linear slope N(0, 0.5 / SD(COV)); categorical log-ratio
 
 References: Jonsson EN, Karlsson MO (1998) Automated covariate model building within NONMEM. Pharm
 Res 15:1463.  Vehtari A, Gelman A, Gabry J (2017) Practical Bayesian model evaluation using
-leave-one-out cross-validation and WAIC. Stat Comput 27:1413 (SE of ELPD differences).  Piironen J, Vehtari A (2017) Sparsity information and
-regularization in the horseshoe and other shrinkage priors. Electron J Stat 11:5018.  Sivula T,
-Magnusson M, Matamoros AA, Vehtari A (2022) Uncertainty in Bayesian leave-one-out cross-validation
-based model comparison. arXiv:2008.10296.
+leave-one-out cross-validation and WAIC. Stat Comput 27:1413.  Piironen J, Vehtari A (2017) Sparsity
+information and regularization in the horseshoe and other shrinkage priors. Electron J Stat 11:5018.
+Sivula T, Magnusson M, Matamoros AA, Vehtari A (2022) Uncertainty in Bayesian leave-one-out
+cross-validation based model comparison. arXiv:2008.10296.
 """
 
 from __future__ import annotations
@@ -180,22 +179,24 @@ def with_relations(spec: ModelSpec, relations: list[Candidate], baseline: pd.Dat
 
 
 def fit_candidate(*, key, seed, workdir, spec: dict, data: pd.DataFrame, chains: int, draws: int, tune: int,
-                  n_is: int, etas: bool = False, loo: bool = True) -> dict:
+                  n_is: int, etas: bool = False, loo: bool = True, switches: dict | None = None) -> dict:
     """Fit one candidate model (a runner task): fit.nc, summary, effects' tail probabilities and, when
     asked, the subject-level ELPD (``loo``: the stepwise comparisons need it, the full model does not)
-    and the ETAs (``etas``: the base model's, for the screen)."""
+    and the ETAs (``etas``: the base model's, for the screen).  ``switches``: which of the spec's relations
+    are on (ELPD and ETAs from that fit; fit.nc and summary without the relations switched off)."""
     result = fit_model(ModelSpec.from_dict(spec), data, chains=chains, draws=draws, tune=tune, seed=seed,
-                       progress=False, cores=1)
-    result.save(workdir / "fit.nc")
+                       progress=False, cores=1, switches=switches)
+    kept = result.switched_off_removed()
+    kept.save(workdir / "fit.nc")
     p_effect = {}
-    for eff in result.spec.covariates:
+    for eff in kept.spec.covariates:
         for n in eff.estimated_names():   # two-sided posterior tail probability of "no effect or opposite sign"
-            x = result.posterior_draws(n)
+            x = kept.posterior_draws(n)
             p = float(2 * min((x > 0).mean(), (x < 0).mean()))
             key = f"{eff.covariate}_on_{eff.parameter}"
             p_effect[key] = min(p_effect.get(key, 1.0), p)
-    out = {"p_effect": p_effect, "problems": result.problems,
-           "summary": result.summary()[["q5", "q50", "q95", "r_hat", "ess_bulk"]].to_dict(orient="index")}
+    out = {"p_effect": p_effect, "problems": kept.problems,
+           "summary": kept.summary()[["q5", "q50", "q95", "r_hat", "ess_bulk"]].to_dict(orient="index")}
     if loo:
         elpd = integrated_subject_loo(result, n_is=n_is, seed=seed)
         out.update(elpd_i=elpd["elpd"].to_dict(), pareto_k=elpd["pareto_k"].to_dict())
@@ -261,7 +262,8 @@ def _full_model_table(task: dict, cands: list) -> pd.DataFrame | None:
     summ, p_eff = task["result"]["summary"], task["result"]["p_effect"]
     rows = []
     for c in cands:
-        names = [n for n in summ if n == c.name or (n.startswith(f"{c.covariate}_") and n.endswith(f"_on_{c.parameter}"))]
+        names = [n for n in summ if n == c.name
+                 or (n.startswith(f"{c.covariate}_") and n.endswith(f"_on_{c.parameter}"))]
         for n in names:
             rows.append({"candidate": c.name, "effect": n, "q5": summ[n]["q5"], "q50": summ[n]["q50"],
                          "q95": summ[n]["q95"], "p_effect": p_eff.get(c.name, np.nan),
@@ -319,11 +321,10 @@ class CovSearchResult:
 
 
 def covsearch(spec: ModelSpec, data, candidates, *, run_dir, screen_p: float | None = 0.2, rule: str = "effect",
-              full_model: bool = True,
-              alpha: float = 0.01, forward: float = 2.0, backward: float = 2.0, chains: int = 4, draws: int = 500,
-              tune: int = 500, n_is: int = 200,
-              seed: int = 1, scheduler=None, n_workers: int | None = None, memory_limit=None,
-              retry_failed: bool = False, progress: bool = True) -> CovSearchResult:
+              full_model: bool = True, alpha: float = 0.01, forward: float = 2.0, backward: float = 2.0,
+              chains: int = 4, draws: int = 500, tune: int = 500, n_is: int = 200, seed: int = 1, scheduler=None,
+              n_workers: int | None = None, memory_limit=None, retry_failed: bool = False,
+              progress: bool = True) -> CovSearchResult:
     """Stepwise Bayesian covariate model building (see the module docstring for the rules).
 
     Parameters
@@ -362,8 +363,7 @@ def covsearch(spec: ModelSpec, data, candidates, *, run_dir, screen_p: float | N
     Returns
     -------
     CovSearchResult
-        Also written to ``run_dir``: ``steps.csv``, ``final_model.toml``, ``covariate_forest.png``
-        and ``covsearch.txt`` (the summary in words).
+        Also written to ``run_dir``: steps.csv, final_model.toml, covariate_forest.png, covsearch.txt.
     """
     rule = Rule(rule, alpha, forward, backward)
     nm = read_nonmem(data)
@@ -373,15 +373,21 @@ def covsearch(spec: ModelSpec, data, candidates, *, run_dir, screen_p: float | N
     run_dir = Path(run_dir)
     settings = {"chains": chains, "draws": draws, "tune": tune, "n_is": n_is}
     rows, notes = [], []
+    everything = with_relations(spec, cands, baseline)   # the stepwise models: relations switched on or off
+
+    def switched(relations: list) -> dict:
+        return {"spec": everything.to_dict(), "switches": {c.name: int(c in relations) for c in cands}}
+
     with cluster(scheduler, n_workers, memory_limit) as sched:
         def fit_step(label: str, models: dict, options: dict | None = None) -> dict:
-            tasks = {k: {"spec": m.to_dict(), **(options or {}).get(k, {})} for k, m in models.items()}
+            tasks = {k: {**(switched(m) if isinstance(m, list) else {"spec": m.to_dict()}),
+                         **(options or {}).get(k, {})} for k, m in models.items()}
             run = run_tasks(fit_candidate, tasks, run_dir / label, seed=seed, scheduler=sched, progress=progress,
                             retry_failed=retry_failed,
                             shared={"data": frame, **settings}, label=f"covsearch {label}")
             return {k: run.tasks[k] for k in models}
 
-        first = {"base": spec}
+        first = {"base": []}
         if full_model:   # every candidate at once under a regularised horseshoe, beside the stepwise search
             d = with_relations(spec, cands, baseline).to_dict()
             d["covariate_shrinkage"] = {"type": "horseshoe"}
@@ -408,7 +414,7 @@ def covsearch(spec: ModelSpec, data, candidates, *, run_dir, screen_p: float | N
         while pool:
             step += 1
             label = f"step{step:02d}_forward"
-            models = {c.name: with_relations(spec, selected + [c], baseline) for c in pool}
+            models = {c.name: selected + [c] for c in pool}
             fits = fit_step(label, models)
             best, scored = None, []
             for c in pool:
@@ -437,8 +443,7 @@ def covsearch(spec: ModelSpec, data, candidates, *, run_dir, screen_p: float | N
         while len(selected) > 0:
             step += 1
             label = f"step{step:02d}_backward"
-            models = {f"drop_{c.name}": with_relations(spec, [s for s in selected if s != c], baseline)
-                      for c in selected}
+            models = {f"drop_{c.name}": [s for s in selected if s != c] for c in selected}
             fits = fit_step(label, models)
             worst, scored = None, []
             for c in selected:
@@ -482,7 +487,8 @@ def _write(out: CovSearchResult) -> None:
     d = out.run_dir
     write_atomic(d / "steps.csv", lambda t: out.steps.to_csv(t, index=False))
     rules = ["Selected by bayesnlme covsearch (ETA screening, forward inclusion, backward elimination by "
-             "integrated subject-level ELPD).", f"Rule: {out.rule}.", f"Relations: {', '.join(out.selected) or 'none'}."]
+             "integrated subject-level ELPD).", f"Rule: {out.rule}.",
+             f"Relations: {', '.join(out.selected) or 'none'}."]
     write_text_atomic(d / "final_model.toml", spec_toml(out.final_spec.to_dict(), header=rules))
     write_text_atomic(d / "covsearch.txt", out.describe() + "\n")
     if out.full_model is not None:

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,14 @@ import pytest
 from _covdata import TRUE, simulate_covariate_study
 
 from bayesnlme import load_spec, read_nonmem
-from bayesnlme.covsearch import Candidate, Rule, covsearch, parse_candidates, screen, with_relations
+from bayesnlme.covsearch import (
+    Candidate,
+    Rule,
+    covsearch,
+    parse_candidates,
+    screen,
+    with_relations,
+)
 from bayesnlme.errors import BayesNLMEInputError
 from bayesnlme.spec import ModelSpec
 
@@ -100,3 +108,63 @@ def test_covsearch_selects_the_true_effects_and_a_rerun_does_no_work(study, tmp_
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cov").rglob("fit.nc")} == before
     manifest = json.loads((tmp_path / "cov" / "step01_forward" / "manifest.json").read_text())
     assert manifest["runs"][-1]["skipped"] == len(manifest["tasks"])
+
+
+# ------------------------------------------------------------------ candidates as one graph (switches)
+def _two_effects(study):
+    return with_relations(load_spec("pk_1cmt_oral"),
+                          parse_candidates("CL~WT:power CL~AGE:exponential", load_spec("pk_1cmt_oral"),
+                                           read_nonmem(study).baseline_covariates()),
+                          read_nonmem(study).baseline_covariates())
+
+
+def test_a_switched_off_effect_changes_nothing_and_an_unknown_switch_is_refused(study):
+    import pytensor
+
+    from bayesnlme.build import build_model
+    from bayesnlme.errors import SpecError
+
+    both = _two_effects(study)
+    wt_only = ModelSpec.from_dict({**both.to_dict(), "covariates": [both.covariates[0].to_dict()]})
+
+    def ipred(built, age_theta):
+        point = {k: np.asarray(v, float) for k, v in built.initial_point.items()}
+        point["WT_on_CL"], point["eta_z"] = np.array(0.8), np.full_like(point["eta_z"], 0.3)
+        point["AGE_on_CL"] = np.array(age_theta)
+        rvs = list(built.model.free_RVs)
+        return pytensor.function(rvs, built.ipred, on_unused_input="ignore")(*[point[rv.name] for rv in rvs])
+
+    reference = ipred(build_model(wt_only, study), 0.0)
+    off = build_model(both, study, switches={"WT_on_CL": 1, "AGE_on_CL": 0})
+    np.testing.assert_array_equal(ipred(off, 0.05), reference)   # s * theta = 0: the factor is exactly 1
+    on = build_model(both, study, switches={"WT_on_CL": 1, "AGE_on_CL": 1})
+    np.testing.assert_allclose(ipred(on, 0.0), reference, rtol=1e-12)
+    assert not np.allclose(ipred(on, 0.05), reference, rtol=1e-3)
+    with pytest.raises(SpecError, match="switches name covariate effects the spec does not have: SEX_on_V"):
+        build_model(both, study, switches={"SEX_on_V": 1})
+
+
+def test_candidates_share_one_compiled_model_and_save_as_their_own(study, tmp_path):
+    import pytensor
+
+    from bayesnlme.inference.fit import FitResult, fit_model
+
+    both = _two_effects(study)
+    kw = dict(chains=2, draws=100, tune=100, seed=5, progress=False)
+    first = fit_model(both, study, switches={"WT_on_CL": 1, "AGE_on_CL": 0}, **kw)
+    cache = lambda: {p: p.stat().st_mtime_ns for p in Path(pytensor.config.compiledir).rglob("*.nbc")}  # noqa: E731
+    before = cache()
+    second = fit_model(both, study, switches={"WT_on_CL": 1, "AGE_on_CL": 1}, **kw)
+    assert cache() == before   # the second candidate compiled nothing: the switches are data
+    kept = first.switched_off_removed()
+    assert [f"{c.covariate}_on_{c.parameter}" for c in kept.spec.covariates] == ["WT_on_CL"]
+    assert "AGE_on_CL" in first.idata.posterior and "AGE_on_CL" not in kept.idata.posterior
+    assert "AGE_on_CL" not in kept.summary().index and "AGE_on_CL" in second.summary().index
+    kept.save(tmp_path / "fit.nc")
+    back = FitResult.load(tmp_path / "fit.nc")   # rebuilds as the model without AGE
+    assert [rv.name for rv in back.built.model.free_RVs if rv.name.endswith("_on_CL")] == ["WT_on_CL"]
+    assert back.settings["switches"] == {"WT_on_CL": 1}
+    # switched off, the effect's theta is drawn from its prior, N(0, 0.5 / SD(AGE)): no information from data
+    sd = both.covariates[1].prior.args["sigma"]
+    assert abs(np.std(first.posterior_draws("AGE_on_CL")) / sd - 1) < 0.25
+    assert np.std(second.posterior_draws("AGE_on_CL")) < 0.5 * sd

@@ -14,6 +14,7 @@ import pytensor.tensor as pt
 
 from bayesnlme.build.priors import estimate
 from bayesnlme.data import NMData
+from bayesnlme.errors import SpecError
 from bayesnlme.spec import ModelSpec
 
 
@@ -60,8 +61,13 @@ def log_factor(effect, x, thetas, xp=np):
     raise ValueError(f"unknown covariate effect kind {kind!r}")
 
 
-def covariate_log_factors(spec: ModelSpec, data: NMData, init: dict) -> tuple[dict, dict]:
+def covariate_log_factors(spec: ModelSpec, data: NMData, init: dict,
+                          switches: dict | None = None) -> tuple[dict, dict]:
     """Sums of log covariate factors per parameter.
+
+    ``switches`` (``{"<COV>_on_<P>": 0 or 1}``) multiplies the named effects' thetas by a data container
+    ``switch_<COV>_on_<P>``: ``s * theta`` in every kind's factor, so an effect switched off has factor 1
+    exactly, with a finite gradient (see :func:`bayesnlme.build.build_model`).
 
     Returns
     -------
@@ -74,12 +80,19 @@ def covariate_log_factors(spec: ModelSpec, data: NMData, init: dict) -> tuple[di
     by_subject, by_obs = {}, {}
     shrink = Horseshoe(spec.shrinkage, init) if spec.shrinkage is not None else None
     made = {}   # theta name -> its variable, for the effects that share one (shared_with)
+    unknown = sorted(set(switches or ()) - {f"{e.covariate}_on_{e.parameter}" for e in spec.covariates})
+    if unknown:
+        raise SpecError(f"switches name covariate effects the spec does not have: {', '.join(unknown)}")
     for eff in sorted(spec.covariates, key=lambda e: e.shared_with is not None):
         if eff.shared_with is None:
             for n, f in zip(eff.effect_names(), eff.fixed_values()):
                 made[n] = ((shrink.effect(n, eff.prior) if shrink is not None else estimate(n, eff.prior, f, init))
                            if f is None else pt.as_tensor_variable(float(f)))
         thetas = [made[n] for n in eff.effect_names()]
+        key = f"{eff.covariate}_on_{eff.parameter}"
+        if switches is not None and key in switches:
+            switch = pm.Data(f"switch_{key}", np.float64(switches[key]))
+            thetas = [switch * t for t in thetas]
         if eff.time_varying:
             x, out = data.observation_covariates([eff.covariate])[eff.covariate].to_numpy(), by_obs
         else:

@@ -185,7 +185,7 @@ def _occasion_effects(spec: ModelSpec, occ_index, init: dict) -> dict:
 
 
 def individual_parameters(spec: ModelSpec, data: NMData, init: dict,
-                          occ_index=None) -> tuple[dict, dict, dict, dict]:
+                          occ_index=None, switches: dict | None = None) -> tuple[dict, dict, dict, dict]:
     """Individual and typical-subject parameters.
 
     Returns
@@ -209,7 +209,7 @@ def individual_parameters(spec: ModelSpec, data: NMData, init: dict,
     changing covariates) and an approximation otherwise.  ODE models make the parameters
     piecewise constant in time instead, which is exact (:mod:`bayesnlme.structural.ode`).
     """
-    cov_sub, cov_obs = covariate_log_factors(spec, data, init)
+    cov_sub, cov_obs = covariate_log_factors(spec, data, init, switches)
     eta = _random_effects(spec, data.n_subjects, init)
     kappa = _occasion_effects(spec, occ_index, init) if occ_index is not None else {}
     ones = np.ones(data.n_subjects)
@@ -289,7 +289,8 @@ def _build_mixture(model, spec, data, doses, init, parts, dv_data) -> BuiltModel
                       excluded=data.obs_row[dropped].tolist() if dropped.any() else None, **out)
 
 
-def build_model(spec: ModelSpec, data, *, check_residual: bool = True, dv_data: bool = False) -> BuiltModel:
+def build_model(spec: ModelSpec, data, *, check_residual: bool = True, dv_data: bool = False,
+                switches: dict | None = None) -> BuiltModel:
     """Build the PyMC model for ``spec`` on ``data``.
 
     Parameters
@@ -305,6 +306,11 @@ def build_model(spec: ModelSpec, data, *, check_residual: bool = True, dv_data: 
         (:mod:`bayesnlme.inference.refit`).  Continuous observation models only: with a discrete or
         time-to-event observation model or censored records DV stays a constant (check
         ``"DV_data" in built.model.named_vars``).
+    switches : dict, optional
+        ``{"<COV>_on_<P>": 0 or 1}``: each named covariate effect's thetas multiplied by a data container
+        ``switch_<COV>_on_<P>`` with that value.  A switched-off effect's thetas stay in the model (sampled
+        from their priors, no influence on the likelihood), so models that differ only in which effects
+        are on have one graph: :mod:`bayesnlme.covsearch` compiles its candidates once.
 
     Returns
     -------
@@ -338,7 +344,7 @@ def build_model(spec: ModelSpec, data, *, check_residual: bool = True, dv_data: 
         coords["iov_parameter"] = iov
     init: dict = {}
     with pm.Model(coords=coords) as model:
-        individual, typical, obs_ind, obs_typ = individual_parameters(spec, data, init, occ_index)
+        individual, typical, obs_ind, obs_typ = individual_parameters(spec, data, init, occ_index, switches)
         if spec.mixture is not None:
             return _build_mixture(model, spec, data, doses, init, (individual, typical, obs_ind, obs_typ), dv_data)
         return _build_observations(model, spec, data, doses, init, (individual, typical, obs_ind, obs_typ),

@@ -132,6 +132,29 @@ class FitResult:
                          "ess_tail": diag.loc[n, "ess_tail"], "cv_percent": cv})
         return pd.DataFrame(rows).set_index("parameter")
 
+    def switched_off_removed(self) -> "FitResult":
+        """The fit as the model of its switched-on covariate effects (a fit made with ``switches``).
+
+        The effects switched off (``fit_model(..., switches={"AGE_on_CL": 0})``) had no influence on the
+        likelihood and their thetas were sampled from their priors: here they leave the spec and the
+        posterior, so the saved fit is that of the model without them, and rebuilds as such.
+        """
+        off = {k for k, v in (self.settings.get("switches") or {}).items() if not v}
+        if not off:
+            return self
+        gone = [e for e in self.spec.covariates if f"{e.covariate}_on_{e.parameter}" in off]
+        spec = replace(self.spec, covariates=tuple(e for e in self.spec.covariates if e not in gone))
+        idata = self.idata.copy()
+        idata.posterior = idata.posterior.drop_vars([n for e in gone for n in e.estimated_names()])
+        settings = {**self.settings, "switches": {k: v for k, v in self.settings["switches"].items() if v}}
+        metadata = {**self.metadata, "settings": settings}
+        idata.posterior.attrs["bayesnlme_spec"] = json.dumps(spec.to_dict())
+        out = FitResult(idata=idata, spec=spec, data=self.data, settings=settings, metadata=metadata)
+        out.problems = list(self.problems) if self.approximate else convergence_problems(out)
+        out.metadata["problems"] = out.problems
+        idata.posterior.attrs["bayesnlme_metadata"] = json.dumps(out.metadata)
+        return out
+
     def posterior_draws(self, name: str) -> np.ndarray:
         """All draws of a parameter, chains concatenated."""
         return self.idata.posterior[name].values.reshape(-1, *self.idata.posterior[name].shape[2:])
@@ -184,7 +207,7 @@ class FitResult:
 def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune: int = 1000,
               seed: int = 1, sampler: str = "nutpie", progress: bool = True,
               target_accept: float = 0.8, method: str = "nuts", init: str = "auto",
-              device: str = "cpu", cores: int | None = None) -> FitResult:
+              device: str = "cpu", cores: int | None = None, switches: dict | None = None) -> FitResult:
     """Fit an NLME model with NUTS, or approximately (MAP + Laplace, ADVI).
 
     Parameters
@@ -218,6 +241,12 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
         Chains sampled in parallel by nutpie or PyMC (default: one per chain up to the number of
         CPU cores; 1 when many fits share a machine, as on :mod:`bayesnlme.runner`'s workers).
         The draws are the same whatever its value.
+    switches : dict, optional
+        ``{"<COV>_on_<P>": 0 or 1}``: covariate effects of ``spec`` switched on or off by data containers
+        (:func:`bayesnlme.build.build_model`), so that models differing only in their effects share one
+        compiled log-density (:mod:`bayesnlme.covsearch`).  The result holds the whole spec, the
+        switched-off effects' thetas drawn from their priors; :meth:`FitResult.switched_off_removed` is
+        the fit of the model without them.
 
     Returns
     -------
@@ -236,11 +265,13 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
     data = read_nonmem(data)
     # DV in a data container where the model allows one: the graph the refitter compiles once and samples
     # for new DV (inference.refit), so that a refit and a fit of the same data give the same draws
-    built = build_model(spec, data, dv_data=True)
+    built = build_model(spec, data, dv_data=True, switches=switches)
     model, start = built.model, built.initial_point
     settings = {"method": method, "sampler": sampler if method == "nuts" else method, "chains": chains,
                 "device": device,
                 "draws": draws, "tune": tune, "seed": seed}
+    if switches:
+        settings["switches"] = {k: int(bool(v)) for k, v in switches.items()}
     problems = []
     flat = check_start(built)   # a non-finite start gets one line naming its cause, not a sampler backtrace
     if method != "nuts":
