@@ -2,6 +2,7 @@
 mapping, untranslatable lines by number, the command line, and one fit of the imported pheno model."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ pytest.importorskip("pharmpy")
 
 from bayesnlme.cli import main  # noqa: E402
 from bayesnlme.datasets import nonmem_path  # noqa: E402
+from bayesnlme.errors import BayesNLMEInputError  # noqa: E402
 from bayesnlme.importers import NonmemImportError, import_nonmem, read_ext  # noqa: E402
 from bayesnlme.spec import ModelSpec  # noqa: E402
 
@@ -257,6 +259,91 @@ def test_estimates_priors_from_ext():
     assert spec.residual.priors["sigma_prop"].args["median"] == pytest.approx(math.sqrt(est["SIGMA(1,1)"]))
     wt = [c for c in spec.covariates if c.covariate == "WT"]   # TVCL = THETA(1)*WT: per kg
     assert [(c.kind, c.reference, c.fixed) for c in wt] == [("power", 1.0, 1.0)] * 2
+
+
+def _banner(title: str) -> list:
+    stars = " " + "*" * 120
+    side = " " + "*" * 20
+    return [stars, side + " " * 80 + side[1:], side + title.center(80) + side[1:], stars]
+
+
+def _listing(steps: list) -> str:
+    """A NONMEM listing (as NONMEM 7 writes it: 3 significant digits, ``.........`` for a fixed element's SE)
+    with one FINAL PARAMETER ESTIMATE section per step, and a STANDARD ERROR section where a step has SEs.
+    ``steps``: [(thetas, omega lower triangle rows, sigma rows, SEs as the same three or None)]."""
+    def fmt(v):
+        return "........." if v is None else f"{v:.2E}"
+
+    def part(thetas, omega, sigma):
+        out = ["", " THETA - VECTOR OF FIXED EFFECTS PARAMETERS   *********", ""]
+        for i in range(0, len(thetas), 12):   # 12 to a line, each line under its header
+            chunk = thetas[i:i + 12]
+            out += ["         " + "  ".join(f"TH{j:2d}    " for j in range(i + 1, i + 1 + len(chunk))), " ",
+                    "        " + " ".join(f"{fmt(v):>9}" for v in chunk), " "]
+        for name, eta, rows in (("OMEGA - COV MATRIX FOR RANDOM EFFECTS - ETAS  ********", "ETA", omega),
+                                ("SIGMA - COV MATRIX FOR RANDOM EFFECTS - EPSILONS  ****", "EPS", sigma)):
+            out += ["", f" {name}", "", "         " + "      ".join(f"{eta}{j}" for j in range(1, len(rows) + 1)), " "]
+            for j, row in enumerate(rows, 1):
+                out += [f" {eta}{j}", "+       " + " ".join(f"{fmt(v):>9}" for v in row), " "]
+        out += ["", " OMEGA - CORR MATRIX FOR RANDOM EFFECTS - ETAS  *******", "", " ETA1", "+        9.99E+00", " "]
+        return out
+
+    lines = ["NONMEM(R) VERSION 7.5.0", " #TERM:", "0MINIMIZATION SUCCESSFUL"]
+    for thetas, omega, sigma, se in steps:
+        lines += _banner("FIRST ORDER CONDITIONAL ESTIMATION WITH INTERACTION") + [" #OBJV:*** 586.276 ***", "1"]
+        lines += _banner("FINAL PARAMETER ESTIMATE") + part(thetas, omega, sigma) + ["1"]
+        if se is not None:
+            lines += _banner("FIRST ORDER CONDITIONAL ESTIMATION WITH INTERACTION")[:2]
+            lines += _banner("STANDARD ERROR OF ESTIMATE")[2:] + part(*se) + ["1"]
+    return "\n".join(lines) + "\n Elapsed finaloutput time in seconds:     0.02\n"
+
+
+def test_listing_estimates_last_step_wrapped_thetas_and_fixed(tmp_path):
+    from bayesnlme.importers.nonmem_priors import read_lst
+
+    thetas = [0.5 + k for k in range(13)]   # 13: the vector wraps onto a second line
+    omega = [[0.09], [0.01, 0.04]]
+    sigma = [[0.02]]
+    se = ([0.05] * 12 + [None], [[0.02], [None, 0.01]], [[0.003]])
+    first = ([9.0] * 13, [[1.0], [0.0, 1.0]], [[1.0]], None)   # an earlier step ($EST METHOD=IMP ...)
+    path = tmp_path / "run1.lst"
+    path.write_text(_listing([first, (thetas, omega, sigma, se)]))
+    est, ses = read_lst(path)
+    assert [est[f"THETA{k}"] for k in range(1, 14)] == pytest.approx(thetas)
+    assert (est["OMEGA(1,1)"], est["OMEGA(2,1)"], est["OMEGA(2,2)"], est["SIGMA(1,1)"]) == (0.09, 0.01, 0.04, 0.02)
+    assert ses["THETA1"] == 0.05 and "THETA13" not in ses and "OMEGA(2,1)" not in ses   # fixed: no SE
+    assert ses["OMEGA(2,2)"] == 0.01 and ses["SIGMA(1,1)"] == 0.003
+    assert not any(v == 9.99 for v in est.values())   # correlations are not covariances
+    with pytest.raises(BayesNLMEInputError, match="no FINAL PARAMETER ESTIMATE section"):
+        (tmp_path / "x.lst").write_text("NONMEM(R) VERSION 7.5.0\n PROBLEM STOPPED\n")
+        read_lst(tmp_path / "x.lst")
+
+
+def test_estimates_priors_from_a_listing_where_there_is_no_ext(tmp_path):
+    import shutil
+
+    src = nonmem_path("phenobarbital")
+    est, se = read_ext(src.with_suffix(".ext"))
+    for name in (src.name,):
+        shutil.copy(src, tmp_path / name)
+    text = src.read_text()
+    data = re.search(r"\$DATA\s+(\S+)", text).group(1)
+    shutil.copy(src.parent / data, tmp_path / data)
+    three = {k: float(f"{v:.2E}") for k, v in est.items()}   # the listing's 3 significant digits
+    steps = [([three[f"THETA{k}"] for k in (1, 2, 3)], [[three["OMEGA(1,1)"]], [0.0, three["OMEGA(2,2)"]]],
+              [[three["SIGMA(1,1)"]]],
+              ([se[f"THETA{k}"] for k in (1, 2, 3)], [[se["OMEGA(1,1)"]], [None, se["OMEGA(2,2)"]]],
+               [[se["SIGMA(1,1)"]]]))]
+    (tmp_path / src.name).with_suffix(".lst").write_text(_listing(steps))
+    from_lst = import_nonmem(tmp_path / src.name, priors="estimates").spec   # found beside the stream
+    from_ext = import_nonmem(src, priors="estimates").spec
+    for p in ("CL", "V"):
+        assert from_lst.parameters[p].prior.args["median"] == pytest.approx(
+            from_ext.parameters[p].prior.args["median"], rel=5e-3)
+        assert from_lst.parameters[p].omega.args["median"] == pytest.approx(
+            from_ext.parameters[p].omega.args["median"], rel=5e-3)
+        assert from_lst.parameters[p].prior.args["sigma"] == pytest.approx(
+            from_ext.parameters[p].prior.args["sigma"], rel=2e-2)
 
 
 def test_cli_writes_toml_that_validates(tmp_path, capsys):

@@ -348,7 +348,8 @@ def _add_import_nonmem(subparsers) -> None:
     p.add_argument("--priors", choices=["weak", "estimates"], default="weak",
                    help="weak: centred on the initial values; estimates: on the .ext final estimates, "
                    "widths from their standard errors (default: %(default)s)")
-    p.add_argument("--ext", help="the run's .ext file (default: the control stream's name with .ext)")
+    p.add_argument("--ext", help="the run's .ext file, or its .lst listing (default: the control stream's name "
+                   "with .ext, else .lst)")
     p.add_argument("--data", help="the data file, if not where $DATA says")
     p.add_argument("--data-out", help="also write the data as bayesnlme reads it (IGNORE applied, columns "
                    "renamed, derived 0/1 columns added) to this CSV")

@@ -39,7 +39,8 @@ def import_nonmem(path, *, priors: str = "weak", ext=None, data=None, strict: bo
         ``"estimates"``: centred on the final estimates of the ``.ext`` file, widths from their
         standard errors (see :mod:`bayesnlme.importers.nonmem_priors`).
     ext : str or os.PathLike, optional
-        The ``.ext`` file (default: the control stream's name with ``.ext``).
+        The ``.ext`` file, or the run's listing (``.lst``, 3 significant digits) where there is no ``.ext``
+        (default: the control stream's name with ``.ext``, else ``.lst``/``.res``).
     data : str or os.PathLike, optional
         The data file, if not where ``$DATA`` says.
     strict : bool
@@ -188,11 +189,14 @@ def _values(model, path, priors, ext) -> dict:
     """Pharmpy parameter name -> :class:`~bayesnlme.importers.nonmem_priors.Value` (init or estimate)."""
     est, se = {}, {}
     if priors == "estimates":
-        ext = Path(ext) if ext is not None else path.with_suffix(".ext")
+        if ext is None:   # the run's .ext file, else its listing (.lst, or .res as PsN names it)
+            found = [path.with_suffix(s) for s in (".ext", ".lst", ".res") if path.with_suffix(s).is_file()]
+            ext = found[0] if found else path.with_suffix(".ext")
+        ext = Path(ext)
         if not ext.is_file():
-            raise NonmemImportError(f"{ext}: .ext file not found (priors='estimates' centres the priors on "
-                                    f"the final estimates; give ext= or use priors='weak')")
-        est, se = priors_mod.read_ext(ext)
+            raise NonmemImportError(f"{ext}: .ext file not found, nor a .lst listing (priors='estimates' centres the "
+                                    f"priors on the final estimates; give ext= or use priors='weak')")
+        est, se = priors_mod.read_ext(ext) if ext.suffix.lower() == ".ext" else priors_mod.read_lst(ext)
     out = {}
     for p, col in ext_columns(model).items():
         par = model.parameters[p]

@@ -27,6 +27,7 @@ FIX in the control stream: a fixed THETA, OMEGA or SIGMA is fixed in the spec (i
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,6 +101,92 @@ def read_ext(path) -> tuple[dict, dict]:
     est = dict(zip(header[1:], rows[FINAL]))
     se = {k: v for k, v in zip(header[1:], rows.get(SE_ROW, [])) if 0 < v < 1e9}
     return est, se
+
+
+_TITLE = re.compile(r"^\s*\S*\*{5,}\s+([A-Z][A-Z ]*[A-Z])\s+\*{5,}\s*$")
+#: Listing sections that follow an estimation step (the others name the step's method)
+_SECTIONS = ("MINIMUM VALUE OF OBJECTIVE FUNCTION", "FINAL PARAMETER ESTIMATE", "STANDARD ERROR OF ESTIMATE",
+             "COVARIANCE MATRIX OF ESTIMATE", "CORRELATION MATRIX OF ESTIMATE",
+             "INVERSE COVARIANCE MATRIX OF ESTIMATE")
+_BLOCK = re.compile(r"^\s*(THETA|OMEGA|SIGMA) - (VECTOR|COV MATRIX|CORR MATRIX)")
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([ED][-+]?\d+)?$", re.IGNORECASE)
+
+
+def read_lst(path) -> tuple[dict, dict]:
+    """Final estimates and standard errors from a NONMEM output listing (``.lst``), where no ``.ext`` is.
+
+    Reads the last ``FINAL PARAMETER ESTIMATE`` section (the last estimation step) and the ``STANDARD
+    ERROR OF ESTIMATE`` section that follows it (the covariance step): the THETA vector and the lower
+    triangles of the OMEGA and SIGMA covariance matrices (``.........`` marks a fixed element's SE).  The
+    listing prints 3 significant digits, the ``.ext`` file more: prefer the ``.ext`` file where it exists.
+
+    Returns
+    -------
+    estimates, standard_errors : dict
+        Keyed like :func:`read_ext`: ``THETA1``, ``OMEGA(2,1)``, ``SIGMA(1,1)``.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError as exc:
+        raise BayesNLMEInputError(f"{path}: cannot read the .lst file ({exc.strerror})") from None
+    titles = [(i, m.group(1)) for i, line in enumerate(lines)
+              if (m := _TITLE.match(line)) and m.group(1) in _SECTIONS]
+    finals = [k for k, (_, name) in enumerate(titles) if name == "FINAL PARAMETER ESTIMATE"]
+    if not finals:
+        raise BayesNLMEInputError(f"{path}: no FINAL PARAMETER ESTIMATE section (not a NONMEM listing, or the "
+                                  f"run did not finish)")
+    k = finals[-1]
+
+    def section(j: int) -> list:   # from the title to the next banner (a line of asterisks only)
+        start = titles[j][0] + 1
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].strip() and set(lines[i].strip()) == {"*"}),
+                   len(lines))
+        return lines[start:end]
+
+    est = _lst_values(section(k), path)
+    se = {}
+    if k + 1 < len(titles) and titles[k + 1][1] == "STANDARD ERROR OF ESTIMATE":
+        se = {n: v for n, v in _lst_values(section(k + 1), path).items() if v is not None and v > 0}
+    return {n: v for n, v in est.items() if v is not None}, se
+
+
+def _lst_values(lines: list, path) -> dict:
+    """THETA, OMEGA and SIGMA (covariance matrices, not correlations) of one listing section."""
+    out, block, row = {}, None, None
+    thetas = []
+    for line in lines:
+        m = _BLOCK.match(line)
+        if m:
+            block = m.group(1) if m.group(2) != "CORR MATRIX" else None
+            row = None
+            continue
+        if block is None:
+            continue
+        text = line.lstrip()
+        tokens = (text[1:] if text.startswith("+") else text).split()   # "+" opens a matrix row's values
+        if block == "THETA":
+            if tokens and not any(t.startswith("TH") for t in tokens):
+                thetas += [_lst_number(t, path) for t in tokens]
+            continue
+        label = re.fullmatch(r"\s*(ETA|EPS)(\d+)\s*", line)
+        if label:
+            row, col = int(label.group(2)), 1
+            continue
+        if row is not None and line.lstrip().startswith("+"):
+            for t in tokens:
+                out[f"{block}({row},{col})"] = _lst_number(t, path)
+                col += 1
+    out.update({f"THETA{i}": v for i, v in enumerate(thetas, 1)})
+    return out
+
+
+def _lst_number(token: str, path):
+    if set(token) == {"."}:
+        return None
+    if not _NUMBER.match(token):
+        raise BayesNLMEInputError(f"{path}: unexpected value {token!r} in a parameter table of the listing")
+    return float(token.upper().replace("D", "E"))
 
 
 def ext_table(est: dict, se: dict) -> pd.DataFrame:
