@@ -357,6 +357,18 @@ def test_cli_writes_toml_that_validates(tmp_path, capsys):
     assert "APGRLT5" in data.read_text().splitlines()[0]
 
 
+def test_a_syntax_error_names_its_line(tmp_path):
+    body = ("$SUBROUTINE ADVAN1 TRANS2\n$PK\nCL = THETA(1)*EXP(ETA(1))\nV = THETA(2) +* 2\nS1 = V\n"
+            "$ERROR\nY = F + EPS(1)\n$THETA (0,5) (0,50)\n$OMEGA 0.1\n$SIGMA 1\n")
+    with pytest.raises(NonmemImportError, match=r"run1.mod: line 7 `V = THETA\(2\) \+\* 2`: Pharmpy cannot parse "
+                                                r"this statement \(unexpected '\*' at column 15\)"):
+        import_nonmem(_write(tmp_path, body))
+    lower = _write(tmp_path, body.replace(" +* 2", "").replace("$ERROR\nY = F + EPS(1)", "$error\ny = f + eps(1) +* 1"),
+                   "run2.mod")   # lower case (read upper-cased), quoted as written
+    with pytest.raises(NonmemImportError, match=r"line 10 `y = f \+ eps\(1\) \+\* 1`: Pharmpy cannot parse"):
+        import_nonmem(lower)
+
+
 def test_cli_refuses_untranslated_lines(tmp_path, capsys):
     path = _write(tmp_path, "$SUBROUTINE ADVAN1 TRANS2\n$PK\nCL = THETA(1)\nMTIME(1) = 24\n"
                             "V = THETA(2)\nS1 = V\n$ERROR\nY = F + EPS(1)\n$THETA (0,5) (0,50)\n$SIGMA 1\n")

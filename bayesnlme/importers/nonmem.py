@@ -86,9 +86,34 @@ def _read_model(path: Path, data):
             warnings.simplefilter("ignore")
             return _parse(path, data, read_model, read_model_from_string)
     except Exception as exc:  # noqa: BLE001 - Pharmpy raises many types; one line names the file
+        where = parse_error_line(path.read_text(), exc)
+        if where is not None:
+            line, text = where
+            token = getattr(getattr(exc, "token", None), "value", None) or getattr(exc, "char", "?")
+            raise NonmemImportError(f"{path}: line {line} `{text}`: Pharmpy cannot parse this statement "
+                                    f"(unexpected {token!r} at column {exc.column})") from None
         msg = " ".join(str(exc).split())
         raise NonmemImportError(f"{path}: Pharmpy cannot read this control stream "
                                 f"({type(exc).__name__}: {msg[:300]})") from None
+
+
+def parse_error_line(text: str, exc) -> tuple[int, str] | None:
+    """``(line in the file, its text)`` of a Pharmpy (lark) syntax error, else None.
+
+    lark counts lines within the record it parses, the ``$`` line being 1; the record is the one whose
+    line at that offset holds the unexpected token at the error's column.
+    """
+    line, column = getattr(exc, "line", None), getattr(exc, "column", None)
+    token = getattr(getattr(exc, "token", None), "value", None) or getattr(exc, "char", None)
+    if not isinstance(line, int) or not isinstance(column, int) or not token:
+        return None
+    lines = text.splitlines()
+    starts = [i for i, t in enumerate(lines) if t.lstrip().startswith("$")]
+    for start in starts:
+        i = start + line - 1
+        if i < len(lines) and lines[i][column - 1:column - 1 + len(token)].upper() == str(token).upper():
+            return i + 1, " ".join(lines[i].split(";")[0].split())
+    return None
 
 
 #: The file token of $DATA (possibly quoted).
