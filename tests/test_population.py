@@ -253,7 +253,7 @@ def test_documented_prior_example_parses_to_the_stated_values():
     """The TOML example in docs/population.md is valid and means what the text says."""
     from pathlib import Path
     text = (Path(__file__).resolve().parents[1] / "docs" / "population.md").read_text()
-    block = text.split("```toml")[1].split("```")[0]
+    block = next(b.split("```")[0] for b in text.split("```toml")[1:] if "[parameters.CL]" in b)
     spec = ModelSpec.from_toml_text('structural = "1cmt_iv"\n' + block)
     assert spec.parameters["CL"].prior.args == pytest.approx({"median": 2.9, "sigma": math.sqrt(math.log(1.0144))})
     assert spec.parameters["CL"].omega.args["median"] == pytest.approx(0.3)
