@@ -401,3 +401,15 @@ def test_missing_pharmpy_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "pharmpy.modeling", None)   # as if pharmpy-core were not installed
     with pytest.raises(NonmemImportError, match=r"pip install 'bayesnlme\[nonmem\]'"):
         import_nonmem(nonmem_path("phenobarbital"))
+
+
+def test_additive_slope_prior_is_the_relative_slope_with_its_delta_method_se():
+    from bayesnlme.importers.nonmem_priors import Value, effect, slope_ratio
+
+    v = slope_ratio(Value(-0.002, 0.0005), Value(0.13, 0.01))   # a negative slope is fine
+    assert v.value == pytest.approx(-0.002 / 0.13)
+    assert v.se == pytest.approx(math.hypot(0.0005 / 0.13, 0.002 * 0.01 / 0.13 ** 2))
+    assert effect(v, "linear", "identity") == {"prior": {"dist": "normal", "mu": pytest.approx(v.value),
+                                                         "sigma": pytest.approx(v.se)}}
+    with pytest.raises(Exception, match="typical value -0.1 is not positive"):
+        slope_ratio(Value(0.002, 0.0005), Value(-0.1, 0.01))

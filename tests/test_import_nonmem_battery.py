@@ -3,7 +3,7 @@
 Each stream is in NM-TRAN's own syntax on a bundled data set written NONMEM-style (header skipped by
 ``IGNORE=@`` or ``IGNORE=#``, records filtered by ``IGNORE=(...)``/``ACCEPT=(...)``).  For each one the
 translation is compared with what the control stream says (structural model, parameters, covariate
-forms and references, IIV, residual, priors centred on the initial values, fixed values), and for 27
+forms and references, IIV, residual, priors centred on the initial values, fixed values), and for 28
 of them the imported spec's IPRED and residual SD are compared, record by record, with the control
 stream's own equations evaluated directly: individual parameters from its $PK written in numpy, the
 amounts by the matrix exponential of the ADVAN's compartment matrix (TRANS3/5/6: its rate constants by NONMEM's
@@ -329,6 +329,22 @@ $ERROR
 IPRED = MAX(F, 1E-8)
 Y = IPRED*(1 + EPS(1))
 $THETA (0, 0.13) (0, 8) (0, 1.2) (0, 0.5)
+$OMEGA 0.1 0.02
+$SIGMA 0.04
+"""
+STREAMS["warf_additive"] = """$PROBLEM Warfarin 1-cmt oral, an additive (not multiplicative) weight effect on CL
+$INPUT ID TIME DV AMT EVID MDV DVID CMT WT AGE SEX CRCL
+$DATA ../warf.csv IGNORE=@ IGNORE=(DVID.EQ.2)
+$SUBROUTINE ADVAN2 TRANS2
+$PK
+TVCL = THETA(1) + THETA(4)*(WT - 70)   ; L/h, + L/h per kg
+CL = TVCL*EXP(ETA(1))
+V = THETA(2)*EXP(ETA(2))
+KA = THETA(3)
+S2 = V
+$ERROR
+Y = F*(1 + EPS(1))
+$THETA (0, 0.13) (0, 8) (0, 1.2) (-0.01, 0.002, 0.01)
 $OMEGA 0.1 0.02
 $SIGMA 0.04
 """
@@ -708,6 +724,9 @@ EXPECTED = {
     "warf_min_max": dict(structural="1cmt_oral", parameters={
         "CL": (LN, 0.13, math.sqrt(0.1)), "V": (LN, 8.0, math.sqrt(0.02)), "KA": ("none", 1.2, None)},
         effects={("CL", "CRCLC"): ("power", 100, 0.5)}, residual=("proportional", {"sigma_prop": 0.2})),
+    "warf_additive": dict(structural="1cmt_oral", parameters={
+        "CL": (LN, 0.13, math.sqrt(0.1)), "V": (LN, 8.0, math.sqrt(0.02)), "KA": ("none", 1.2, None)},
+        effects={("CL", "WT"): ("linear", 70, 0.002 / 0.13)}, residual=("proportional", {"sigma_prop": 0.2})),
     "warf_advan12": dict(structural="3cmt_oral", parameters={
         "CL": (LN, 0.13, math.sqrt(0.1)), "V": (LN, 7.0, ("FIX", math.sqrt(0.1))), "Q": ("none", 0.5, None),
         "V2": ("none", 3.0, None), "Q3": ("none", ("FIX", 0.1), None), "V3": ("none", ("FIX", 1.5), None),
@@ -1009,6 +1028,10 @@ def _warf_min_max(r, e):
     return dict(CL=0.13 * (crcl / 100) ** 0.5 * math.exp(e[0]), V=8 * math.exp(e[1]), KA=1.2, S=None)
 
 
+def _warf_additive(r, e):
+    return dict(CL=(0.13 + 0.002 * (r.WT - 70)) * math.exp(e[0]), V=8 * math.exp(e[1]), KA=1.2, S=None)
+
+
 def _warf_advan12(r, e):
     return dict(CL=0.13 * math.exp(e[0]), V2=7 * math.exp(e[1]), Q3=0.5, V3=3.0, Q4=0.1, V4=1.5, KA=1.2, S=None)
 
@@ -1072,6 +1095,7 @@ NUMERIC = {
     "warf_shared_allometry": (4, lambda: _warf().query("DVID != 2"), _warf_shared_allometry,
                               {"CL": 1, "V": 2, "KA": 3}, lambda f: 0.2 * f),
     "warf_min_max": (2, lambda: _warf().query("DVID != 2"), _warf_min_max, {"CL": 1, "V": 2}, lambda f: 0.2 * f),
+    "warf_additive": (2, lambda: _warf().query("DVID != 2"), _warf_additive, {"CL": 1, "V": 2}, lambda f: 0.2 * f),
     "warf_advan12": (12, lambda: _warf().query("DVID != 2"), _warf_advan12, {"CL": 1, "V": 2},
                      lambda f: 0.2 * f),
     "theo_logtheta": (2, lambda: _theo(), _theo_logtheta, {"CL": 1, "V": 2}, lambda f: 0.1 * f),

@@ -131,6 +131,12 @@ def _effect(t, bn, e, used):
     if e.shared_with:   # the THETA of the same covariate's effect on another parameter
         entry["shared_with"] = e.shared_with
         src = f"{_name(t, e.theta)}, shared with {e.shared_with} (one theta, {cov}_on_{e.shared_with})"
+    elif e.theta and e.denominator and e.kind == "linear":   # THETA(1) + THETA(4)*(WT-70)
+        v = pri.slope_ratio(t.values[e.theta], t.values[e.denominator])
+        used.update((e.theta, e.denominator))
+        entry.update(pri.effect(v, e.kind, "identity"))
+        src = (f"additive: {_name(t, e.denominator)} + {_name(t, e.theta)}*({e.covariate}-{e.reference}); "
+               f"bayesnlme's {cov}_on_{bn} = {t.nm[e.theta]}/{t.nm[e.denominator]}")
     elif e.theta and e.denominator:   # a THETA per IF branch: the ratio of the two
         v = pri.ratio(t.values[e.theta], t.values[e.denominator])
         used.update((e.theta, e.denominator))

@@ -17,6 +17,8 @@ NONMEM                                            bayesnlme
 ``*(WT/70)**THETA(n)`` / ``**0.75`` / ``*WT``     power effect, estimated / fixed exponent
 ``*EXP(THETA(n)*(AGE-40))``                       exponential effect, reference 40
 ``*(1+THETA(n)*(AGE-40))``                        linear effect, reference 40
+``THETA(1) + THETA(n)*(WT-70)`` (additive)        typical value THETA(1), linear effect with the
+                                                   relative slope THETA(n)/THETA(1), reference 70
 ``IF (SEX.EQ.1) TVCL=TVCL*THETA(n)``              categorical effect on a derived 0/1 column
    (or ``*(1+THETA(n))``, ``*EXP(THETA(n))``)      ``SEXEQ1``: log ratio = log(THETA(n)),
                                                    log(1+THETA(n)) or THETA(n)
@@ -267,6 +269,14 @@ def _typical_value(pm: ParameterModel, tv, thetas, columns) -> None:
             pm.effects.append(_power(pm.name, f, thetas, columns))
         elif isinstance(f, sympy.exp):
             pm.effects.append(_exponential(pm.name, f, thetas, columns))
+        elif f.is_Add and pm.theta is None and _intercept(f, thetas) is not None:
+            # TVCL = THETA(1) + THETA(4)*(WT-70): THETA(1)*(1 + THETA(4)/THETA(1)*(WT-70)), a relative slope
+            pm.theta = str(_intercept(f, thetas))
+            cov = _single_covariate(pm.name, f, columns)
+            slope, fixed, ref = _slope_reference(pm.name, sympy.expand(f - sympy.Symbol(pm.theta)), cov, thetas, f, 0)
+            if slope is None:
+                raise Untranslatable(f"{pm.name}: additive covariate term with a fixed slope ({f})", f.free_symbols)
+            pm.effects.append(Effect(str(cov), "linear", ref, theta=slope, denominator=pm.theta))
         elif f.is_Add:
             pm.effects.append(_linear(pm.name, f, thetas, columns))
         else:
@@ -358,6 +368,12 @@ def _exclusive(conditions) -> bool:
 
 def _is_ratio(pw) -> bool:
     return len(pw.args) == 2 and pw.args[1] == (1, sympy.true)
+
+
+def _intercept(f, thetas):
+    """The one bare THETA among the terms of a sum (the typical value of an additive covariate model)."""
+    bare = [a for a in f.args if a.is_Symbol and str(a) in thetas]
+    return bare[0] if len(bare) == 1 else None
 
 
 def _single_covariate(name, f, columns):

@@ -52,6 +52,21 @@ class Value:
     fixed: bool = False
 
 
+def slope_ratio(a: Value, b: Value) -> Value:
+    """``a / b``: an additive covariate slope ``a`` relative to the typical value ``b > 0`` (any sign).
+
+    SE by the delta method, ``sqrt((se_a/b)^2 + (a se_b / b^2)^2)``, without the covariance of the two
+    estimates; unbounded.
+    """
+    if a.fixed != b.fixed:
+        raise Untranslatable("the slope's THETA is fixed and the typical value's estimated (or the reverse); "
+                             "bayesnlme estimates the relative slope")
+    if b.value <= 0:
+        raise Untranslatable(f"typical value {b.value:g} is not positive: no relative slope")
+    se = math.hypot(a.se / b.value, a.value * b.se / b.value ** 2) if a.se and b.se else None
+    return Value(a.value / b.value, se, -math.inf, math.inf, a.fixed)
+
+
 def ratio(a: Value, b: Value) -> Value:
     """``a / b`` of two positive THETAs as one value (a category's THETA over the reference's).
 
