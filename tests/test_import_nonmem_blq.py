@@ -63,6 +63,8 @@ ENDIF
 """
 #: a limit written in the code (1 mg/L) instead of a column
 M3_CONSTANT = M3.replace("Y = PHI((LLOQ - IPRED)/W)", "Y = PHI((1 - IPRED)/W)")
+#: the flag computed in $PK from the data (a covariate computed per record) and tested in $ERROR
+M3_PK_FLAG = M3.replace("IF (BLQ.EQ.1) THEN", "IF (BELOW.EQ.1) THEN")
 
 
 def _data(tmp_path) -> pd.DataFrame:
@@ -77,7 +79,8 @@ def _data(tmp_path) -> pd.DataFrame:
 def _import(tmp_path, error, **kw):
     df = _data(tmp_path)
     path = tmp_path / "run1.mod"
-    path.write_text(HEAD.format(data="theo_blq.csv") + error + TAIL)
+    head = HEAD.replace("S2 = V\n", "S2 = V\nBELOW = 0\nIF (BLQ.EQ.1) BELOW = 1\n") if "BELOW" in error else HEAD
+    path.write_text(head.format(data="theo_blq.csv") + error + TAIL)
     return df, import_nonmem(path, **kw)
 
 
@@ -104,7 +107,8 @@ def _stream_f(df) -> np.ndarray:
     return dose.loc[obs["ID"]].to_numpy() * ka / (v * (ka - k)) * (np.exp(-k * t) - np.exp(-ka * t))
 
 
-@pytest.mark.parametrize("error", [M3, M3_CUMD, M3_CONSTANT], ids=["if_phi", "cumd_else", "constant_limit"])
+@pytest.mark.parametrize("error", [M3, M3_CUMD, M3_CONSTANT, M3_PK_FLAG],
+                         ids=["if_phi", "cumd_else", "constant_limit", "pk_flag"])
 def test_m3_becomes_censored_records_with_the_same_likelihood(tmp_path, error):
     df, res = _import(tmp_path, error)
     assert res.spec.residual.kind == "combined" and res.spec.residual.blq == "m3"
@@ -115,7 +119,7 @@ def test_m3_becomes_censored_records_with_the_same_likelihood(tmp_path, error):
     np.testing.assert_array_equal(data_obs["CENS"].to_numpy(), blq.astype(int))
     np.testing.assert_allclose(data_obs["DV"].to_numpy()[blq], 1.0)
     assert (res.data.loc[res.data["EVID"] != 0, "CENS"] == 0).all()   # doses are not censored
-    assert any("CENS = 1 where BLQ" in m for m in res.mapped) and "BLQ (M3)" in res.toml
+    assert any("CENS = 1 where B" in m for m in res.mapped) and "BLQ (M3)" in res.toml
     ipred, sd, loglik = _outputs(res)
     f = _stream_f(df)
     w = np.sqrt(0.3**2 + 0.1**2 * f**2)

@@ -50,10 +50,12 @@ class Censoring:
                 f"(residual.blq = \"m3\", bayesnlme's default: the likelihood of a value "
                 f"{'below' if self.direction == 1 else 'above'} the limit)")
 
-    def columns(self, frame, observed: np.ndarray, log_dv: bool) -> tuple[np.ndarray, np.ndarray]:
-        """``(CENS, limit)`` per record of a Pharmpy-read frame: the limit on the natural DV scale."""
-        hit = observed & evaluate(self.condition, frame).astype(bool)
-        limit = evaluate(self.limit, frame)
+    def columns(self, frame, observed: np.ndarray, log_dv: bool, computed: dict) -> tuple[np.ndarray, np.ndarray]:
+        """``(CENS, limit)`` per record of a Pharmpy-read frame: the limit on the natural DV scale.
+        ``computed``: covariates computed in $PK (name -> expression in data items), substituted."""
+        sub = {sympy.Symbol(k): v for k, v in computed.items()}
+        hit = observed & evaluate(self.condition.xreplace(sub), frame).astype(bool)
+        limit = evaluate(self.limit.xreplace(sub), frame)
         return np.where(hit, self.direction, 0), np.exp(limit) if log_dv else limit
 
 

@@ -450,7 +450,8 @@ class Translation:
             return None
         out = translate_frame(frame, self.columns, self.derived, log_dv, self.dose_scale, self.computed)
         if self.censoring is not None:
-            out["CENS"], limit = self.censoring.columns(frame, observation_records(out), log_dv)
+            out["CENS"], limit = self.censoring.columns(frame, observation_records(out), log_dv,
+                                                        self.computed_columns())
             out["DV"] = np.where(out["CENS"] != 0, limit, out["DV"])
         if self.layout is not None:
             out["OCC"], problem = occasion_column(self.layout, frame, observation_records(out))
