@@ -121,17 +121,16 @@ _DATA_FILE = re.compile(r"(\$DATA\s+)(\"[^\"]*\"|'[^']*'|\S+)", re.IGNORECASE)
 
 
 def _parse(path, data, read_model, read_model_from_string):
-    text = path.read_text()
+    written = path.read_text()
+    text = min_max_code(written)   # MIN/MAX, which Pharmpy does not parse, with ABS (the same lines)
     lower = needs_upper_case(text)
-    min_max = min_max_code(text) != text
-    if data is None and not lower and not min_max:
+    if data is None and not lower and text == written:
         return read_model(str(path))
     if data is None:   # $DATA relative to the control stream, as NONMEM reads it
         found = _DATA_FILE.search(text)
         data = path.parent / found.group(2).strip("\"'") if found else None
     if lower:
         text = upper_case_code(text)
-    text = min_max_code(text)
     if data is not None:   # the data file named on $DATA replaced by the (absolute) one to read
         text = _DATA_FILE.sub(lambda m: m.group(1) + str(Path(data).resolve()), text, count=1)
     return read_model_from_string(text)
