@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 import sympy
 
-from bayesnlme.importers.nonmem_data import can_evaluate, evaluate
-from bayesnlme.importers.nonmem_pk import NONMEM_RELATIONS, Untranslatable
+from bayesnlme.importers.nonmem_data import can_evaluate, condition_text, evaluate
+from bayesnlme.importers.nonmem_pk import Untranslatable
 
 
 @dataclass
@@ -46,7 +46,8 @@ class Censoring:
 
     def describe(self) -> str:
         """``CENS = 1 where BLQ.EQ.1, DV = LLOQ there``: the data the censored records get."""
-        return (f"censored records: CENS = {self.direction} where {_text(self.condition)}, DV = {self.limit} there "
+        return (f"censored records: CENS = {self.direction} where {condition_text(self.condition)}, "
+                f"DV = {self.limit} there "
                 f"(residual.blq = \"m3\", bayesnlme's default: the likelihood of a value "
                 f"{'below' if self.direction == 1 else 'above'} the limit)")
 
@@ -57,13 +58,6 @@ class Censoring:
         hit = observed & evaluate(self.condition.xreplace(sub), frame).astype(bool)
         limit = evaluate(self.limit.xreplace(sub), frame)
         return np.where(hit, self.direction, 0), np.exp(limit) if log_dv else limit
-
-
-def _text(condition) -> str:
-    """NONMEM's text of a simple condition: ``Eq(BLQ, 1)`` -> ``BLQ.EQ.1``."""
-    if type(condition) in NONMEM_RELATIONS:
-        return f"{condition.lhs}.{NONMEM_RELATIONS[type(condition)]}.{condition.rhs}"
-    return str(condition)
 
 
 def _is_phi(e) -> bool:

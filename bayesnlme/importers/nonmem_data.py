@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import sympy
 
-from bayesnlme.importers.nonmem_pk import condition_mask
+from bayesnlme.importers.nonmem_pk import NONMEM_RELATIONS, condition_mask
 
 #: NONMEM data items with the same meaning in bayesnlme's reader.
 NM_ITEMS = ("ID", "TIME", "DV", "AMT", "EVID", "MDV", "CMT", "RATE", "II", "ADDL", "SS")
@@ -70,6 +70,13 @@ def column_mapping(colnames, drops, synonyms: dict) -> tuple[dict, list]:
 _FUNCTIONS = {sympy.exp: np.exp, sympy.log: np.log, sympy.sqrt: np.sqrt, sympy.Abs: np.abs}
 _RELATIONS = {sympy.Eq: np.equal, sympy.Ne: np.not_equal, sympy.Lt: np.less, sympy.Le: np.less_equal,
               sympy.Gt: np.greater, sympy.Ge: np.greater_equal}
+
+
+def condition_text(condition) -> str:
+    """NONMEM's text of a relation: ``Eq(BLQ, 1)`` -> ``BLQ.EQ.1`` (any other condition as sympy prints it)."""
+    if type(condition) in NONMEM_RELATIONS:
+        return f"{condition.lhs}.{NONMEM_RELATIONS[type(condition)]}.{condition.rhs}"
+    return str(condition)
 
 
 def can_evaluate(expr) -> bool:

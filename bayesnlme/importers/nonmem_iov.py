@@ -36,8 +36,8 @@ import numpy as np
 import pandas as pd
 import sympy
 
-from bayesnlme.importers.nonmem_data import can_evaluate, evaluate
-from bayesnlme.importers.nonmem_pk import NONMEM_RELATIONS, Untranslatable
+from bayesnlme.importers.nonmem_data import can_evaluate, condition_text, evaluate
+from bayesnlme.importers.nonmem_pk import Untranslatable
 
 
 @dataclass
@@ -47,10 +47,6 @@ class Occasions:
     indicators: dict
     parameter_nonmem: str = ""
 
-    def index(self):
-        """The occasion number as an expression: ``1*I_1 + 2*I_2 + ...``."""
-        return sympy.Add(*[k * c for k, c in enumerate(self.indicators.values(), start=1)])
-
     def describe(self) -> str:
         """``1 where OCC.EQ.1, 2 where OCC.EQ.2``: the occasion number where each ETA is switched on."""
         return ", ".join(f"{k} where {_condition_text(c)}" for k, c in enumerate(self.indicators.values(), start=1))
@@ -59,9 +55,8 @@ class Occasions:
 def _condition_text(indicator) -> str:
     """NONMEM's text of a 0/1 indicator ``Piecewise((1, Eq(OCC, 1)), (0, True))`` -> ``OCC.EQ.1``."""
     if (isinstance(indicator, sympy.Piecewise) and len(indicator.args) == 2 and indicator.args[0][0] == 1
-            and indicator.args[1] == (0, sympy.true) and type(indicator.args[0][1]) in NONMEM_RELATIONS):
-        cond = indicator.args[0][1]
-        return f"{cond.lhs}.{NONMEM_RELATIONS[type(cond)]}.{cond.rhs}"
+            and indicator.args[1] == (0, sympy.true)):
+        return condition_text(indicator.args[0][1])
     return str(indicator)
 
 
@@ -130,6 +125,7 @@ def occasion_column(layout: Occasions, frame: pd.DataFrame, observed: np.ndarray
     Records that are not observations (doses) get the occasion of their indicators, or 0.
     """
     switched = np.column_stack([evaluate(c, frame) for c in layout.indicators.values()])
+
     def at(i: int) -> str:
         if {"ID", "TIME"} <= set(frame.columns):
             return f"ID {frame['ID'].iloc[i]:g}, TIME {frame['TIME'].iloc[i]:g}"
