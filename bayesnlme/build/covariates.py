@@ -80,7 +80,7 @@ def covariate_log_factors(spec: ModelSpec, data: NMData, init: dict,
     by_subject, by_obs = {}, {}
     shrink = Horseshoe(spec.shrinkage, init) if spec.shrinkage is not None else None
     made = {}   # theta name -> its variable, for the effects that share one (shared_with)
-    unknown = sorted(set(switches or ()) - {f"{e.covariate}_on_{e.parameter}" for e in spec.covariates})
+    unknown = sorted(set(switches or ()) - {e.label for e in spec.covariates})
     if unknown:
         raise SpecError(f"switches name covariate effects the spec does not have: {', '.join(unknown)}")
     for eff in sorted(spec.covariates, key=lambda e: e.shared_with is not None):
@@ -89,9 +89,8 @@ def covariate_log_factors(spec: ModelSpec, data: NMData, init: dict,
                 made[n] = ((shrink.effect(n, eff.prior) if shrink is not None else estimate(n, eff.prior, f, init))
                            if f is None else pt.as_tensor_variable(float(f)))
         thetas = [made[n] for n in eff.effect_names()]
-        key = f"{eff.covariate}_on_{eff.parameter}"
-        if switches is not None and key in switches:
-            switch = pm.Data(f"switch_{key}", np.float64(switches[key]))
+        if switches is not None and eff.label in switches:
+            switch = pm.Data(f"switch_{eff.label}", np.float64(switches[eff.label]))
             thetas = [switch * t for t in thetas]
         if eff.time_varying:
             x, out = data.observation_covariates([eff.covariate])[eff.covariate].to_numpy(), by_obs

@@ -54,7 +54,7 @@ def effect_ratios(result, values: dict | None = None, quantiles=(0.05, 0.95), ci
             ratio = np.exp(np.atleast_1d(log_factor(eff, np.asarray(x), thetas)))
             label = (f"{eff.covariate} = {x}" if eff.kind == "categorical" or eff.covariate in values
                      else f"{eff.covariate} = {x:.3g} (P{100 * quantiles[q]:g})")
-            name = eff.effect_names()[0] if eff.shared_with is None else f"{eff.covariate}_on_{eff.parameter}"
+            name = eff.effect_names()[0] if eff.shared_with is None else eff.label
             rows.append({"effect": name, "parameter": eff.parameter, "covariate": eff.covariate,
                          "kind": eff.kind, "reference": eff.reference,
                          "model": _FORMULA[eff.kind].format(cov=eff.covariate, ref=eff.reference,

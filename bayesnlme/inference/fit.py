@@ -142,7 +142,7 @@ class FitResult:
         off = {k for k, v in (self.settings.get("switches") or {}).items() if not v}
         if not off:
             return self
-        gone = [e for e in self.spec.covariates if f"{e.covariate}_on_{e.parameter}" in off]
+        gone = [e for e in self.spec.covariates if e.label in off]
         spec = replace(self.spec, covariates=tuple(e for e in self.spec.covariates if e not in gone))
         idata = self.idata.copy()
         idata.posterior = idata.posterior.drop_vars([n for e in gone for n in e.estimated_names()])

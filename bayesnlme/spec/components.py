@@ -124,6 +124,11 @@ class CovariateEffect:
     time_varying: bool | None = None
     shared_with: str | None = None
 
+    @property
+    def label(self) -> str:
+        """``<COV>_on_<P>``: the effect (a relation), whatever its thetas are called."""
+        return f"{self.covariate}_on_{self.parameter}"
+
     def effect_names(self) -> list[str]:
         """Names of the effect's thetas (estimated or fixed), in the order the factor uses them."""
         if self.shared_with is not None:

@@ -390,7 +390,7 @@ def _validate_spec(spec: ModelSpec) -> None:
 
 def _check_shared(eff, effects) -> None:
     """``shared_with``: an estimated effect of the same covariate and kind on another parameter, not shared."""
-    where = f"covariate effect {eff.covariate}_on_{eff.parameter}, shared_with = {eff.shared_with!r}"
+    where = f"covariate effect {eff.label}, shared_with = {eff.shared_with!r}"
     owner = [e for e in effects if e.parameter == eff.shared_with and e.covariate == eff.covariate]
     if eff.shared_with == eff.parameter or not owner:
         raise SpecError(f"{where}: needs an effect of {eff.covariate} on {eff.shared_with} (its theta is shared)")
