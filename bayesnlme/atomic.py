@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -14,6 +15,7 @@ from typing import Callable
 from bayesnlme.errors import BayesNLMEInputError
 
 LOCK_NAME = ".bayesnlme.lock"
+_TEMPORARY = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")   # what write_atomic's mkstemp names look like
 
 
 class OutputError(BayesNLMEInputError):
@@ -50,6 +52,17 @@ def write_text_atomic(path, text: str) -> Path:
     return write_atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def remove_stale_temporaries(folder) -> list[Path]:
+    """Remove the temporary files of :func:`write_atomic` left in ``folder`` by a killed writer.
+
+    Only call this while holding the folder's :func:`output_lock`.  Sub-folders are not searched.
+    """
+    stale = [p for p in Path(folder).glob(".*.tmp") if _TEMPORARY.fullmatch(p.name) and p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 @contextlib.contextmanager
 def output_lock(folder):
     """Hold an exclusive lock on an output folder while a command writes into it.
@@ -59,7 +72,9 @@ def output_lock(folder):
     the first one's.  The lock is an advisory ``flock`` on ``folder/.bayesnlme.lock``,
     removed when the command ends.  The operating system releases a ``flock``
     when its holder dies, so a run killed with ``kill -9`` leaves at most an
-    unlocked file that the next run takes over.
+    unlocked file that the next run takes over, and the temporary files of
+    :func:`write_atomic` it was writing (``.NAME.XXXXXXXX.tmp``); the new holder
+    removes those from the folder, since no other writer can be using them.
     """
     folder = Path(folder)
     created = not folder.exists()
@@ -86,6 +101,7 @@ def output_lock(folder):
         handle.truncate()
         handle.write(f"pid {os.getpid()}")
         handle.flush()
+        remove_stale_temporaries(folder)
         yield folder
     finally:
         path.unlink(missing_ok=True)   # still holding the lock: nobody can have taken this file over

@@ -96,9 +96,10 @@ def test_kill_9_at_a_random_moment_keeps_earlier_results(results, command):
     assert set(before) <= set(after), f"lost: {sorted(set(before) - set(after))} (killed at {moment:.1f} s)"
     for name in before:
         _loads(folder / name)
-    # the folder is usable again at once: the killed holder's lock went with it
+    # the folder is usable again at once: the killed holder's lock went with it, and the next holder
+    # removes the temporary file a write killed midway left
     with output_lock(folder):
-        pass
+        assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_second_writer_refused_with_one_line(tmp_path, capsys):
@@ -127,3 +128,20 @@ def test_full_disk_keeps_the_old_result(results, monkeypatch, capsys):
                              "is unchanged" in err[0], err
     assert _files(folder) == before
     assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]   # no temporary file left
+
+
+def test_lock_removes_temporaries_a_killed_writer_left(tmp_path):
+    folder = tmp_path / "theo"
+    folder.mkdir()
+    stale = folder / ".fit.nc.k3j9x_2q.tmp"          # what write_atomic's mkstemp name looks like
+    stale.write_bytes(b"CDF half written")
+    kept = [folder / "fit.nc", folder / "notes.tmp", folder / ".notes.tmp", folder / "sub"]
+    kept[0].write_bytes(b"good")
+    kept[1].write_text("a user's file")
+    kept[2].write_text("a user's hidden file")
+    kept[3].mkdir()
+    (kept[3] / ".fit.nc.abcdefgh.tmp").write_text("sub-folders are not searched")
+    with output_lock(folder):
+        assert not stale.exists()
+        assert all(p.exists() for p in kept) and (kept[3] / ".fit.nc.abcdefgh.tmp").exists()
+    assert kept[0].read_bytes() == b"good"
