@@ -158,7 +158,13 @@ def test_censor_sets_cens_and_limit_and_lloq_comes_from_the_design(design):
 
 
 @pytest.mark.slow
-def test_sbc_with_an_lloq_fits_censored_replicates(design, tmp_path):
+def test_sbc_with_an_lloq_fits_censored_replicates(design, tmp_path, monkeypatch):
+    import bayesnlme.inference.refit as refit_module
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("a censored replicate was fitted from scratch")
+
+    monkeypatch.setattr(refit_module, "fit_model", no_fit)   # censored records are data of one compiled model
     out = sbc(load_spec("pk_1cmt_oral"), design, n=2, run_dir=tmp_path / "blq", seed=3, lloq=1.0,
               scheduler="serial", **{**SETTINGS, "draws": 100, "tune": 150, "n_ranks": 11})
     assert len(out.ranks) == 2 and not out.failed

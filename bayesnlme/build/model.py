@@ -33,6 +33,7 @@ import pytensor.tensor as pt
 from bayesnlme.build.covariates import covariate_log_factors
 from bayesnlme.build.mixture import build_mixture, check_mixture_data
 from bayesnlme.build.observations import (
+    censoring_by_data,
     check_zero_prediction,
     dv_draw_inputs,
     observation_parameters,
@@ -269,7 +270,7 @@ def _build_mixture(model, spec, data, doses, init, parts, dv_data) -> BuiltModel
     individual, typical, obs_ind, obs_typ = parts
     cens = data.obs_cens if data.obs_cens is not None else np.zeros(data.n_obs, int)
     dropped = (cens != 0) & (spec.residual.blq == "m1")      # M1: out of the likelihood (log-density 0)
-    dv = _dv_container(model, spec, data, dv_data)
+    dv, _ = _dv_container(model, spec, data, dv_data)
     observed = data.obs_dv if dv is None else dv
     m = spec.observation_models()[0]   # the [residual] one
     p = observation_parameters(m, init)
@@ -290,7 +291,7 @@ def _build_mixture(model, spec, data, doses, init, parts, dv_data) -> BuiltModel
 
 
 def build_model(spec: ModelSpec, data, *, check_residual: bool = True, dv_data: bool = False,
-                switches: dict | None = None) -> BuiltModel:
+                cens_data: bool = False, switches: dict | None = None) -> BuiltModel:
     """Build the PyMC model for ``spec`` on ``data``.
 
     Parameters
@@ -306,6 +307,11 @@ def build_model(spec: ModelSpec, data, *, check_residual: bool = True, dv_data: 
         (:mod:`bayesnlme.inference.refit`).  Continuous observation models only: with a discrete or
         time-to-event observation model or censored records DV stays a constant (check
         ``"DV_data" in built.model.named_vars``).
+    cens_data : bool
+        With ``dv_data``, also hold CENS in a data container ``DV_cens`` (1 = below DV, Beal's M3), so
+        that replicates with different records below an LLOQ share one compiled model (SBC).  Where
+        every observation model is normal-family with ``blq = "m3"`` and the design has no
+        right-censored record or interval limit (else as without it); not for ``[mixture]`` models.
     switches : dict, optional
         ``{"<COV>_on_<P>": 0 or 1}``: each named covariate effect's thetas multiplied by a data container
         ``switch_<COV>_on_<P>`` with that value.  A switched-off effect's thetas stay in the model (sampled
@@ -348,7 +354,7 @@ def build_model(spec: ModelSpec, data, *, check_residual: bool = True, dv_data: 
         if spec.mixture is not None:
             return _build_mixture(model, spec, data, doses, init, (individual, typical, obs_ind, obs_typ), dv_data)
         return _build_observations(model, spec, data, doses, init, (individual, typical, obs_ind, obs_typ),
-                                   dv_data=dv_data)
+                                   dv_data=dv_data, cens_data=cens_data)
 
 
 def _dvid_data(spec: ModelSpec, data: NMData) -> NMData:
@@ -400,20 +406,25 @@ def _outputs(spec: ModelSpec, data: NMData, doses: DoseEvents, params: dict, obs
     return out if isinstance(out, dict) else {st.outputs[0]: out}
 
 
-def _dv_container(model, spec: ModelSpec, data: NMData, dv_data: bool):
-    """``DV_data``, DV as a data container (a refit samples one compiled model for new DV), or None.
+def _dv_container(model, spec: ModelSpec, data: NMData, dv_data: bool, cens_data: bool = False):
+    """``DV_data``, DV as a data container (a refit samples one compiled model for new DV), or None; and
+    ``DV_cens``, CENS as one (1 = below DV, M3), or None.
 
-    Made where every record's density is a function of DV: continuous observation models and no
-    censored record (a censored record's DV is its limit).
+    DV is made a container where every record's density is a function of DV: continuous observation
+    models, and no censored record unless CENS is a container too (``cens_data`` and
+    :func:`censoring_by_data`; a censored record's DV is its limit).
     """
     censored = data.obs_cens is not None and bool((data.obs_cens != 0).any())
-    if not dv_data or censored or not all(m.family.continuous for m in spec.observation_models()):
-        return None
+    by_data = cens_data and censoring_by_data(spec, data)
+    if not dv_data or (censored and not by_data) or not all(m.family.continuous for m in spec.observation_models()):
+        return None, None
+    cens = np.zeros(data.n_obs) if data.obs_cens is None else (data.obs_cens != 0).astype(float)
     with model:
-        return pm.Data("DV_data", data.obs_dv, dims="obs")
+        return (pm.Data("DV_data", data.obs_dv, dims="obs"),
+                pm.Data("DV_cens", cens, dims="obs") if by_data else None)
 
 
-def _build_observations(model, spec, data, doses, init, parts, *, dv_data: bool) -> BuiltModel:
+def _build_observations(model, spec, data, doses, init, parts, *, dv_data: bool, cens_data: bool = False) -> BuiltModel:
     """The observed ``DV`` as the sum of per-record log-densities of each record's observation model.
 
     One path for every spec: ``[residual]`` is a single continuous observation model.  ``DV`` is a
@@ -425,8 +436,8 @@ def _build_observations(model, spec, data, doses, init, parts, *, dv_data: bool)
     outs = _outputs(spec, data, doses, individual, obs_ind)
     at_times = ((lambda tq: st.function(individual, data, st, times=tq, **_within_subject(spec, data, obs_ind)))
                 if time_varying(st) else None)
-    dv = _dv_container(model, spec, data, dv_data)
-    ll, ipred, sd, excluded, families = pointwise_loglik(spec, data, outs, init, at_times, dv=dv)
+    dv, cens = _dv_container(model, spec, data, dv_data, cens_data)
+    ll, ipred, sd, excluded, families = pointwise_loglik(spec, data, outs, init, at_times, dv=dv, cens=cens)
     pred_outs = _outputs(spec, data, doses, typical, obs_typ)
     pred = pt.zeros(data.n_obs)
     for m in spec.observation_models():

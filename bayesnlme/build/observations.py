@@ -88,7 +88,7 @@ def observation_parameters(m, init: dict) -> dict:
             for b in m.base_names()}
 
 
-def pointwise_loglik(spec: ModelSpec, data, outputs: dict, init: dict, at_times=None, dv=None):
+def pointwise_loglik(spec: ModelSpec, data, outputs: dict, init: dict, at_times=None, dv=None, cens=None):
     """Parameters of every observation model and the log-likelihood of each record.
 
     Parameters
@@ -98,6 +98,9 @@ def pointwise_loglik(spec: ModelSpec, data, outputs: dict, init: dict, at_times=
     dv : tensor (n_obs,), optional
         DV as a data container (continuous observation models, no censored record); default
         ``data.obs_dv`` as a constant.
+    cens : tensor (n_obs,), optional
+        CENS as a data container (``DV_cens``: 1 = below DV, M3; normal-family observation models
+        only, see :func:`censoring_by_data`); default ``data.obs_cens`` as constants.
     at_times : callable, optional
         ``at_times(times (n_obs, Q)) -> dict of (n_obs, Q)`` for models whose
         outputs change between records (time-varying hazards).
@@ -116,7 +119,8 @@ def pointwise_loglik(spec: ModelSpec, data, outputs: dict, init: dict, at_times=
     models = spec.observation_models()   # their data were checked by the builder (check_data)
     n = data.n_obs
     multi = len(models) > 1 or models[0].dvid is not None
-    cens = data.obs_cens if data.obs_cens is not None else np.zeros(n, int)
+    if cens is None:
+        cens = data.obs_cens if data.obs_cens is not None else np.zeros(n, int)
     limit = data.obs_limit if data.obs_limit is not None else np.full(n, np.nan)
     ll, ipred, sd = pt.zeros(n), pt.zeros(n), pt.ones(n)
     excluded, families = [], []
@@ -141,9 +145,21 @@ def pointwise_loglik(spec: ModelSpec, data, outputs: dict, init: dict, at_times=
             tq = np.zeros((n, m.nodes))
             tq[idx] = quadrature_times(data.obs_time[idx], m.nodes)
             nodes_lp = at_times(tq)[m.output][idx]
-        lp = family.logp(m, y, f, p, cens[idx], limit[idx], time=data.obs_time[idx], nodes_lp=nodes_lp)
+        c = cens[idx] if isinstance(cens, np.ndarray) else take(cens, idx, n)
+        lp = family.logp(m, y, f, p, c, limit[idx], time=data.obs_time[idx], nodes_lp=nodes_lp)
         ll = put(ll, idx, lp, n)
     return ll, ipred, sd, np.array(sorted(excluded), int), families
+
+
+def censoring_by_data(spec: ModelSpec, data) -> bool:
+    """Whether CENS can be a data container (``DV_cens``) for this spec and design: every observation
+    model normal-family with M3, and the design has neither right-censored records nor interval limits
+    (what replicates censored below an LLOQ need)."""
+    if not all(m.is_normal and m.blq == "m3" for m in spec.observation_models()):
+        return False
+    if data.obs_cens is not None and (data.obs_cens == -1).any():
+        return False
+    return data.obs_limit is None or not np.isfinite(data.obs_limit).any()
 
 
 def dv_draw_inputs(families: list) -> tuple[list, object]:

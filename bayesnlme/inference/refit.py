@@ -12,8 +12,15 @@ With ``masked=True`` some records can also be left out of a fit (dropout in a re
 data container ``DV_drop`` (1 = left out) switches those records' log-density off, so designs that
 differ only in which records each subject kept share one compiled model too.
 
-Models whose DV cannot be swapped (``[[observations]]``, censored records) are fitted from scratch
-each time with :func:`bayesnlme.inference.fit.fit_model` -- the same posterior, at the full cost.
+With ``censored=True`` the records below an LLOQ can differ between fits too (SBC with an LLOQ): a
+data container ``DV_cens`` (1 = censored, DV = its limit, Beal's M3) chooses each record's density or
+its probability below the limit (``build_model(..., cens_data=True)``), for normal-family observation
+models with M3.
+
+Models whose DV cannot be swapped (discrete or time-to-event observation models, censored records
+without ``censored=True`` or outside its scope, ``[mixture]`` models with censored records) are fitted
+from scratch each time with :func:`bayesnlme.inference.fit.fit_model` -- the same posterior, at the
+full cost.
 """
 
 from __future__ import annotations
@@ -46,6 +53,9 @@ class Refitter:
         Threads nutpie uses for the chains (1 when many fits run side by side).
     masked : bool
         Compile with the ``DV_drop`` container, so :meth:`sample` can leave records out (``keep``).
+    censored : bool
+        Compile with the ``DV_cens`` container where the model allows it, so :meth:`sample` can
+        censor records (``cens``) without compiling again.
 
     Examples
     --------
@@ -54,11 +64,12 @@ class Refitter:
     """
 
     def __init__(self, spec, design: NMData, *, chains: int = 2, draws: int = 500, tune: int = 500,
-                 cores: int = 1, masked: bool = False):
+                 cores: int = 1, masked: bool = False, censored: bool = False):
         self.spec, self.design = spec, design
         self.chains, self.draws, self.tune, self.cores = chains, draws, tune, cores
-        built = build_model(spec, design, check_residual=False, dv_data=True)
+        built = build_model(spec, design, check_residual=False, dv_data=True, cens_data=censored)
         self.swappable = "DV_data" in built.model.named_vars
+        self.censorable = "DV_cens" in built.model.named_vars
         self.masked = masked and self.swappable and "DV" in built.model.named_vars
         self.compiled = None
         if self.masked:
@@ -66,7 +77,7 @@ class Refitter:
         if self.swappable:   # the compiled model fit_model's nutpie engine makes, so the draws are the same
             self.compiled = engines.compile_nutpie(built.model, built.initial_point, check_start(built))
 
-    def sample(self, dv, seed: int, keep=None):
+    def sample(self, dv, seed: int, keep=None, cens=None):
         """Posterior draws (:class:`arviz.InferenceData`, groups posterior and sample_stats) given ``dv``.
 
         Parameters
@@ -78,6 +89,10 @@ class Refitter:
             Records that enter the fit (default all); the others are left out, as if they were
             not in the data.  Without ``masked`` (or for a model whose DV cannot be swapped) the
             model is fitted from scratch to the kept records.
+        cens : array of int, shape (n_obs,), optional
+            1 where a record is censored below its DV (its LLOQ, M3), 0 elsewhere (default none).
+            Without ``censored`` (or for a model whose CENS cannot be a container) records censored
+            here make a fit from scratch.
         """
         import nutpie  # numba bindings: loaded only in processes that sample
 
@@ -87,8 +102,13 @@ class Refitter:
         keep = None if keep is None else np.asarray(keep, bool)
         if keep is not None and keep.shape != dv.shape:
             raise ValueError(f"keep has shape {keep.shape}; the design has {self.design.n_obs} observations")
-        if not self.swappable or (keep is not None and not keep.all() and not self.masked):
-            frame = with_dv(self.design, dv)
+        cens = None if cens is None else np.asarray(cens)
+        if cens is not None and (cens.shape != dv.shape or not np.isin(cens, (0, 1)).all()):
+            raise ValueError(f"cens must be 0 or 1 for each of the design's {self.design.n_obs} observations")
+        censoring = cens is not None and bool(cens.any())
+        if (not self.swappable or (keep is not None and not keep.all() and not self.masked)
+                or (censoring and not self.censorable)):
+            frame = with_dv(self.design, dv, cens)
             if keep is not None:
                 rows = np.ones(len(frame), bool)
                 rows[np.flatnonzero(self.design.frame["_OBS"].to_numpy(bool))[~keep]] = False
@@ -98,6 +118,8 @@ class Refitter:
         data = {"DV_data": dv}
         if self.masked:
             data["DV_drop"] = np.zeros(dv.shape) if keep is None else (~keep).astype(float)
+        if self.censorable:
+            data["DV_cens"] = np.zeros(dv.shape) if cens is None else cens.astype(float)
         compiled = self.compiled.with_data(**data)
         idata = nutpie.sample(compiled, draws=self.draws, tune=self.tune, chains=self.chains, seed=seed,
                               progress_bar=False, save_warmup=False, cores=self.cores)
@@ -115,16 +137,21 @@ def _add_mask(model) -> None:
         pm.Potential("DV_dropped", -pt.switch(drop > 0, lp, 0.0).sum())
 
 
-def with_dv(design: NMData, dv) -> pd.DataFrame:
-    """The design's records with DV of the observation records set to ``dv`` (record order)."""
+def with_dv(design: NMData, dv, cens=None) -> pd.DataFrame:
+    """The design's records with DV of the observation records set to ``dv`` (record order), and with
+    ``cens`` (per observation record) their ``CENS`` column (0 on the other records)."""
     frame = design.records.copy()
     obs = design.frame["_OBS"].to_numpy(bool)
     frame.loc[obs, "DV"] = np.asarray(dv, float)
+    if cens is not None:
+        column = np.zeros(len(frame), int)
+        column[np.flatnonzero(obs)] = np.asarray(cens, int)
+        frame["CENS"] = column
     return frame
 
 
 def refitter(spec, design, *, chains: int = 2, draws: int = 500, tune: int = 500, cores: int = 1,
-             masked: bool = False) -> Refitter:
+             masked: bool = False, censored: bool = False) -> Refitter:
     """The process's :class:`Refitter` for this spec, design and settings (compiled on first use).
 
     Keeps the last few (``CACHE_SIZE``); the key is the spec (with its structural model's identity),
@@ -133,12 +160,13 @@ def refitter(spec, design, *, chains: int = 2, draws: int = 500, tune: int = 500
     data and is specific to the sampler settings.)
     """
     design = read_nonmem(design)
-    key = (repr(spec.to_dict()), id(spec.structural), design.sha256, chains, draws, tune, cores, masked)
+    key = (repr(spec.to_dict()), id(spec.structural), design.sha256, chains, draws, tune, cores, masked, censored)
     hit = _CACHE.get(key)
     if hit is not None and hit.spec.structural is spec.structural:   # a custom structural function is the model too
         _CACHE.move_to_end(key)
         return hit
-    out = Refitter(spec, design, chains=chains, draws=draws, tune=tune, cores=cores, masked=masked)
+    out = Refitter(spec, design, chains=chains, draws=draws, tune=tune, cores=cores, masked=masked,
+                   censored=censored)
     _CACHE[key] = out
     while len(_CACHE) > CACHE_SIZE:
         _CACHE.popitem(last=False)

@@ -260,11 +260,16 @@ def normal_logp(kind: str, y, f, sd, cens=None, limit=None):
         fits of one compiled model) only where no record is censored.
     f, sd : tensor
         Prediction and residual SD (log scale for exponential error).
-    cens : numpy.ndarray of int, optional
-        0 observed, 1 below DV (M3: ``P(Y <= DV)``, or ``P(LIMIT <= Y <= DV)``), -1 above DV.
+    cens : numpy.ndarray of int or tensor, optional
+        0 observed, 1 below DV (M3: ``P(Y <= DV)``, or ``P(LIMIT <= Y <= DV)``), -1 above DV.  A tensor
+        (the data container ``DV_cens``, 1 = below DV) makes every record's log-likelihood both
+        terms, chosen by it, so that one compiled model serves any pattern of censored records
+        (:func:`censored_by_data`).
     limit : numpy.ndarray of float, optional
         The interval's other end (NaN: open).
     """
+    if cens is not None and not isinstance(cens, np.ndarray):
+        return censored_by_data(kind, y, f, sd, cens)
     n = len(y) if isinstance(y, np.ndarray) else len(cens if cens is not None else limit)
     cens = np.zeros(n, int) if cens is None else np.asarray(cens)
     limit = np.full(n, np.nan) if limit is None else np.asarray(limit, float)
@@ -309,6 +314,34 @@ def normal_logp(kind: str, y, f, sd, cens=None, limit=None):
                     lp = _logdiffexp(lp, tail(m, s, lt[idx]))
                 out = pt.set_subtensor(out[idx], lp)
     return out
+
+
+def censored_by_data(kind: str, y, f, sd, cens):
+    """Each record's log-density, or where ``cens > 0`` its M3 probability ``log P(Y <= DV)``.
+
+    ``cens`` is a tensor (0 or 1 per record: the data container ``DV_cens``), so which records are
+    censored is data, not the graph's structure: SBC and replicate trials sample one compiled model
+    for replicates with different records below the LLOQ.  Both terms are formed for every record
+    and each is finite with finite gradients everywhere (the unused one is multiplied by 0 in the
+    gradient).  The same values as :func:`normal_logp` with ``cens`` as an array (the same
+    formulas, PyMC's ``normal_lcdf`` for the tail); no interval limits, no right-censoring.
+    """
+    from pymc.distributions.dist_math import normal_lcdf  # PyMC's stable lower tail
+
+    log = kind == "exponential"
+    mu = pt.log(f) if log else f
+    yt = pt.log(y) if log else y   # DV > 0 (check_positive_dv); a censored record's DV is its limit > 0
+    s = sd
+    if kind == "proportional":   # SD 0 where IPRED is 0: density 0 there, P(Y <= limit) = 1
+        positive = s > 0
+        s = pt.switch(positive, s, 1.0)
+    z = (yt - mu) / s
+    density = -0.5 * z ** 2 - pt.log(s) - 0.5 * _LOG_2PI - (yt if log else 0.0)
+    below = normal_lcdf(mu, s, yt)
+    if kind == "proportional":
+        density = pt.switch(positive, density, -np.inf)
+        below = pt.switch(positive, below, 0.0)
+    return pt.switch(pt.gt(cens, 0), below, density)
 
 
 def take(x, idx: np.ndarray, n: int):
