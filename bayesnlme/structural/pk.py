@@ -120,11 +120,14 @@ def _given(mask, dt):
     return pt.switch(mask, dt, 0.0), pt.cast(mask, "float64")
 
 
-def _superpose(lams, coefs, doses: DoseEvents, ka=None, F=1.0, alag=None, diffs=None):
-    """Central amount at each observation from all doses; shape (n_obs,).
+def _superpose(lams, coefs, doses: DoseEvents, inv_v, ka=None, F=1.0, alag=None, diffs=None, scales=None):
+    """Concentration (central amount times ``inv_v``) at each observation from all doses; shape (n_obs,).
 
     ``alag`` None means no lag time; otherwise depot doses are delayed by it.  ``diffs``: for
-    each rate constant, ``(KA - lambda, 1 / (KA - lambda))`` already derived (per subject).
+    each rate constant, ``(KA - lambda, 1 / (KA - lambda))`` already derived (per subject);
+    ``scales``: ``(factors, near)``, for each rate constant ``c F KA / V`` times ``near_inverse(KA - lambda,
+    near)`` (per subject), which multiplies the non-steady-state depot doses'
+    :func:`~bayesnlme.structural.steady_state.scaled_exp_difference`.
     Steady-state doses (``doses.ss > 0``) use the geometric-series sums of
     :mod:`bayesnlme.structural.steady_state`; their graph is built only when
     the data have such doses.
@@ -133,18 +136,41 @@ def _superpose(lams, coefs, doses: DoseEvents, ka=None, F=1.0, alag=None, diffs=
         raise ValueError("zero-order infusion into the depot is not supported")
     steady = doses.steady
     central = ~doses.depot & doses.applies
-    total = 0.0
+    amount, conc = 0.0, 0.0
     for ss, pick in ((False, ~steady), (True, steady)):
         is_bolus = (doses.rate <= 0) & central & pick
         is_inf = (doses.rate > 0) & central & pick
         is_depot = doses.depot & doses.applies & pick
         if is_bolus.any():
-            total = total + _bolus(lams, coefs, doses, is_bolus, ss)
+            amount = amount + _bolus(lams, coefs, doses, is_bolus, ss)
         if is_inf.any():
-            total = total + _infusion(lams, coefs, doses, is_inf, ss)
-        if is_depot.any():
-            total = total + _absorbed(lams, coefs, doses, is_depot, ss, ka, alag, diffs) * F * ka[:, 0]
-    return total
+            amount = amount + _infusion(lams, coefs, doses, is_inf, ss)
+        if is_depot.any() and not ss and scales is not None:
+            conc = conc + _absorbed_scaled(lams, diffs, *scales, doses, is_depot, alag)
+        elif is_depot.any():
+            amount = amount + _absorbed(lams, coefs, doses, is_depot, ss, ka, alag, diffs) * F * ka[:, 0]
+    if isinstance(amount, float):   # no bolus or infusion into the central compartment
+        return conc if not isinstance(conc, float) else pt.zeros_like(inv_v[:, 0])
+    return conc + amount * inv_v[:, 0]
+
+
+def _absorbed_scaled(lams, diffs, scales, near, doses, mask, alag):
+    """Concentration from the depot doses of ``mask`` (not steady state): ``sum_i scale_i sum_doses amt
+    scaled_exp_difference(lambda_i, KA - lambda_i, t)``, the per-subject factors outside the loop over records."""
+    t, w = _lagged(doses, mask, alag)
+    out = 0.0
+    for lam, (d, _), scale in zip(lams, diffs, scales):
+        resp = steady_state.scaled_exp_difference(lam, d, t, near)
+        out = out + scale[:, 0] * pt.sum(w * doses.amt * resp, axis=1)
+    return out
+
+
+def _lagged(doses, mask, alag):
+    """Elapsed time since each depot dose of ``mask`` (minus ``alag``; 0 before it) and the weights."""
+    if alag is None:
+        return _given(mask, doses.dt)
+    t_lag = pt.as_tensor_variable(doses.dt) - alag
+    return _given(pt.and_(mask, pt.ge(t_lag, 0.0)), t_lag)
 
 
 def _interval(doses: DoseEvents, mask):
@@ -177,13 +203,10 @@ def _infusion(lams, coefs, doses, mask, ss):
 
 def _absorbed(lams, coefs, doses, mask, ss, ka, alag, diffs=None):
     """Sum over depot doses of amount x response, per unit F and KA."""
-    if alag is None:
-        t, w = _given(mask, doses.dt)
-    elif ss:   # earlier doses of the series absorb even while the latest is in its lag
+    if ss and alag is not None:   # earlier doses of the series absorb even while the latest is in its lag
         t, w = _given(mask, pt.as_tensor_variable(doses.dt) - alag)
     else:
-        t_lag = pt.as_tensor_variable(doses.dt) - alag
-        t, w = _given(pt.and_(mask, pt.ge(t_lag, 0.0)), t_lag)
+        t, w = _lagged(doses, mask, alag)
     if ss:
         resp = steady_state.absorption(lams, coefs, ka, t, _interval(doses, mask))
     else:
@@ -192,34 +215,48 @@ def _absorbed(lams, coefs, doses, mask, ss, ka, alag, diffs=None):
     return pt.sum(w * doses.amt * resp, axis=1)
 
 
-def _derivation(oral: bool, lams_coefs):
+def _near(doses: DoseEvents) -> float | None:
+    """``0.01 / (the longest time since a depot dose)``: below this ``|KA - lambda|`` the flip-flop series
+    applies to every record (:func:`~bayesnlme.structural.steady_state.scaled_exp_difference`); None where
+    the times are not data (then the depot doses are not factored per subject)."""
+    if not isinstance(doses.dt, np.ndarray):
+        return None
+    mask = doses.depot & doses.applies
+    longest = float(np.max(doses.dt[mask], initial=0.0))
+    return steady_state.SERIES_BELOW / max(longest, 1e-300)
+
+
+def _derivation(oral: bool, lams_coefs, near: float = 0.0):
     """What a linear model derives from its parameters ``p``: ``lams_coefs(p) -> (lams, coefs)``, then
-    the rate constants, coefficients, 1/V and, with absorption, KA, F, ALAG and each
-    ``(KA - lambda, 1 / (KA - lambda))``."""
+    the rate constants, coefficients, 1/V and, with absorption, KA, F, ALAG, each
+    ``(KA - lambda, 1 / (KA - lambda))`` and each ``c F KA / V`` times
+    :func:`~bayesnlme.structural.steady_state.near_inverse` of ``KA - lambda`` (``near``)."""
     def fn(p):
         lams, coefs = lams_coefs(p)
+        inv_v = 1.0 / p["V"]
         if not oral:
-            return [*lams, *coefs, 1.0 / p["V"]]
-        ka = p["KA"]
+            return [*lams, *coefs, inv_v]
+        ka, F = p["KA"], p.get("F", 1.0)
         diffs = [x for lam in lams for x in (ka - lam, safe_inverse(ka - lam))]
-        return [*lams, *coefs, 1.0 / p["V"], ka, p.get("F", 1.0), p.get("ALAG", 0.0), *diffs]
+        scales = [c * F * ka * inv_v * steady_state.near_inverse(ka - lam, near) for c, lam in zip(coefs, lams)]
+        return [*lams, *coefs, inv_v, ka, F, p.get("ALAG", 0.0), *diffs, *scales]
     return fn
 
 
 def _linear(params, doses: DoseEvents, oral: bool, lams_coefs, n: int):
     """Concentration of an n-compartment linear model from its per-subject derivation."""
-    vals = _derive(params, _derivation(oral, lams_coefs))
+    near = _near(doses) if oral else None
+    vals = _derive(params, _derivation(oral, lams_coefs, near or 0.0))
     lams, coefs, inv_v = vals[:n], vals[n:2 * n], vals[2 * n]
     if oral:
         ka, F = vals[2 * n + 1], vals[2 * n + 2]
         F = F[:, 0] if F.ndim else F
         alag = vals[2 * n + 3] if "ALAG" in params else None
-        d = vals[2 * n + 4:]
-        amount = _superpose(lams, coefs, doses, ka=ka, F=F, alag=alag,
-                            diffs=[(d[2 * i], d[2 * i + 1]) for i in range(n)])
-    else:
-        amount = _superpose(lams, coefs, doses)
-    return amount * inv_v[:, 0]
+        d, scales = vals[2 * n + 4:4 * n + 4], vals[4 * n + 4:]
+        return _superpose(lams, coefs, doses, inv_v, ka=ka, F=F, alag=alag,
+                          diffs=[(d[2 * i], d[2 * i + 1]) for i in range(n)],
+                          scales=None if near is None else (scales, near))
+    return _superpose(lams, coefs, doses, inv_v)
 
 
 def one_compartment(params, doses: DoseEvents, oral: bool):
