@@ -90,14 +90,14 @@ def censor(design, dv: np.ndarray, lloq: np.ndarray) -> tuple[pd.DataFrame, int]
     frame : pandas.DataFrame
     n_censored : int
     """
+    dv, cens = below_lloq(dv, lloq)
+    return with_dv(read_nonmem(design), dv, cens), int(cens.sum())
+
+
+def below_lloq(dv: np.ndarray, lloq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Observation records' DV with those below their LLOQ set to it, and CENS (1 there, else 0)."""
     below = (dv < lloq) & np.isfinite(lloq)
-    nm = read_nonmem(design)
-    out = with_dv(nm, np.where(below, lloq, dv))
-    obs = nm.frame["_OBS"].to_numpy(bool)
-    cens = np.zeros(len(out), int)
-    cens[np.flatnonzero(obs)[below]] = 1
-    out["CENS"] = cens
-    return out, int(below.sum())
+    return np.where(below, lloq, dv), below.astype(int)
 
 
 @contextlib.contextmanager
@@ -151,14 +151,11 @@ def sbc_replicate(*, key, seed, workdir, spec: dict, fit_spec: dict, design: pd.
         raise BayesNLMEInputError(f"replicate {key}: the prior draw gives non-finite DV; "
                                   f"the priors allow values the structural model cannot handle")
     nm = read_nonmem(design)
-    n_censored, cens = 0, None
+    cens = None
     if lloq is not None:
-        simulated, n_censored = censor(nm, dv, np.asarray(lloq, float))
-        below = (dv < lloq) & np.isfinite(lloq)
-        dv, cens = np.where(below, lloq, dv), below.astype(int)
-    else:
-        simulated = with_dv(nm, dv)
-    simulated.to_csv(workdir / "data.csv", index=False)
+        dv, cens = below_lloq(dv, np.asarray(lloq, float))
+    n_censored = 0 if cens is None else int(cens.sum())
+    with_dv(nm, dv, cens).to_csv(workdir / "data.csv", index=False)
     idata = refitter(fit, nm, chains=chains, draws=draws, tune=tune, cores=1,
                      censored=lloq is not None).sample(dv, s_fit, cens=cens)
     post = idata.posterior

@@ -35,6 +35,11 @@ import pytensor.tensor as pt
 SERIES_BELOW = 1e-2   # |b - a| t below which exp_difference uses its series
 
 
+def _series(x):
+    """``(1 - exp(-x)) / x`` by its series ``1 - x/2 + x^2/6 - x^3/24 + x^4/120 - x^5/720`` (|x| < 0.01)."""
+    return 1.0 - x * (1 / 2 - x * (1 / 6 - x * (1 / 24 - x * (1 / 120 - x / 720))))
+
+
 def exp_difference(a, b, t, d=None, inv_d=None):
     """``(exp(-a t) - exp(-b t)) / (b - a)`` for ``a, b > 0``, ``t >= 0``, stable for ``a ~ b``.
 
@@ -62,7 +67,7 @@ def exp_difference(a, b, t, d=None, inv_d=None):
     x = d * t
     small = pt.abs(x) < SERIES_BELOW
     ea = pt.exp(-a * t)
-    series = ea * t * (1.0 - x * (1 / 2 - x * (1 / 6 - x * (1 / 24 - x * (1 / 120 - x / 720)))))
+    series = ea * t * _series(x)
     direct = (ea - pt.exp(-b * t)) * inv_d
     return pt.switch(small, series, direct)
 
@@ -96,7 +101,7 @@ def scaled_exp_difference(a, d, t, near: float):
     small = pt.abs(x) < SERIES_BELOW
     ea = pt.exp(-a * t)
     scale = pt.switch(pt.abs(d) < near, 1.0, d)
-    series = ea * t * (1.0 - x * (1 / 2 - x * (1 / 6 - x * (1 / 24 - x * (1 / 120 - x / 720))))) * scale
+    series = ea * t * _series(x) * scale
     return pt.switch(small, series, ea - pt.exp(-(a + d) * t))
 
 
