@@ -27,7 +27,7 @@ from bayesnlme import datasets, load_spec  # noqa: E402
 from bayesnlme.build import build_model  # noqa: E402
 from bayesnlme.errors import BayesNLMEInputError  # noqa: E402
 from bayesnlme.inference import fit_model  # noqa: E402
-from bayesnlme.inference.engines import chain_starts, check_engine  # noqa: E402
+from bayesnlme.inference.engines import chain_starts, check_engine, for_jax  # noqa: E402
 from bayesnlme.spec import library_names  # noqa: E402
 from bayesnlme.structural import ode_jax  # noqa: E402
 from bayesnlme.structural.ode import ODESolveOp  # noqa: E402
@@ -66,7 +66,7 @@ def test_jax_log_density_equals_pytensor(name):
         return sum(float(np.sum(p)) for p in reference(*vals))
 
     expect = total(values)
-    logp = get_jaxified_logp(model)   # what blackjax samples (numpyro: its negative)
+    logp = get_jaxified_logp(for_jax(model))   # what blackjax samples (numpyro: its negative)
     got, grads = jax.value_and_grad(logp)(values)
     assert np.isfinite(expect)
     np.testing.assert_allclose(float(got), expect, rtol=1e-9, atol=1e-8)

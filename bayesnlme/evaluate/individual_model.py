@@ -42,6 +42,7 @@ from bayesnlme.errors import BayesNLMEInputError, DataError
 from bayesnlme.evaluate.importance import random_effects, z_to_draws
 from bayesnlme.evaluate.predict import compiled_function, evaluate_draws, thinned_draws
 from bayesnlme.spec import ModelSpec
+from bayesnlme.structural import static_shapes
 
 #: What a design's occasion without a measured level takes: a KAPPA drawn from the population, or the last one.
 FUTURE_OCCASIONS = ("new", "last")
@@ -189,7 +190,7 @@ def _loglik_fn(built, loglik):
     rvs = [built.model[n] for n in info.names]
 
     def make():
-        total = loglik.sum()
+        (total,) = static_shapes([loglik.sum()])     # before the gradient: it is vectorised over draws
         return [total, *pytensor.grad(total, rvs)] if rvs else [total]
     return compiled_function(built, ("individualize.loglik", id(loglik)), make)
 

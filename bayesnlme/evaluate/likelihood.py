@@ -76,6 +76,7 @@ from bayesnlme.evaluate.importance import (
     z_to_draws,
 )
 from bayesnlme.evaluate.predict import cached
+from bayesnlme.structural import static_shapes
 
 __all__ = ["MarginalLik", "marginal_loglik", "population_mode"]
 
@@ -218,7 +219,7 @@ def _compile_objective(built):
             slots = z[:, :, info.n_eta:].reshape((z.shape[0], data.n_subjects, info.n_slots, info.n_iov))
             replace[by_name["kappa_z"]] = slots[:, info.occ_subject, info.occ_slot, :]
         inputs.append(z)
-    ll = vectorize_graph(built.loglik, replace=replace)
+    ll = vectorize_graph(static_shapes([built.loglik])[0], replace=replace)
     if not random:
         ll = ll[None, :]
     per_subject = pt.inc_subtensor(pt.zeros((data.n_subjects, ll.shape[0]))[data.obs_subject], ll.T).T

@@ -32,6 +32,7 @@ from pytensor.graph.replace import vectorize_graph
 from bayesnlme.build import build_model
 from bayesnlme.data import read_nonmem, record_columns
 from bayesnlme.errors import BayesNLMEInputError
+from bayesnlme.structural import static_shapes
 
 _CHUNK = 500
 #: Simulation modes: new subjects (ETAs drawn from OMEGA) or the fitted subjects (their posterior ETAs).
@@ -68,7 +69,7 @@ def compiled_function(built, key, make) -> tuple[list, object]:
     def compile_():
         rvs = list(built.model.free_RVs)
         batched = [pt.tensor(name=rv.name, shape=(None, *rv.type.shape), dtype=rv.dtype) for rv in rvs]
-        vec = vectorize_graph(list(make()), replace=dict(zip(rvs, batched)))
+        vec = vectorize_graph(static_shapes(make()), replace=dict(zip(rvs, batched)))
         return [rv.name for rv in rvs], pytensor.function(batched, vec, on_unused_input="ignore", mode=EVAL_MODE)
     return cached(built, key, compile_)
 

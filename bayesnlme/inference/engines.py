@@ -30,10 +30,12 @@ from pathlib import Path
 import numpy as np
 import pymc as pm
 from pymc.initial_point import make_initial_point_fn
+from pymc.model.fgraph import fgraph_from_model, model_from_fgraph
+from pytensor.graph.traversal import ancestors
 
 from bayesnlme.errors import BayesNLMEInputError
 from bayesnlme.inference import nutpie_cache
-from bayesnlme.structural import ode_jax
+from bayesnlme.structural import ode_jax, static_form
 
 SAMPLERS = ("nutpie", "pymc", "numpyro", "blackjax")
 JAX_SAMPLERS = ("numpyro", "blackjax")
@@ -191,8 +193,30 @@ def _sample_jax(model, start, sampler, device, chains, draws, tune, seed, progre
     import jax
 
     with jax.default_device(target):
-        return sample_jax_nuts(draws=draws, tune=tune, chains=chains, target_accept=target_accept,
-                               random_seed=seed, initvals=starts, jitter=False, model=model, var_names=keep,
-                               progressbar=progress, chain_method="vectorized",
+        return sample_jax_nuts(model=for_jax(model), draws=draws, tune=tune, chains=chains,
+                               target_accept=target_accept, random_seed=seed, initvals=starts, jitter=False,
+                               var_names=keep, progressbar=progress, chain_method="vectorized",
                                postprocessing_backend=device, compute_convergence_checks=False,
                                nuts_sampler=sampler)
+
+
+def for_jax(model: pm.Model) -> pm.Model:
+    """``model`` with static shapes throughout, for PyTensor's JAX backend.
+
+    The closed-form oral models gather the flip-flop series over the records that need it, a set known
+    only when the log density is evaluated (:func:`bayesnlme.structural.steady_state.scaled_exp_difference`);
+    JAX cannot compile that.  Each such variable is replaced by its static-shape form (the same values and
+    gradients), in a copy of the model with its variables in the same order (the same parameter layout,
+    so the same draws for the same seed).  A model without one is returned as it is.
+    """
+    if not any(getattr(v.tag, "static_form", None) for v in ancestors(model.basic_RVs + model.deterministics)):
+        return model
+    fgraph, memo = fgraph_from_model(model)
+    for var in [v for v in fgraph.variables if getattr(v.tag, "static_form", None)]:
+        fgraph.replace(var, static_form(var, memo), import_missing=True)
+    out = model_from_fgraph(fgraph, mutate_fgraph=True)
+    for new, old in ((out.free_RVs, model.free_RVs), (out.observed_RVs, model.observed_RVs),
+                     (out.deterministics, model.deterministics)):   # the model's order (a graph's is topological)
+        order = {v.name: i for i, v in enumerate(old)}
+        new.sort(key=lambda v: order[v.name])
+    return out

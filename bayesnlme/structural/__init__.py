@@ -28,8 +28,10 @@ from bayesnlme.structural.pk import (
     three_compartment,
     two_compartment,
 )
+from bayesnlme.structural.steady_state import static_form, static_shapes
 
-__all__ = ["StructuralModel", "LIBRARY", "DoseEvents", "get_structural", "dose_events", "evaluate"]
+__all__ = ["StructuralModel", "LIBRARY", "DoseEvents", "get_structural", "dose_events", "evaluate",
+           "static_shapes", "static_form"]
 
 
 _ORAL_OPTIONAL = {"F": 1.0, "ALAG": 0.0}

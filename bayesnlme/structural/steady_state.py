@@ -31,6 +31,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytensor.tensor as pt
+from pytensor.graph.replace import graph_replace
+from pytensor.graph.traversal import ancestors
+from pytensor.tensor.basic import Nonzero
 
 SERIES_BELOW = 1e-2   # |b - a| t below which exp_difference uses its series
 
@@ -75,13 +78,19 @@ def exp_difference(a, b, t, d=None, inv_d=None):
 def scaled_exp_difference(a, d, t, near: float):
     """``E(a, a + d, t) / near_inverse(d, near)``, i.e. ``D E`` with ``D = d`` (1 where ``|d| < near``).
 
-    ``exp(-a t) - exp(-(a + d) t)`` where ``|d| t >= 0.01``; the series of :func:`exp_difference` times
-    ``D`` closer to the flip-flop point (exact at ``d == 0``).  The caller multiplies by
-    :func:`near_inverse` once per subject, with the dose-independent factors (``c F KA / V``), so the
-    loop over records carries one gathered factor less: each is one more output of the fused
-    elementwise loop of the gradient, which numba compiles into slower code (``pk_1cmt_oral`` at
-    12,000 records: 835 against 1,060-1,200 microseconds per log density and gradient).  Times
-    :func:`near_inverse` it equals :func:`exp_difference` to rounding.
+    ``exp(-a t) - exp(-(a + d) t)`` where ``|d| t >= 0.01`` or ``t == 0`` with ``|d| >= near``; the series of
+    :func:`exp_difference` times ``D`` closer to the flip-flop point (exact at ``d == 0``).  The caller
+    multiplies by :func:`near_inverse` once per subject, with the dose-independent factors (``c F KA / V``).
+    Times :func:`near_inverse` it equals :func:`exp_difference` to rounding.
+
+    The difference is formed for every record, with no branch; the series is computed only for the
+    records that need it (usually none: a subject whose ``KA`` is within ``0.01 / t`` of ``lambda``),
+    gathered by their flat index and written over the difference.  A per-record branch inside the fused
+    elementwise loop of the gradient (a switch, a 0/1 blend) makes numba generate code 2x slower
+    (``pk_1cmt_oral`` at 12,000 records: 376 against 810 microseconds per log density and gradient;
+    docs/benchmarks.md).  The record count is dynamic, which JAX cannot compile: the JAX engines use
+    :func:`scaled_exp_difference_switch`, which the graph carries as this variable's ``tag.static_form``
+    (:func:`bayesnlme.build.static_shapes`).
 
     ``near`` (1/time) is ``0.01 / T`` for the longest time ``T`` since a dose in the data, so that where
     ``|d| < near`` every record is on the series side (``D = 1`` there is right for every record).  The
@@ -91,12 +100,34 @@ def scaled_exp_difference(a, d, t, near: float):
     Parameters
     ----------
     a, d : tensor
-        Rate constant and ``KA - a`` (1/time), broadcastable against ``t``.
+        Rate constant and ``KA - a`` (1/time): scalars or one row per record (shape ``(n, 1)``).
     t : array or tensor
-        Time since the dose (time units), 0 <= t <= T.
+        Time since the dose (time units), shape ``(n, n_dose)``, 0 <= t <= T.
     near : float
         ``0.01 / T`` (1/time).
     """
+    a, d, tt = (pt.as_tensor_variable(v) for v in (a, d, t))
+    direct = pt.exp(-a * tt) - pt.exp(-(a + d) * tt)
+    flat_t = pt.broadcast_to(tt, direct.shape).ravel()
+    # t == 0 (before the dose or in its lag) needs the series only where D = 1: there the difference's
+    # derivative in t is d, not 1
+    needed = pt.and_(pt.lt(pt.abs(d * tt), SERIES_BELOW), pt.or_(pt.gt(tt, 0.0), pt.lt(pt.abs(d), near)))
+    idx = pt.nonzero(needed.ravel())[0]
+    rows = idx // direct.shape[1]
+    ts, as_, ds = flat_t[idx], _row_values(a, rows), _row_values(d, rows)
+    series = pt.exp(-as_ * ts) * ts * _series(ds * ts) * pt.switch(pt.abs(ds) < near, 1.0, ds)
+    out = pt.set_subtensor(direct.ravel()[idx], series).reshape(direct.shape)
+    out.tag.static_form = (scaled_exp_difference_switch, (a, d, tt), near)
+    return out
+
+
+def _row_values(x, rows):
+    """``x`` at the given rows: a scalar stays a scalar, a column ``(n, 1)`` gives a vector."""
+    return x if x.ndim == 0 else x[rows, 0]
+
+
+def scaled_exp_difference_switch(a, d, t, near: float):
+    """:func:`scaled_exp_difference` with the series under a switch for every record (static shapes)."""
     x = d * t
     small = pt.abs(x) < SERIES_BELOW
     ea = pt.exp(-a * t)
@@ -170,3 +201,46 @@ def absorption(lams, coefs, ka, t_lag, ii):
     carry = pt.exp(-ka * s) / _one_minus_q(ka, ii)
     return sum(c * (exp_difference(lam, ka, s) + carry * exp_difference(lam, ka, ii)) / _one_minus_q(lam, ii)
                for lam, c in zip(lams, coefs))
+
+
+def static_shapes(outputs):
+    """``outputs`` with every :func:`scaled_exp_difference` in their graph in its static-shape form.
+
+    The flip-flop series is gathered over a set of records known only when the graph is evaluated;
+    JAX cannot compile that, and PyTensor's ``vectorize_graph`` cannot batch it.  Each such variable
+    carries ``tag.static_form`` (the function, its inputs and ``near``); this rebuilds it with
+    :func:`scaled_exp_difference_switch` (the same values and gradients).
+
+    Parameters
+    ----------
+    outputs : list of tensor
+        Graph outputs (e.g. a built model's pointwise log-likelihood).
+
+    Returns
+    -------
+    list of tensor
+        The same outputs, with the variables upstream of the replaced ones left as they were.
+
+    Raises
+    ------
+    RuntimeError
+        If the graph still gathers records by value: a gradient must be taken of this function's
+        outputs, not of the dynamic form's.
+    """
+    outputs = list(outputs)
+    repl = {v: static_form(v) for v in ancestors(outputs) if getattr(v.tag, "static_form", None)}
+    out = graph_replace(outputs, repl, strict=False) if repl else outputs
+    if any(v.owner is not None and isinstance(v.owner.op, Nonzero) for v in ancestors(out)):
+        # a gradient of the dynamic form refers to its gathered records directly: take it after this
+        raise RuntimeError("static_shapes: the graph still gathers records by value (a gradient taken "
+                           "before static_shapes?)")
+    return out
+
+
+def static_form(var, memo=None):
+    """The static-shape form of a variable :func:`scaled_exp_difference` made, its inputs mapped
+    through ``memo`` (a graph clone's equivalence mapping) where given."""
+    fn, args, near = var.tag.static_form
+    if memo is not None:
+        args = [memo.get(x, x) for x in args]
+    return fn(*args, near)
