@@ -87,10 +87,11 @@ def scaled_exp_difference(a, d, t, near: float):
     records that need it (usually none: a subject whose ``KA`` is within ``0.01 / t`` of ``lambda``),
     gathered by their flat index and written over the difference.  A per-record branch inside the fused
     elementwise loop of the gradient (a switch, a 0/1 blend) makes numba generate code 2x slower
-    (``pk_1cmt_oral`` at 12,000 records: 376 against 810 microseconds per log density and gradient;
-    docs/benchmarks.md).  The record count is dynamic, which JAX cannot compile: the JAX engines use
+    (``pk_1cmt_oral`` at 12,000 records: 390 against 850 microseconds per log density and gradient, the
+    hand-written model 400; docs/benchmarks.md).  The number of gathered records is known only at
+    evaluation, which JAX cannot compile and ``vectorize_graph`` cannot batch: those use
     :func:`scaled_exp_difference_switch`, which the graph carries as this variable's ``tag.static_form``
-    (:func:`bayesnlme.build.static_shapes`).
+    (:func:`static_shapes`).
 
     ``near`` (1/time) is ``0.01 / T`` for the longest time ``T`` since a dose in the data, so that where
     ``|d| < near`` every record is on the series side (``D = 1`` there is right for every record).  The
