@@ -61,19 +61,21 @@ ALPHA = 0.01
 N_NULL = 4000      # simulated uniform rank samples behind the p-values and bands (Monte Carlo SE of p ~ 0.0016 at 1%)
 
 
-def _placeholder_design(design, lloq: float | None = None) -> tuple[pd.DataFrame, np.ndarray | None]:
+def placeholder_design(design, lloq: float | None = None,
+                       what: str = "SBC") -> tuple[pd.DataFrame, np.ndarray | None]:
     """The design's records with observation DV set to 1 (valid for every residual model), without
     ``CENS``/``LIMIT``, and each observation record's LLOQ (None: no censoring).
 
     The LLOQ comes from ``lloq`` or, without it, from the design's ``CENS = 1`` records
     (:func:`bayesnlme.evaluate.outcomes.record_lloq`: a ``CENS = 1`` record's DV is its limit).
+    ``what`` names the caller in errors (SBC, trial simulation).
     """
     nm = read_nonmem(design)
     if nm.obs_cens is not None and (nm.obs_cens == -1).any():
-        raise BayesNLMEInputError(f"{nm.source}: SBC censors simulated DV below an LLOQ only; the design has "
+        raise BayesNLMEInputError(f"{nm.source}: {what} censors simulated DV below an LLOQ only; the design has "
                                   f"CENS = -1 (right-censored) records")
     if lloq is not None and not (np.isfinite(lloq) and lloq > 0):
-        raise BayesNLMEInputError(f"SBC: lloq must be a positive number (DV units), got {lloq!r}")
+        raise BayesNLMEInputError(f"{what}: lloq must be a positive number (DV units), got {lloq!r}")
     limits = record_lloq(nm, lloq)
     frame = with_dv(nm, np.ones(nm.n_obs)).drop(columns=["CENS", "LIMIT"], errors="ignore")
     return frame, limits
@@ -370,7 +372,7 @@ def sbc(spec: ModelSpec, design, *, n: int = 200, fit_spec: ModelSpec | None = N
     if missing:
         raise BayesNLMEInputError(f"SBC: the fitting model {fit_spec.name} lacks parameters the simulating model "
                                   f"{spec.name} has: {', '.join(missing)}")
-    frame, limits = _placeholder_design(design, lloq)
+    frame, limits = placeholder_design(design, lloq)
     width = len(str(n - 1))
     tasks = {f"rep{i:0{width}d}": {} for i in range(n)}
     shared = {"spec": spec.to_dict(), "fit_spec": fit_spec.to_dict(), "design": frame, "chains": chains,

@@ -58,6 +58,7 @@ from bayesnlme.evaluate.simulate import assign_covariates, simulate
 from bayesnlme.inference.fit import FitResult, fit_model
 from bayesnlme.inference.refit import refitter, with_dv
 from bayesnlme.runner import run_tasks, task_seed
+from bayesnlme.sbc import below_lloq, placeholder_design
 from bayesnlme.spec import ModelSpec
 
 __all__ = ["trial", "TrialResult", "DecisionRule", "replicate_covariates", "trial_replicate"]
@@ -98,12 +99,15 @@ def _simulate_replicate(simulation: dict, design: pd.DataFrame, covariates: pd.D
 def trial_replicate(*, key, seed, workdir, spec: dict, design: pd.DataFrame, dv: np.ndarray | None, truth: dict,
                     index: int, rule: dict, analysis: str, chains: int, draws: int, tune: int,
                     dropout_rate: float, simulation: dict | None = None, population: pd.DataFrame | None = None,
-                    pta_seed: int = 0, covariates: pd.DataFrame | None = None) -> dict:
+                    pta_seed: int = 0, covariates: pd.DataFrame | None = None,
+                    lloq: np.ndarray | None = None) -> dict:
     """Simulate (when its subjects have their own covariates) and analyse one replicate study (a runner task).
 
     Writes the replicate's data set (``data.csv``, after dropout) into ``workdir``; returns the truth,
-    the rule's outcome, the numbers of subjects and observations and, for NUTS, the ESS of the
-    rule's parameter and the divergences.
+    the rule's outcome, the numbers of subjects, observations and censored observations and, for NUTS,
+    the ESS of the rule's parameter and the divergences.  With ``lloq`` (per observation record, NaN:
+    none), simulated values below it are censored (``CENS = 1``, ``DV = LLOQ``) and analysed by Beal's M3,
+    NUTS replicates with the compiled model of the others (``DV_cens``, :mod:`bayesnlme.inference.refit`).
     """
     fit_spec = ModelSpec.from_dict(spec)
     rule = DecisionRule(**rule)
@@ -113,15 +117,18 @@ def trial_replicate(*, key, seed, workdir, spec: dict, design: pd.DataFrame, dv:
         nm, y = read_nonmem(design), dv[index]
     else:
         nm, y = _simulate_replicate(simulation, design, covariates, index, s_sim)
-    frame = with_dv(nm, y)
+    cens = None
+    if lloq is not None:
+        y, cens = below_lloq(y, np.asarray(lloq, float))
+    frame = with_dv(nm, y, cens)
     kept = _drop_out(frame, dropout_rate, rng) if dropout_rate > 0 else np.ones(len(frame), bool)
     frame = frame[kept].reset_index(drop=True)
     frame.to_csv(Path(workdir) / "data.csv", index=False)
     if analysis == "nuts" and covariates is None:
         # one compiled model for every replicate; dropout leaves records out of it by a mask
         keep = kept[nm.frame["_OBS"].to_numpy(bool)] if dropout_rate > 0 else None
-        idata = refitter(fit_spec, nm, chains=chains, draws=draws, tune=tune, cores=1,
-                         masked=dropout_rate > 0).sample(y, seed, keep=keep)
+        idata = refitter(fit_spec, nm, chains=chains, draws=draws, tune=tune, cores=1, masked=dropout_rate > 0,
+                         censored=lloq is not None).sample(y, seed, keep=keep, cens=cens)
         fitted = None
     else:
         fitted = fit_model(fit_spec, frame, chains=chains, draws=draws, tune=tune, seed=seed, progress=False,
@@ -129,7 +136,7 @@ def trial_replicate(*, key, seed, workdir, spec: dict, design: pd.DataFrame, dv:
         idata = fitted.idata
     if rule.kind == "attainment":
         if fitted is None:      # the refitted draws with the design's subjects (all of them: the ETAs'), as a fit
-            data = read_nonmem(with_dv(nm, y))
+            data = read_nonmem(with_dv(nm, y, cens))
             fitted = FitResult(idata=idata, spec=fit_spec.bind(data), data=data,
                                settings={"method": "nuts", "chains": chains, "draws": draws, "tune": tune,
                                          "seed": seed})
@@ -142,7 +149,8 @@ def trial_replicate(*, key, seed, workdir, spec: dict, design: pd.DataFrame, dv:
     t = truth[rule.parameter][index] if rule.parameter in truth else np.nan   # e.g. absent from the fit's model
     out = {"truth": float(t), **rule.evaluate(values, t),
            "n_subjects": int(frame.loc[frame["EVID"].fillna(0) == 0, "ID"].nunique()),   # with >= 1 level
-           "n_observations": int((frame["EVID"].fillna(0) == 0).sum())}
+           "n_observations": int((frame["EVID"].fillna(0) == 0).sum()),
+           "n_censored": int(frame["CENS"].sum()) if cens is not None else 0}
     if analysis == "nuts":
         if rule.kind != "attainment":
             out["ess_bulk"] = float(az.ess(idata, var_names=[rule.parameter])[rule.parameter])
@@ -159,8 +167,8 @@ class TrialResult:
     replicates : pandas.DataFrame
         One row per replicate that finished: ``truth``, ``estimate``, ``lower``/``upper`` and/or
         ``probability`` (see :meth:`DecisionRule.evaluate`), ``success``, ``n_subjects``,
-        ``n_observations`` (after dropout) and, for NUTS, ``divergences`` and (not for attainment
-        rules) ``ess_bulk`` of the rule's parameter.
+        ``n_observations`` (after dropout), ``n_censored`` (of them, below the LLOQ) and, for NUTS,
+        ``divergences`` and (not for attainment rules) ``ess_bulk`` of the rule's parameter.
     rule : DecisionRule
     failed : dict
         Replicate -> one-line error.
@@ -185,6 +193,11 @@ class TrialResult:
         n = len(self.replicates)
         text = (f"Probability of success {self.p_success:.1%} (Monte Carlo SE {self.mc_se:.1%}, {n} replicate "
                 f"studies) for the rule: {self.rule.describe()}.")
+        cens = self.replicates["n_censored"] if "n_censored" in self.replicates else None
+        if cens is not None and cens.sum():
+            text += (f" Simulated values below the LLOQ were censored and analysed by M3: "
+                     f"{cens.sum() / self.replicates['n_observations'].sum():.1%} of the observations "
+                     f"({int((cens > 0).sum())} of {n} replicates had some).")
         if self.failed:
             text += f" {len(self.failed)} replicate(s) failed and are left out (see the manifest)."
         return text
@@ -245,7 +258,7 @@ def trial(result, design, *, n: int = 200, rule: DecisionRule, analysis: str = "
           analysis_spec: ModelSpec | None = None, dropout: float = 0.0, covariates=None, chains: int = 2,
           draws: int = 500, tune: int = 500, seed: int = 1, run_dir, scheduler=None,
           n_workers: int | None = None, memory_limit=None, retry_failed: bool = False,
-          progress: bool = True) -> TrialResult:
+          progress: bool = True, lloq: float | None = None) -> TrialResult:
     """Simulate and analyse ``n`` replicates of a proposed study (see the module docstring).
 
     Parameters
@@ -276,6 +289,11 @@ def trial(result, design, *, n: int = 200, rule: DecisionRule, analysis: str = "
         Run seed (simulation, covariates, dropout and each analysis).
     run_dir, scheduler, n_workers, memory_limit, retry_failed, progress
         See :func:`bayesnlme.runner.run_tasks`.
+    lloq : float, optional
+        Lower limit of quantification (DV units): simulated values below it are censored (``CENS = 1``,
+        ``DV = LLOQ``) and each replicate is analysed with Beal's M3 likelihood, as the real study would
+        be.  Default: the limits of the design's ``CENS = 1`` records, if it has any (no censoring
+        otherwise).
 
     Returns
     -------
@@ -317,7 +335,8 @@ def trial(result, design, *, n: int = 200, rule: DecisionRule, analysis: str = "
     if rule.kind == "attainment":   # before any replicate: both models must predict a concentration
         concentration_dvid(result.spec)
         concentration_dvid(spec)
-    frame = read_nonmem(design).records
+    placeholder, limits = placeholder_design(design, lloq, what="trial simulation")
+    frame = read_nonmem(placeholder).records
     names = sorted({e.covariate for s in (result.spec, spec) for e in s.covariates})
     idx, population_draws = thinned_draws(result, n)
     keys = replicate_keys(len(idx))
@@ -337,7 +356,8 @@ def trial(result, design, *, n: int = 200, rule: DecisionRule, analysis: str = "
         truth[rule.parameter] = attainment_draws(_fit_at(result.spec, result.data, population_draws), rule,
                                                  population=population, seed=seed, n_draws=None).tolist()
     shared = {"spec": spec.to_dict(), "truth": truth, "rule": rule.to_dict(), "analysis": analysis,
-              "chains": chains, "draws": draws, "tune": tune, "population": population, "pta_seed": seed}
+              "chains": chains, "draws": draws, "tune": tune, "population": population, "pta_seed": seed,
+              "lloq": limits}
     if own:     # each replicate simulates its own subjects, on the workers
         shared.update(design=frame, dv=None, simulation={"spec": result.spec.to_dict(), "data": result.data.records,
                                                          "draws": population_draws})

@@ -132,7 +132,7 @@ def test_sbc_input_errors(design, tmp_path):
 
 def test_censor_sets_cens_and_limit_and_lloq_comes_from_the_design(design):
     from bayesnlme.data import read_nonmem
-    from bayesnlme.sbc import _placeholder_design, censor
+    from bayesnlme.sbc import censor, placeholder_design
 
     nm = read_nonmem(design)
     dv = np.linspace(0.5, 10, nm.n_obs)
@@ -146,15 +146,15 @@ def test_censor_sets_cens_and_limit_and_lloq_comes_from_the_design(design):
     blq["CENS"] = 0
     first_obs = blq.index[blq["EVID"] == 0][0]
     blq.loc[first_obs, ["CENS", "DV"]] = [1, 0.25]
-    placeholder, limits = _placeholder_design(blq)
+    placeholder, limits = placeholder_design(blq)
     assert "CENS" not in placeholder and np.allclose(limits, 0.25)
-    assert _placeholder_design(design)[1] is None
-    assert np.allclose(_placeholder_design(design, lloq=1.5)[1], 1.5)
+    assert placeholder_design(design)[1] is None
+    assert np.allclose(placeholder_design(design, lloq=1.5)[1], 1.5)
     blq.loc[first_obs, "CENS"] = -1
     with pytest.raises(BayesNLMEInputError, match="CENS = -1"):
-        _placeholder_design(blq)
+        placeholder_design(blq)
     with pytest.raises(BayesNLMEInputError, match="lloq must be a positive number"):
-        _placeholder_design(design, lloq=-1.0)
+        placeholder_design(design, lloq=-1.0)
 
 
 @pytest.mark.slow

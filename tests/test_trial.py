@@ -124,6 +124,8 @@ def test_trial_input_errors(fit, tmp_path):
         trial(fit, design, rule=rule, analysis="laplace", run_dir=tmp_path / "a", scheduler="serial")
     with pytest.raises(BayesNLMEInputError, match="dropout must be a probability"):
         trial(fit, design, rule=rule, dropout=1.0, run_dir=tmp_path / "b", scheduler="serial")
+    with pytest.raises(BayesNLMEInputError, match="trial simulation: lloq must be a positive number"):
+        trial(fit, design, rule=rule, lloq=0.0, run_dir=tmp_path / "b", scheduler="serial")
     with pytest.raises(BayesNLMEInputError, match="no replicate finished"):
         trial(fit, design, n=2, rule=DecisionRule.interval("Q", lower=0.8, upper=1.25), chains=1, draws=50, tune=50,
               run_dir=tmp_path / "c", scheduler="serial", progress=False)
@@ -163,6 +165,35 @@ def test_attainment_rule_on_nuts_replicates(fit, tmp_path):
     res = trial(fit, design, rule=impossible, run_dir=tmp_path / "impossible", **kw)
     assert res.p_success == 0 and (res.replicates[["truth", "estimate", "upper"]] == 0).all().all()
     assert "lower end of the 90% CrI" in (tmp_path / "impossible" / "trial.txt").read_text()
+
+
+@pytest.mark.slow
+def test_lloq_censors_the_replicates_and_nuts_refits_them_by_m3(fit, tmp_path, monkeypatch):
+    """Simulated values below the LLOQ are censored (CENS = 1, DV = LLOQ) in each replicate's data, counted,
+    and analysed by M3: NUTS replicates by the compiled refit model (fitting one from scratch fails here),
+    MAP replicates by a fit of the censored data."""
+    import bayesnlme.trial as trial_module
+
+    design = regimen_data(320, 24, 1, times=TIMES, n_subjects=4)
+    rule = DecisionRule.interval("CL", lower=0.5, upper=2.0)
+    kw = dict(n=2, rule=rule, chains=1, draws=50, tune=50, scheduler="serial", progress=False, lloq=3.0)
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("a NUTS replicate was fitted from scratch")
+    monkeypatch.setattr(trial_module, "fit_model", no_fit)
+    res = trial(fit, design, run_dir=tmp_path / "nuts", **kw)
+    monkeypatch.undo()
+    mapped = trial(fit, design, analysis="map", run_dir=tmp_path / "map", **kw)
+    for r, folder in ((res, "nuts"), (mapped, "map")):
+        assert len(r.replicates) == 2 and not r.failed
+        for key, row in r.replicates.iterrows():
+            data = pd.read_csv(tmp_path / folder / "tasks" / key / "data.csv")
+            obs = data[data["EVID"] == 0]
+            assert row["n_censored"] == obs["CENS"].sum() and row["n_observations"] == len(obs)
+            assert (obs.loc[obs["CENS"] == 1, "DV"] == 3.0).all() and (obs.loc[obs["CENS"] == 0, "DV"] >= 3.0).all()
+            assert 0 < row["n_censored"] < row["n_observations"]      # the LLOQ is inside the simulated range
+        assert "censored and analysed by M3" in (tmp_path / folder / "trial.txt").read_text()
+        assert np.isfinite(r.replicates["estimate"]).all()
 
 
 def test_auc24_target_is_the_daily_auc(fit):

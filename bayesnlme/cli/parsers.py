@@ -446,8 +446,8 @@ def _add_trial(subparsers) -> None:
         "rule to its posterior, and print the probability of success with its Monte Carlo SE. Replicates are "
         "independent tasks on Dask: OUT/manifest.json and OUT/tasks/<replicate>/ (its data.csv and result.json) "
         "are written as each finishes (a rerun resumes), then OUT/replicates.csv (per replicate: truth, estimate, "
-        "lower, upper and/or probability, success, subjects and observations after dropout, divergences) and "
-        "OUT/trial.txt.",
+        "lower, upper and/or probability, success, subjects and observations after dropout, censored observations, "
+        "divergences) and OUT/trial.txt.",
         epilog="examples:\n"
                "  bayesnlme trial fits/theo --design design.csv --n 200 --out trial_cl \\\n"
                "      --rule kind=interval parameter=CL ci=0.95 lower=0.6 upper=1.4\n"
@@ -472,6 +472,8 @@ def _add_trial(subparsers) -> None:
                    "entry) instead of the fit's")
     p.add_argument("--dropout", type=_dropout, default=0.0, help="probability that a subject drops out before the "
                    "last sampling time (exponential dropout times) (default: %(default)s)")
+    p.add_argument("--lloq", type=float, help="censor simulated DV below this LLOQ (DV units; CENS=1) and analyse "
+                   "each replicate with the M3 likelihood; default: the limits of the design's CENS=1 records, if any")
     p.add_argument("--covariates", help="'resample': every replicate draws its subjects' covariates from the fitted "
                    "subjects; or a CSV covariate table to draw rows from (matched by ID if it has an ID column) "
                    "(default: the design's own covariates in every replicate)")

@@ -66,7 +66,8 @@ def run(args) -> int:
     res = trial(result, design, n=args.n, rule=rule, analysis=args.analysis, analysis_spec=analysis_spec,
                 dropout=args.dropout, covariates=covariates, chains=args.chains, draws=args.draws, tune=args.tune,
                 seed=args.seed, run_dir=args.out, scheduler=scheduler_of(args), n_workers=args.workers,
-                memory_limit=args.memory_limit, retry_failed=args.retry_failed, progress=not args.no_progress)
+                memory_limit=args.memory_limit, retry_failed=args.retry_failed, progress=not args.no_progress,
+                lloq=args.lloq)
     table = res.replicates
     print(res.describe())
     if "truth" in table and table["truth"].notna().any():
