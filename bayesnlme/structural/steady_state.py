@@ -124,7 +124,7 @@ def scaled_exp_difference(a, d, t, near: float):
 
 def _row_values(x, rows):
     """``x`` at the given rows: a scalar stays a scalar, a column ``(n, 1)`` gives a vector."""
-    return x if x.ndim == 0 else x[rows, 0]
+    return x if x.ndim == 0 else x[:, 0][rows]
 
 
 def scaled_exp_difference_switch(a, d, t, near: float):
