@@ -281,14 +281,9 @@ def normal_logp(kind: str, y, f, sd, cens=None, limit=None):
         s, m, yo = take(sd, obs, n), take(mu, obs, n), take(y, obs, n)
         if log:   # DV > 0 on observed records (check_positive_dv)
             yo = np.log(yo) if isinstance(yo, np.ndarray) else pt.log(yo)
-        if kind == "proportional":
-            # SD = sigma_prop * IPRED is 0 where IPRED is 0 (before a lag time): density 0 there
-            # (DV = 0 is rejected by check_data), written so that neither value nor gradient is NaN
-            positive = s > 0
-            s = pt.switch(positive, s, 1.0)
-        z = (yo - m) / s
-        lp = -0.5 * z ** 2 - pt.log(s) - 0.5 * _LOG_2PI - (yo if log else 0.0)
-        if kind == "proportional":
+        s, positive = _guarded_sd(kind, s)
+        lp = _density(yo, m, s, log)
+        if positive is not None:
             lp = pt.switch(positive, lp, -np.inf)
         out = put(out, obs, lp, n)
     if (cens != 0).any():
@@ -331,17 +326,32 @@ def censored_by_data(kind: str, y, f, sd, cens):
     log = kind == "exponential"
     mu = pt.log(f) if log else f
     yt = pt.log(y) if log else y   # DV > 0 (check_positive_dv); a censored record's DV is its limit > 0
-    s = sd
-    if kind == "proportional":   # SD 0 where IPRED is 0: density 0 there, P(Y <= limit) = 1
-        positive = s > 0
-        s = pt.switch(positive, s, 1.0)
-    z = (yt - mu) / s
-    density = -0.5 * z ** 2 - pt.log(s) - 0.5 * _LOG_2PI - (yt if log else 0.0)
+    s, positive = _guarded_sd(kind, sd)   # proportional: density 0 where IPRED is 0, P(Y <= limit) = 1
+    density = _density(yt, mu, s, log)
     below = normal_lcdf(mu, s, yt)
-    if kind == "proportional":
+    if positive is not None:
         density = pt.switch(positive, density, -np.inf)
         below = pt.switch(positive, below, 0.0)
     return pt.switch(pt.gt(cens, 0), below, density)
+
+
+def _guarded_sd(kind: str, s):
+    """The residual SD and, for proportional error, where it is positive (else None).
+
+    SD = sigma_prop * IPRED is 0 where IPRED is 0 (before a lag time): the density is 0 there (DV = 0
+    is rejected by check_data); the SD is replaced by 1 there so that neither value nor gradient is NaN,
+    and the caller puts -inf (or the censored probability 1) where it is not positive.
+    """
+    if kind != "proportional":
+        return s, None
+    positive = s > 0
+    return pt.switch(positive, s, 1.0), positive
+
+
+def _density(y, mu, s, log: bool):
+    """Normal log-density of ``y`` (log DV for exponential error, with the Jacobian ``-log DV``)."""
+    z = (y - mu) / s
+    return -0.5 * z ** 2 - pt.log(s) - 0.5 * _LOG_2PI - (y if log else 0.0)
 
 
 def take(x, idx: np.ndarray, n: int):

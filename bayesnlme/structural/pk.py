@@ -226,11 +226,11 @@ def _near(doses: DoseEvents) -> float | None:
     return steady_state.SERIES_BELOW / max(longest, 1e-300)
 
 
-def _derivation(oral: bool, lams_coefs, near: float = 0.0):
+def _derivation(oral: bool, lams_coefs, near: float | None = None):
     """What a linear model derives from its parameters ``p``: ``lams_coefs(p) -> (lams, coefs)``, then
     the rate constants, coefficients, 1/V and, with absorption, KA, F, ALAG, each
-    ``(KA - lambda, 1 / (KA - lambda))`` and each ``c F KA / V`` times
-    :func:`~bayesnlme.structural.steady_state.near_inverse` of ``KA - lambda`` (``near``)."""
+    ``(KA - lambda, 1 / (KA - lambda))`` and, with ``near`` (see :func:`_near`), each ``c F KA / V`` times
+    :func:`~bayesnlme.structural.steady_state.near_inverse` of ``KA - lambda``."""
     def fn(p):
         lams, coefs = lams_coefs(p)
         inv_v = 1.0 / p["V"]
@@ -238,7 +238,8 @@ def _derivation(oral: bool, lams_coefs, near: float = 0.0):
             return [*lams, *coefs, inv_v]
         ka, F = p["KA"], p.get("F", 1.0)
         diffs = [x for lam in lams for x in (ka - lam, safe_inverse(ka - lam))]
-        scales = [c * F * ka * inv_v * steady_state.near_inverse(ka - lam, near) for c, lam in zip(coefs, lams)]
+        scales = [] if near is None else [c * F * ka * inv_v * steady_state.near_inverse(ka - lam, near)
+                                          for c, lam in zip(coefs, lams)]
         return [*lams, *coefs, inv_v, ka, F, p.get("ALAG", 0.0), *diffs, *scales]
     return fn
 
@@ -246,7 +247,7 @@ def _derivation(oral: bool, lams_coefs, near: float = 0.0):
 def _linear(params, doses: DoseEvents, oral: bool, lams_coefs, n: int):
     """Concentration of an n-compartment linear model from its per-subject derivation."""
     near = _near(doses) if oral else None
-    vals = _derive(params, _derivation(oral, lams_coefs, near or 0.0))
+    vals = _derive(params, _derivation(oral, lams_coefs, near))
     lams, coefs, inv_v = vals[:n], vals[n:2 * n], vals[2 * n]
     if oral:
         ka, F = vals[2 * n + 1], vals[2 * n + 2]

@@ -145,7 +145,7 @@ def near_inverse(d, near: float):
 def safe_inverse(d):
     """``1 / d``, with 1 where ``|d| < 1e-100`` (there :func:`exp_difference` uses its series for any
     time below 1e98, so the value is never used; it keeps gradients finite)."""
-    return 1.0 / pt.switch(pt.abs(d) < 1e-100, 1.0, d)
+    return near_inverse(d, 1e-100)
 
 
 def _one_minus_q(lam, ii):
