@@ -116,8 +116,7 @@ def scaled_exp_difference(a, d, t, near: float):
     idx = pt.nonzero(needed.ravel())[0]
     rows = idx // direct.shape[1]
     ts, as_, ds = flat_t[idx], _row_values(a, rows), _row_values(d, rows)
-    series = pt.exp(-as_ * ts) * ts * _series(ds * ts) * pt.switch(pt.abs(ds) < near, 1.0, ds)
-    out = pt.set_subtensor(direct.ravel()[idx], series).reshape(direct.shape)
+    out = pt.set_subtensor(direct.ravel()[idx], _scaled_series(as_, ds, ts, near)).reshape(direct.shape)
     out.tag.static_form = (scaled_exp_difference_switch, (a, d, tt), near)
     return out
 
@@ -129,12 +128,14 @@ def _row_values(x, rows):
 
 def scaled_exp_difference_switch(a, d, t, near: float):
     """:func:`scaled_exp_difference` with the series under a switch for every record (static shapes)."""
-    x = d * t
-    small = pt.abs(x) < SERIES_BELOW
-    ea = pt.exp(-a * t)
-    scale = pt.switch(pt.abs(d) < near, 1.0, d)
-    series = ea * t * _series(x) * scale
-    return pt.switch(small, series, ea - pt.exp(-(a + d) * t))
+    small = pt.abs(d * t) < SERIES_BELOW
+    return pt.switch(small, _scaled_series(a, d, t, near), pt.exp(-a * t) - pt.exp(-(a + d) * t))
+
+
+def _scaled_series(a, d, t, near: float):
+    """The flip-flop series side of :func:`scaled_exp_difference`: ``exp(-a t) t (1 - exp(-d t)) / (d t)``
+    times ``d`` (1 where ``|d| < near``)."""
+    return pt.exp(-a * t) * t * _series(d * t) * pt.switch(pt.abs(d) < near, 1.0, d)
 
 
 def near_inverse(d, near: float):
