@@ -8,6 +8,7 @@ the traceback).
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import os
 import sys
@@ -26,11 +27,16 @@ COMMANDS = {"fit": ("fit", "run_fit"), "diagnose": ("diagnose", "run_diagnose"),
             "import-nonmem": ("importers", "run_import_nonmem"), "trial": ("trial", "run")}
 
 
-def _dispatch(args) -> int:
+def _dispatch(args, own_process: bool = False) -> int:
     module, function = COMMANDS[args.command]
     # a command's module imports PyMC (seconds); load it only when that command runs, so that
     # `bayesnlme --help` and usage errors answer at once
-    return getattr(importlib.import_module(f"bayesnlme.cli.{module}"), function)(args)
+    command = getattr(importlib.import_module(f"bayesnlme.cli.{module}"), function)
+    if own_process:
+        # the ~300,000 objects made by the imports live until the process ends: frozen, the cyclic
+        # garbage collector stops walking them at each full collection (~0.5 s of a theophylline fit)
+        gc.freeze()
+    return command(args)
 
 
 def _output_folder(args) -> Path | None:
@@ -48,14 +54,15 @@ def _output_folder(args) -> Path | None:
     return None
 
 
-def main(argv=None) -> int:
-    """Entry point of the ``bayesnlme`` command; returns the exit status."""
+def main(argv=None, *, own_process: bool = False) -> int:
+    """Run one ``bayesnlme`` command (``argv``: its arguments, default ``sys.argv[1:]``); returns the exit
+    status.  ``own_process``: the process ends when this returns (the console script, :func:`entry`)."""
     args = parser().parse_args(argv)
     warnings.simplefilter("ignore", ConvergenceWarning)  # printed in plain words after the summary
     try:
         folder = _output_folder(args)
         with output_lock(folder) if folder is not None else contextlib.nullcontext():
-            return _dispatch(args)
+            return _dispatch(args, own_process)
     except BayesNLMEInputError as exc:
         if args.debug:
             raise
@@ -76,5 +83,17 @@ def main(argv=None) -> int:
         return 2
 
 
+def entry() -> None:
+    """The ``bayesnlme`` console script (and ``python -m bayesnlme.cli``): :func:`main`, then exit with its status.
+
+    Everything left is frozen before exiting, so that Python's last garbage collection at shutdown does not
+    walk the graphs and modules of the run (~1 s after a fit; nothing of the run is still unwritten by
+    then: every output file was written and renamed into place, and exit handlers still run).
+    """
+    status = main(own_process=True)
+    gc.freeze()
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

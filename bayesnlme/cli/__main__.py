@@ -1,7 +1,5 @@
 """``python -m bayesnlme.cli``: the ``bayesnlme`` command."""
 
-import sys
+from bayesnlme.cli import entry
 
-from bayesnlme.cli import main
-
-sys.exit(main())
+entry()
