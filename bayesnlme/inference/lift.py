@@ -26,6 +26,7 @@ import numpy as np
 import pytensor
 from pymc.backends.arviz import apply_function_over_dataset, coords_and_dims_for_inferencedata
 from pymc.model.transform.conditioning import remove_value_transforms
+from pymc.pytensorf import PointFunc
 from pytensor.graph.basic import Constant
 from pytensor.graph.traversal import io_toposort
 from pytensor.tensor.basic import Join
@@ -40,6 +41,8 @@ from pytensor.tensor.subtensor import (
     IncSubtensor,
     Subtensor,
 )
+
+from bayesnlme.inference.graph_cache import compile_function
 
 #: Operations whose every input is data (never a shape or a static index).
 _DATA_OPS = (Elemwise, DimShuffle, CAReduce, Dot, Dot22, AdvancedSubtensor1, AdvancedSubtensor,
@@ -118,8 +121,7 @@ def add_log_likelihood(idata, model):
     umodel = remove_value_transforms(model)
     observed = list(umodel.observed_RVs)
     outs = lift_constants(umodel.logp(vars=observed, sum=False))
-    with umodel:
-        fn = umodel.compile_fn(outs, inputs=umodel.value_vars, on_unused_input="ignore", mode="NUMBA")
+    fn = PointFunc(compile_function(umodel.value_vars, outs, model=umodel, on_unused_input="ignore"))
     coords, dims = coords_and_dims_for_inferencedata(umodel)
     dataset = apply_function_over_dataset(fn, idata.posterior[[rv.name for rv in umodel.free_RVs]],
                                           output_var_names=[rv.name for rv in observed],

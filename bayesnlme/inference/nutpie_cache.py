@@ -27,8 +27,8 @@ import warnings
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
-from pymc.pytensorf import compile as compile_pymc
 
+from bayesnlme.inference.graph_cache import compile_function, model_logp
 from bayesnlme.inference.lift import Lifter
 
 #: Bump when the generated source changes in a way its text does not show.
@@ -123,7 +123,8 @@ def _make_functions(model, initial, var_names):
     shapes = _compute_shapes(model)
     value_vars = [model.rvs_to_values[v] for v in model.free_RVs]
     rewrites = ["canonicalize", "stabilize"] + ([] if model.check_bounds else ["local_remove_check_parameter"])
-    logp = pytensor.graph.rewrite_graph(model.logp(), include=rewrites)
+    # rewritten in place: a copy, since the terms are shared (graph_cache.logp_factors); the inputs stay
+    logp = pytensor.graph.rewrite_graph(pytensor.clone_replace(model_logp(model)), include=rewrites)
     grad = pt.concatenate([pt.as_tensor(g).ravel() for g in pytensor.gradient.grad(logp, value_vars)])
     names = [v.name for v in value_vars]
     sizes = [int(np.prod(shapes[n])) for n in names]
@@ -138,9 +139,8 @@ def _make_functions(model, initial, var_names):
                  and (var_names is None or v.name in set(var_names))]
     expanded = pt.concatenate([joined, *[pt.as_tensor(v).ravel() for v in remaining]])
     (expanded,) = lift(pytensor.clone_replace([expanded], replacements))
-    with model:
-        logp_fn = compile_pymc((joined,), (logp, grad), mode="NUMBA")
-        expand_fn = compile_pymc((joined,), [expanded], mode="NUMBA")
+    logp_fn = compile_function((joined,), (logp, grad), model=model)      # rewritten once per machine
+    expand_fn = compile_function((joined,), [expanded], model=model)
     all_names, all_slices, all_shapes = list(names), [], [shapes[n] for n in names]
     all_slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
     count = n_dim

@@ -1,0 +1,211 @@
+"""Compiled PyTensor functions whose graph rewriting is done once per machine, not once in every process.
+
+Compiling a log-density has two parts: PyTensor rewrites the graph (canonical forms, fusion of
+elementwise loops, in-place operations), then its numba linker turns the rewritten graph into code.
+The code is already kept on disk (PyTensor's numba cache), but the rewriting ran again in every
+process: on the theophylline model ~1.4 s of the sampler's log-density, ~0.3 s of the pointwise
+log-likelihood, a large part of a warm ``bayesnlme fit``.
+
+:func:`compile_function` keeps the rewritten graph on disk, under PyTensor's ``base_compiledir``
+(beside the numba cache, so that a fresh ``base_compiledir`` is a cold cache for both).  The key is a
+hash of the graph *before* rewriting, pickled: every operation with its parameters, every constant with
+its values, the inputs in order; data containers (shared variables: the DV and the design arrays lifted
+out by :mod:`bayesnlme.inference.lift`) by name and type, not by value; and the versions and settings
+that change what rewriting makes.  Two graphs with the same key are the same computation, so a hit can
+only be the right function; anything the pickle does not capture the same way twice (a new kind of Op)
+can only make a miss.  The stored graph refers to its data containers by name too, and a hit is
+linked to the *current* containers: PyTensor's own pickling of a compiled function would carry the data
+it was compiled with and silently reuse it (checked: it does).
+
+A graph that cannot be pickled, or a stored file that cannot be read, is compiled as before (the
+file is then written again); nothing here can change a result, only the time taken.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import sys
+import weakref
+from importlib import metadata
+from pathlib import Path
+
+import pytensor
+from pymc.pytensorf import compile as compile_pymc
+from pytensor.compile.function.types import FunctionMaker
+from pytensor.compile.io import In
+from pytensor.compile.sharedvalue import SharedVariable
+from pytensor.graph.basic import Apply, Variable
+from pytensor.graph.traversal import graph_inputs
+from pytensor.tensor import as_tensor
+from pytensor.tensor.math import variadic_add
+
+from bayesnlme.atomic import OutputError, write_atomic
+
+_FACTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: Bump when what is stored, or how it is linked, changes in a way the key does not show.
+_VERSION = "1"
+_PACKAGES = ("pytensor", "pymc", "numba", "numpy")
+#: PyTensor settings that change what rewriting makes of a graph.
+_FLAGS = ("floatX", "optimizer", "optimizer_including", "optimizer_excluding", "optimizer_requiring",
+          "numba__fastmath", "cast_policy", "compute_test_value", "on_opt_error")
+
+
+class _KeyPickler(pickle.Pickler):
+    """A graph's pickle for its key: data containers by name and type; Variables and Apply nodes without
+    what records their history rather than the computation: ``auto_name`` (a process-wide counter: the
+    same graph would get another key after other graphs were built) and the tag's ``trace`` (the
+    caller's file and line: a fit from a script and from the command line would not share a key)."""
+
+    def persistent_id(self, obj):
+        if isinstance(obj, SharedVariable):
+            return ("shared", obj.name, str(obj.type))
+        return None
+
+    def reducer_override(self, obj):
+        if isinstance(obj, (Variable, Apply)):
+            reduced = obj.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+            state = dict(reduced[2])
+            state.pop("auto_name", None)
+            if "tag" in state:
+                state["tag"] = {k: v for k, v in vars(state["tag"]).items() if k != "trace"}
+            return (reduced[0], reduced[1], state, *reduced[3:])
+        return NotImplemented
+
+
+class _GraphPickler(pickle.Pickler):
+    """The rewritten graph for the store: data containers by name (linked to the current ones on load)."""
+
+    def persistent_id(self, obj):
+        if isinstance(obj, SharedVariable):
+            return ("shared", obj.name)
+        return None
+
+
+class _GraphUnpickler(pickle.Unpickler):
+    def __init__(self, file, shared: dict):
+        super().__init__(file)
+        self._shared = shared
+
+    def persistent_load(self, pid):
+        return self._shared[pid[1]]   # KeyError: a container this graph lacks (treated as unreadable)
+
+
+def cache_dir() -> Path:
+    """Where rewritten graphs are kept: ``<PyTensor base_compiledir>/bayesnlme_graphs``."""
+    return Path(pytensor.config.base_compiledir) / "bayesnlme_graphs"
+
+
+def _containers(outputs) -> dict | None:
+    """The graph's data containers by name, or None where two differ and share a name (or have none)."""
+    found: dict = {}
+    for var in graph_inputs(outputs):
+        if isinstance(var, SharedVariable):
+            if var.name is None or found.setdefault(var.name, var) is not var:
+                return None
+    return found
+
+
+def graph_key(inputs, outputs, check_bounds: bool, mode: str) -> str | None:
+    """The key of compiling ``outputs`` from ``inputs`` in ``mode``; None where the graph cannot be pickled."""
+    buffer = io.BytesIO()
+    try:
+        _KeyPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump((list(inputs), list(outputs)))
+    except (pickle.PicklingError, TypeError, AttributeError, RecursionError, ValueError):
+        return None
+    versions = [f"{name}={metadata.version(name)}" for name in _PACKAGES]
+    flags = [f"{flag}={getattr(pytensor.config, flag, None)}" for flag in _FLAGS]
+    context = "\0".join([_VERSION, sys.version, mode, f"check_bounds={check_bounds}", *versions, *flags])
+    return hashlib.sha256(context.encode() + b"\0" + buffer.getvalue()).hexdigest()
+
+
+def compile_function(inputs, outputs, *, model, mode: str = "NUMBA", on_unused_input: str = "raise"):
+    """``pymc.pytensorf.compile(inputs, outputs, mode=mode)`` in ``model``'s context, its rewritten graph
+    kept on disk and reused by any process compiling the same graph (any data of the same shape).
+
+    Parameters
+    ----------
+    inputs : list of Variable
+        The explicit inputs, in call order (no data containers: those are read from their shared
+        variables at each call, as in a normal compile).
+    outputs : list of Variable
+    model : pymc.Model
+        Whose ``check_bounds`` decides how parameter checks compile (as in ``model.compile_fn``).
+    mode : str
+        PyTensor mode; ``"NUMBA"`` for every use in this package.
+    on_unused_input : {"raise", "ignore"}
+
+    Returns
+    -------
+    pytensor.compile.function.types.Function
+        Called like the function :func:`pymc.pytensorf.compile` returns (same outputs, same values).
+    """
+    inputs, outputs = list(inputs), list(outputs)
+    shared = _containers(outputs)
+    key = None if shared is None else graph_key(inputs, outputs, model.check_bounds, mode)
+    path = None if key is None else cache_dir() / f"{key}.pkl"
+    if path is not None and path.exists():
+        fn = _load(path, len(inputs), shared, on_unused_input)
+        if fn is not None:
+            return fn
+    with model:
+        fn = compile_pymc(inputs, outputs, mode=mode, on_unused_input=on_unused_input)
+    if path is not None:
+        _store(path, fn)
+    return fn
+
+
+def _store(path: Path, fn) -> None:
+    buffer = io.BytesIO()
+    try:
+        # without the rewriting's features (shape inference, merge tables: 8x the graph's size on disk);
+        # linking attaches what it needs again
+        fgraph = fn.maker.fgraph.clone_get_equiv(check_integrity=True, attach_feature=False)[0]
+        _GraphPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump((fgraph, fn.maker.mode))
+    except (pickle.PicklingError, TypeError, AttributeError, RecursionError, ValueError):
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
+    except (OSError, OutputError):   # a read-only or full cache folder costs time, never a result
+        pass
+
+
+def _load(path: Path, n_inputs: int, shared: dict, on_unused_input: str):
+    """The function linked from a stored rewritten graph, or None where the file cannot be used."""
+    try:
+        with open(path, "rb") as file:
+            fgraph, mode = _GraphUnpickler(file, shared).load()
+        explicit, implicit = fgraph.inputs[:n_inputs], fgraph.inputs[n_inputs:]
+        if len(explicit) != n_inputs or not all(isinstance(v, SharedVariable) for v in implicit):
+            return None
+        ins = [In(v) for v in explicit] + [In(v, value=v.container, implicit=True, mutable=False)
+                                           for v in implicit]
+        # the stored graph is the rewritten one: no rewriting again (it holds the in-place operations
+        # rewriting put there, hence accept_inplace)
+        maker = FunctionMaker(ins, list(fgraph.outputs), mode, fgraph=fgraph, no_fgraph_prep=True,
+                              accept_inplace=True, on_unused_input=on_unused_input)
+        return maker.create([i.value for i in ins])
+    except Exception:  # noqa: BLE001 - an unreadable or stale file is compiled again, whatever broke it
+        return None
+
+
+def logp_factors(model) -> list:
+    """``model.logp(sum=False)``: the log-density terms of the free variables, the observed variables and
+    the potentials, in that order, built once per model (PyMC's log-probability rewriting takes ~0.2 s
+    on a small model, and the start check and the sampler's compile both need the terms).
+
+    The graphs are shared: rewrite a copy (``pytensor.clone_replace``), never these.
+    """
+    if model not in _FACTORS:
+        _FACTORS[model] = tuple(model.logp(sum=False))
+    return list(_FACTORS[model])
+
+
+def model_logp(model):
+    """``model.logp()`` (the joint log-density, Jacobians included), as PyMC sums it, from
+    :func:`logp_factors`."""
+    total = variadic_add(*(as_tensor(factor, allow_xtensor_conversion=True).sum() for factor in logp_factors(model)))
+    total.name = f"__logp_{model.name}" if model.name else "__logp"
+    return total

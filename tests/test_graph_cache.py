@@ -1,0 +1,84 @@
+"""Rewritten graphs kept on disk (bayesnlme.inference.graph_cache).
+
+A stored graph must be found again for the same computation on other data of the same shape, must
+then read the *current* data (PyTensor's own pickled functions carry the data they were compiled
+with), must not be found for another computation, and must never be worse than compiling.
+"""
+
+import numpy as np
+import pymc as pm
+import pytensor
+import pytensor.tensor as pt
+import pytest
+
+from bayesnlme.inference import graph_cache, lift
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setattr(graph_cache, "cache_dir", lambda: tmp_path)
+    return tmp_path
+
+
+def _graph(times, scale=2.0):
+    """A small log-density with a data container and lifted design arrays, as the builder's are."""
+    with pm.Model() as model:
+        dv = pm.Data("DV", np.array([1.0, 0.7, 0.4, 0.2]))
+        k = pm.LogNormal("k", 0.0, 1.0)
+        pm.Normal("y", scale * pt.exp(-k * pt.as_tensor(times)), 0.1, observed=dv)
+    value = model.rvs_to_values[model.free_RVs[0]]
+    logp = model.logp()
+    outputs = lift.lift_constants([logp, pytensor.grad(logp, value)])
+    return model, [value], outputs
+
+
+def _no_compile(*args, **kwargs):
+    raise AssertionError("compiled although the rewritten graph was stored")
+
+
+def test_a_stored_graph_is_linked_to_the_current_data(store, monkeypatch):
+    times = np.array([0.5, 1.0, 2.0, 4.0])
+    model, inputs, outputs = _graph(times)
+    first = graph_cache.compile_function(inputs, outputs, model=model)
+    assert len(list(store.glob("*.pkl"))) == 1
+    expected = first(np.array(0.3))
+
+    # the same structure on other data of the same shape (another TIME, another DV): built anew, as in
+    # another process, after other graphs were built (PyTensor's variable counter moved on)
+    model2, inputs2, outputs2 = _graph(times * 1.7)
+    model2["DV"].set_value(np.array([2.0, 1.1, 0.5, 0.1]))
+    with monkeypatch.context() as patch:
+        patch.setattr(graph_cache, "compile_pymc", _no_compile)
+        cached = graph_cache.compile_function(inputs2, outputs2, model=model2)
+    with model2:
+        fresh = pm.pytensorf.compile(inputs2, outputs2, mode="NUMBA")
+    got, want = cached(np.array(0.3)), fresh(np.array(0.3))
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    assert abs(got[0] - expected[0]) > 1.0          # the new data changed the log-density: it was read
+    # a later change of a container is read too, as by a function compiled in this process
+    model2["DV"].set_value(np.array([1.0, 0.7, 0.4, 0.2]))
+    np.testing.assert_array_equal(cached(np.array(0.3))[0], fresh(np.array(0.3))[0])
+
+
+def test_another_computation_is_not_found(store):
+    times = np.array([0.5, 1.0, 2.0, 4.0])
+    model, inputs, outputs = _graph(times)
+    key = graph_cache.graph_key(inputs, outputs, model.check_bounds, "NUMBA")
+    assert key == graph_cache.graph_key(*_graph(times * 3.0)[1:], model.check_bounds, "NUMBA")
+    assert key != graph_cache.graph_key(*_graph(times, scale=2.5)[1:], model.check_bounds, "NUMBA")  # a constant
+    assert key != graph_cache.graph_key(*_graph(times[:3])[1:], model.check_bounds, "NUMBA")           # a shape
+    assert key != graph_cache.graph_key(inputs, outputs, not model.check_bounds, "NUMBA")
+    assert key != graph_cache.graph_key(inputs, outputs, model.check_bounds, "FAST_RUN")
+
+
+def test_an_unreadable_file_is_compiled_again(store):
+    times = np.array([0.5, 1.0, 2.0, 4.0])
+    model, inputs, outputs = _graph(times)
+    expected = graph_cache.compile_function(inputs, outputs, model=model)(np.array(0.3))
+    (path,) = store.glob("*.pkl")
+    path.write_bytes(b"not a pickle")
+    model, inputs, outputs = _graph(times)
+    got = graph_cache.compile_function(inputs, outputs, model=model)(np.array(0.3))
+    np.testing.assert_array_equal(got[0], expected[0])
+    assert path.read_bytes() != b"not a pickle"      # written again
