@@ -356,9 +356,7 @@ class ODESolveOp(Op):
         return Apply(self, [P, *schedule], [y, s])
 
     def perform(self, node, inputs, outputs):
-        # writable C-contiguous copies: the same numba specialisation as under nutpie
-        y, s = self.kernel(*[np.array(x, order="C") for x in inputs[:-1]])
-        outputs[0][0], outputs[1][0] = y, s
+        outputs[0][0], outputs[1][0] = _solver(self, node)(*inputs)
 
     def L_op(self, inputs, outputs, output_grads):
         from pytensor.gradient import DisconnectedType, disconnected_type
@@ -374,6 +372,19 @@ class ODESolveOp(Op):
 
     def connection_pattern(self, node):
         return [[True, True]] + [[False, False]] * (len(node.inputs) - 1)
+
+
+_SOLVERS: dict = {}   # (id(system), SS kernel, input types) -> (system, its solver)
+
+
+def _solver(op: ODESolveOp, node):
+    """The integrator as a numba-mode PyTensor function for ``perform`` (start check, predictions, pm.sample), from
+    PyTensor's cache under its key; ``op.kernel`` was compiled in every process (~15 s, ``pk_1cmt_mm_oral``)."""
+    key = (id(op.system), op.steady, tuple(v.type for v in node.inputs))
+    if key not in _SOLVERS:
+        inputs = [v.type() for v in node.inputs]
+        _SOLVERS[key] = (op.system, pytensor.function(inputs, op(*inputs), mode="NUMBA"))
+    return _SOLVERS[key][1]
 
 
 @register_funcify_and_cache_key(ODESolveOp)
