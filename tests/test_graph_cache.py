@@ -82,3 +82,16 @@ def test_an_unreadable_file_is_compiled_again(store):
     got = graph_cache.compile_function(inputs, outputs, model=model)(np.array(0.3))
     np.testing.assert_array_equal(got[0], expected[0])
     assert path.read_bytes() != b"not a pickle"      # written again
+
+
+def test_the_shared_logp_terms_follow_the_model():
+    model, _, _ = _graph(np.array([0.5, 1.0, 2.0, 4.0]))
+    first = graph_cache.logp_factors(model)
+    assert graph_cache.logp_factors(model)[0] is first[0]          # built once
+    with model:
+        pm.Potential("extra", -model["k"])
+    terms = graph_cache.logp_factors(model)
+    assert len(terms) == len(first) + 1                              # a new potential: built again
+    point = {"k_log__": np.array(0.2)}
+    total = model.compile_fn(graph_cache.model_logp(model), point_fn=False)(**point)
+    np.testing.assert_allclose(total, model.compile_logp()(point), rtol=1e-12)

@@ -11,7 +11,8 @@ log-likelihood, a large part of a warm ``bayesnlme fit``.
 hash of the graph *before* rewriting, pickled: every operation with its parameters, every constant with
 its values, the inputs in order; data containers (shared variables: the DV and the design arrays lifted
 out by :mod:`bayesnlme.inference.lift`) by name and type, not by value; and the versions and settings
-that change what rewriting makes.  Two graphs with the same key are the same computation, so a hit can
+that change what rewriting makes, with a hash of this package's source (its Ops and their rewrites are
+pickled by name, not by code).  Two graphs with the same key are the same computation, so a hit can
 only be the right function; anything the pickle does not capture the same way twice (a new kind of Op)
 can only make a miss.  The stored graph refers to its data containers by name too, and a hit is
 linked to the *current* containers: PyTensor's own pickling of a compiled function would carry the data
@@ -23,6 +24,7 @@ file is then written again); nothing here can change a result, only the time tak
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import pickle
@@ -107,6 +109,15 @@ def _containers(outputs) -> dict | None:
     return found
 
 
+@functools.cache
+def _source_hash() -> str:
+    """SHA-256 of bayesnlme's Python source (~5 ms, once per process)."""
+    digest, root = hashlib.sha256(), Path(__file__).resolve().parents[1]
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def graph_key(inputs, outputs, check_bounds: bool, mode: str) -> str | None:
     """The key of compiling ``outputs`` from ``inputs`` in ``mode``; None where the graph cannot be pickled."""
     buffer = io.BytesIO()
@@ -116,7 +127,8 @@ def graph_key(inputs, outputs, check_bounds: bool, mode: str) -> str | None:
         return None
     versions = [f"{name}={metadata.version(name)}" for name in _PACKAGES]
     flags = [f"{flag}={getattr(pytensor.config, flag, None)}" for flag in _FLAGS]
-    context = "\0".join([_VERSION, sys.version, mode, f"check_bounds={check_bounds}", *versions, *flags])
+    context = "\0".join([_VERSION, sys.version, mode, f"check_bounds={check_bounds}", _source_hash(), *versions,
+                         *flags])
     return hashlib.sha256(context.encode() + b"\0" + buffer.getvalue()).hexdigest()
 
 
@@ -196,11 +208,15 @@ def logp_factors(model) -> list:
     the potentials, in that order, built once per model (PyMC's log-probability rewriting takes ~0.2 s
     on a small model, and the start check and the sampler's compile both need the terms).
 
-    The graphs are shared: rewrite a copy (``pytensor.clone_replace``), never these.
+    The graphs are shared: rewrite a copy (``pytensor.clone_replace``), never these.  They are built again
+    when the model gained or lost a variable or potential since (e.g. the refitter's dropout potential).
     """
-    if model not in _FACTORS:
-        _FACTORS[model] = tuple(model.logp(sum=False))
-    return list(_FACTORS[model])
+    parts = (*model.free_RVs, *model.observed_RVs, *model.potentials, *model.value_vars,
+             *model.rvs_to_transforms.values())
+    known = _FACTORS.get(model)
+    if known is None or len(known[0]) != len(parts) or any(a is not b for a, b in zip(known[0], parts)):
+        known = _FACTORS[model] = (parts, tuple(model.logp(sum=False)))
+    return list(known[1])
 
 
 def model_logp(model):
