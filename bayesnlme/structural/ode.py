@@ -49,13 +49,16 @@ are integrated one after the other inside one numba function, each with its
 own adaptive steps.  Parameters that are constants (a default ``F``, an
 unestimated ``ALAG``) get no sensitivities.
 
-Cost: one step is 6 RHS+Jacobian evaluations and about ``6 n (n + n_p)`` multiply-adds for the
-sensitivities; steps per subject grow like ``rtol ** (-1/5)``, with the stiffness of the system and
-with the number of dose events.  Theophylline (12 subjects, 1-compartment oral as an ODE): about
-0.25 ms per solve with gradients at rtol 1e-6.  See ``docs/ode.md`` and ``benchmarks/ode.py``.
+Cost: one step is 6 RHS+Jacobian evaluations and about ``6 n (n + n_p)``
+multiply-adds for the sensitivities; steps per subject grow like
+``rtol ** (-1/5)``, with the stiffness of the system and with the number of
+dose events.  Theophylline (12 subjects, 1-compartment oral as an ODE):
+about 0.25 ms per solve with gradients at rtol 1e-6.  See ``docs/ode.md`` and
+``benchmarks/ode.py``.
 
-The integrator is a pytensor ``Op`` with a numba implementation: the log-density compiles to one
-nopython function under nutpie (numba backend); ``perform`` (C/Python backends) calls it too.
+The integrator is a pytensor ``Op`` with a numba implementation, so the
+log-density compiles to one nopython function under nutpie (numba backend),
+and runs through ``perform`` under the C/Python backends (``pm.sample``).
 """
 
 from __future__ import annotations
@@ -353,7 +356,9 @@ class ODESolveOp(Op):
         return Apply(self, [P, *schedule], [y, s])
 
     def perform(self, node, inputs, outputs):
-        outputs[0][0], outputs[1][0] = _solver(self, node)(*inputs)
+        # writable C-contiguous copies: the same numba specialisation as under nutpie
+        y, s = self.kernel(*[np.array(x, order="C") for x in inputs[:-1]])
+        outputs[0][0], outputs[1][0] = y, s
 
     def L_op(self, inputs, outputs, output_grads):
         from pytensor.gradient import DisconnectedType, disconnected_type
@@ -369,22 +374,6 @@ class ODESolveOp(Op):
 
     def connection_pattern(self, node):
         return [[True, True]] + [[False, False]] * (len(node.inputs) - 1)
-
-
-_SOLVERS: dict = {}   # (id(system), SS kernel, input types) -> (system, its solver)
-
-
-def _solver(op: ODESolveOp, node):
-    """The integrator for ``perform`` (start check, predictions, pm.sample): a numba-mode PyTensor function from
-    PyTensor's cache under the integrator's key (``op.kernel`` compiled in every process: ~15 s, pk_1cmt_mm_oral);
-    the kernel itself where the system has no key (nothing to find: the wrapper would only add compile time)."""
-    key = (id(op.system), op.steady, tuple(v.type for v in node.inputs))
-    if key not in _SOLVERS:
-        inputs = [v.type() for v in node.inputs]
-        fn = (pytensor.function(inputs, op(*inputs), mode="NUMBA") if op.system.cache_key(op.steady) is not None
-              else lambda *x: op.kernel(*[np.array(v, order="C") for v in x[:-1]]))   # writable C copies
-        _SOLVERS[key] = (op.system, fn)
-    return _SOLVERS[key][1]
 
 
 @register_funcify_and_cache_key(ODESolveOp)
