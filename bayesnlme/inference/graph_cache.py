@@ -178,8 +178,7 @@ def _store(path: Path, fn) -> None:
     except (pickle.PicklingError, TypeError, AttributeError, RecursionError, ValueError):
         return
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
+        write_atomic(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))   # makes the folder too
     except (OSError, OutputError):   # a read-only or full cache folder costs time, never a result
         pass
 
