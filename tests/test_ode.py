@@ -277,6 +277,30 @@ def test_integrator_cache_key_names_the_compiled_code():
     assert other.stdout.strip().splitlines()[-1] == keys["1cmt_mm_oral"], other.stderr[-2000:]
 
 
+def test_pickled_system_is_this_process_system_without_its_compiled_parts():
+    """How a graph holding an ODE system is stored in the graph cache (inference.graph_cache): without its
+    compiled parts, and read back as this process's system of the same RHS.  Pickled with them, the numba
+    functions came back without their cache keys, so a log-density read from the graph cache compiled its
+    integrator from scratch in every process (35-40 s), and the graph's key changed once the integrator
+    had been compiled (no hit at all)."""
+    import pickle
+
+    from bayesnlme.structural import ode
+
+    system = _system(LIBRARY["1cmt_mm_oral"])
+    before = pickle.dumps(system)
+    key = system.cache_key(False)          # compiles the RHS functions (the integrator's parts)
+    assert "_compiled" in vars(system) and pickle.dumps(system) == before
+    assert pickle.loads(before) is system   # one compiled integrator per process
+    try:
+        del ode._LIVE[system._identity]     # as in another process
+        other = pickle.loads(before)
+        assert other is not system and "_compiled" not in vars(other) and "kernel" not in vars(other)
+        assert other.cache_key(False) == key
+    finally:
+        ode._LIVE[system._identity] = system
+
+
 def test_matrix_rhs_falls_back_to_array_version(regimens):
     """An RHS written on the state matrix (not elementwise) gives the same solution."""
     def rhs(y, t, p):

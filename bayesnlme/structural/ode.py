@@ -43,7 +43,7 @@ Compilation: the RHS and its Jacobians (``J_y``, ``J_theta`` from
 graph is elementwise (every library model and any RHS written with
 ``y[:, k]``, arithmetic, ``exp``, ``switch`` ...) it is rebuilt from pytensor's
 scalar ops and compiled to one numba function of scalars that allocates
-nothing (:func:`scalar_graph`); an RHS that needs the state matrix falls back
+nothing (:func:`~bayesnlme.structural.ode_rhs.scalar_graph`); an RHS that needs the state matrix falls back
 to the array version of the same graph (about 100x slower per call).  Subjects
 are integrated one after the other inside one numba function, each with its
 own adaptive steps.  Parameters that are constants (a default ``F``, an
@@ -65,6 +65,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
+import weakref
 from functools import cached_property
 from pathlib import Path
 
@@ -77,8 +79,9 @@ from pytensor.graph.op import Op
 from pytensor.link.numba.cache import CACHED_SRC_FUNCTIONS
 from pytensor.link.numba.dispatch.basic import register_funcify_and_cache_key
 
-from bayesnlme.structural import ode_kernel
+from bayesnlme.structural import ode_kernel, ode_rhs
 from bayesnlme.structural.ode_kernel import make_kernel
+from bayesnlme.structural.ode_rhs import as_matrix, batched_rhs, scalar_graph, scalar_rhs
 from bayesnlme.structural.ode_schedule import schedule, segments
 
 # Bit-reproducible draws.  With numba's fastmath, LLVM may reassociate floating-point arithmetic, and a
@@ -91,13 +94,11 @@ from bayesnlme.structural.ode_schedule import schedule, segments
 if "numba__fastmath" not in os.environ.get("PYTENSOR_FLAGS", ""):
     pytensor.config.numba__fastmath = False
 
-__all__ = ["ODESystem", "ODESolveOp", "schedule", "segments", "solve_states"]
+__all__ = ["ODESystem", "ODESolveOp", "scalar_graph", "schedule", "segments", "solve_states"]
 
-#: The integrator's code as far as the cache key is concerned: this module's and the kernel module's text.
-_SOURCE_KEY = hashlib.sha256("\0".join(Path(f).read_text() for f in (__file__, ode_kernel.__file__)).encode()
-                             ).hexdigest()
-
-# Dormand-Prince 5(4) tableau (Hairer, Norsett & Wanner, Table 5.2)
+#: The integrator's code as far as the cache key is concerned: this module's, the kernel's and the RHS's text.
+_SOURCE_KEY = hashlib.sha256("\0".join(Path(m.__file__).read_text()
+                                       for m in (sys.modules[__name__], ode_kernel, ode_rhs)).encode()).hexdigest()
 
 
 class ODESystem:
@@ -120,6 +121,16 @@ class ODESystem:
         self.parameters = tuple(parameters)
         self.n_states = int(n_states)
         self.rhs, self.initial = rhs, initial
+        _LIVE[self._identity] = self
+
+    @property
+    def _identity(self):
+        return self.rhs, self.parameters, self.n_states, self.initial
+
+    def __reduce__(self):
+        # without the compiled parts (pickled numba functions lose their cache keys and are compiled again),
+        # and unpickled as this process's system of the same RHS: one compiled integrator per process
+        return _live_system, self._identity
 
     @cached_property
     def kernel(self):
@@ -150,11 +161,11 @@ class ODESystem:
         """The numba call of the RHS with its Jacobians (what the kernel calls), and PyTensor's numba functions
         of the RHS and of the initial states (compiled by numba at their first call, or loaded from the cache)."""
         n, n_p = self.n_states, len(self.parameters)
-        rhs_call, rhs_fn = _scalar_rhs(self.rhs, self.parameters, n) or _batched_rhs(self.rhs, self.parameters, n)
+        rhs_call, rhs_fn = scalar_rhs(self.rhs, self.parameters, n) or batched_rhs(self.rhs, self.parameters, n)
         P = pt.tensor("P", shape=(None, n_p), dtype="float64")
         p = {name: P[:, k] for k, name in enumerate(self.parameters)}
         zeros_y, zeros_s = pt.zeros((P.shape[0], n)), pt.zeros((P.shape[0], n, n_p))
-        y0 = _as_matrix(self.initial(p), n, "initial") + zeros_y if self.initial is not None else zeros_y
+        y0 = as_matrix(self.initial(p), n, "initial") + zeros_y if self.initial is not None else zeros_y
         s0 = pt.stack([pt.grad(y0[:, i].sum(), P, disconnected_inputs="ignore") for i in range(n)], axis=1)
         init_fn = pytensor.function([P], [y0, s0 + zeros_s], mode="NUMBA", on_unused_input="ignore")
         return rhs_call, rhs_fn, init_fn.vm.jit_fn
@@ -164,165 +175,14 @@ class ODESystem:
         return make_kernel(rhs_call, init, self.n_states, len(self.parameters), steady=steady)
 
 
-def _derivatives(rhs, parameters, n, rows, t, cols):
-    """Graph of the RHS ``f`` and its Jacobians: outputs f_a, J_y[a, c], J_p[a, b] (row-major).
-
-    ``rows``/``cols`` are the states/parameters (scalars, or one vector per state/parameter
-    over subjects, in which case gradients of the sums are the per-subject derivatives,
-    exact because subjects are independent).
-    """
-    f = _as_rows(rhs(_StateColumns(rows), t, dict(zip(parameters, cols))), n, "rhs")
-    out = list(f)
-    for wrt in (rows, cols):
-        for a in range(n):
-            out += pt.grad(f[a].sum(), wrt, disconnected_inputs="ignore", return_disconnected="zero")
-    return out
+#: The ODE systems of this process by RHS, parameters, states and initial states (graphs read from the
+#: graph cache link to these, with their compiled integrators)
+_LIVE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
-class _NotElementwise(Exception):
-    pass
-
-
-def _scalar_rhs(rhs, parameters, n):
-    """The RHS and its Jacobians as one numba function of scalars, or None.
-
-    Returns ``call(x, out)`` with ``x = [y_0..y_{n-1}, t, p_0..]`` and ``out`` the
-    ``n + n^2 + n n_p`` derivatives (no array is allocated per call: about 100x cheaper
-    than the array version for one subject); None when the RHS is not elementwise
-    (:func:`scalar_graph`), so the caller falls back to :func:`_batched_rhs`.
-    """
-    from numba.np.unsafe.ndarray import to_fixed_tuple
-
-    graph = scalar_graph(rhs, parameters, n)
-    if graph is None:
-        return None
-    jf = pytensor.function(*graph, mode="NUMBA", on_unused_input="ignore").vm.jit_fn
-    width = len(graph[0])
-
-    @numba.njit(cache=False)
-    def call(x, res):
-        r = jf(*to_fixed_tuple(x, width))
-        for k in range(len(r)):
-            res[k] = r[k]
-
-    return call, jf
-
-
-def scalar_graph(rhs, parameters, n):
-    """The RHS and its Jacobians as a graph of pytensor scalars, or None.
-
-    The RHS is traced on scalar states, time and parameters; when its graph (after
-    pytensor's canonical rewrites) holds only elementwise operations, it is rebuilt from
-    their scalar ops.  Returns (inputs, outputs): inputs ``y_0..y_{n-1}, t, p_0..``,
-    outputs f_a, J_y[a, c], J_p[a, b]; None for an RHS that needs the state matrix
-    (e.g. stacks states, sums over them, matrix products).
-    """
-    import pytensor.scalar as ps
-    from pytensor.graph.basic import Constant
-    from pytensor.graph.rewriting.utils import rewrite_graph
-    from pytensor.graph.traversal import io_toposort
-    from pytensor.tensor.elemwise import DimShuffle, Elemwise
-
-    n_p = len(parameters)
-    rows = [pt.scalar(f"y{a}", dtype="float64") for a in range(n)]
-    t = pt.scalar("t", dtype="float64")
-    cols = [pt.scalar(f"p{k}", dtype="float64") for k in range(n_p)]
-    try:
-        out = _derivatives(rhs, parameters, n, rows, t, cols)
-    except Exception:   # the RHS needs the (n_sub, n_states) matrix: use the array version
-        return None
-    if any(o.ndim != 0 for o in out):
-        return None
-    inputs = rows + [t] + cols
-    out = rewrite_graph(out, include=("canonicalize", "stabilize", "specialize"))
-    scalar_in = [ps.float64(v.name) for v in inputs]
-    mapping = dict(zip(inputs, scalar_in))
-
-    def scalar(v):
-        if v in mapping:
-            return mapping[v]
-        if isinstance(v, Constant) and np.asarray(v.data).size == 1:
-            return ps.constant(np.asarray(v.data).item(), dtype=v.dtype)
-        raise _NotElementwise
-
-    try:
-        for node in io_toposort(inputs, out):
-            if isinstance(node.op, Elemwise):
-                res = node.op.scalar_op.make_node(*[scalar(x) for x in node.inputs]).outputs
-            elif isinstance(node.op, DimShuffle) and node.outputs[0].ndim == 0:
-                res = [scalar(node.inputs[0])]
-            else:
-                return None
-            mapping.update(zip(node.outputs, res))
-        outs = [s if s.type.dtype == "float64" else ps.cast(s, "float64") for s in map(scalar, out)]
-    except _NotElementwise:
-        return None
-    return scalar_in, outs
-
-
-def _batched_rhs(rhs, parameters, n):
-    """Fallback of :func:`_scalar_rhs` for any RHS: the array graph called with one subject."""
-    n_p = len(parameters)
-    YT = pt.tensor("YT", shape=(n, None), dtype="float64")
-    t = pt.tensor("t", shape=(None,), dtype="float64")
-    PT = pt.tensor("PT", shape=(n_p, None), dtype="float64")
-    out = _derivatives(rhs, parameters, n, [YT[a] for a in range(n)], t, [PT[k] for k in range(n_p)])
-    zero = pt.zeros_like(t)
-    jf = pytensor.function([YT, t, PT], pt.stack([o + zero for o in out], axis=0), mode="NUMBA",
-                           on_unused_input="ignore").vm.jit_fn
-
-    @numba.njit(cache=False)
-    def call(x, res):
-        r = jf(x[:n].copy().reshape((n, 1)), x[n:n + 1].copy(), x[n + 1:].copy().reshape((n_p, 1)))[0]
-        res[:] = r[:, 0]
-
-    return call, jf
-
-
-class _StateColumns:
-    """The state matrix ``y`` as the RHS sees it: ``y[:, k]`` is state k's own vector.
-
-    Indexing a column returns the graph input itself (so gradients with respect
-    to it stay elementwise); anything else acts on the stacked (n_sub, n_states)
-    matrix.
-    """
-    def __init__(self, rows):
-        self.rows = rows
-
-    def _matrix(self):
-        return pt.stack(self.rows, axis=1)
-
-    def __getitem__(self, key):
-        if (isinstance(key, tuple) and len(key) == 2 and key[0] == slice(None)
-                and isinstance(key[1], (int, np.integer))):
-            return self.rows[int(key[1])]
-        return self._matrix()[key]
-
-    def __getattr__(self, name):
-        return getattr(self._matrix(), name)
-
-
-def _as_rows(out, n, what):
-    """The RHS result as a list of n (n_sub,) tensors."""
-    if isinstance(out, (list, tuple)):
-        if len(out) != n:
-            raise ValueError(f"{what} returned {len(out)} states, the model has n_states={n}")
-        return [pt.as_tensor_variable(o) for o in out]
-    out = pt.as_tensor_variable(out)
-    if out.ndim != 2:
-        raise ValueError(f"{what} must return a (n_sub, n_states) tensor or a list of n_states vectors")
-    return [out[:, a] for a in range(n)]
-
-
-def _as_matrix(out, n, what):
-    if isinstance(out, (list, tuple)):
-        if len(out) != n:
-            raise ValueError(f"{what} returned {len(out)} states, the model has n_states={n}")
-        return pt.stack([pt.as_tensor_variable(o) for o in out], axis=1)
-    out = pt.as_tensor_variable(out)
-    if out.ndim != 2:
-        raise ValueError(f"{what} must return a (n_sub, n_states) tensor or a list of n_states vectors")
-    return out
+def _live_system(rhs, parameters, n_states, initial) -> ODESystem:
+    found = _LIVE.get((rhs, tuple(parameters), int(n_states), initial))
+    return found if found is not None else ODESystem(rhs, parameters, n_states, initial)
 
 
 class ODESolveOp(Op):
@@ -356,8 +216,7 @@ class ODESolveOp(Op):
         return Apply(self, [P, *schedule], [y, s])
 
     def perform(self, node, inputs, outputs):
-        # writable C-contiguous copies: the same numba specialisation as under nutpie
-        y, s = self.kernel(*[np.array(x, order="C") for x in inputs[:-1]])
+        y, s = self.kernel(*[np.array(x, order="C") for x in inputs[:-1]])   # writable copies, as under nutpie
         outputs[0][0], outputs[1][0] = y, s
 
     def L_op(self, inputs, outputs, output_grads):
