@@ -2,7 +2,8 @@
 
 Each malformed case goes through the command line as a user would meet it: exit status 1, one line on
 stderr naming the row, subject or parameter, no traceback, and well inside 30 s (the check runs before
-the sampler's compilation).
+sampling: with nutpie on the sampler's compiled log-density, loaded from the cache when this model
+structure and data shape were compiled before).
 """
 
 import subprocess
@@ -123,3 +124,46 @@ def test_uninformed_parameters_at_their_prior_median_are_jittered():
     df = df[(df["EVID"] == 1) | (df["TIME"] > 0)]   # pre-dose records do not suit proportional error
     flat = check_start(build_model(load_spec("pd_emax"), df))
     assert {"E0", "EC50"} <= set(flat) and not {"CL", "V", "KA"} & set(flat)
+
+
+def test_start_checked_with_the_samplers_compiled_function():
+    """Before nutpie, the start is checked with the sampler's own compiled log-density + gradient (free of
+    cost when loaded from the cache; the Python-linker check compiled an ODE model's integrator in every
+    process, 15 s): the same zero-gradient parameters as the Python-linker check on a model where some
+    are uninformed; a non-finite value falls back to that check, which names the cause in the data."""
+    from bayesnlme.inference import nutpie_cache
+    from bayesnlme.inference.startpoint import check_start_compiled
+
+    df = pd.read_csv(dataset_path("theophylline"))
+    df["DVID"] = 1
+    df = df[(df["EVID"] == 1) | (df["TIME"] > 0)]
+    built = build_model(load_spec("pd_emax"), df)
+    keep = [v.name for v in built.model.free_RVs]
+    logp_fn = nutpie_cache.make_functions(built.model, keep)[2]
+    assert set(check_start_compiled(built, logp_fn)) == set(check_start(built)) >= {"E0", "EC50"}
+
+    row = int(df.index[df["EVID"] == 0][20])
+    df.loc[row, "DV"] = 1e308   # the cause is named in the data's terms, as by the Python-linker check
+    built = build_model(load_spec("pd_emax"), df)
+    logp_fn = nutpie_cache.make_functions(built.model, keep)[2]   # same structure and shapes: from the cache
+    with pytest.raises(StartPointError, match=r"DV 1e\+308 gives an infinite residual"):
+        check_start_compiled(built, logp_fn)
+
+
+def test_compiled_check_names_what_only_the_compiled_graph_finds():
+    built = build_model(load_spec("pk_1cmt_oral"), dataset_path("theophylline"))
+    names = [v.name for v in built.model.free_RVs]
+    sizes = [int(np.size(built.initial_point[n])) for n in names]
+    bounds = np.cumsum([0] + sizes)
+    k = names.index("V")
+
+    def fake(x, bad=None):
+        grad = np.ones(x.size)
+        grad[bounds[k]:bounds[k + 1]] = np.nan if bad else 0.0
+        return 1.0, grad
+
+    from bayesnlme.inference.startpoint import check_start_compiled
+    assert check_start_compiled(built, fake) == ["V"]
+    with pytest.raises(StartPointError, match=r"compiled log-density is not finite .*gradient with respect to V "
+                                              r"is not finite"):
+        check_start_compiled(built, lambda x: fake(x, bad=True))

@@ -34,7 +34,7 @@ from pymc.model.fgraph import fgraph_from_model, model_from_fgraph
 from pytensor.graph.traversal import ancestors
 
 from bayesnlme.errors import BayesNLMEInputError
-from bayesnlme.inference import nutpie_cache
+from bayesnlme.inference import nutpie_cache, startpoint
 from bayesnlme.structural import ode_jax, static_form
 
 SAMPLERS = ("nutpie", "pymc", "numpyro", "blackjax")
@@ -113,16 +113,26 @@ def chain_starts(model, start: dict, jitter: set[str], chains: int, seed: int) -
     return [{name: np.asarray(value) for name, value in fn(int(s)).items()} for s in seeds]
 
 
-def compile_nutpie(model, start: dict, flat=()):
+def compile_nutpie(model, start: dict, flat=(), built=None):
     """nutpie's compiled model: chains start at ``start``, :func:`jitter_names` jittered per chain, and the
     natural-scale free variables and deterministics kept (:func:`harmonise` drops nutpie's ``*__``).
     Its C callbacks come from PyTensor's numba cache when this model structure and data shape were
-    compiled before (:mod:`bayesnlme.inference.nutpie_cache`)."""
+    compiled before (:mod:`bayesnlme.inference.nutpie_cache`).
+
+    ``flat=None`` with ``built`` (the :class:`~bayesnlme.build.BuiltModel` of ``model``): the start is
+    checked here with the compiled log-density itself
+    (:func:`~bayesnlme.inference.startpoint.check_start_compiled`), which also gives ``flat``.
+    """
     import nutpie  # numba bindings: loaded only where a model is compiled
 
-    rvs = {v for v in model.free_RVs if v.name in jitter_names(model, flat)}
     keep = [v.name for v in model.free_RVs + model.deterministics]
-    compiled = nutpie_cache.compile_model(model, start, rvs, keep)   # its C callbacks cached on disk
+    functions = None
+    if flat is None:
+        functions = nutpie_cache.make_functions(model, keep)
+        flat = (startpoint.check_start(built, start) if functions is None
+                else startpoint.check_start_compiled(built, functions[2], start))
+    rvs = {v for v in model.free_RVs if v.name in jitter_names(model, flat)}
+    compiled = nutpie_cache.compile_model(model, start, rvs, keep, functions)   # its C callbacks cached on disk
     if compiled is None:
         compiled = nutpie.compile_pymc_model(model, initial_points=start, jitter_rvs=rvs, var_names=keep)
     return compiled
@@ -130,22 +140,26 @@ def compile_nutpie(model, start: dict, flat=()):
 
 def sample(model, start: dict, sampler: str, *, device: str = "cpu", chains: int, draws: int, tune: int,
            seed: int, progress: bool, target_accept: float = 0.8, flat=(), timings: dict | None = None,
-           cores: int | None = None):
+           cores: int | None = None, built=None):
     """Draw from ``model`` with one engine; returns :class:`arviz.InferenceData` (posterior, sample_stats).
 
     ``timings``, when given, receives ``compile_s`` where the engine compiles apart from sampling
     (nutpie: the numba compilation; JAX engines compile inside the sampler).  ``cores``: chains run
     in parallel (nutpie, PyMC; default one per chain up to the CPU count; 1 when many fits run side
-    by side).  The draws do not depend on it.
+    by side).  The draws do not depend on it.  ``flat``: free variables with gradient 0 at the start
+    (:func:`~bayesnlme.inference.startpoint.check_start`); ``None`` (nutpie only, with ``built``, the
+    model's :class:`~bayesnlme.build.BuiltModel`): the start is checked with the compiled log-density.
     """
     t0 = time.perf_counter()
-    jitter = jitter_names(model, flat)
+    if flat is None and sampler != "nutpie":
+        raise ValueError("flat=None (the start checked by the compiled log-density) is for nutpie only")
+    jitter = jitter_names(model, flat or ())
     keep = [v.name for v in model.free_RVs + model.deterministics]   # natural scale (harmonise drops nutpie's *__)
     cores = cores or min(chains, os.cpu_count() or 1)
     if sampler == "nutpie":
         import nutpie
 
-        compiled = compile_nutpie(model, start, flat)
+        compiled = compile_nutpie(model, start, flat, built)
         if timings is not None:
             timings["compile_s"] = time.perf_counter() - t0
         idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,

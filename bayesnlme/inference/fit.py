@@ -273,7 +273,10 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
     if switches:
         settings["switches"] = {k: int(bool(v)) for k, v in switches.items()}
     problems = []
-    flat = check_start(built)   # a non-finite start gets one line naming its cause, not a sampler backtrace
+    # a non-finite start gets one line naming its cause, not a sampler backtrace; nutpie's start is checked
+    # with its own compiled log-density (None here), which costs nothing more when loaded from the cache
+    compiled_check = method == "nuts" and sampler == "nutpie"
+    flat = None if compiled_check and init != "map" else check_start(built)
     if method != "nuts":
         idata, problems = _approximate(built, method, draws, seed, progress)
         settings.update(chains=1, tune=0)
@@ -282,9 +285,9 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
             mode = quick.find_map(built)
             start = {k: np.asarray(mode[k]) for k in start}
             settings["init"] = "map"
-        if init == "map":
-            flat = check_start(built, start)
-        idata = _nuts(model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat, device, cores)
+            flat = None if compiled_check else check_start(built, start)
+        idata = _nuts(model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat, device, cores,
+                      built)
     # numba, not C (the C backend first scans PyTensor's whole C module cache: seconds), design lifted
     lift.add_log_likelihood(idata, model)
     _add_data_groups(idata, built.data)
@@ -308,11 +311,12 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
 
 
 def _nuts(model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat=(), device="cpu",
-          cores=None):
+          cores=None, built=None):
     try:
         return engines.sample(model, start, sampler, device=device, chains=chains, draws=draws, tune=tune,
-                              seed=seed, progress=progress, target_accept=target_accept, flat=flat, cores=cores)
-    except (KeyboardInterrupt, MemoryError, BayesNLMEInputError):
+                              seed=seed, progress=progress, target_accept=target_accept, flat=flat, cores=cores,
+                              built=built)
+    except (KeyboardInterrupt, MemoryError, BayesNLMEInputError):   # StartPointError too
         raise
     except Exception as exc:   # nutpie's Rust errors, PyMC's SamplingError: one line, what to try
         raise SamplingError(sampling_failure(exc, sampler)) from exc

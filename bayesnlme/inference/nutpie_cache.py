@@ -114,11 +114,11 @@ def _callback(template: str, name: str, signature, inner, shared_names, user_dat
         return numba.cfunc(signature, cache=key is not None)(fn)
 
 
-def _make_functions(model, initial, var_names):
+def _make_functions(model, var_names):
     """nutpie's ``_make_functions(model, mode="NUMBA", compute_grad=True, join_expanded=True, ...)`` with the
     design arrays lifted out of both graphs (:mod:`bayesnlme.inference.lift`): the compiled functions take
     them from nutpie's user-data record, like the DV container, and are cached for any data of this shape."""
-    from nutpie.compile_pymc import _compute_shapes, _rv_dict_to_flat_array_wrapper
+    from nutpie.compile_pymc import _compute_shapes
 
     shapes = _compute_shapes(model)
     value_vars = [model.rvs_to_values[v] for v in model.free_RVs]
@@ -150,32 +150,58 @@ def _make_functions(model, initial, var_names):
         all_shapes.append(shapes[v.name])
         all_slices.append(slice(count, count + length))
         count += length
-    initial_fn = _rv_dict_to_flat_array_wrapper(initial, names=names, shapes=[shapes[n] for n in names])
-    return n_dim, count, logp_fn, expand_fn, initial_fn, (all_names, all_slices, all_shapes)
+    return n_dim, count, logp_fn, expand_fn, (all_names, all_slices, all_shapes)
 
 
-def compile_model(model, start: dict, jitter_rvs: set, var_names: list[str]):
-    """What ``nutpie.compile_pymc_model(model, initial_points=start, jitter_rvs=jitter_rvs,
-    var_names=var_names)`` returns, with cached C callbacks; ``None`` where this nutpie lacks the
-    internals used (the caller falls back to nutpie's own compile)."""
+def _internals():
+    """nutpie's and PyTensor's internals used here, or ``None`` where this nutpie lacks one."""
     try:
-        import numba
+        import numba  # noqa: F401
         from nutpie.compile_pymc import (
             CompiledPyMCModel,
-            _compute_shapes,  # noqa: F401  (this and the next two are used by _make_functions and _callback:
+            _compute_shapes,  # noqa: F401  (this and address_as_void_pointer are used by _make_functions
             _prepare_dims_and_coords,
-            _rv_dict_to_flat_array_wrapper,  # noqa: F401  checked here, so a missing one falls back)
+            _rv_dict_to_flat_array_wrapper,
             _wrap_with_lock,
-            address_as_void_pointer,  # noqa: F401
+            address_as_void_pointer,  # noqa: F401  and _callback: checked here, so a missing one falls back)
             make_user_data,
         )
-        from pymc.initial_point import make_initial_point_fn
         from pytensor.link.numba.cache import CACHED_SRC_FUNCTIONS, compile_numba_function_src  # noqa: F401
     except ImportError:
         return None
+    return CompiledPyMCModel, _prepare_dims_and_coords, _rv_dict_to_flat_array_wrapper, _wrap_with_lock, \
+        make_user_data
+
+
+def make_functions(model, var_names: list[str]):
+    """The sampler's compiled log-density + gradient and expansion (PyTensor functions of the flat
+    unconstrained point, in ``model.free_RVs`` order), before nutpie's callbacks are made around them;
+    ``None`` where this nutpie lacks the internals used.  ``functions[2]`` is the log-density +
+    gradient: the start check (:func:`~bayesnlme.inference.startpoint.check_start_compiled`) calls it."""
+    if _internals() is None:
+        return None
+    return _make_functions(model, var_names)
+
+
+def compile_model(model, start: dict, jitter_rvs: set, var_names: list[str], functions=None):
+    """What ``nutpie.compile_pymc_model(model, initial_points=start, jitter_rvs=jitter_rvs,
+    var_names=var_names)`` returns, with cached C callbacks; ``None`` where this nutpie lacks the
+    internals used (the caller falls back to nutpie's own compile).  ``functions``: those
+    :func:`make_functions` returned for this model and ``var_names`` (made here when not given)."""
+    internals = _internals()
+    if internals is None:
+        return None
+    import numba
+    from pymc.initial_point import make_initial_point_fn
+
+    CompiledPyMCModel, _prepare_dims_and_coords, _rv_dict_to_flat_array_wrapper, _wrap_with_lock, \
+        make_user_data = internals
     initial = _wrap_with_lock(make_initial_point_fn(model=model, overrides=start, default_strategy="support_point",
                                                     jitter_rvs=jitter_rvs, return_transformed=True))
-    n_dim, n_expanded, logp_fn, expand_fn, initial_fn, shape_info = _make_functions(model, initial, var_names)
+    n_dim, n_expanded, logp_fn, expand_fn, shape_info = functions or _make_functions(model, var_names)
+    n_free = len(model.free_RVs)
+    initial_fn = _rv_dict_to_flat_array_wrapper(initial, names=shape_info[0][:n_free],
+                                                shapes=shape_info[2][:n_free])
     shared, containers = {}, {}
     for var in [*logp_fn.get_shared(), *expand_fn.get_shared()]:
         if var.name in shared and containers[var.name] is not var:

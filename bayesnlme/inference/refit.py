@@ -34,7 +34,6 @@ from bayesnlme.build import build_model
 from bayesnlme.data import NMData, read_nonmem
 from bayesnlme.inference import engines
 from bayesnlme.inference.fit import fit_model
-from bayesnlme.inference.startpoint import check_start
 
 _CACHE: OrderedDict = OrderedDict()
 CACHE_SIZE = 4
@@ -75,7 +74,7 @@ class Refitter:
         if self.masked:
             _add_mask(built.model)
         if self.swappable:   # the compiled model fit_model's nutpie engine makes, so the draws are the same
-            self.compiled = engines.compile_nutpie(built.model, built.initial_point, check_start(built))
+            self.compiled = engines.compile_nutpie(built.model, built.initial_point, None, built)
 
     def sample(self, dv, seed: int, keep=None, cens=None):
         """Posterior draws (:class:`arviz.InferenceData`, groups posterior and sample_stats) given ``dv``.
