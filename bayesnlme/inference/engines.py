@@ -120,21 +120,25 @@ def compile_nutpie(model, start: dict, flat=(), built=None):
     compiled before (:mod:`bayesnlme.inference.nutpie_cache`).
 
     ``flat=None`` with ``built`` (the :class:`~bayesnlme.build.BuiltModel` of ``model``): the start is
-    checked here with the compiled log-density itself
+    checked here with the compiled log-density callback itself
     (:func:`~bayesnlme.inference.startpoint.check_start_compiled`), which also gives ``flat``.
     """
     import nutpie  # numba bindings: loaded only where a model is compiled
 
     keep = [v.name for v in model.free_RVs + model.deterministics]
-    functions = None
+
+    def jittered(names):
+        return {v for v in model.free_RVs if v.name in jitter_names(model, names)}
+
     if flat is None:
-        functions = nutpie_cache.make_functions(model, keep)
-        flat = (startpoint.check_start(built, start) if functions is None
-                else startpoint.check_start_compiled(built, functions[2], start))
-    rvs = {v for v in model.free_RVs if v.name in jitter_names(model, flat)}
-    compiled = nutpie_cache.compile_model(model, start, rvs, keep, functions)   # its C callbacks cached on disk
+        compiled = nutpie_cache.compile_model(   # its C callbacks cached on disk
+            model, start, None, keep, check=lambda logp: jittered(startpoint.check_start_compiled(built, logp, start)))
+        if compiled is not None:
+            return compiled
+        flat = startpoint.check_start(built, start)
+    compiled = nutpie_cache.compile_model(model, start, jittered(flat), keep)
     if compiled is None:
-        compiled = nutpie.compile_pymc_model(model, initial_points=start, jitter_rvs=rvs, var_names=keep)
+        compiled = nutpie.compile_pymc_model(model, initial_points=start, jitter_rvs=jittered(flat), var_names=keep)
     return compiled
 
 

@@ -173,21 +173,17 @@ def _internals():
         make_user_data
 
 
-def make_functions(model, var_names: list[str]):
-    """The sampler's compiled log-density + gradient and expansion (PyTensor functions of the flat
-    unconstrained point, in ``model.free_RVs`` order), before nutpie's callbacks are made around them;
-    ``None`` where this nutpie lacks the internals used.  ``functions[2]`` is the log-density +
-    gradient: the start check (:func:`~bayesnlme.inference.startpoint.check_start_compiled`) calls it."""
-    if _internals() is None:
-        return None
-    return _make_functions(model, var_names)
-
-
-def compile_model(model, start: dict, jitter_rvs: set, var_names: list[str], functions=None):
+def compile_model(model, start: dict, jitter_rvs: set | None, var_names: list[str], check=None):
     """What ``nutpie.compile_pymc_model(model, initial_points=start, jitter_rvs=jitter_rvs,
     var_names=var_names)`` returns, with cached C callbacks; ``None`` where this nutpie lacks the
-    internals used (the caller falls back to nutpie's own compile).  ``functions``: those
-    :func:`make_functions` returned for this model and ``var_names`` (made here when not given)."""
+    internals used (the caller falls back to nutpie's own compile).
+
+    ``check``: called, once the callbacks exist, with ``logp_and_grad(x) -> (logp, grad)`` (the
+    log-density callback nutpie will call, at a flat unconstrained point in ``model.free_RVs`` order);
+    returns the jittered random variables, in place of ``jitter_rvs``
+    (:func:`~bayesnlme.inference.startpoint.check_start_compiled`).  Calling the callback itself, not
+    the PyTensor function inside it, compiles nothing more: from Python, numba compiled that function a
+    second time (seconds per model structure on an empty cache)."""
     internals = _internals()
     if internals is None:
         return None
@@ -196,12 +192,7 @@ def compile_model(model, start: dict, jitter_rvs: set, var_names: list[str], fun
 
     CompiledPyMCModel, _prepare_dims_and_coords, _rv_dict_to_flat_array_wrapper, _wrap_with_lock, \
         make_user_data = internals
-    initial = _wrap_with_lock(make_initial_point_fn(model=model, overrides=start, default_strategy="support_point",
-                                                    jitter_rvs=jitter_rvs, return_transformed=True))
-    n_dim, n_expanded, logp_fn, expand_fn, shape_info = functions or _make_functions(model, var_names)
-    n_free = len(model.free_RVs)
-    initial_fn = _rv_dict_to_flat_array_wrapper(initial, names=shape_info[0][:n_free],
-                                                shapes=shape_info[2][:n_free])
+    n_dim, n_expanded, logp_fn, expand_fn, shape_info = _make_functions(model, var_names)
     shared, containers = {}, {}
     for var in [*logp_fn.get_shared(), *expand_fn.get_shared()]:
         if var.name in shared and containers[var.name] is not var:
@@ -217,6 +208,13 @@ def compile_model(model, start: dict, jitter_rvs: set, var_names: list[str], fun
     expand_c = _callback(_EXPAND, "nutpie_expand", t.int64(t.uint64, t.uint64, ptr, ptr, t.voidptr),
                          expand_fn.vm.jit_fn, [v.name for v in expand_fn.get_shared()], user_data, shared,
                          n_dim=n_dim, n_expanded=n_expanded)
+    if check is not None:
+        jitter_rvs = check(_logp_and_grad(logp_c, user_data, n_dim))
+    initial = _wrap_with_lock(make_initial_point_fn(model=model, overrides=start, default_strategy="support_point",
+                                                    jitter_rvs=jitter_rvs, return_transformed=True))
+    n_free = len(model.free_RVs)
+    initial_fn = _rv_dict_to_flat_array_wrapper(initial, names=shape_info[0][:n_free],
+                                                shapes=shape_info[2][:n_free])
     dims, coords = _prepare_dims_and_coords(model, shape_info)
     return CompiledPyMCModel(
         _n_dim=n_dim, dims=dims, _coords=coords,
@@ -224,3 +222,24 @@ def compile_model(model, start: dict, jitter_rvs: set, var_names: list[str], fun
         compiled_logp_func=logp_c, compiled_expand_func=expand_c, initial_point_func=initial_fn,
         shared_data=shared, user_data=user_data, n_expanded=n_expanded, shape_info=shape_info,
         logp_func=logp_fn, expand_func=expand_fn)
+
+
+def _logp_and_grad(callback, user_data: np.ndarray, n_dim: int):
+    """The log-density callback as a Python function of the flat point: ``(logp, grad)``; NaN where the
+    callback failed (an exception inside the compiled function: status 1)."""
+    import ctypes
+
+    call = callback.ctypes
+    as_double = ctypes.POINTER(ctypes.c_double)
+
+    def logp_and_grad(x):
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        grad, logp = np.full(n_dim, np.nan), np.full((), np.nan)
+        status = call(n_dim, x.ctypes.data_as(as_double), grad.ctypes.data_as(as_double),
+                      logp.ctypes.data_as(as_double), user_data.ctypes.data)
+        if status not in (0, 3, 4):   # 3, 4: the gradient or log-density is not finite (both written)
+            grad[:] = np.nan
+            logp[()] = np.nan
+        return float(logp), grad
+
+    return logp_and_grad

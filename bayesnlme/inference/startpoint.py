@@ -108,9 +108,9 @@ def check_start(built, start: dict | None = None) -> list[str]:
 def check_start_compiled(built, logp_fn, start: dict | None = None) -> list[str]:
     """:func:`check_start` with the sampler's own compiled log-density + gradient.
 
-    The sampler's function (``logp_fn``: PyTensor function of the flat unconstrained point, free
-    variables in ``model.free_RVs`` order, returning the log-density and its gradient, as
-    :func:`bayesnlme.inference.nutpie_cache.make_functions` makes it) is compiled, or loaded from the
+    The sampler's function (``logp_fn``: the flat unconstrained point, free variables in
+    ``model.free_RVs`` order -> the log-density and its gradient; nutpie's compiled callback, as
+    :func:`bayesnlme.inference.nutpie_cache.compile_model` passes it) is compiled, or loaded from the
     cache, anyway; evaluating it at the start costs microseconds, where :func:`check_start` compiles
     a graph of its own (~0.5 s on theophylline; an ODE model's integrator in every process).  Only
     when it is not finite does :func:`check_start` run, to name the cause.
