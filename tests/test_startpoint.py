@@ -6,6 +6,7 @@ sampling: with nutpie on the sampler's compiled log-density, loaded from the cac
 structure and data shape were compiled before).
 """
 
+import gc
 import subprocess
 import sys
 import time
@@ -141,6 +142,7 @@ def test_start_checked_with_the_samplers_compiled_function():
         seen = []
         nutpie_cache.compile_model(built.model, built.initial_point, None, [v.name for v in built.model.free_RVs],
                                    check=lambda logp: seen.append(logp) or set())
+        gc.collect()   # the compiled model is gone: the callback must keep the data it points into alive
         return seen[0]
 
     built = build_model(load_spec("pd_emax"), df)

@@ -209,7 +209,7 @@ def compile_model(model, start: dict, jitter_rvs: set | None, var_names: list[st
                          expand_fn.vm.jit_fn, [v.name for v in expand_fn.get_shared()], user_data, shared,
                          n_dim=n_dim, n_expanded=n_expanded)
     if check is not None:
-        jitter_rvs = check(_logp_and_grad(logp_c, user_data, n_dim))
+        jitter_rvs = check(_logp_and_grad(logp_c, user_data, shared, n_dim))
     initial = _wrap_with_lock(make_initial_point_fn(model=model, overrides=start, default_strategy="support_point",
                                                     jitter_rvs=jitter_rvs, return_transformed=True))
     n_free = len(model.free_RVs)
@@ -224,15 +224,16 @@ def compile_model(model, start: dict, jitter_rvs: set | None, var_names: list[st
         logp_func=logp_fn, expand_func=expand_fn)
 
 
-def _logp_and_grad(callback, user_data: np.ndarray, n_dim: int):
+def _logp_and_grad(callback, user_data: np.ndarray, shared: dict, n_dim: int):
     """The log-density callback as a Python function of the flat point: ``(logp, grad)``; NaN where the
-    callback failed (an exception inside the compiled function: status 1)."""
+    callback failed (an exception inside the compiled function: status 1).  ``user_data`` points into
+    ``shared`` (the data arrays): the function keeps both alive, as the compiled model does."""
     import ctypes
 
     call = callback.ctypes
     as_double = ctypes.POINTER(ctypes.c_double)
 
-    def logp_and_grad(x):
+    def logp_and_grad(x, _keep=(user_data, shared)):
         x = np.ascontiguousarray(x, dtype=np.float64)
         grad, logp = np.full(n_dim, np.nan), np.full((), np.nan)
         status = call(n_dim, x.ctypes.data_as(as_double), grad.ctypes.data_as(as_double),
