@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import weakref
 from functools import cached_property
 from pathlib import Path
@@ -97,8 +96,8 @@ if "numba__fastmath" not in os.environ.get("PYTENSOR_FLAGS", ""):
 __all__ = ["ODESystem", "ODESolveOp", "scalar_graph", "schedule", "segments", "solve_states"]
 
 #: The integrator's code as far as the cache key is concerned: this module's, the kernel's and the RHS's text.
-_SOURCE_KEY = hashlib.sha256("\0".join(Path(m.__file__).read_text()
-                                       for m in (sys.modules[__name__], ode_kernel, ode_rhs)).encode()).hexdigest()
+_SOURCE_KEY = hashlib.sha256("\0".join(Path(f).read_text() for f in (__file__, ode_kernel.__file__, ode_rhs.__file__)
+                                       ).encode()).hexdigest()
 
 
 class ODESystem:
