@@ -17,6 +17,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
+#: Settings of ``make test`` (Makefile: its own cache, optimisation level 1) the subprocesses here run without
+_TEST_SETTINGS = ("PYTENSOR_FLAGS", "BAYESNLME_CACHE_DIR", "NUMBA_OPT", "NUMBA_CACHE_DIR")
+
 SCRIPT = """
 import sys, warnings
 warnings.simplefilter("ignore")
@@ -31,7 +34,7 @@ res.save(sys.argv[1])
 
 def _run(out, home, sampler="nutpie", time_scale=1.0, **env):
     full = dict(os.environ, HOME=str(home), **env)
-    for name in ("PYTENSOR_FLAGS", "BAYESNLME_CACHE_DIR"):
+    for name in _TEST_SETTINGS:   # the user's defaults, not make test's compile settings
         full.pop(name, None)
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(out), sampler, str(time_scale)], env=full,
                           capture_output=True, text=True, timeout=300)
@@ -111,7 +114,7 @@ def test_ode_integrator_is_compiled_once_across_processes(tmp_path):
     schedule is an input of the compiled function, not a constant in it."""
     home = tmp_path / "home"
     home.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTENSOR_FLAGS", "BAYESNLME_CACHE_DIR")}
+    env = {k: v for k, v in os.environ.items() if k not in _TEST_SETTINGS}
     env["HOME"] = str(home)
 
     def run(time_scale=1.0):
