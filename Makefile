@@ -42,9 +42,10 @@ demo: $(STAMP)
 # longest file first (tests/conftest.py, from tests/file_durations.json; xdist's own reordering off)
 TEST_WORKERS ?= 2
 # On an empty cache (a fresh clone, CI) the suite compiles ~750 C modules and ~700 numba functions (with the
-# file order above: 49.5 -> 38-43 CPU-minutes, docs/benchmarks.md).  It compiles them at optimisation level 1 (gcc -O1, NUMBA_OPT=1: the same IEEE
-# arithmetic, no fast-math; -O0 runs too slowly) into a cache of its own, .test_cache/, so that a user's
-# cache (~/.pytensor) never holds code compiled at that level: numba's cache key does not record it.
+# file order above: 49.5 -> 38-43 CPU-minutes, docs/benchmarks.md).  It compiles them at optimisation level 1
+# (gcc -O1, NUMBA_OPT=1: the same IEEE arithmetic, no fast-math; -O0 runs too slowly) into a cache of its
+# own, .test_cache/, so that a user's cache (~/.pytensor) never holds code compiled at that level: numba's
+# cache key does not record it.
 # Tests that check the user's cache (tests/test_reproducible.py) run their subprocesses without these.
 TEST_CACHE := $(CURDIR)/.test_cache
 TEST_ENV = NUMBA_OPT=1 NUMBA_CACHE_DIR=$(TEST_CACHE)/numba \
