@@ -53,6 +53,7 @@ from bayesnlme.build.cache import cached_build  # noqa: E402
 from bayesnlme.data import read_nonmem  # noqa: E402
 from bayesnlme.errors import BayesNLMEInputError  # noqa: E402
 from bayesnlme.evaluate.outcomes import record_lloq  # noqa: E402
+from bayesnlme.inference.convergence import without_arviz_numba  # noqa: E402
 from bayesnlme.inference.refit import refitter, with_dv  # noqa: E402
 from bayesnlme.runner import run_tasks  # noqa: E402
 from bayesnlme.spec import ModelSpec  # noqa: E402
@@ -169,7 +170,8 @@ def sbc_replicate(*, key, seed, workdir, spec: dict, fit_spec: dict, design: pd.
         ranks[name] = int((x[keep] < t).sum())
         means[name], sds[name] = float(x.mean()), float(x.std(ddof=1))
     names = list(truth)
-    diag = az.summary(idata, var_names=names, kind="diagnostics", round_to="none")
+    with without_arviz_numba():
+        diag = az.summary(idata, var_names=names, kind="diagnostics", round_to="none")
     return {"truth": truth, "rank": ranks, "posterior_mean": means, "posterior_sd": sds,
             "n_ranks": int(len(keep) + 1), "n_censored": n_censored,
             "min_ess_bulk": float(diag["ess_bulk"].min()),

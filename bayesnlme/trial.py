@@ -55,6 +55,7 @@ from bayesnlme.errors import BayesNLMEInputError
 from bayesnlme.evaluate.predict import thinned_draws
 from bayesnlme.evaluate.regimens import concentration_dvid
 from bayesnlme.evaluate.simulate import assign_covariates, simulate
+from bayesnlme.inference.convergence import without_arviz_numba
 from bayesnlme.inference.fit import FitResult, fit_model
 from bayesnlme.inference.refit import refitter, with_dv
 from bayesnlme.runner import run_tasks, task_seed
@@ -153,7 +154,8 @@ def trial_replicate(*, key, seed, workdir, spec: dict, design: pd.DataFrame, dv:
            "n_censored": int(frame["CENS"].sum()) if cens is not None else 0}
     if analysis == "nuts":
         if rule.kind != "attainment":
-            out["ess_bulk"] = float(az.ess(idata, var_names=[rule.parameter])[rule.parameter])
+            with without_arviz_numba():
+                out["ess_bulk"] = float(az.ess(idata, var_names=[rule.parameter])[rule.parameter])
         out["divergences"] = int(idata.sample_stats["diverging"].values.sum())
     return out
 

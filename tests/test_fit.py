@@ -12,6 +12,7 @@ import pytest
 from bayesnlme.atomic import OutputError
 from bayesnlme.datasets import dataset_path, load_indometacin
 from bayesnlme.errors import BayesNLMEInputError
+from bayesnlme.inference.convergence import without_arviz_numba
 from bayesnlme.inference.fit import SUMMARY_COLUMNS, FitResult, _mode_problems, fit_model
 from bayesnlme.spec import ModelSpec, load_spec
 
@@ -205,3 +206,25 @@ def test_phenobarbital_repeated_doses_match_published_nonmem():
     ratio = np.exp(res.posterior_draws("APGRLOW_1_on_V"))
     assert abs(np.median(ratio) - 1.16) < 2 * ratio.std()
     assert np.median(ratio) > 1.0
+
+
+def test_arviz_numba_is_off_inside_the_block_and_restored_after_it():
+    """ArviZ's numba helpers are compiled again in every process (~0.3 s a fit); the diagnostics run
+    them on NumPy instead, with the same values, and the global switch comes back as it was."""
+    rng = np.random.default_rng(5)
+    idata = az.from_dict(posterior={"CL": rng.normal(3.0, 0.3, size=(4, 500)).cumsum(axis=1) / 50,
+                                    "ETA": rng.normal(size=(4, 500, 6, 2))})
+    before = az.Numba.numba_flag
+    with without_arviz_numba():
+        assert az.Numba.numba_flag is False
+        off = az.summary(idata, kind="diagnostics", round_to="none")
+    assert az.Numba.numba_flag == before
+    az.Numba.enable_numba()
+    try:
+        on = az.summary(idata, kind="diagnostics", round_to="none")
+        with pytest.raises(RuntimeError), without_arviz_numba():
+            raise RuntimeError("a failure inside the block")
+        assert az.Numba.numba_flag is True
+    finally:
+        az.Numba.numba_flag = before
+    np.testing.assert_allclose(off.to_numpy(), on.to_numpy(), rtol=1e-9)

@@ -78,3 +78,62 @@ def test_cached_callbacks_give_nutpies_log_density_and_read_swapped_data():
     swapped = draws(ours, DV_data=dv, DV_drop=drop)
     # doubling every concentration halves V (the data changed, not only the seed's path)
     assert np.median(swapped["V"]) == pytest.approx(np.median(first["V"]) / 2, rel=0.25)
+
+
+_IOV_SPEC = """
+name = "baseline_iov"
+structural = "linear_exposure"
+[parameters.E0]
+prior = { dist = "lognormal", median = 10.0, sigma = 1.0 }
+omega = { dist = "halfnormal", sigma = 0.5 }
+omega_iov = { dist = "halfnormal", sigma = 0.5 }
+[parameters.SLOPE]
+fixed = 0.0
+iiv = "none"
+[residual]
+type = "exponential"
+sigma_exp = { dist = "halfnormal", sigma = 0.1 }
+"""
+
+
+def _shape_cases():
+    import dataclasses
+
+    import pandas as pd
+
+    from bayesnlme.spec import ModelSpec
+
+    theo = read_nonmem(datasets.dataset_path("theophylline"))
+    base = load_spec("pk_1cmt_oral")
+    centred = dataclasses.replace(base, parameters={**base.parameters,
+                                                    "V": dataclasses.replace(base.parameters["V"], centered=True)})
+    block = dataclasses.replace(base, omega_blocks=(("CL", "V"),))
+    iov = pd.DataFrame([{"ID": i, "TIME": 24.0 * occ + t, "DV": 10.0 + i + t, "EVID": 0, "MDV": 0, "OCC": occ,
+                         "EXPOSURE": 1.0} for i in (1, 2, 3) for occ in (1, 2) for t in range(2)])
+    return [(base, theo), (centred, theo), (block, theo), (ModelSpec.from_toml_text(_IOV_SPEC), iov)]
+
+
+@pytest.mark.parametrize("case", range(4), ids=["diagonal", "centred V", "block CL-V", "IOV"])
+def test_shapes_read_from_static_types_are_nutpies(case):
+    """The builder gives every random effect a static shape, so the sampler's compile reads the shapes
+    from the types instead of compiling nutpie's shape function; they must be the shapes it computes."""
+    from nutpie.compile_pymc import _compute_shapes
+
+    spec, data = _shape_cases()[case]
+    model = build_model(spec, data).model
+    trace = model.value_vars + model.free_RVs + model.deterministics
+    assert all(None not in v.type.shape for v in trace), [(v.name, v.type.shape) for v in trace]
+    ours, theirs = nutpie_cache._shapes(model), _compute_shapes(model)
+    assert ours.keys() == theirs.keys()
+    assert {k: tuple(int(n) for n in v) for k, v in theirs.items()} == ours
+
+
+def test_shapes_fall_back_to_nutpies_function_without_static_shapes():
+    import pymc as pm
+
+    with pm.Model(coords={"ID": ["a", "b", "c"]}) as model:
+        z = pm.Normal("z", 0.0, 1.0, dims="ID")       # shape from the coords only: not static
+        pm.Deterministic("w", 2 * z, dims="ID")
+    assert model["z"].type.shape == (None,)
+    shapes = nutpie_cache._shapes(model)
+    assert tuple(shapes["z"]) == (3,) and tuple(shapes["w"]) == (3,)

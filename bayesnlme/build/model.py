@@ -104,7 +104,8 @@ def _random_effects(spec: ModelSpec, n_sub: int, init: dict):
     col = {}
     if z_names:
         z_dim = "eta_parameter" if z_names == names else "eta_z_parameter"
-        z = pm.Normal("eta_z", 0.0, 1.0, dims=("ID", z_dim))
+        # a static shape beside the dims: the sampler's compile needs no shape-inference function
+        z = pm.Normal("eta_z", 0.0, 1.0, dims=("ID", z_dim), shape=(n_sub, len(z_names)))
         init["eta_z"] = np.zeros((n_sub, len(z_names)))
         col = {p: z[:, i] for i, p in enumerate(z_names)}
     eta = {}
@@ -116,7 +117,7 @@ def _random_effects(spec: ModelSpec, n_sub: int, init: dict):
         par = spec.parameters[p]
         omega = _omega(p, par, init)
         if par.centered:
-            eta[p] = pm.Normal(f"eta_{p}", 0.0, omega, dims="ID")
+            eta[p] = pm.Normal(f"eta_{p}", 0.0, omega, dims="ID", shape=(n_sub,))
             init[f"eta_{p}"] = np.zeros(n_sub)
         else:
             eta[p] = col[p] * omega
@@ -174,8 +175,9 @@ def _occasion_effects(spec: ModelSpec, occ_index, init: dict) -> dict:
     names = [p for p, par in spec.parameters.items() if par.omega_iov is not None]
     if not names:
         return {}
-    z = pm.Normal("kappa_z", 0.0, 1.0, dims=("OCC", "iov_parameter"))
-    init["kappa_z"] = np.zeros((int(occ_index.max()) + 1, len(names)))
+    n_occ = int(occ_index.max()) + 1
+    z = pm.Normal("kappa_z", 0.0, 1.0, dims=("OCC", "iov_parameter"), shape=(n_occ, len(names)))
+    init["kappa_z"] = np.zeros((n_occ, len(names)))
     kappa = []
     for i, p in enumerate(names):
         prior = spec.parameters[p].omega_iov

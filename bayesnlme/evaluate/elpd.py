@@ -9,6 +9,7 @@ import pandas as pd
 import xarray as xr
 
 from bayesnlme.errors import BayesNLMEInputError
+from bayesnlme.inference.convergence import without_arviz_numba
 
 LEVELS, ICS = ("subject", "observation"), ("loo", "waic")
 
@@ -71,13 +72,15 @@ def loo(result, level: str = "subject", pointwise: bool = True):
         of parameters), ``good_k``, ...
     """
     check_choices(level)
-    return az.loo(level_idata(result, level), pointwise=pointwise)
+    with without_arviz_numba():
+        return az.loo(level_idata(result, level), pointwise=pointwise)
 
 
 def waic(result, level: str = "subject", pointwise: bool = True):
     """WAIC estimate of the expected log predictive density; parameters as :func:`loo`."""
     check_choices(level)
-    return az.waic(level_idata(result, level), pointwise=pointwise)
+    with without_arviz_numba():
+        return az.waic(level_idata(result, level), pointwise=pointwise)
 
 
 def pareto_k_report(elpd_data, labels=None) -> tuple[pd.DataFrame, str]:

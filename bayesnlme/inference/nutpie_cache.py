@@ -114,13 +114,25 @@ def _callback(template: str, name: str, signature, inner, shared_names, user_dat
         return numba.cfunc(signature, cache=key is not None)(fn)
 
 
+def _shapes(model) -> dict:
+    """nutpie's ``_compute_shapes(model)``: the shape of every value variable, free variable and
+    deterministic, by name; read from their static types where every one has a static shape (the
+    builder's models), which spares compiling and running a shape function (~0.06-0.2 s per fit)."""
+    trace_vars = {var.name: var for var in model.value_vars + model.free_RVs + model.deterministics
+                  if var not in model.observed_RVs + model.potentials}
+    static = {name: var.type.shape for name, var in trace_vars.items()}
+    if all(None not in shape for shape in static.values()):
+        return {name: tuple(int(k) for k in shape) for name, shape in static.items()}
+    from nutpie.compile_pymc import _compute_shapes
+
+    return _compute_shapes(model)
+
+
 def _make_functions(model, var_names):
     """nutpie's ``_make_functions(model, mode="NUMBA", compute_grad=True, join_expanded=True, ...)`` with the
     design arrays lifted out of both graphs (:mod:`bayesnlme.inference.lift`): the compiled functions take
     them from nutpie's user-data record, like the DV container, and are cached for any data of this shape."""
-    from nutpie.compile_pymc import _compute_shapes
-
-    shapes = _compute_shapes(model)
+    shapes = _shapes(model)
     value_vars = [model.rvs_to_values[v] for v in model.free_RVs]
     rewrites = ["canonicalize", "stabilize"] + ([] if model.check_bounds else ["local_remove_check_parameter"])
     # rewritten in place: a copy, since the terms are shared (graph_cache.logp_factors); the inputs stay
