@@ -243,6 +243,33 @@ def test_proportional_error_rejects_predose_observation():
         build_model(ModelSpec.from_dict(d), df.assign(DVID=1))
 
 
+def _predose_blq(**extra):
+    """Theophylline with its 12 time-0 samples (taken as the dose is given: CP exactly 0) reported BLQ."""
+    df = load_theophylline()
+    pre = (df["TIME"] == 0) & (df["EVID"] == 0)
+    return df.assign(DV=np.where(pre, 0.25, df["DV"]), CENS=pre.astype(int), **extra), pre[df["EVID"] == 0].to_numpy()
+
+
+@pytest.mark.parametrize("residual", ["proportional", "exponential"])
+@pytest.mark.parametrize("cens_data", [False, True], ids=["CENS constant", "CENS container"])
+def test_predose_records_below_lloq_are_certain_under_zero_sd_errors(residual, cens_data):
+    """A pre-dose sample reported below the LLOQ: with CP = 0 it is BLQ with probability 1 (M3 adds 0 to the
+    log-likelihood, gradient finite), so proportional and exponential error accept it; an uncensored one,
+    or one censored in an interval with a positive lower limit, is still refused."""
+    df, pre = _predose_blq()
+    built = build_model(_spec(residual=residual), df, dv_data=cens_data, cens_data=cens_data)
+    assert (built.model["DV_cens"] is not None) if cens_data else "DV_cens" not in built.model
+    m = built.model
+    ip = _point(built, CL=2.5, V=30.0, KA=1.4)
+    pointwise = m.compile_logp(vars=[m["DV"]], sum=False)(ip)[0]
+    assert pre.sum() == 12 and np.all(pointwise[pre] == 0.0) and np.isfinite(pointwise[~pre]).all()
+    assert np.isfinite(m.compile_dlogp()(ip)).all()
+    with pytest.raises(DataError, match=r"row 2, column DV: .*the prediction is exactly 0 .*; 1 such observations"):
+        build_model(_spec(residual=residual), df.assign(CENS=np.where(df.index == 1, 0, df["CENS"])))
+    with pytest.raises(DataError, match=r"row 2, column DV: .*the prediction is exactly 0 .*; 12 such observations"):
+        build_model(_spec(residual=residual), df.assign(LIMIT=np.where(df["CENS"] == 1, 0.1, np.nan)))
+
+
 def test_dose_into_unknown_compartment():
     df = load_theophylline()
     df.loc[(df["ID"] == 2) & (df["EVID"] == 1), "CMT"] = 3

@@ -85,6 +85,28 @@ def test_npde_is_standard_normal_and_decorrelated():
     assert np.isfinite(imputed).all() and imputed[0] <= dv[0] and imputed[5] <= dv[5]
 
 
+def test_npde_of_a_point_mass_record_is_uniform_and_leaves_the_others_alone():
+    """A pre-dose record under proportional error is simulated exactly 0 every time: no variance to
+    decorrelate.  Its NPDE is the randomised PIT (U(0, 1) when DV is that value), and the subject's other
+    records get the NPDE they have without it (before, the degenerate record scored -3.29 every time)."""
+    rng = np.random.default_rng(2)
+    n_sub, n_i, k = 400, 3, 500
+    cov = 0.5 * np.ones((n_i, n_i)) + 0.5 * np.eye(n_i)
+    subject = np.repeat(np.arange(n_sub), n_i + 1)
+    body = rng.multivariate_normal(np.ones(n_i), cov, n_sub)
+    dv = np.column_stack([np.zeros(n_sub), body]).ravel()                # record 0 of each subject: 0
+    sims = np.concatenate([np.zeros((k, n_sub, 1)), rng.multivariate_normal(np.ones(n_i), cov, (k, n_sub))],
+                          axis=2).reshape(k, -1)
+    out = diagnostics.npde(dv, subject, sims, np.random.default_rng(3)).reshape(n_sub, n_i + 1)
+    assert stats.kstest(out[:, 0], "norm").pvalue > 0.01 and np.unique(out[:, 0]).size == n_sub
+    without = diagnostics.npde(body.ravel(), np.repeat(np.arange(n_sub), n_i),
+                               sims.reshape(k, n_sub, n_i + 1)[:, :, 1:].reshape(k, -1))
+    np.testing.assert_array_equal(out[:, 1:].ravel(), without)
+    # a point mass away from DV: the PIT is 0 or 1 (clipped to the simulated range), as for any record
+    off = diagnostics.npde(np.array([0.5, 1.0]), np.array([0, 0]), np.column_stack([np.zeros(k), rng.normal(size=k)]))
+    assert off[0] == stats.norm.ppf(1 - 1 / (2 * k))
+
+
 @pytest.mark.slow
 def test_shrinkage_matches_definition_from_saved_file(saved):
     folder, res = saved

@@ -31,11 +31,13 @@ def quadrature_times(t: np.ndarray, nodes: int) -> np.ndarray:
 
 
 def check_zero_prediction(spec: ModelSpec, data, doses) -> None:
-    """Refuse a record whose concentration is exactly 0 under an error model whose SD is then 0.
+    """Refuse an observed record whose concentration is exactly 0 under an error model whose SD is then 0.
 
     Before the first dose reaches the central compartment (pre-dose samples, inside an oral dose's
     lag) CP is exactly 0, and a proportional or exponential error has no density there.  Applies to
-    every continuous observation model of CP, ``[residual]`` or ``[[observations]]``.
+    every continuous observation model of CP, ``[residual]`` or ``[[observations]]``.  A record
+    censored below its LLOQ (``CENS = 1``) is kept: with CP = 0 it is below the LLOQ with probability 1
+    (M3: it adds 0 to the log-likelihood; M1 drops it anyway), as a pre-dose sample reported BLQ is.
 
     Raises
     ------
@@ -49,16 +51,21 @@ def check_zero_prediction(spec: ModelSpec, data, doses) -> None:
     dt = np.asarray(doses.dt)
     contributes = doses.applies & (~(doses.depot & (dt <= 0)) | doses.steady)   # an SS dose's history is present
     zero = ~contributes.any(axis=1)
+    cens = data.obs_cens if data.obs_cens is not None else np.zeros(data.n_obs, int)
+    above_zero = data.obs_limit > 0 if data.obs_limit is not None else np.zeros(data.n_obs, bool)
     multi = len(spec.observation_models()) > 1 or models[0].dvid is not None
     for m in models:
-        hit = zero & (data.obs_dvid == m.dvid) if multi else zero
+        # dropped (M1), or below the LLOQ with no positive lower limit: P(Y <= LLOQ) = 1 when CP = 0
+        certain = (cens != 0) if m.blq == "m1" else (cens == 1) & ~above_zero
+        hit = zero & ~certain & ((data.obs_dvid == m.dvid) if multi else True)
         if hit.any():
             i = int(np.flatnonzero(hit)[0])
             where = "" if m.dvid is None else f" (DVID {m.dvid})"
             raise data.error(f"{m.likelihood} residual error{where}: the prediction is exactly 0 at this "
                              f"observation (no dose has reached the central compartment yet; {int(hit.sum())} "
                              f"such observations), so its error SD would be 0; exclude pre-dose observations "
-                             f"(MDV=1) or use a combined error model", row=int(data.obs_row[i]), column="DV")
+                             f"(MDV=1), flag them below the LLOQ (CENS=1) if they were, or use a combined error "
+                             f"model", row=int(data.obs_row[i]), column="DV")
 
 
 def _param(name, prior, init):

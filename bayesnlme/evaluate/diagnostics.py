@@ -182,7 +182,7 @@ def _gof(result, n_sims: int, seed: int) -> pd.DataFrame:
             iwres[idx[c]], cwres[idx[c]] = np.nan, np.nan
             y = impute_censored(dv[idx], cens[idx], None if data.obs_limit is None else data.obs_limit[idx],
                                 sims[:, idx], rng)
-            scores[idx] = npde(y, data.obs_subject[idx], sims[:, idx])
+            scores[idx] = npde(y, data.obs_subject[idx], sims[:, idx], rng)
             kind[idx] = m.family.residual
             continue
         if m.family.event_time:
@@ -253,8 +253,14 @@ def impute_censored(dv: np.ndarray, cens: np.ndarray, limit, sims: np.ndarray,
     return out
 
 
-def npde(dv: np.ndarray, subject: np.ndarray, sims: np.ndarray) -> np.ndarray:
+def npde(dv: np.ndarray, subject: np.ndarray, sims: np.ndarray,
+         rng: np.random.Generator | None = None) -> np.ndarray:
     """NPDE with decorrelation (Brendel/Comets) from simulated new-subject data.
+
+    A record whose simulations are all one value (a point mass: the concentration of a pre-dose record
+    under proportional or exponential error is exactly 0) has no variance to decorrelate: it is left out
+    of its subject's decorrelation and scored by the randomised probability integral transform,
+    ``u ~ U(P(Y < DV), P(Y <= DV))`` (U(0, 1) when DV is that value: the record says nothing).
 
     Parameters
     ----------
@@ -263,12 +269,15 @@ def npde(dv: np.ndarray, subject: np.ndarray, sims: np.ndarray) -> np.ndarray:
     sims : numpy.ndarray, shape (K, n_obs)
         Simulated data sets of new subjects under the model; a draw with a non-finite value for a
         subject is left out of that subject's reference (NaN when fewer than 2 remain).
+    rng : numpy.random.Generator, optional
+        For point-mass records only (default: seeded 0).
 
     Returns
     -------
     numpy.ndarray, shape (n_obs,)
     """
     out = np.empty(len(dv))
+    rng = np.random.default_rng(0) if rng is None else rng
     for s in np.unique(subject):          # per-subject linear algebra on a handful of observations
         idx = np.flatnonzero(subject == s)
         ys = sims[:, idx]
@@ -279,6 +288,13 @@ def npde(dv: np.ndarray, subject: np.ndarray, sims: np.ndarray) -> np.ndarray:
         if k < 2:
             out[idx] = np.nan
             continue
+        point = (ys == ys[:1]).all(axis=0)
+        if point.any():
+            u = rng.uniform((ys[:, point] < dv[idx[point]]).mean(0), (ys[:, point] <= dv[idx[point]]).mean(0))
+            out[idx[point]] = stats.norm.ppf(np.clip(u, 1 / (2 * k), 1 - 1 / (2 * k)))
+            idx, ys = idx[~point], ys[:, ~point]
+            if not len(idx):
+                continue
         mean = ys.mean(0)
         cov = np.atleast_2d(np.cov(ys, rowvar=False))
         cov = cov + np.eye(len(idx)) * 1e-10 * max(np.trace(cov) / len(idx), 1e-300)

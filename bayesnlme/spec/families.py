@@ -274,17 +274,16 @@ def normal_logp(kind: str, y, f, sd, cens=None, limit=None):
     cens = np.zeros(n, int) if cens is None else np.asarray(cens)
     limit = np.full(n, np.nan) if limit is None else np.asarray(limit, float)
     log = kind == "exponential"
-    mu = pt.log(f) if log else f
+    mu, sd, positive = _guarded(kind, f, sd)
     out = pt.zeros(n)
     obs = np.flatnonzero(cens == 0)
     if len(obs):
         s, m, yo = take(sd, obs, n), take(mu, obs, n), take(y, obs, n)
         if log:   # DV > 0 on observed records (check_positive_dv)
             yo = np.log(yo) if isinstance(yo, np.ndarray) else pt.log(yo)
-        s, positive = _guarded_sd(kind, s)
         lp = _density(yo, m, s, log)
         if positive is not None:
-            lp = pt.switch(positive, lp, -np.inf)
+            lp = pt.switch(take(positive, obs, n), lp, -np.inf)
         out = put(out, obs, lp, n)
     if (cens != 0).any():
         if not isinstance(y, np.ndarray):
@@ -307,6 +306,10 @@ def normal_logp(kind: str, y, f, sd, cens=None, limit=None):
                 lp = tail(m, s, yt[idx])
                 if bounded:   # log(Phi(b) - Phi(a)) (or of the upper tails)
                     lp = _logdiffexp(lp, tail(m, s, lt[idx]))
+                if positive is not None:   # IPRED 0 (SD 0, or log IPRED -inf): Y is 0, in the interval or not
+                    lo, hi = (limit[idx], y[idx]) if side == 1 else (y[idx], limit[idx])
+                    holds_zero = ~(lo > 0) & ~(hi < 0)   # an open end (NaN) holds it
+                    lp = pt.switch(positive[idx], lp, np.where(holds_zero, 0.0, -np.inf))
                 out = pt.set_subtensor(out[idx], lp)
     return out
 
@@ -324,9 +327,8 @@ def censored_by_data(kind: str, y, f, sd, cens):
     from pymc.distributions.dist_math import normal_lcdf  # PyMC's stable lower tail
 
     log = kind == "exponential"
-    mu = pt.log(f) if log else f
     yt = pt.log(y) if log else y   # DV > 0 (check_positive_dv); a censored record's DV is its limit > 0
-    s, positive = _guarded_sd(kind, sd)   # proportional: density 0 where IPRED is 0, P(Y <= limit) = 1
+    mu, s, positive = _guarded(kind, f, sd)   # density 0 where IPRED is 0, P(Y <= limit) = 1
     density = _density(yt, mu, s, log)
     below = normal_lcdf(mu, s, yt)
     if positive is not None:
@@ -335,17 +337,24 @@ def censored_by_data(kind: str, y, f, sd, cens):
     return pt.switch(pt.gt(cens, 0), below, density)
 
 
-def _guarded_sd(kind: str, s):
-    """The residual SD and, for proportional error, where it is positive (else None).
+def _guarded(kind: str, f, s):
+    """The normal's mean (log IPRED for exponential error) and SD, and where IPRED is positive (None
+    where any IPRED will do).
 
-    SD = sigma_prop * IPRED is 0 where IPRED is 0 (before a lag time): the density is 0 there (DV = 0
-    is rejected by check_data); the SD is replaced by 1 there so that neither value nor gradient is NaN,
-    and the caller puts -inf (or the censored probability 1) where it is not positive.
+    Before the first dose reaches the sampled compartment (pre-dose records, inside a lag time) IPRED
+    is exactly 0: for proportional error SD = sigma_prop * IPRED is 0, for exponential error the mean
+    ``log IPRED`` is -inf.  Y is then 0 with certainty: an observed DV > 0 has density 0 (such records
+    are refused by ``check_zero_prediction`` when the design makes it so), a record censored below its
+    LLOQ has probability 1.  The SD (or IPRED) is replaced by 1 there so that neither value nor gradient
+    is NaN, and the caller puts the value of Y = 0 where IPRED is not positive.
     """
-    if kind != "proportional":
-        return s, None
-    positive = s > 0
-    return pt.switch(positive, s, 1.0), positive
+    if kind == "proportional":
+        positive = s > 0
+        return f, pt.switch(positive, s, 1.0), positive
+    if kind == "exponential":
+        positive = f > 0
+        return pt.log(pt.switch(positive, f, 1.0)), s, positive
+    return f, s, None
 
 
 def _density(y, mu, s, log: bool):
