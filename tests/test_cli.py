@@ -111,8 +111,13 @@ def test_fit_command_end_to_end(tmp_path):
     out = tmp_path / "fit"
     cmd = [str(exe), "fit", "--model", "pk_1cmt_oral", "--data", str(THEO), "--out", str(out),
            "--chains", "2", "--draws", "200", "--tune", "200", "--seed", "3", "--no-progress"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    tmp = tmp_path / "tmp"     # the system's temporary folder, as the command sees it
+    tmp.mkdir()
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "TMPDIR": str(tmp)})
     assert run.returncode == 0, run.stderr
+    # PyTensor's numba backend leaves a source file per function in the temporary folder (~60 a fit):
+    # the command keeps them in a folder of its own, removed at its end
+    assert os.listdir(tmp) == []
     table = pd.read_csv(out / "summary.csv")
     assert list(table.columns) == SUMMARY_COLUMNS
     assert list(table["parameter"]) == ["CL", "V", "KA", "omega_CL", "omega_V", "omega_KA", "sigma_add", "sigma_prop"]

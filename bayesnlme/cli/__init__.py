@@ -11,7 +11,9 @@ import contextlib
 import gc
 import importlib
 import os
+import shutil
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -90,9 +92,34 @@ def entry() -> None:
     walk the graphs and modules of the run (~1 s after a fit; nothing of the run is still unwritten by
     then: every output file was written and renamed into place, and exit handlers still run).
     """
-    status = main(own_process=True)
+    with _private_temporary_folder():
+        status = main(own_process=True)
     gc.freeze()
     sys.exit(status)
+
+
+@contextlib.contextmanager
+def _private_temporary_folder():
+    """Temporary files of the command (and of the Dask workers it starts) in a folder of its own, removed
+    when the command ends.
+
+    PyTensor's numba backend writes the source of each function it builds into a temporary file it never
+    deletes (``NamedTemporaryFile(delete=False)``): ~60 files a fit, cached or not, which would pile up in
+    the system's temporary folder.  Only the console script does this (it owns its process); the
+    command's outputs are written beside their destinations, never here.
+    """
+    folder = tempfile.mkdtemp(prefix="bayesnlme-")
+    before = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir, os.environ["TMPDIR"] = folder, folder
+    try:
+        yield
+    finally:
+        tempfile.tempdir = before[0]
+        if before[1] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = before[1]
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
