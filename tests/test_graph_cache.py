@@ -95,3 +95,37 @@ def test_the_shared_logp_terms_follow_the_model():
     point = {"k_log__": np.array(0.2)}
     total = model.compile_fn(graph_cache.model_logp(model), point_fn=False)(**point)
     np.testing.assert_allclose(total, model.compile_logp()(point), rtol=1e-12)
+
+
+@pytest.mark.parametrize("name, data", [("pk_1cmt_oral", "theophylline"), ("pk_1cmt_oral_mixture_cl", "theophylline"),
+                                        ("pk_1cmt_mm_oral", "theophylline")])
+def test_pointwise_log_likelihood_from_the_builders_graph_is_pymcs_and_is_stored(store, monkeypatch, name, data):
+    """The fit's log_likelihood group is compiled from the builder's per-record graph (no second PyMC
+    derivation of DV's density): the same values bit for bit, and its rewritten graph is stored (its
+    key can be formed: a clone's tag that still pointed into the random-variable graph made it
+    unpicklable, so it was compiled again in every process)."""
+    import arviz as az
+
+    from bayesnlme import datasets, load_spec, read_nonmem
+    from bayesnlme.build import build_model
+
+    built = build_model(load_spec(name), read_nonmem(datasets.dataset_path(data)))
+    model, rng = built.model, np.random.default_rng(0)
+    ip = model.initial_point()
+    post = {}
+    for rv in model.free_RVs:
+        value = ip[model.rvs_to_values[rv].name]
+        transform = model.rvs_to_transforms.get(rv)
+        value = np.asarray(transform.backward(value).eval() if transform is not None else value)
+        post[rv.name] = (rng.normal(size=(2, 3) + value.shape) if rv.name == "eta_z"
+                         else value * np.exp(rng.normal(0, 0.05, size=(2, 3) + value.shape)))
+    direct = lift.add_log_likelihood(az.from_dict(posterior=post), model, built.loglik)
+    assert len(list(store.iterdir())) == 1
+    monkeypatch.setattr(graph_cache, "compile_pymc", _no_compile)
+    again = lift.add_log_likelihood(az.from_dict(posterior=post), model, built.loglik)   # from the store
+    monkeypatch.undo()
+    derived = lift.add_log_likelihood(az.from_dict(posterior=post), model)
+    ll = direct.log_likelihood["DV"].values
+    assert ll.shape == (2, 3, built.data.n_obs) and np.isfinite(ll).all()
+    np.testing.assert_array_equal(ll, derived.log_likelihood["DV"].values)
+    np.testing.assert_array_equal(ll, again.log_likelihood["DV"].values)

@@ -290,7 +290,7 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
         idata = _nuts(model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat, device, cores,
                       built)
     # numba, not C (the C backend first scans PyTensor's whole C module cache: seconds), design lifted
-    lift.add_log_likelihood(idata, model)
+    lift.add_log_likelihood(idata, model, built.loglik)
     _add_data_groups(idata, built.data)
     result = FitResult(idata=idata, spec=built.spec, data=built.data, settings=settings)
     result.__dict__["_built"] = built   # the graph that was sampled: predictions and diagnostics reuse it

@@ -33,6 +33,7 @@ import weakref
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import pytensor
 from pymc.pytensorf import compile as compile_pymc
 from pytensor.compile.function.types import FunctionMaker
@@ -57,8 +58,10 @@ _FLAGS = ("floatX", "optimizer", "optimizer_including", "optimizer_excluding", "
 class _KeyPickler(pickle.Pickler):
     """A graph's pickle for its key: data containers by name and type; Variables and Apply nodes without
     what records their history rather than the computation: ``auto_name`` (a process-wide counter: the
-    same graph would get another key after other graphs were built) and the tag's ``trace`` (the
-    caller's file and line: a fit from a script and from the command line would not share a key)."""
+    same graph would get another key after other graphs were built), a constant's ``_unique_value`` (a
+    cache PyTensor fills when a compile first asks: a graph sharing constants with one compiled before
+    in the process got another key) and the tag's ``trace`` (the caller's file and line: a fit from a
+    script and from the command line would not share a key)."""
 
     def persistent_id(self, obj):
         if isinstance(obj, SharedVariable):
@@ -66,14 +69,24 @@ class _KeyPickler(pickle.Pickler):
         return None
 
     def reducer_override(self, obj):
+        if isinstance(obj, np.ndarray) and obj.dtype != object:
+            # by value only: protocol 5 writes a read-only array (a constant's data, once compiled) in
+            # another form than a writeable one
+            return _array, (obj.dtype.str, obj.shape, obj.tobytes())
         if isinstance(obj, (Variable, Apply)):
             reduced = obj.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
             state = dict(reduced[2])
             state.pop("auto_name", None)
+            state.pop("_unique_value", None)   # a constant's cached property, set once a compile asked
             if "tag" in state:
                 state["tag"] = {k: v for k, v in vars(state["tag"]).items() if k != "trace"}
             return (reduced[0], reduced[1], state, *reduced[3:])
         return NotImplemented
+
+
+def _array(dtype: str, shape: tuple, data: bytes):
+    """An array from its key's pickle (keys are hashed, never loaded: here for the pickle's reference)."""
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
 class _GraphPickler(pickle.Pickler):

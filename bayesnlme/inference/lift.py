@@ -20,6 +20,7 @@ index), so constant sub-expressions of the design are computed at each evaluatio
 
 from __future__ import annotations
 
+import copy
 import hashlib
 
 import numpy as np
@@ -28,11 +29,12 @@ from pymc.backends.arviz import apply_function_over_dataset, coords_and_dims_for
 from pymc.model.transform.conditioning import remove_value_transforms
 from pymc.pytensorf import PointFunc
 from pytensor.graph.basic import Constant
-from pytensor.graph.traversal import io_toposort
+from pytensor.graph.traversal import ancestors, graph_inputs, io_toposort
 from pytensor.tensor.basic import Join
 from pytensor.tensor.blas import Dot22
 from pytensor.tensor.elemwise import CAReduce, DimShuffle, Elemwise
 from pytensor.tensor.math import Dot
+from pytensor.tensor.random.op import RandomVariable
 from pytensor.tensor.subtensor import (
     AdvancedIncSubtensor,
     AdvancedIncSubtensor1,
@@ -113,15 +115,27 @@ def lift_constants(outputs: list) -> list:
     return Lifter()(outputs)
 
 
-def add_log_likelihood(idata, model):
+def add_log_likelihood(idata, model, loglik=None):
     """``pm.compute_log_likelihood(idata, model=model)`` on the lifted graph, compiled with numba: the
     pointwise log-likelihood of every observed variable at every posterior draw, as the
     ``log_likelihood`` group of ``idata`` (for LOO/WAIC).  Its compiled function, like the sampler's,
-    is cached for any data of this shape."""
+    is cached for any data of this shape.
+
+    ``loglik``: the builder's per-record log-likelihood of ``DV`` (``BuiltModel.loglik``), the very graph
+    ``DV``'s density returns, as a function of the free random variables.  Given (and ``DV`` the model's
+    only observed variable), that graph is compiled with each free variable replaced by an input of its
+    name, instead of asking PyMC to derive the observed variables' log-density again (~0.3 s on a small
+    model); the same values.
+    """
     umodel = remove_value_transforms(model)
     observed = list(umodel.observed_RVs)
-    outs = lift_constants(umodel.logp(vars=observed, sum=False))
-    fn = PointFunc(compile_function(umodel.value_vars, outs, model=umodel, on_unused_input="ignore"))
+    direct = None if loglik is None or [v.name for v in observed] != ["DV"] else _free_inputs(model, loglik)
+    if direct is not None:
+        inputs, out = direct
+        fn = PointFunc(compile_function(inputs, lift_constants([out]), model=umodel, on_unused_input="ignore"))
+    else:
+        outs = lift_constants(umodel.logp(vars=observed, sum=False))
+        fn = PointFunc(compile_function(umodel.value_vars, outs, model=umodel, on_unused_input="ignore"))
     coords, dims = coords_and_dims_for_inferencedata(umodel)
     dataset = apply_function_over_dataset(fn, idata.posterior[[rv.name for rv in umodel.free_RVs]],
                                           output_var_names=[rv.name for rv in observed],
@@ -129,3 +143,20 @@ def add_log_likelihood(idata, model):
                                           progressbar=False)
     idata.add_groups({"log_likelihood": dataset})
     return idata
+
+
+def _free_inputs(model, loglik):
+    """``(inputs, graph)``: ``loglik`` with each free random variable replaced by an input of its name and
+    type, or None where the graph holds any other random variable (then PyMC derives the log-density)."""
+    inputs = [rv.type(name=rv.name) for rv in model.free_RVs]
+    out = pytensor.clone_replace(loglik, dict(zip(model.free_RVs, inputs)))
+    if any(isinstance(node.op, RandomVariable) for node in io_toposort(list(graph_inputs([out])), [out])):
+        return None
+    # a clone's tag is a copy of the original's: a static_form there still points into the random-variable
+    # graph (and would make the graph's cache key unpicklable); this compiled function does not need it
+    original = set(ancestors([loglik]))
+    for var in ancestors([out]):
+        if var not in original and getattr(var.tag, "static_form", None) is not None:
+            var.tag = copy.copy(var.tag)
+            del var.tag.static_form
+    return inputs, out
