@@ -43,6 +43,7 @@ import json
 import os
 import shutil
 import socket
+import tempfile
 import time
 import traceback
 import uuid
@@ -58,6 +59,7 @@ from bayesnlme.errors import BayesNLMEInputError
 MANIFEST = "manifest.json"
 TASKS = "tasks"
 RESULT = "result.json"
+_WORKER_TMP: dict = {}   # id(LocalCluster) -> its workers' temporary folder
 
 
 class RunError(BayesNLMEInputError):
@@ -219,14 +221,26 @@ def _client(scheduler, n_workers, memory_limit):
                            f"`dask scheduler` or omit --scheduler for a local cluster") from None
     n = n_workers or os.cpu_count() or 1
     limit = memory_limit if memory_limit is not None else "auto"
+    # workers' temporary files (PyTensor's numba backend leaves ~60 a fit) in a folder removed by _close
+    tmp = tempfile.mkdtemp(prefix="bayesnlme-workers-")
     try:
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, memory_limit=limit,
-                               dashboard_address=None, silence_logs=50)
+                               dashboard_address=None, silence_logs=50, env={"TMPDIR": tmp})
+        _WORKER_TMP[id(cluster)] = tmp
     except RuntimeError as exc:   # most often: a script without a __main__ guard (workers re-import it)
+        shutil.rmtree(tmp, ignore_errors=True)
         raise RunError(f"could not start a local Dask cluster of {n} workers ({' '.join(str(exc).split())[:200]}); "
                        f"in a script, run it under `if __name__ == \"__main__\":` (worker processes import "
                        f"the script), or use scheduler=\"serial\"") from None
     return Client(cluster), cluster, True
+
+
+def _close(client, local) -> None:
+    """Close a client this module made, and its LocalCluster (with the workers' temporary folder)."""
+    client.close()
+    if local is not None:
+        local.close()
+        shutil.rmtree(_WORKER_TMP.pop(id(local), ""), ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -244,9 +258,7 @@ def cluster(scheduler=None, n_workers: int | None = None, memory_limit=None):
         yield client
     finally:
         if own:
-            client.close()
-            if local is not None:
-                local.close()
+            _close(client, local)
 
 
 def _load_manifest(run_dir: Path, identity: dict) -> dict:
@@ -411,9 +423,7 @@ def _run_on_dask(func, todo, tasks, shared, seed, run_dir, out, bar, save_manife
             save_manifest()
     finally:
         if own:
-            client.close()
-            if cluster is not None:
-                cluster.close()
+            _close(client, cluster)
 
 
 def _lost(run_dir: Path, key: str, seed: int, exc) -> dict:

@@ -157,3 +157,20 @@ def test_killed_worker_task_is_retried_and_the_run_completes(tmp_path, client):
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["tasks"]["k1"]["attempts"] == 2 and "worker died" in manifest["tasks"]["k1"]["retried"]
     assert manifest["tasks"]["k0"]["attempts"] == 1
+
+
+def leaky_task(*, key, seed, workdir):
+    """Leaves a temporary file behind, as PyTensor's numba backend does for every function it builds."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(delete=False) as f:
+        f.write(b"def f(): pass\n")
+    return {"tmp": os.path.dirname(f.name)}
+
+
+def test_a_local_clusters_workers_keep_temporary_files_in_a_folder_removed_with_it(tmp_path):
+    run = run_tasks(leaky_task, {"a": {}}, tmp_path / "run", seed=1, scheduler="local", n_workers=1,
+                    progress=False)
+    folder = run.results["a"]["tmp"]
+    assert os.path.basename(folder).startswith("bayesnlme-workers-")
+    assert not os.path.exists(folder)
