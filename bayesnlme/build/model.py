@@ -175,9 +175,10 @@ def _occasion_effects(spec: ModelSpec, occ_index, init: dict) -> dict:
     names = [p for p, par in spec.parameters.items() if par.omega_iov is not None]
     if not names:
         return {}
-    n_occ = int(occ_index.max()) + 1
-    z = pm.Normal("kappa_z", 0.0, 1.0, dims=("OCC", "iov_parameter"), shape=(n_occ, len(names)))
-    init["kappa_z"] = np.zeros((n_occ, len(names)))
+    # no static shape: predictions at other times (evaluate.predict_at_times) build the model on a design with
+    # other occasions and evaluate it at the fit's KAPPA draws
+    z = pm.Normal("kappa_z", 0.0, 1.0, dims=("OCC", "iov_parameter"))
+    init["kappa_z"] = np.zeros((int(occ_index.max()) + 1, len(names)))
     kappa = []
     for i, p in enumerate(names):
         prior = spec.parameters[p].omega_iov
