@@ -97,8 +97,7 @@ def test_the_shared_logp_terms_follow_the_model():
     np.testing.assert_allclose(total, model.compile_logp()(point), rtol=1e-12)
 
 
-@pytest.mark.parametrize("name, data", [("pk_1cmt_oral", "theophylline"), ("pk_1cmt_oral_mixture_cl", "theophylline"),
-                                        ("pk_1cmt_mm_oral", "theophylline")])
+@pytest.mark.parametrize("name, data", [("pk_1cmt_oral", "theophylline"), ("pk_1cmt_mm_oral", "theophylline")])
 def test_pointwise_log_likelihood_from_the_builders_graph_is_pymcs_and_is_stored(store, monkeypatch, name, data):
     """The fit's log_likelihood group is compiled from the builder's per-record graph (no second PyMC
     derivation of DV's density): the same values bit for bit, and its rewritten graph is stored (its
