@@ -66,9 +66,17 @@ def _narrow_wrong_cl() -> ModelSpec:
 @pytest.mark.slow
 @pytest.mark.validation
 def test_sbc_of_pk_1cmt_oral_is_calibrated_and_a_wrong_prior_is_flagged(design, tmp_path):
+    """The issue's check: 100 replicates, no parameter rejected at 1%.
+
+    Under exact calibration each of the eight tests rejects 1% of the time, so a fixed seed fails about
+    one time in thirteen whenever the draws change.  With seed 2, sigma_add (weakly identified here: six
+    subjects, 2 x 200 draws; 7 of 100 fits with a bulk ESS below the 19 thinned draws) has p = 0.03 at
+    100 replicates; at the first 40 it fell to p = 0.0055 when the builder's graph, and with it the
+    draws, changed (a9c436f), which is why this test no longer uses 40.
+    """
     spec = load_spec("pk_1cmt_oral")
-    good = sbc(spec, design, n=40, run_dir=tmp_path / "good", seed=2, scheduler="serial", **SETTINGS)
-    assert len(good.ranks) == 40 and not good.failed
+    good = sbc(spec, design, n=100, run_dir=tmp_path / "good", seed=2, scheduler="serial", **SETTINGS)
+    assert len(good.ranks) == 100 and not good.failed
     assert good.ranks.to_numpy().min() >= 0 and good.ranks.to_numpy().max() <= 19
     assert good.calibrated, good.table
     assert "calibrated -- no parameter" in good.verdict()
