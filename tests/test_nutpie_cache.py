@@ -80,26 +80,13 @@ def test_cached_callbacks_give_nutpies_log_density_and_read_swapped_data():
     assert np.median(swapped["V"]) == pytest.approx(np.median(first["V"]) / 2, rel=0.25)
 
 
-_IOV_SPEC = """
-name = "baseline_iov"
-structural = "linear_exposure"
-[parameters.E0]
-prior = { dist = "lognormal", median = 10.0, sigma = 1.0 }
-omega = { dist = "halfnormal", sigma = 0.5 }
-omega_iov = { dist = "halfnormal", sigma = 0.5 }
-[parameters.SLOPE]
-fixed = 0.0
-iiv = "none"
-[residual]
-type = "exponential"
-sigma_exp = { dist = "halfnormal", sigma = 0.1 }
-"""
-
-
 def _shape_cases():
     import dataclasses
 
     import pandas as pd
+    from test_iov_likelihood import (
+        SPEC as IOV_SPEC,  # an IOV model (one parameter with occasion effects)
+    )
 
     from bayesnlme.spec import ModelSpec
 
@@ -110,7 +97,7 @@ def _shape_cases():
     block = dataclasses.replace(base, omega_blocks=(("CL", "V"),))
     iov = pd.DataFrame([{"ID": i, "TIME": 24.0 * occ + t, "DV": 10.0 + i + t, "EVID": 0, "MDV": 0, "OCC": occ,
                          "EXPOSURE": 1.0} for i in (1, 2, 3) for occ in (1, 2) for t in range(2)])
-    return [(base, theo), (centred, theo), (block, theo), (ModelSpec.from_toml_text(_IOV_SPEC), iov)]
+    return [(base, theo), (centred, theo), (block, theo), (ModelSpec.from_toml_text(IOV_SPEC), iov)]
 
 
 @pytest.mark.parametrize("case", range(4), ids=["diagonal", "centred V", "block CL-V", "IOV"])
