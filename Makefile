@@ -12,6 +12,7 @@
 # make benchmark / benchmark-scale / benchmark-gpu : theophylline against a hand-written model;
 #                 simulated populations (100 and 1,200 subjects) on nutpie, numpyro and blackjax;
 #                 10,000 and 100,000 subjects on a GPU.  Figures in docs/benchmarks.md
+# make benchmark-ode-jax : an ODE model under numpyro with the JAX integrator against the host's numba one
 # make sbc-check : simulation-based calibration of pk_1cmt_oral, 100 replicates on Dask (~2 min); sbc_check/
 # make benchmark-many : 8 fits serially against a 2-worker LocalCluster (benchmarks/many_fits.py)
 # make qualify : reference problems against published answers (nlme, NONMEM, posteriordb, R loo, BLQ);
@@ -21,7 +22,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test validate install benchmark benchmark-scale benchmark-gpu benchmark-many sbc-check clean case-studies case-studies-check docs fuzz qualify capabilities
+.PHONY: demo test validate install benchmark benchmark-scale benchmark-gpu benchmark-ode-jax benchmark-many sbc-check clean case-studies case-studies-check docs fuzz qualify capabilities
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -103,6 +104,10 @@ benchmark-gpu: $(STAMP)
 	$(BIN)/python -m pip install --quiet "jax[cuda12]"
 	$(BIN)/python benchmarks/scale.py --device gpu --sizes 10000 100000 --engines numpyro --phases cold \
 	    --json benchmarks/scale_gpu.json
+
+# ODE models under JAX: the integrator in JAX against the numba one on the host (CPU; --device gpu on a GPU)
+benchmark-ode-jax: $(STAMP)
+	$(BIN)/python benchmarks/ode_jax.py --replicate 1 10 --json benchmarks/ode_jax_cpu.json
 
 clean:
 	rm -rf demo_output .pytest_cache .test_cache case_studies/html docs/_build qualification

@@ -210,7 +210,7 @@ def _sample_jax(model, start, sampler, device, chains, draws, tune, seed, progre
     starts = chain_starts(model, start, jitter, chains, seed)
     import jax
 
-    with jax.default_device(target):
+    with jax.default_device(target), ode_jax.on_device(device):
         return sample_jax_nuts(model=for_jax(model), draws=draws, tune=tune, chains=chains,
                                target_accept=target_accept, random_seed=seed, initvals=starts, jitter=False,
                                var_names=keep, progressbar=progress, chain_method="vectorized",

@@ -31,6 +31,8 @@ _DENSE = np.array([
 _STEPS_PER_STOP = 100   # step budget per dose event / observation, on top of max_steps
 _SS_BUDGET = 200        # step budget of one steady-state computation, in units of max_steps
 _E = _B - np.array([5179 / 57600, 0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40])
+#: The method's constants, for another implementation of it (:mod:`~bayesnlme.structural.ode_dopri_jax`)
+DOPRI5 = {"A": _A, "C": _C, "E": _E, "DENSE": _DENSE, "steps_per_stop": _STEPS_PER_STOP, "ss_budget": _SS_BUDGET}
 
 
 def make_kernel(rhs, init, n, n_p, steady: bool):

@@ -21,12 +21,17 @@ def _derivatives(rhs, parameters, n, rows, t, cols):
     over subjects, in which case gradients of the sums are the per-subject derivatives,
     exact because subjects are independent).
     """
-    f = _as_rows(rhs(_StateColumns(rows), t, dict(zip(parameters, cols))), n, "rhs")
-    out = list(f)
+    out = rhs_rows(rhs, parameters, n, rows, t, cols)
     for wrt in (rows, cols):
         for a in range(n):
-            out += pt.grad(f[a].sum(), wrt, disconnected_inputs="ignore", return_disconnected="zero")
+            out += pt.grad(out[a].sum(), wrt, disconnected_inputs="ignore", return_disconnected="zero")
     return out
+
+
+def rhs_rows(rhs, parameters, n, rows, t, cols) -> list:
+    """The user's ``rhs`` on states ``rows`` (one tensor per state), time ``t`` and parameters ``cols`` (one
+    tensor per parameter, in ``parameters`` order), as a list of n derivative tensors."""
+    return _as_rows(rhs(_StateColumns(rows), t, dict(zip(parameters, cols))), n, "rhs")
 
 
 class _NotElementwise(Exception):
