@@ -8,7 +8,9 @@ import contextlib
 import fcntl
 import os
 import re
+import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -61,6 +63,44 @@ def remove_stale_temporaries(folder) -> list[Path]:
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
+
+
+#: what :func:`private_temporary_folder` names look like: the owning process's PID after the prefix
+_PRIVATE = re.compile(r"bayesnlme-(?:workers-)?(\d+)-[A-Za-z0-9_]+")
+#: a dead process's private temporary folder is removed once it has not changed for this long (s)
+PRIVATE_STALE_S = 24 * 3600.0
+
+
+def private_temporary_folder(kind: str = "") -> str:
+    """A new temporary folder of this process, ``bayesnlme-[KIND-]PID-XXXXXXXX`` in the system's one.
+
+    First removes the folders of this kind of name that processes no longer running left behind (a command
+    killed by SIGKILL or SIGTERM runs no cleanup): only folders of this user, whose PID is not a running
+    process and which have not changed for :data:`PRIVATE_STALE_S` (a PID from another container sharing
+    the folder, or a reused PID, is never taken for a dead one while its folder is in use).
+    """
+    base, now = tempfile.gettempdir(), time.time()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(base):
+            found = _PRIVATE.fullmatch(entry.name)
+            if not found or not entry.is_dir(follow_symlinks=False):
+                continue
+            with contextlib.suppress(OSError):
+                info = entry.stat(follow_symlinks=False)
+                if (info.st_uid == os.getuid() and now - info.st_mtime > PRIVATE_STALE_S
+                        and not _running(int(found.group(1)))):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"bayesnlme-{kind + '-' if kind else ''}{os.getpid()}-")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 @contextlib.contextmanager

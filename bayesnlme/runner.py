@@ -43,7 +43,6 @@ import json
 import os
 import shutil
 import socket
-import tempfile
 import time
 import traceback
 import uuid
@@ -53,7 +52,7 @@ from typing import Callable
 
 import numpy as np
 
-from bayesnlme.atomic import write_text_atomic
+from bayesnlme.atomic import private_temporary_folder, write_text_atomic
 from bayesnlme.errors import BayesNLMEInputError
 
 MANIFEST = "manifest.json"
@@ -222,7 +221,7 @@ def _client(scheduler, n_workers, memory_limit):
     n = n_workers or os.cpu_count() or 1
     limit = memory_limit if memory_limit is not None else "auto"
     # workers' temporary files (PyTensor's numba backend leaves ~60 a fit) in a folder removed by _close
-    tmp = tempfile.mkdtemp(prefix="bayesnlme-workers-")
+    tmp = private_temporary_folder("workers")
     try:
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, memory_limit=limit,
                                dashboard_address=None, silence_logs=50, env={"TMPDIR": tmp})

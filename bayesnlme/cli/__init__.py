@@ -17,7 +17,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from bayesnlme.atomic import output_lock
+from bayesnlme.atomic import output_lock, private_temporary_folder
 from bayesnlme.cli.parsers import individualize_out, parser
 from bayesnlme.errors import BayesNLMEInputError, ConvergenceWarning
 
@@ -108,7 +108,7 @@ def _private_temporary_folder():
     the system's temporary folder.  Only the console script does this (it owns its process); the
     command's outputs are written beside their destinations, never here.
     """
-    folder = tempfile.mkdtemp(prefix="bayesnlme-")
+    folder = private_temporary_folder()
     before = tempfile.tempdir, os.environ.get("TMPDIR")
     tempfile.tempdir, os.environ["TMPDIR"] = folder, folder
     try:
