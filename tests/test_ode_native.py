@@ -154,9 +154,27 @@ def test_solver_choice(monkeypatch):
         ode_jax.solver_for("cpu")
 
 
+def _ode_library():
+    from bayesnlme import load_spec
+    from bayesnlme.spec import library_names
+
+    return [name for name in library_names() if load_spec(name).structural.piecewise]
+
+
 def test_library_turnover_model_log_density_native_equals_host(monkeypatch):
     """A library ODE model with initial states (turnover at its baseline E0) through the engines' path:
     ``for_jax`` + PyMC's jaxified log-density, once per solver."""
+    _native_equals_host("pkpd_indirect_response_1", monkeypatch)
+
+
+@pytest.mark.validation
+@pytest.mark.parametrize("name", [n for n in _ode_library() if n != "pkpd_indirect_response_1"])
+def test_every_library_ode_model_native_equals_host(name, monkeypatch):
+    """`make validate`: the other library ODE models (~40 s each: a numba and a JAX compile)."""
+    _native_equals_host(name, monkeypatch)
+
+
+def _native_equals_host(name, monkeypatch):
     from capability_matrix import _design
     from pymc.initial_point import make_initial_point_fn
     from pymc.sampling.jax import get_jaxified_logp
@@ -165,9 +183,9 @@ def test_library_turnover_model_log_density_native_equals_host(monkeypatch):
     from bayesnlme.build import build_model
     from bayesnlme.inference.engines import for_jax
 
-    design = _design(load_spec("pkpd_indirect_response_1"), np.random.default_rng(3))
+    design = _design(load_spec(name), np.random.default_rng(3))
     design["DV"] = 1.0
-    built = build_model(load_spec("pkpd_indirect_response_1"), design)
+    built = build_model(load_spec(name), design)
     point = make_initial_point_fn(model=built.model, overrides=built.initial_point)(0)
     rng = np.random.default_rng(5)
     values = [point[v.name] + 0.1 * rng.standard_normal(np.shape(point[v.name])) for v in built.model.value_vars]
