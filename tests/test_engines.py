@@ -47,7 +47,7 @@ def _is_ode(model) -> bool:
 
 
 @pytest.mark.parametrize("name", library_names())
-def test_jax_log_density_equals_pytensor(name):
+def test_jax_log_density_equals_pytensor(name, monkeypatch):
     built = _built(name)
     model = built.model
     ode_jax.register()
@@ -92,6 +92,16 @@ def test_jax_log_density_equals_pytensor(name):
         both = jax.vmap(logp)(batch)
         np.testing.assert_allclose(float(both[0]), expect, rtol=1e-9, atol=1e-8)
         assert float(both[1]) != float(both[0])
+    if name == "pkpd_indirect_response_1":
+        # the integrator written in JAX (the GPU default; initial states at the baseline E0 here): the same
+        # value, and the host's gradient within the sensitivities' accuracy (the other library ODE models:
+        # tests/test_ode_native.py, `make validate`)
+        monkeypatch.setenv("BAYESNLME_JAX_ODE", "native")
+        value, grad = jax.value_and_grad(get_jaxified_logp(for_jax(model)))(values)
+        np.testing.assert_allclose(float(value), expect, rtol=1e-9, atol=1e-8)
+        host = np.concatenate([g.ravel() for g in got_grad])
+        np.testing.assert_allclose(np.concatenate([np.ravel(g) for g in grad]), host, rtol=1e-6,
+                                   atol=1e-6 * np.abs(host).max())
 
 
 def test_engine_choice_errors_name_the_option():

@@ -8,8 +8,8 @@ on a GPU: the same states as the numba kernel, and sensitivities as accurate, on
 2. Steady-state doses (SS=1: oral with lag and F, an infusion, a lag longer than II): both are within
    10 rtol (states) and 100 rtol (sensitivities) of a reference solved at rtol 1e-11.
 3. Under PyTensor's JAX backend (``BAYESNLME_JAX_ODE=native``) the gradient JAX takes through the solve
-   (its custom VJP) is the host kernel's, and a library ODE model's log-density and gradient are the
-   host path's.
+   (its custom VJP) is the host kernel's.  Library ODE models' log-densities and gradients equal the host
+   path's: ``pkpd_indirect_response_1`` in test_engines, the five others here under `make validate`.
 """
 
 from __future__ import annotations
@@ -161,16 +161,11 @@ def _ode_library():
     return [name for name in library_names() if load_spec(name).structural.piecewise]
 
 
-def test_library_turnover_model_log_density_native_equals_host(monkeypatch):
-    """A library ODE model with initial states (turnover at its baseline E0) through the engines' path:
-    ``for_jax`` + PyMC's jaxified log-density, once per solver."""
-    _native_equals_host("pkpd_indirect_response_1", monkeypatch)
-
-
 @pytest.mark.validation
 @pytest.mark.parametrize("name", [n for n in _ode_library() if n != "pkpd_indirect_response_1"])
 def test_every_library_ode_model_native_equals_host(name, monkeypatch):
-    """`make validate`: the other library ODE models (~40 s each: a numba and a JAX compile)."""
+    """`make validate`: the library ODE models test_engines does not check with the JAX integrator, through
+    ``for_jax`` + PyMC's jaxified log-density, once per solver (~25-35 s each: a numba and a JAX compile)."""
     _native_equals_host(name, monkeypatch)
 
 
