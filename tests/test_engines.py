@@ -95,7 +95,7 @@ def test_jax_log_density_equals_pytensor(name, monkeypatch):
     if name == "pkpd_indirect_response_1":
         # the integrator written in JAX (the GPU default; initial states at the baseline E0 here): the same
         # value, and the host's gradient within the sensitivities' accuracy (the other library ODE models:
-        # tests/test_ode_native.py, `make validate`)
+        # tests/test_ode.py, `make validate`)
         monkeypatch.setenv("BAYESNLME_JAX_ODE", "native")
         value, grad = jax.value_and_grad(get_jaxified_logp(for_jax(model)))(values)
         np.testing.assert_allclose(float(value), expect, rtol=1e-9, atol=1e-8)
