@@ -14,7 +14,10 @@ empirical CDF of the normalised ranks against simultaneous confidence bands, obt
 simulating the binomial tail probabilities of uniform ranks.  The smallest tail probability along
 the ECDF is the test statistic; its simulated null distribution gives a p-value per parameter and
 the band at level ``1 - alpha``.  A parameter is rejected when its p-value is below ``alpha``
-(default 1%).
+(default 1%).  With K parameters each tested at ``alpha``, a calibrated model shows at least one
+rejection in ``1 - (1 - alpha)^K`` of runs (7.7% for eight parameters at 1%), so the table also gives
+Holm's adjusted p-values (``p_holm``, family-wise over the K tests) and the verdict says when no
+rejection survives them: a departure worth a rerun with more replicates, not yet a finding.
 
 Replicates run on the many-fits runner (:mod:`bayesnlme.runner`): one task each, in a run
 directory that a rerun resumes.  Models with a single ``[residual]`` are compiled once per worker
@@ -250,8 +253,9 @@ class SBCResult:
     n_ranks : int
         Number of possible ranks (``L + 1``).
     table : pandas.DataFrame
-        Per parameter: ``n``, ``mean_rank`` (normalised, 0.5 expected), ``p_value``, ``rejected``
-        (p < alpha) and ``shape`` (the departure in words).
+        Per parameter: ``n``, ``mean_rank`` (normalised, 0.5 expected), ``p_value``, ``p_holm`` (Holm's
+        adjustment over the parameters: family-wise), ``rejected`` (p < alpha) and ``shape`` (the
+        departure in words).
     fits : pandas.DataFrame
         Per replicate: ``min_ess_bulk``, ``max_r_hat``, ``divergences``, ``n_censored`` (records below
         the LLOQ).
@@ -272,6 +276,11 @@ class SBCResult:
         """No parameter rejected at ``alpha``."""
         return not self.table["rejected"].any()
 
+    @property
+    def calibrated_familywise(self) -> bool:
+        """No parameter rejected at family-wise level ``alpha`` (Holm's adjusted p-values)."""
+        return not (self.table["p_holm"] < self.alpha).any()
+
     def verdict(self) -> str:
         """The result in words."""
         n = len(self.ranks)
@@ -288,6 +297,13 @@ class SBCResult:
             text = (f"{head}: NOT calibrated at {self.alpha:.0%} -- {items}. The fits do not recover what the "
                     f"model simulates: check the priors the fit uses against the simulating ones, the "
                     f"sampler's convergence below, and whether the design identifies these parameters.")
+            k = len(self.table)
+            if k > 1 and self.calibrated_familywise:
+                chance = 1.0 - (1.0 - self.alpha) ** k
+                text += (f" But with {k} parameters each tested at {self.alpha:.0%}, a calibrated model shows at "
+                         f"least one such departure in {chance:.1%} of runs, and none survives Holm's adjustment "
+                         f"for the {k} tests (smallest adjusted p = {self.table['p_holm'].min():.3f}): rerun with "
+                         f"more replicates before concluding.")
         cens = self.fits["n_censored"] if "n_censored" in self.fits else pd.Series(0, index=self.fits.index)
         if cens.sum():
             text += (f" Simulated values below the LLOQ were censored (M3) in {int((cens > 0).sum())} of "
@@ -316,8 +332,21 @@ def analyse(results: dict, failed: dict | None = None, alpha: float = ALPHA) -> 
         p = uniformity_test(r, n_ranks, alpha)["p_value"]
         rows.append({"parameter": name, "n": len(r), "mean_rank": float(((r + 0.5) / n_ranks).mean()),
                      "p_value": p, "rejected": p < alpha, "shape": _shape(r, n_ranks) if p < alpha else ""})
-    return SBCResult(ranks=ranks, n_ranks=n_ranks, table=pd.DataFrame(rows).set_index("parameter"),
-                     fits=fits, failed=dict(failed or {}), alpha=alpha)
+    table = pd.DataFrame(rows).set_index("parameter")
+    table.insert(table.columns.get_loc("p_value") + 1, "p_holm", holm(table["p_value"].to_numpy()))
+    return SBCResult(ranks=ranks, n_ranks=n_ranks, table=table, fits=fits, failed=dict(failed or {}), alpha=alpha)
+
+
+def holm(p) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error over the tests), in the order given:
+    sorted ascending, the i-th smallest (1-based) is ``max_{j <= i} min(1, (K - j + 1) p_(j))``."""
+    p = np.asarray(p, dtype=float)
+    order = np.argsort(p, kind="stable")
+    k = len(p)
+    adjusted = np.minimum(1.0, np.maximum.accumulate((k - np.arange(k)) * p[order]))
+    out = np.empty(k)
+    out[order] = adjusted
+    return out
 
 
 def sbc(spec: ModelSpec, design, *, n: int = 200, fit_spec: ModelSpec | None = None, run_dir,

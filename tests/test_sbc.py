@@ -10,7 +10,7 @@ import pytest
 
 from bayesnlme import datasets, load_spec
 from bayesnlme.errors import BayesNLMEInputError
-from bayesnlme.sbc import analyse, sbc, uniformity_test
+from bayesnlme.sbc import SBCResult, analyse, holm, sbc, uniformity_test
 from bayesnlme.spec import ModelSpec
 
 
@@ -44,6 +44,44 @@ def test_uniformity_test_detects_shift_and_overconfidence_and_band_agrees_with_p
     assert out.table.loc["A", "shape"] == "posterior below the truth (biased low)"
     assert out.table.loc["B", "shape"] == "posterior too narrow (overconfident)"
     assert not out.calibrated and "NOT calibrated" in out.verdict()
+
+
+def test_holm_adjustment_and_the_verdict_on_multiplicity():
+    """Holm's adjusted p-values by hand; one parameter rejected at 1% on its own but not family-wise gets
+    the multiplicity sentence, a departure that survives the adjustment does not."""
+    p = np.array([0.004, 0.2, 0.003, 0.05])
+    # sorted: 0.003 (x4 = 0.012), 0.004 (x3 = 0.012), 0.05 (x2 = 0.1), 0.2 (x1, running max 0.2)
+    np.testing.assert_allclose(holm(p), [0.012, 0.2, 0.012, 0.1])
+    np.testing.assert_allclose(holm([0.5, 0.6]), [1.0, 1.0])
+    np.testing.assert_allclose(holm([0.001]), [0.001])
+
+    def result(p_values):
+        names = [f"P{i}" for i in range(len(p_values))]
+        table = pd.DataFrame({"n": 100, "mean_rank": 0.5, "p_value": p_values, "p_holm": holm(p_values),
+                              "rejected": np.asarray(p_values) < 0.01, "shape": "biased low"},
+                             index=pd.Index(names, name="parameter"))
+        fits = pd.DataFrame({"min_ess_bulk": [400.0], "max_r_hat": [1.0], "divergences": [0], "n_censored": [0]})
+        return SBCResult(ranks=pd.DataFrame(0, index=range(100), columns=names), n_ranks=20, table=table, fits=fits)
+
+    lone = result([0.004] + [0.3] * 7)                  # Holm: 8 x 0.004 = 0.032
+    assert not lone.calibrated and lone.calibrated_familywise
+    words = lone.verdict()
+    assert "NOT calibrated at 1% -- P0 (p = 0.0040" in words
+    assert "least one such departure in 7.7% of runs" in words and "smallest adjusted p = 0.032" in words
+    strong = result([0.0002] + [0.3] * 7)               # Holm: 0.0016 < 1%
+    assert not strong.calibrated and not strong.calibrated_familywise
+    assert "Holm" not in strong.verdict()
+    assert "Holm" not in result([0.3] * 8).verdict()
+
+
+def test_analyse_table_holds_the_holm_column():
+    rng = np.random.default_rng(3)
+    res = {f"r{i}": {"rank": {"A": int(rng.integers(0, 20)), "B": int(min(19, rng.integers(0, 20) + 6))},
+                     "n_ranks": 20, "min_ess_bulk": 400.0, "max_r_hat": 1.0, "divergences": 0} for i in range(100)}
+    table = analyse(res).table
+    assert list(table.columns) == ["n", "mean_rank", "p_value", "p_holm", "rejected", "shape"]
+    np.testing.assert_allclose(table["p_holm"], holm(table["p_value"]))
+    assert table.loc["B", "p_holm"] < 0.01 and table.loc["A", "p_holm"] > 0.01
 
 
 # ------------------------------------------------------------------------------ end to end

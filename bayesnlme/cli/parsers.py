@@ -305,8 +305,8 @@ def _add_sbc(subparsers) -> None:
         "each true population parameter among the posterior draws; N replicates as independent tasks on "
         "Dask. Writes OUT/manifest.json and OUT/tasks/<replicate>/ as each replicate finishes (a rerun "
         "resumes), then OUT/sbc_ranks.csv, sbc_table.csv (per parameter: mean normalised rank, p-value of "
-        "the ECDF uniformity test, rejected, shape), sbc_fits.csv, sbc_verdict.txt, sbc_ranks.png and "
-        "sbc_ecdf.png, and prints the table and the verdict.",
+        "the ECDF uniformity test, its Holm adjustment over the parameters, rejected, shape), sbc_fits.csv, "
+        "sbc_verdict.txt, sbc_ranks.png and sbc_ecdf.png, and prints the table and the verdict.",
         epilog="examples:\n  bayesnlme sbc pk_1cmt_oral --data theophylline.csv --n 200 --out sbc_1cmt\n"
                "  bayesnlme sbc pk_1cmt_oral --data design.csv --n 100 --fit-model narrow.toml --out sbc_check\n"
                "  bayesnlme sbc my_model.toml --data design.csv --n 500 --scheduler tcp://head:8786 --out sbc_big",
