@@ -113,9 +113,11 @@ def test_mle_of_a_variance_component_on_its_boundary():
         assert at > -best.fun - 0.01, (start, mle)
         mles.append(mle)
     # the same estimate from both starts (on the log scale of OMEGA the second start ran on towards
-    # exp(-20) while the first stopped at 0.009: the direction is flat there)
-    for name in ("B", "omega_B", "sigma_add"):
-        assert float(mles[0][name]) == pytest.approx(float(mles[1][name]), rel=1e-3, abs=1e-3), name
+    # exp(-20) while the first stopped at 0.009: the direction is flat there); OMEGA to 0.005 (1.5% of
+    # sigma/sqrt(5)): the search stops once a round gains less than 0.05 in log-likelihood, and on this flat
+    # boundary the two starts then stop at 0.0096 and 0.0112
+    for name, abs_tol in (("B", 1e-3), ("omega_B", 5e-3), ("sigma_add", 1e-3)):
+        assert float(mles[0][name]) == pytest.approx(float(mles[1][name]), rel=1e-3, abs=abs_tol), name
 
 
 @pytest.mark.slow

@@ -260,7 +260,8 @@ def _posterior_proposal(result) -> Proposal | None:
 
 
 def population_mode(result, *, prior: bool = True, n_samples: int = 2000, seed: int = 0,
-                    start: dict | None = None, max_rounds: int = 4, tol: float = 1e-3) -> dict:
+                    start: dict | None = None, max_rounds: int = 4, tol: float = 1e-3,
+                    gain_tol: float = 0.05) -> dict:
     """Posterior mode (or maximum-likelihood estimate) of the population parameters.
 
     Maximises ``log p(y | theta) + log p(theta)`` (``prior=True``) or the
@@ -283,7 +284,10 @@ def population_mode(result, *, prior: bool = True, n_samples: int = 2000, seed: 
     is a smooth function of ``theta``.  After each optimisation the proposals
     are re-adapted at the new estimate and the optimisation is repeated, up to
     ``max_rounds`` times, until the estimate moves by less than ``tol`` on the
-    unconstrained scale.
+    unconstrained scale or a round (after the first) raises its objective by less than
+    ``gain_tol``: each round's fresh importance samples move the optimum by Monte Carlo
+    noise, usually more than ``tol``, and chasing it changes -2LL by hundredths (theophylline:
+    the same -2LL to 0.02, MC SE 0.07, in two rounds as in four: 38 objective evaluations, not 88-91).
 
     Parameters
     ----------
@@ -298,6 +302,9 @@ def population_mode(result, *, prior: bool = True, n_samples: int = 2000, seed: 
         posterior medians.
     max_rounds : int
     tol : float
+        Movement (unconstrained scale, largest coordinate) below which the rounds stop.
+    gain_tol : float
+        Gain of a round's objective (log-density units; -2LL moves by twice it) below which the rounds stop.
 
     Returns
     -------
@@ -354,15 +361,17 @@ def population_mode(result, *, prior: bool = True, n_samples: int = 2000, seed: 
                 return 1e10, np.zeros_like(x)
             return val, grad
 
+        first = res is None
+        at_start = fun_and_grad(u)[0] if not first else None
         res = optimize.minimize(fun_and_grad, u, jac=True, method="L-BFGS-B", bounds=bounds,
-                                options={"maxiter": 1000, "maxfun": 5000, "ftol": 1e-13, "gtol": 1e-7})
+                                options={"maxiter": 1000, "maxfun": 5000, "ftol": 1e-10, "gtol": 1e-5})
         moved = float(np.max(np.abs(res.x - u)))
         u = res.x
         if proposal is None:
             break
         z, log_w = _is_pass(built, info.natural(_log_sd(u, sd)), proposal, base)
         proposal = proposal.adapted(z, log_w)
-        if moved < tol:
+        if moved < tol or (not first and at_start - res.fun < gain_tol):
             break
     if not res.success:
         # L-BFGS-B often ends with "ABNORMAL_TERMINATION_IN_LNSRCH" at the optimum (the objective is
