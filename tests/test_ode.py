@@ -620,6 +620,27 @@ def _matrix(params):
     return np.stack([params[k] for k in SYSTEM.parameters], axis=1)
 
 
+def test_perform_integrates_with_the_cached_solver(regimens, monkeypatch):
+    """The Python and C backends (predictions over draws, simulation, VPCs, diagnostics, PyMC's sampler) call
+    a numba function kept in PyTensor's cache under the integrator's key, so a second process loads it instead
+    of compiling the kernel again (across processes: test_reproducible, `make validate`); the kernel's numbers
+    bit for bit, steady-state kernel included, and it is what ``ODESolveOp.perform`` runs."""
+    from pytensor.link.numba.cache import CACHED_SRC_FUNCTIONS
+
+    for data, steady, params in ((regimens, False, PARAMS), (read_nonmem(_steady_state_regimens()), True, SS_PARAMS)):
+        solver = SYSTEM.solver(steady)
+        assert CACHED_SRC_FUNCTIONS.get(solver.py_func) is not None and solver is SYSTEM.solver(steady)
+        args = [_matrix(params)] + [np.array(x, order="C") for x in schedule(data, LINEAR, SYSTEM, 1e-6, 1e-8)[:-1]]
+        kernel = SYSTEM.kernel_ss if steady else SYSTEM.kernel
+        for a, b in zip(solver(*[a.copy() for a in args]), kernel(*[a.copy() for a in args])):
+            np.testing.assert_array_equal(a, b)
+    calls = []
+    solver = SYSTEM.solver(False)
+    monkeypatch.setitem(SYSTEM._solvers, False, lambda *a: calls.append(1) or solver(*a))
+    y = solve_states(SYSTEM, pt.as_tensor(_matrix(PARAMS)), regimens, LINEAR, rtol=1e-6, atol=1e-8).eval()
+    assert calls and y.shape == (regimens.n_obs, SYSTEM.n_states) and np.isfinite(y).all()
+
+
 def _segmented(frame):
     """Data, per-observation segments and per-segment parameters (n_sub, G n_p) of the IOV records."""
     data = read_nonmem(frame)

@@ -102,13 +102,19 @@ total = model.function({"CL": cl, "V": v}, data, model)["CP"].sum()
 f = pytensor.function([cl, v], lift_constants([total, *pytensor.grad(total, [cl, v])]), mode="NUMBA")
 out = f(np.full(data.n_subjects, 8.0), np.full(data.n_subjects, 20.0))
 print(" ".join(repr(float(x)) for x in np.concatenate([np.atleast_1d(o) for o in out])))
+# the C backend (predictions, VPCs, diagnostics) integrates through ODESolveOp.perform's cached solver
+g = pytensor.function([cl, v], total, mode="FAST_RUN")
+c_total = float(g(np.full(data.n_subjects, 8.0), np.full(data.n_subjects, 20.0)))
+solver = model.function.keywords["system"].solver(False)
+print(repr(c_total), sum(solver.stats.cache_hits.values()), sum(solver.stats.cache_misses.values()))
 """
 
 
 @pytest.mark.validation
 def test_ode_integrator_is_compiled_once_across_processes(tmp_path):
     """An ODE model's log-density, integrator included, is compiled by the first process (~45 s) and loaded
-    from PyTensor's numba cache by the next (~2 s), which compiles nothing: no file in the cache is
+    from PyTensor's numba cache by the next (~2 s), which compiles nothing (nor does the C backend's
+    integrator, ``ODESolveOp.perform``'s cached solver): no file in the cache is
     written again (before, the integrator had no cache key and every process compiled it again).  A third
     process on another data set of the same shape (TIME x 1.1) compiles nothing either: the integrator's
     schedule is an input of the compiled function, not a constant in it."""
@@ -117,19 +123,32 @@ def test_ode_integrator_is_compiled_once_across_processes(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in _TEST_SETTINGS}
     env["HOME"] = str(home)
 
+    def _written(home):
+        # numba's cache and the graph cache; PyTensor's C module cache (compiledir_*, where the C backend
+        # rewrites its cutils_ext/__init__.py in every process) is not what this test is about
+        return {p: p.stat().st_mtime_ns for p in (home / ".pytensor").rglob("*")
+                if p.is_file() and not any(part.startswith("compiledir_") for part in p.parts)}
+
     def run(time_scale=1.0):
         proc = subprocess.run([sys.executable, "-c", ODE_SCRIPT, str(time_scale)], env=env, capture_output=True,
                               text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        return [float(x) for x in proc.stdout.split()]
+        numba_line, c_line = proc.stdout.strip().splitlines()[-2:]
+        c_total, hits, misses = c_line.split()
+        return [float(x) for x in numba_line.split()], float(c_total), (int(hits), int(misses))
 
-    first = run()
-    files = {p: p.stat().st_mtime_ns for p in (home / ".pytensor").rglob("*") if p.is_file()}
-    # the integrator's own entry (PyTensor's wrapper of ODESolveOp's numba function, named after it)
+    first, c_first, (hits, misses) = run()
+    files = _written(home)
+    # the integrator's own entries (PyTensor's wrapper of ODESolveOp's numba function, named after it, and the
+    # solver ODESolveOp.perform calls)
     assert any(p.name.startswith("string.solve-") and p.suffix == ".nbc" for p in files)
-    second = run()
-    assert {p: p.stat().st_mtime_ns for p in (home / ".pytensor").rglob("*") if p.is_file()} == files
+    assert any(p.name.startswith("string.ode_perform_solve-") and p.suffix == ".nbc" for p in files)
+    assert (hits, misses) == (0, 1)
+    second, c_second, (hits, misses) = run()
+    assert _written(home) == files
+    assert (hits, misses) == (1, 0)      # the C backend's integrator loaded, not compiled
     assert second == first and first[0] > 0 and len(first) == 1 + 2 * 6   # value, d/dCL and d/dV of 6 subjects
-    other = run(1.1)
-    assert {p: p.stat().st_mtime_ns for p in (home / ".pytensor").rglob("*") if p.is_file()} == files
+    assert c_second == c_first == pytest.approx(first[0], rel=1e-12)
+    other, _, _ = run(1.1)
+    assert _written(home) == files
     assert other[0] < first[0]   # later samples of a decaying profile: the data did reach the function

@@ -75,7 +75,7 @@ import pytensor
 import pytensor.tensor as pt
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
-from pytensor.link.numba.cache import CACHED_SRC_FUNCTIONS
+from pytensor.link.numba.cache import CACHED_SRC_FUNCTIONS, compile_numba_function_src
 from pytensor.link.numba.dispatch.basic import register_funcify_and_cache_key
 
 from bayesnlme.structural import ode_kernel, ode_rhs
@@ -143,6 +143,26 @@ class ODESystem:
         data without SS doses do not pay for it)."""
         return self._kernel(steady=True)
 
+    def solver(self, steady: bool):
+        """The integrator as the Python and C backends call it (``ODESolveOp.perform``: predictions over
+        draws, simulation, VPCs, diagnostics, PyMC's sampler): a numba function calling the kernel, kept in
+        PyTensor's numba cache under :meth:`cache_key`, so that a second process loads it instead of
+        compiling the kernel again (~18 s for ``pk_1cmt_mm_oral``); the kernel itself where there is no key."""
+        solvers = self.__dict__.setdefault("_solvers", {})
+        if steady not in solvers:
+            kernel = self.kernel_ss if steady else self.kernel
+            key = self.cache_key(steady)
+            if key is None:
+                solvers[steady] = kernel
+            else:
+                args = ", ".join(_KERNEL_ARGS)
+                src = f"def ode_perform_solve({args}):\n    return kernel({args})\n"
+                # __name__: a cached function's environment is rebuilt by importing its module
+                fn = compile_numba_function_src(src, "ode_perform_solve", {"__name__": __name__, "kernel": kernel},
+                                                cache_key=hashlib.sha256(f"{key}\0solver".encode()).hexdigest())
+                solvers[steady] = numba.njit(cache=True)(fn)
+        return solvers[steady]
+
     def cache_key(self, steady: bool) -> str | None:
         """Key of the compiled integrator in PyTensor's numba cache: the keys PyTensor gave the compiled
         RHS (with its Jacobians) and initial-state functions, the sizes, and the source of this module and
@@ -173,6 +193,11 @@ class ODESystem:
         rhs_call, _, init = self._compiled
         return make_kernel(rhs_call, init, self.n_states, len(self.parameters), steady=steady)
 
+
+#: The kernel's arguments: the individual parameters, then the schedule (:func:`schedule`) without ``obs_subject``
+_KERNEL_ARGS = ("P", "t0", "obs_time", "obs_order", "obs_start", "obs_first", "dose_time", "dose_amt", "dose_rate",
+                "dose_state", "dose_lagged", "dose_valid", "dose_ss", "dose_ii", "reset_time", "reset_row", "obs_row",
+                "obs_boundary", "seg_stop", "dose_seg", "idx", "opts")
 
 #: The ODE systems of this process by RHS, parameters, states and initial states (graphs read from the
 #: graph cache link to these, with their compiled integrators)
@@ -215,7 +240,8 @@ class ODESolveOp(Op):
         return Apply(self, [P, *schedule], [y, s])
 
     def perform(self, node, inputs, outputs):
-        y, s = self.kernel(*[np.array(x, order="C") for x in inputs[:-1]])   # writable copies, as under nutpie
+        solve = self.system.solver(self.steady)
+        y, s = solve(*[np.array(x, order="C") for x in inputs[:-1]])   # writable copies, as under nutpie
         outputs[0][0], outputs[1][0] = y, s
 
     def L_op(self, inputs, outputs, output_grads):
