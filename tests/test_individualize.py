@@ -1,11 +1,11 @@
 """Bayesian dose individualisation: calibration of the individual predictive band, the MAP against a direct
 optimisation, the full-Bayes posterior against a NUTS refit with the patient, dose finding, errors, the CLI."""
 
-import time
 import warnings
 
 import numpy as np
 import pandas as pd
+import pytensor
 import pytest
 from scipy import optimize, stats
 
@@ -147,14 +147,22 @@ def test_map_with_a_published_fixed_omega_block_matches_direct_optimisation():
     assert abs(uncorrelated[1] - direct[1]) > 100 * 1e-4 * abs(direct[1])   # the correlation matters here
 
 
-def test_posterior_quality_and_speed_after_first_call():
+def test_posterior_quality_and_nothing_compiled_after_first_call(monkeypatch):
+    """New levels on the same design reuse the compiled model: nothing is compiled for the second posterior
+    (what makes it ~0.1 s).  Not a wall-clock bound any more: "< 10 s" for this and a dose table failed once
+    on a loaded machine with an empty compile cache (11.9 s), where the dose table's new designs compile.
+    The same ID: the design key includes the ID column, so another ID compiles again (see the closing note)."""
     y = np.array([24.0, 6.5])
     individualize(SPEC, _patient(y), seed=1)                     # compiles (cached per design)
-    start = time.perf_counter()
-    post = individualize(SPEC, _patient(np.array([18.0, 9.0]), pid=2), seed=1)   # another patient, same design
+
+    def no_compile(*args, **kwargs):
+        raise AssertionError("compiled for a patient whose design was compiled already")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pytensor, "function", no_compile)
+        post = individualize(SPEC, _patient(np.array([18.0, 9.0])), seed=1)   # other levels, same design
     table = dose_table(post, "CTROUGH 10-20", [500, 1000, 1500], [8, 12])
     predict_profile(post, {"dose": float(recommend(table)["DOSE"]), "ii": float(recommend(table)["II"])})
-    assert time.perf_counter() - start < 10
     q = post.quality
     assert q["ess"] > 1000 and q["pareto_k"] < 0.7 and not post.problems
     summary = post.summary()
