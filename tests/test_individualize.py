@@ -149,9 +149,9 @@ def test_map_with_a_published_fixed_omega_block_matches_direct_optimisation():
 
 def test_posterior_quality_and_nothing_compiled_after_first_call(monkeypatch):
     """New levels on the same design reuse the compiled model: nothing is compiled for the second posterior
-    (what makes it ~0.1 s).  Not a wall-clock bound any more: "< 10 s" for this and a dose table failed once
-    on a loaded machine with an empty compile cache (11.9 s), where the dose table's new designs compile.
-    The same ID: the design key includes the ID column, so another ID compiles again (see the closing note)."""
+    (what makes it ~0.1 s), also for another patient (another ID) with the same doses and sampling times.
+    Not a wall-clock bound: "< 10 s" for this and a dose table failed once on a loaded machine with an empty
+    compile cache (11.9 s), where the dose table's new designs compile."""
     y = np.array([24.0, 6.5])
     individualize(SPEC, _patient(y), seed=1)                     # compiles (cached per design)
 
@@ -160,7 +160,8 @@ def test_posterior_quality_and_nothing_compiled_after_first_call(monkeypatch):
 
     with monkeypatch.context() as patch:
         patch.setattr(pytensor, "function", no_compile)
-        post = individualize(SPEC, _patient(np.array([18.0, 9.0])), seed=1)   # other levels, same design
+        post = individualize(SPEC, _patient(np.array([18.0, 9.0]), pid=907), seed=1)   # other patient, same design
+    assert post.patient.ids.tolist() == ["907"]
     table = dose_table(post, "CTROUGH 10-20", [500, 1000, 1500], [8, 12])
     predict_profile(post, {"dose": float(recommend(table)["DOSE"]), "ii": float(recommend(table)["II"])})
     q = post.quality

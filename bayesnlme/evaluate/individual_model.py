@@ -4,8 +4,8 @@ draws, the log-likelihood at many parameter sets and the MAP-Bayes estimate.
 Used by :mod:`bayesnlme.evaluate.individualize` (the full-Bayes posterior) and
 :mod:`bayesnlme.evaluate.individual_dosing` (profiles and dose finding).  Compiled models are kept in a
 module-level cache keyed by the spec and the patient's *design* -- dose records, times and covariates;
-the measured levels are a data container (``DV_data``) of the compiled functions -- so another call for
-the same patient, or for another patient sampled at the same times, compiles nothing.
+the measured levels are a data container (``DV_data``) of the compiled functions, and the ID is blanked --
+so another call for the same patient, or for another patient sampled at the same times, compiles nothing.
 
 MAP-Bayes (:func:`map_estimate`): the ETAs minimising ``-log p(y | eta, theta) - log p(eta | theta)`` at
 fixed population values (the population posterior median), by BFGS on the compiled gradient, in the
@@ -110,9 +110,15 @@ def concentration_type(spec: ModelSpec):
 
 
 def design_key(spec: ModelSpec, data) -> tuple:
-    """Cache key of a patient design: the spec and the records with the observed DV blanked."""
+    """Cache key of a patient design: the spec and the records with the observed DV and the ID blanked.
+
+    The ID is not part of the design: what the cached model reports of its own subjects (occasion labels,
+    times, observation types) does not depend on it, and the patient's own records are kept apart
+    (:attr:`IndividualPosterior.patient`), so another patient sampled at the same times compiles nothing.
+    """
     frame = data.records.copy()
     frame.loc[data.frame["_OBS"].to_numpy(bool), "DV"] = 0.0
+    frame["ID"] = 0
     rows = pd.util.hash_pandas_object(frame, index=False).to_numpy()   # one hash per row, in record order
     digest = hashlib.sha256(rows.tobytes()).hexdigest()
     return repr(spec.to_dict()), id(spec.structural), digest, tuple(frame.columns)
