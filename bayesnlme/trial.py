@@ -133,7 +133,7 @@ def trial_replicate(*, key, seed, workdir, spec: dict, design: pd.DataFrame, dv:
         fitted = None
     else:
         fitted = fit_model(fit_spec, frame, chains=chains, draws=draws, tune=tune, seed=seed, progress=False,
-                           method="map" if analysis == "map" else "nuts", cores=1)
+                           method="map" if analysis == "map" else "nuts", cores=1, log_likelihood="none")
         idata = fitted.idata
     if rule.kind == "attainment":
         if fitted is None:      # the refitted draws with the design's subjects (all of them: the ETAs'), as a fit

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import xarray as xr
 
 from bayesnlme.cli import main
 from bayesnlme.datasets import dataset_path
@@ -111,7 +112,8 @@ def test_fit_command_end_to_end(tmp_path):
     exe = Path(sys.executable).with_name("bayesnlme")
     out = tmp_path / "fit"
     cmd = [str(exe), "fit", "--model", "pk_1cmt_oral", "--data", str(THEO), "--out", str(out),
-           "--chains", "2", "--draws", "200", "--tune", "200", "--seed", "3", "--no-progress"]
+           "--chains", "2", "--draws", "200", "--tune", "200", "--seed", "3", "--no-progress",
+           "--log-likelihood", "subject"]
     tmp = tmp_path / "tmp"     # the system's temporary folder, as the command sees it
     tmp.mkdir()
     # private folders other commands left: one of a process killed two days ago (removed), one of a process
@@ -135,6 +137,9 @@ def test_fit_command_end_to_end(tmp_path):
     assert list(table.columns) == SUMMARY_COLUMNS
     assert list(table["parameter"]) == ["CL", "V", "KA", "omega_CL", "omega_V", "omega_KA", "sigma_add", "sigma_prop"]
     assert "CL" in run.stdout and "wrote" in run.stdout
+    assert "log-likelihood kept per subject (12 values a draw instead of 132)" in run.stdout
+    with xr.open_dataset(out / "fit.nc", group="log_likelihood") as ll:
+        assert ll["DV"].dims == ("chain", "draw", "ID") and ll["DV"].shape == (2, 200, 12)
     before = {f: hashlib.sha256((out / f).read_bytes()).hexdigest() for f in ("fit.nc", "summary.csv")}
     bad = tmp_path / "bad.csv"
     bad.write_text("\n".join(_edit(3, "TIME", "x")) + "\n")

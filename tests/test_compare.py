@@ -250,3 +250,36 @@ def test_compare_command_line_helpers(saved, tmp_path, capsys, monkeypatch):
     args = parser.parse_args(["compare", str(saved / "two_cmt"), str(tmp_path)])
     with pytest.raises(BayesNLMEInputError, match=f"{tmp_path}: no fit.nc in this folder"):
         run_compare(args)
+
+
+@pytest.mark.slow
+def test_large_fits_keep_the_log_likelihood_per_subject(fits, sim_data, tmp_path, monkeypatch):
+    """Above POINTWISE_MAX_BYTES the fit keeps each subject's summed log-likelihood (10,000 subjects x 10
+    samples at 4 x 1000 draws would be 3.2 GB per observation): the same values, the same subject-level LOO
+    and comparison, kept through save and load; observation-level LOO then says why it cannot run."""
+    from bayesnlme.inference import fit as fit_module
+
+    kw = dict(chains=2, draws=300, tune=300, seed=3, progress=False)
+    full = fits["pk_1cmt_iv"]
+    assert full.settings["log_likelihood"] == "observation" and "obs" in full.idata.log_likelihood["DV"].dims
+    monkeypatch.setattr(fit_module, "POINTWISE_MAX_BYTES", 200 * 600 * 8 - 1)   # 200 obs x 600 draws: just over
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        small = fit_model(_spec("pk_1cmt_iv"), sim_data, **kw)
+        none = fit_model(_spec("pk_1cmt_iv"), sim_data, log_likelihood="none", **kw)
+    assert small.settings["log_likelihood"] == "subject" and none.settings["log_likelihood"] == "none"
+    ll = small.idata.log_likelihood["DV"]
+    assert ll.dims == ("chain", "draw", "ID") and list(ll["ID"].values) == [str(i) for i in range(1, 21)]
+    np.testing.assert_allclose(ll.values, subject_log_likelihood(full.idata).values, rtol=1e-12)
+    small.save(tmp_path / "fit.nc")
+    loaded = FitResult.load(tmp_path / "fit.nc")
+    assert loo(loaded)["elpd_loo"] == pytest.approx(loo(full)["elpd_loo"], abs=1e-9)
+    table = compare({"one": loaded, "two": fits["pk_2cmt_iv"]})
+    assert list(table.index) == ["two", "one"]
+    with pytest.raises(BayesNLMEInputError, match="kept it per subject .*--log-likelihood observation"):
+        loo(loaded, level="observation")
+    assert "log_likelihood" not in none.idata.groups()
+    with pytest.raises(BayesNLMEInputError, match="kept no log-likelihood .*log_likelihood='none'"):
+        compare({"none": none, "two": fits["pk_2cmt_iv"]})
+    with pytest.raises(BayesNLMEInputError, match="unknown log_likelihood 'obs'; choose one of auto, observation"):
+        fit_model(_spec("pk_1cmt_iv"), sim_data, log_likelihood="obs", **kw)

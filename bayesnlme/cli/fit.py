@@ -21,7 +21,8 @@ def run_fit(args) -> int:
     spec = load_spec(args.model)
     result = fit_model(spec, args.data, chains=args.chains, draws=args.draws, tune=args.tune,
                        seed=args.seed, sampler=args.sampler, progress=not args.no_progress,
-                       method=args.method, init=args.init, device=args.device)
+                       method=args.method, init=args.init, device=args.device,
+                       log_likelihood=args.log_likelihood)
     result.metadata["command"] = " ".join(["bayesnlme"] + sys.argv[1:])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -41,6 +42,12 @@ def run_fit(args) -> int:
             print(f"  - {p}")
     elif not result.approximate:
         print("\nconvergence: no problems found (R-hat <= 1.01, bulk ESS >= 400, no divergences)")
+    kept = result.settings.get("log_likelihood")
+    if kept == "subject":
+        print(f"\nlog-likelihood kept per subject ({result.data.n_subjects} values a draw instead of "
+              f"{result.data.n_obs}): compare and LOO at the subject level only")
+    elif kept == "none":
+        print("\nno log-likelihood kept: this fit cannot be compared by LOO/WAIC")
     print(f"\nwrote {out / 'fit.nc'} and {out / 'summary.csv'}")
     return 0
 

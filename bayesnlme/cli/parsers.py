@@ -74,6 +74,10 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--init", choices=["auto", "prior", "map"], default="auto",
                    help="NUTS start: prior medians or the posterior mode; auto: the mode for a [mixture] "
                    "model, prior medians otherwise (default: %(default)s)")
+    f.add_argument("--log-likelihood", choices=["auto", "observation", "subject", "none"], default="auto",
+                   help="what fit.nc keeps for LOO/WAIC: every observation's log-likelihood, its sum per "
+                   "subject (subject-level comparison only), or none; auto: per observation up to 512 MiB, "
+                   "per subject above (default: %(default)s)")
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     d = sub.add_parser("diagnose", help="convergence report, goodness-of-fit and ETA plots and tables",
                        description="Read DIR/fit.nc and write into DIR/diagnostics/: convergence.txt and "

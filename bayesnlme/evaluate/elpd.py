@@ -3,6 +3,8 @@ and the Pareto k verdict.  :mod:`bayesnlme.evaluate.compare` ranks several fits 
 
 from __future__ import annotations
 
+import json
+
 import arviz as az
 import numpy as np
 import pandas as pd
@@ -35,6 +37,11 @@ def subject_log_likelihood(idata) -> xr.DataArray:
         ``DV``, dims ``(chain, draw, ID)``: log-likelihood of each subject's whole
         profile per draw; subjects in order of first appearance in the data.
     """
+    if "log_likelihood" not in idata.groups() and _kept(idata) == "none":
+        raise BayesNLMEInputError("the fit kept no log-likelihood (fitted with log_likelihood='none'); "
+                                  "refit it with log_likelihood 'subject' or 'observation' to compare it")
+    if "log_likelihood" in idata.groups() and "ID" in idata.log_likelihood.get("DV", xr.DataArray()).dims:
+        return idata.log_likelihood["DV"].transpose("chain", "draw", "ID")   # kept per subject by the fit
     if (not {"log_likelihood", "constant_data"} <= set(idata.groups()) or "DV" not in idata.log_likelihood
             or "ID" not in idata.constant_data):
         raise BayesNLMEInputError("the fit has no pointwise log-likelihood with subject IDs "
@@ -47,10 +54,29 @@ def subject_log_likelihood(idata) -> xr.DataArray:
                         coords={"chain": ll["chain"].values, "draw": ll["draw"].values, "ID": ids})
 
 
+def _kept(idata) -> str | None:
+    """The fit's ``settings["log_likelihood"]`` (None for a fit written before it was recorded)."""
+    try:
+        return json.loads(idata.posterior.attrs["bayesnlme_metadata"])["settings"].get("log_likelihood")
+    except (KeyError, ValueError, TypeError, AttributeError):
+        return None
+
+
 def level_idata(result, level: str) -> az.InferenceData:
     """InferenceData holding the posterior (for the MCMC efficiency) and the level's log-likelihood."""
     idata = getattr(result, "idata", result)
-    ll = subject_log_likelihood(idata) if level == "subject" else idata.log_likelihood["DV"]
+    if level == "subject":
+        ll = subject_log_likelihood(idata)
+    elif "log_likelihood" in idata.groups() and "obs" in idata.log_likelihood.get("DV", xr.DataArray()).dims:
+        ll = idata.log_likelihood["DV"]
+    else:
+        kept = _kept(idata)
+        raise BayesNLMEInputError(
+            "observation-level LOO/WAIC needs the log-likelihood of every observation, and the fit kept "
+            + ("it per subject (log_likelihood='auto' does above 512 MiB)" if kept == "subject" else
+               "none" if kept == "none" else "no pointwise log-likelihood")
+            + "; compare at the subject level, or refit with log_likelihood='observation' "
+              "(bayesnlme fit --log-likelihood observation)")
     return az.InferenceData(posterior=idata.posterior, log_likelihood=xr.Dataset({"DV": ll}))
 
 

@@ -33,6 +33,10 @@ from bayesnlme.inference.startpoint import check_start
 from bayesnlme.spec import ModelSpec
 
 FIT_METHODS = ("nuts", "map", "advi", "fullrank_advi")
+#: What the ``log_likelihood`` group of a fit holds (``"auto"``: observations, or subjects above POINTWISE_MAX_BYTES).
+LOG_LIKELIHOOD_LEVELS = ("auto", "observation", "subject", "none")
+#: Largest pointwise log-likelihood ``"auto"`` keeps per observation (n_obs x chains x draws x 8 bytes).
+POINTWISE_MAX_BYTES = 512 * 2**20
 SUMMARY_COLUMNS = ["parameter", "mean", "sd", "q5", "q50", "q95", "r_hat", "ess_bulk", "ess_tail"]
 _PACKAGES = ("bayesnlme", "pymc", "pytensor", "arviz", "nutpie", "numpy", "pandas", "xarray", "scipy", "jax",
              "numpyro", "blackjax")
@@ -57,9 +61,10 @@ class FitResult:
     ----------
     idata : arviz.InferenceData
         Groups ``posterior``, ``sample_stats``, ``log_likelihood`` (variable
-        ``DV``, dims chain, draw, obs), ``observed_data``, ``constant_data``
-        (``ID`` and ``TIME`` of each observation) and ``nonmem_data`` (the data
-        records as read).
+        ``DV``, dims chain, draw, obs; or chain, draw, ID when the fit kept it per
+        subject; absent with ``log_likelihood="none"``), ``observed_data``,
+        ``constant_data`` (``ID`` and ``TIME`` of each observation) and
+        ``nonmem_data`` (the data records as read).
     spec : ModelSpec
         The spec bound to the data.
     data : NMData
@@ -208,7 +213,8 @@ class FitResult:
 def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune: int = 1000,
               seed: int = 1, sampler: str = "nutpie", progress: bool = True,
               target_accept: float = 0.8, method: str = "nuts", init: str = "auto",
-              device: str = "cpu", cores: int | None = None, switches: dict | None = None) -> FitResult:
+              device: str = "cpu", cores: int | None = None, switches: dict | None = None,
+              log_likelihood: str = "auto") -> FitResult:
     """Fit an NLME model with NUTS, or approximately (MAP + Laplace, ADVI).
 
     Parameters
@@ -248,6 +254,13 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
         compiled log-density (:mod:`bayesnlme.covsearch`).  The result holds the whole spec, the
         switched-off effects' thetas drawn from their priors; :meth:`FitResult.switched_off_removed` is
         the fit of the model without them.
+    log_likelihood : {"auto", "observation", "subject", "none"}
+        What the ``log_likelihood`` group keeps for LOO/WAIC (:mod:`bayesnlme.evaluate.compare`): the
+        log-likelihood of every observation at every draw (observation- and subject-level LOO), its sum
+        per subject (subject-level LOO only, the default level of model comparison), or nothing.
+        ``"auto"``: per observation up to :data:`POINTWISE_MAX_BYTES` (512 MiB: 16,000 observations
+        at 4 x 1000 draws), per subject above (a population of 10,000 subjects with 10 samples each
+        would otherwise hold 3.2 GB).  ``settings["log_likelihood"]`` records the level kept.
 
     Returns
     -------
@@ -258,6 +271,9 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
         raise BayesNLMEInputError(f"unknown fit method {method!r}; choose one of {', '.join(FIT_METHODS)}")
     if init not in ("auto", "prior", "map"):
         raise BayesNLMEInputError(f"unknown init {init!r}; choose 'auto', 'prior' or 'map'")
+    if log_likelihood not in LOG_LIKELIHOOD_LEVELS:
+        raise BayesNLMEInputError(f"unknown log_likelihood {log_likelihood!r}; choose one of "
+                                  f"{', '.join(LOG_LIKELIHOOD_LEVELS)}")
     if init == "auto":
         init = "map" if getattr(spec, "mixture", None) is not None else "prior"
     for name, value, low in (("chains", chains, 1), ("draws", draws, 1), ("tune", tune, 0)):
@@ -290,7 +306,13 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
         idata = _nuts(model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat, device, cores,
                       built)
     # numba, not C (the C backend first scans PyTensor's whole C module cache: seconds), design lifted
-    lift.add_log_likelihood(idata, model, built.loglik)
+    settings["log_likelihood"] = level = _log_likelihood_level(log_likelihood, model, built.data, idata)
+    if level != "none":
+        subjects = None
+        if level == "subject":
+            codes, first = pd.factorize(built.data.obs_subject)   # subjects with observations, in order
+            subjects = (codes, [str(built.data.ids[i]) for i in first])
+        lift.add_log_likelihood(idata, model, built.loglik, subjects=subjects)
     _add_data_groups(idata, built.data)
     result = FitResult(idata=idata, spec=built.spec, data=built.data, settings=settings)
     result.__dict__["_built"] = built   # the graph that was sampled: predictions and diagnostics reuse it
@@ -309,6 +331,17 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
     idata.posterior.attrs["seed"] = seed
     idata.posterior.attrs["fit_method"] = method
     return result
+
+
+def _log_likelihood_level(requested: str, model, data: NMData, idata) -> str:
+    """The level the fit's ``log_likelihood`` group keeps (see :func:`fit_model`)."""
+    if requested == "subject" and [v.name for v in model.observed_RVs] != ["DV"]:
+        raise BayesNLMEInputError("log_likelihood='subject' needs the model's one observed variable DV")
+    if requested != "auto":
+        return requested
+    n_draws = idata.posterior.sizes["chain"] * idata.posterior.sizes["draw"]
+    big = data.n_obs * n_draws * 8 > POINTWISE_MAX_BYTES
+    return "subject" if big and [v.name for v in model.observed_RVs] == ["DV"] else "observation"
 
 
 def _nuts(model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat=(), device="cpu",

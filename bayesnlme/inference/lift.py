@@ -115,11 +115,16 @@ def lift_constants(outputs: list) -> list:
     return Lifter()(outputs)
 
 
-def add_log_likelihood(idata, model, loglik=None):
+def add_log_likelihood(idata, model, loglik=None, subjects=None):
     """``pm.compute_log_likelihood(idata, model=model)`` on the lifted graph, compiled with numba: the
     pointwise log-likelihood of every observed variable at every posterior draw, as the
     ``log_likelihood`` group of ``idata`` (for LOO/WAIC).  Its compiled function, like the sampler's,
     is cached for any data of this shape.
+
+    ``subjects``: ``(codes, ids)``, each observation's subject number (0 .. n-1) and the n subject IDs.
+    Given, ``DV`` is summed over each subject's observations draw by draw and stored with dims
+    ``(chain, draw, ID)`` (the subject-level log-likelihood, n_subjects values per draw instead of n_obs:
+    large populations).
 
     ``loglik``: the builder's per-record log-likelihood of ``DV`` (``BuiltModel.loglik``), the very graph
     ``DV``'s density returns, as a function of the free random variables.  Given (and ``DV`` the model's
@@ -135,12 +140,26 @@ def add_log_likelihood(idata, model, loglik=None):
         inputs, outs = source.value_vars, lift_constants(source.logp(vars=list(source.observed_RVs), sum=False))
     fn = PointFunc(compile_function(inputs, outs, model=source, on_unused_input="ignore"))
     coords, dims = coords_and_dims_for_inferencedata(source)
+    if subjects is not None:
+        fn = _SubjectSums(fn, *subjects)
+        dims, coords = {**dims, "DV": ["ID"]}, {**coords, "ID": list(subjects[1])}
     dataset = apply_function_over_dataset(fn, idata.posterior[[rv.name for rv in source.free_RVs]],
                                           output_var_names=[rv.name for rv in source.observed_RVs],
                                           sample_dims=("chain", "draw"), dims=dims, coords=coords,
                                           progressbar=False)
     idata.add_groups({"log_likelihood": dataset})
     return idata
+
+
+class _SubjectSums:
+    """A point function's per-record log-likelihood summed per subject (NaN and -inf kept); ``f``, the
+    compiled function, is what PyMC's ``apply_function_over_dataset`` sets ``trust_input`` on."""
+
+    def __init__(self, point_fn, codes, ids):
+        self.point_fn, self.f, self.codes, self.n = point_fn, point_fn.f, np.asarray(codes), len(ids)
+
+    def __call__(self, point):
+        return [np.bincount(self.codes, weights=self.point_fn(point)[0], minlength=self.n)]
 
 
 def _free_inputs(model, loglik):

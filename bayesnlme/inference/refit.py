@@ -113,7 +113,7 @@ class Refitter:
                 rows[np.flatnonzero(self.design.frame["_OBS"].to_numpy(bool))[~keep]] = False
                 frame = frame[rows].reset_index(drop=True)
             return fit_model(self.spec, frame, chains=self.chains, draws=self.draws, tune=self.tune, seed=seed,
-                             progress=False).idata
+                             progress=False, log_likelihood="none").idata   # the draws are what is kept
         data = {"DV_data": dv}
         if self.masked:
             data["DV_drop"] = np.zeros(dv.shape) if keep is None else (~keep).astype(float)
