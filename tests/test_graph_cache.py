@@ -84,6 +84,38 @@ def test_an_unreadable_file_is_compiled_again(store):
     assert path.read_bytes() != b"not a pickle"      # written again
 
 
+def test_the_folder_is_pruned_by_age_and_size_and_a_used_graph_stays(store, monkeypatch):
+    """Graphs of old package versions are never looked up again: files unused for MAX_AGE_DAYS go when a
+    process first stores a graph, then the least recently used above MAX_BYTES; a hit marks its file used."""
+    import os
+    import time
+
+    times = np.array([0.5, 1.0, 2.0, 4.0])
+    model, inputs, outputs = _graph(times)
+    graph_cache.compile_function(inputs, outputs, model=model)
+    (used,) = store.glob("*.pkl")
+    day, now = 86400.0, time.time()
+    for name, age in (("old", 30), ("older", 60), ("recent", 3)):
+        (store / f"{name}.pkl").write_bytes(b"x" * 1000)
+        os.utime(store / f"{name}.pkl", (now - age * day, now - age * day))
+    os.utime(used, (now - 40 * day, now - 40 * day))
+    model, inputs, outputs = _graph(times)
+    graph_cache.compile_function(inputs, outputs, model=model)        # a hit: the file is marked used
+    assert now - used.stat().st_mtime < 60
+    monkeypatch.setattr(graph_cache, "_PRUNED", set())
+    model, inputs, outputs = _graph(times, scale=3.0)                  # another graph: stored, then prune
+    graph_cache.compile_function(inputs, outputs, model=model)
+    names = sorted(p.name for p in store.glob("*.pkl"))
+    assert "old.pkl" not in names and "older.pkl" not in names and "recent.pkl" in names and used.name in names
+    assert len(names) == 3
+    # above the size limit the least recently used go first, whatever their age
+    newest = max(store.glob("*.pkl"), key=lambda p: p.stat().st_mtime_ns)
+    removed = graph_cache.prune(store, max_bytes=newest.stat().st_size)
+    assert sorted(removed) == sorted(n for n in names if n != newest.name)
+    assert [p.name for p in store.glob("*.pkl")] == [newest.name]
+    assert graph_cache.prune(store / "absent") == []
+
+
 def test_the_shared_logp_terms_follow_the_model():
     model, _, _ = _graph(np.array([0.5, 1.0, 2.0, 4.0]))
     first = graph_cache.logp_factors(model)

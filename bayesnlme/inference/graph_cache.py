@@ -20,6 +20,12 @@ it was compiled with and silently reuse it (checked: it does).
 
 A graph that cannot be pickled, or a stored file that cannot be read, is compiled as before (the
 file is then written again); nothing here can change a result, only the time taken.
+
+The folder is pruned (:func:`prune`) when a process first stores a graph: files not used for
+:data:`MAX_AGE_DAYS` days (PyTensor's own age limit for its C modules) go, then the least recently used
+until the folder holds at most :data:`MAX_BYTES`.  A hit marks its file used (its modification time),
+so a graph in use is not removed for its age; keys change with every version of this package or of
+PyTensor, PyMC, numba or NumPy, and the files of old versions would otherwise stay for ever.
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import os
 import pickle
 import sys
+import time
 import weakref
 from importlib import metadata
 from pathlib import Path
@@ -51,6 +59,11 @@ _FACTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _VERSION = "1"
 _PACKAGES = ("pytensor", "pymc", "numba", "numpy")
 #: PyTensor settings that change what rewriting makes of a graph.
+#: Stored graphs unused for this long are removed (PyTensor's ``cmodule__age_thresh_use``: 24 days).
+MAX_AGE_DAYS = 24
+#: Largest size of the folder after pruning (least recently used first); one graph is ~0.05-1 MB.
+MAX_BYTES = 256 * 2**20
+_PRUNED: set = set()
 _FLAGS = ("floatX", "optimizer", "optimizer_including", "optimizer_excluding", "optimizer_requiring",
           "numba__fastmath", "cast_policy", "compute_test_value", "on_opt_error")
 
@@ -193,7 +206,42 @@ def _store(path: Path, fn) -> None:
     try:
         write_atomic(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))   # makes the folder too
     except (OSError, OutputError):   # a read-only or full cache folder costs time, never a result
-        pass
+        return
+    if path.parent not in _PRUNED:
+        _PRUNED.add(path.parent)
+        prune(path.parent)
+
+
+def prune(folder: Path | None = None, *, max_age_days: float | None = None, max_bytes: int | None = None) -> list:
+    """Remove stored graphs unused for ``max_age_days`` (default :data:`MAX_AGE_DAYS`), then the least
+    recently used until the folder holds at most ``max_bytes`` (default :data:`MAX_BYTES`).
+
+    Returns the names removed.  A file another process removes or replaces meanwhile is skipped; a file
+    removed while another process wanted it costs that process a compile, never a result.
+    """
+    folder = cache_dir() if folder is None else Path(folder)
+    max_age = (MAX_AGE_DAYS if max_age_days is None else max_age_days) * 86400.0
+    limit = MAX_BYTES if max_bytes is None else max_bytes
+    files = []
+    for entry in os.scandir(folder) if folder.is_dir() else ():
+        if entry.name.endswith(".pkl"):
+            try:
+                st = entry.stat()
+            except OSError:
+                continue
+            files.append((st.st_mtime, st.st_size, entry.name))
+    files.sort()   # least recently used first
+    now, total, removed = time.time(), sum(f[1] for f in files), []
+    for mtime, size, name in files:
+        if now - mtime <= max_age and total <= limit:
+            break
+        try:
+            (folder / name).unlink()
+        except OSError:
+            continue
+        total -= size
+        removed.append(name)
+    return removed
 
 
 def _load(path: Path, n_inputs: int, shared: dict, on_unused_input: str):
@@ -201,6 +249,10 @@ def _load(path: Path, n_inputs: int, shared: dict, on_unused_input: str):
     try:
         with open(path, "rb") as file:
             fgraph, mode = _GraphUnpickler(file, shared).load()
+        try:
+            os.utime(path)   # used: kept by prune() for MAX_AGE_DAYS more
+        except OSError:
+            pass
         explicit, implicit = fgraph.inputs[:n_inputs], fgraph.inputs[n_inputs:]
         if len(explicit) != n_inputs or not all(isinstance(v, SharedVariable) for v in implicit):
             return None
