@@ -12,7 +12,7 @@ import pytest
 from bayesnlme.atomic import OutputError
 from bayesnlme.datasets import dataset_path, load_indometacin
 from bayesnlme.errors import BayesNLMEInputError
-from bayesnlme.inference.convergence import without_arviz_numba
+from bayesnlme.inference.convergence import rank_rhat, without_arviz_numba
 from bayesnlme.inference.fit import SUMMARY_COLUMNS, FitResult, _mode_problems, fit_model
 from bayesnlme.spec import ModelSpec, load_spec
 
@@ -228,3 +228,43 @@ def test_arviz_numba_is_off_inside_the_block_and_restored_after_it():
     finally:
         az.Numba.numba_flag = before
     np.testing.assert_allclose(off.to_numpy(), on.to_numpy(), rtol=1e-9)
+
+
+def test_rank_rhat_of_many_variables_is_arvizs():
+    """The ETA check's R-hat, all variables at once, equals ArviZ's one-variable-at-a-time rank R-hat
+    (ties averaged, NaN and constant variables, an odd number of draws, a chain off, heavy tails)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 201, 50, 3))
+    x[:, :, 0, 0] = 1.0                                  # constant: NaN
+    x[1, 5, 1, 1] = np.nan                               # a NaN draw: NaN
+    x[0, :, 2, 2] += 1.5                                 # one chain off: R-hat ~1.15
+    x[:, :, 3, 0] = np.round(x[:, :, 3, 0])              # heavy ties
+    x[2, 7:9, 6, 0] = x[2, 6, 6, 0]                      # repeated draws (a rejected proposal)
+    x[..., 4, 1] = rng.standard_cauchy(size=(4, 201))
+    with without_arviz_numba():
+        ref = az.rhat(az.from_dict(posterior={"a": x}))["a"].values
+    got = rank_rhat(x, chunk=7)                          # blocks that split the variables unevenly
+    assert np.array_equal(np.isnan(got), np.isnan(ref)) and np.isnan(got[0, 0]) and np.isnan(got[1, 1])
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=0)
+    assert got[2, 2] > 1.1 and np.nanmax(np.delete(got.ravel(), 8)) < 1.05
+    assert np.isnan(rank_rhat(x[:1])).all() and rank_rhat(x[:, :, 0, 1]).shape == ()
+
+
+def test_an_eta_whose_chains_disagree_is_named(theo):
+    """One subject's ETA of V shifted in one chain (the chains disagree about that subject only): the
+    convergence check names the ETA and the ID; the population parameters are untouched."""
+    import dataclasses
+
+    from bayesnlme.inference.fit import convergence_problems
+
+    idata = theo.idata.copy()
+    eta = idata.posterior["ETA"]
+    assert eta.dims[2:] == ("ID", "eta_parameter")
+    i, j = list(eta["ID"].values).index("7"), list(eta["eta_parameter"].values).index("V")
+    values = eta.values.copy()
+    values[1, :, i, j] += 3 * values[:, :, i, j].std()
+    idata.posterior["ETA"] = (eta.dims, values)
+    problems = convergence_problems(dataclasses.replace(theo, idata=idata))
+    assert len(problems) == 1 and problems[0].startswith("R-hat ")
+    assert problems[0].endswith("for ETA of V in ID 7: individual estimates have not converged")
+    assert convergence_problems(theo) == []

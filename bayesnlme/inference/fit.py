@@ -27,7 +27,7 @@ from bayesnlme.build import build_model
 from bayesnlme.data import NMData, read_nonmem
 from bayesnlme.errors import BayesNLMEInputError, ConvergenceWarning, SamplingError
 from bayesnlme.inference import engines, lift, quick
-from bayesnlme.inference.convergence import ESS_MIN, R_HAT_MAX, divergence_location, without_arviz_numba
+from bayesnlme.inference.convergence import ESS_MIN, R_HAT_MAX, divergence_location, rank_rhat, without_arviz_numba
 from bayesnlme.inference.engines import DEVICES, SAMPLERS  # noqa: F401  (re-exported)
 from bayesnlme.inference.startpoint import check_start
 from bayesnlme.spec import ModelSpec
@@ -425,8 +425,8 @@ def convergence_problems(result: FitResult) -> list[str]:
         out.append(f"R-hat above {R_HAT_MAX} for {', '.join(bad_rhat.index)} (worst {worst}: "
                    f"{bad_rhat.loc[worst, 'r_hat']:.3f}): the chains have not mixed; run longer chains")
     if "ETA" in idata.posterior and n_chain > 1:
-        with without_arviz_numba():
-            eta_rhat = az.rhat(idata, var_names=["ETA"])["ETA"]
+        eta = idata.posterior["ETA"]
+        eta_rhat = xr.DataArray(rank_rhat(eta.values), dims=eta.dims[2:], coords={d: eta[d] for d in eta.dims[2:]})
         if float(eta_rhat.max()) > R_HAT_MAX:
             pos = np.unravel_index(int(np.argmax(eta_rhat.values)), eta_rhat.shape)
             out.append(f"R-hat {float(eta_rhat.max()):.3f} for ETA of {eta_rhat['eta_parameter'].values[pos[1]]} "
