@@ -98,13 +98,15 @@ def _derive(params, fn):
     """
     by_subject = getattr(params, "by_subject", None)
     values = fn(params if by_subject is None else by_subject)
+    # a tensor index: PyTensor checks a NumPy one for booleans element by element (75 ms at 100,000 records)
+    index = None if by_subject is None else pt.as_tensor_variable(params.index)
     out = []
     for v in values:
         v = pt.as_tensor_variable(v)
         if v.ndim == 0:
             out.append(v)
         else:
-            out.append((v if by_subject is None else v[params.index])[:, None])
+            out.append((v if by_subject is None else v[index])[:, None])
     return out
 
 
