@@ -67,6 +67,10 @@ def test_save_load_round_trip(theo, tmp_path):
     assert {"pymc", "pytensor", "arviz", "nutpie", "bayesnlme"} <= set(meta["versions"])
     assert again.data.n_obs == 132 and list(again.data.covariate_names) == ["WT", "DOSE_MGKG"]
     assert json.loads(again.idata.posterior.attrs["bayesnlme_spec"])["structural"] == "1cmt_oral"
+    # written uncompressed (zlib: 8% smaller, 7x the writing time)
+    import h5py
+    with h5py.File(path) as f:
+        assert f["posterior/eta_z"].compression is None and f["log_likelihood/DV"].compression is None
 
 
 def test_failed_save_keeps_the_previous_file(theo, tmp_path, monkeypatch):
