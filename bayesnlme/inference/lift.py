@@ -25,9 +25,9 @@ import hashlib
 
 import numpy as np
 import pytensor
-from pymc.backends.arviz import apply_function_over_dataset, coords_and_dims_for_inferencedata
+import xarray as xr
+from pymc.backends.arviz import coords_and_dims_for_inferencedata
 from pymc.model.transform.conditioning import remove_value_transforms
-from pymc.pytensorf import PointFunc
 from pytensor.graph.basic import Constant
 from pytensor.graph.traversal import ancestors, graph_inputs, io_toposort
 from pytensor.tensor.basic import Join
@@ -138,28 +138,47 @@ def add_log_likelihood(idata, model, loglik=None, subjects=None):
     else:
         source = remove_value_transforms(model)
         inputs, outs = source.value_vars, lift_constants(source.logp(vars=list(source.observed_RVs), sum=False))
-    fn = PointFunc(compile_function(inputs, outs, model=source, on_unused_input="ignore"))
+    fn = compile_function(inputs, outs, model=source, on_unused_input="ignore")
     coords, dims = coords_and_dims_for_inferencedata(source)
+    names = [rv.name for rv in source.observed_RVs]
     if subjects is not None:
-        fn = _SubjectSums(fn, *subjects)
         dims, coords = {**dims, "DV": ["ID"]}, {**coords, "ID": list(subjects[1])}
-    dataset = apply_function_over_dataset(fn, idata.posterior[[rv.name for rv in source.free_RVs]],
-                                          output_var_names=[rv.name for rv in source.observed_RVs],
-                                          sample_dims=("chain", "draw"), dims=dims, coords=coords,
-                                          progressbar=False)
-    idata.add_groups({"log_likelihood": dataset})
+    values = _over_draws(fn, inputs, idata.posterior, len(names), subjects)
+    post = idata.posterior
+    shape = (post.sizes["chain"], post.sizes["draw"])
+    data = {}
+    for name, v in zip(names, values):
+        v = v.reshape(shape + v.shape[1:])
+        extra = dims.get(name) or [f"{name}_dim_{j}" for j in range(v.ndim - 2)]
+        data[name] = xr.DataArray(v, dims=("chain", "draw", *extra),
+                                  coords={"chain": post["chain"].values, "draw": post["draw"].values,
+                                          **{d: coords[d] for d in extra if d in coords}})
+    idata.add_groups({"log_likelihood": xr.Dataset(data)})
     return idata
 
 
-class _SubjectSums:
-    """A point function's per-record log-likelihood summed per subject (NaN and -inf kept); ``f``, the
-    compiled function, is what PyMC's ``apply_function_over_dataset`` sets ``trust_input`` on."""
+def _over_draws(fn, inputs, posterior, n_out: int, subjects=None) -> list:
+    """``fn`` at every posterior draw: one array per output, leading dimension chain x draw.
 
-    def __init__(self, point_fn, codes, ids):
-        self.point_fn, self.f, self.codes, self.n = point_fn, point_fn.f, np.asarray(codes), len(ids)
-
-    def __call__(self, point):
-        return [np.bincount(self.codes, weights=self.point_fn(point)[0], minlength=self.n)]
+    The compiled function is called positionally with ``trust_input`` (the draws are the inputs' own
+    dtype and C-contiguous): PyTensor's keyword call filters every input at every call, which took 90%
+    of the time on theophylline (0.25 s for 4,000 draws, 0.02 s of it in the compiled code).
+    ``subjects``: ``(codes, ids)``, the values of the one output summed per subject at each draw.
+    """
+    n = posterior.sizes["chain"] * posterior.sizes["draw"]
+    args = [np.ascontiguousarray(posterior[v.name].values.reshape(n, *posterior[v.name].shape[2:]),
+                                 dtype=v.type.dtype) for v in inputs]
+    fn.trust_input = True
+    out = None
+    for i in range(n):
+        res = fn(*[a[i, ...] for a in args])   # 0-d arrays, not NumPy scalars, for scalar inputs
+        if subjects is not None:
+            res = [np.bincount(subjects[0], weights=res[0], minlength=len(subjects[1]))]
+        if out is None:
+            out = [np.empty((n,) + np.shape(r)) for r in res[:n_out]]
+        for o, r in zip(out, res):
+            o[i] = r
+    return out
 
 
 def _free_inputs(model, loglik):
