@@ -293,3 +293,36 @@ def test_one_invalid_draw_does_not_poison_the_other_draws():
     ll = evaluate_draws(built, draws, ("loglik",))["loglik"]
     assert np.isfinite(ll[[0, 1, 3]]).all()
     assert not np.isfinite(ll[2]).all() and np.isfinite(ll[2][built.data.obs_subject != 0]).all()
+
+
+@pytest.mark.slow
+def test_large_populations_are_evaluated_in_blocks_of_samples(theo_fit, monkeypatch):
+    """Above OBJECTIVE_CELLS sample-records a call, the mode search's objective is taken in blocks of
+    importance samples (two passes): the same value and gradient as one call (one call over 2,000 samples
+    of 100,000 records needs more memory than a 24 GB machine has).  The subject log-likelihood of many
+    draws is evaluated in blocks of draws too: the same values bit for bit."""
+    from bayesnlme.evaluate import importance, objective, predict
+    from bayesnlme.evaluate.likelihood import _posterior_proposal
+
+    built = theo_fit.built
+    info = population(built)
+    rng = np.random.default_rng(0)
+    z, log_ratio = _posterior_proposal(theo_fit).sample(importance.base_draws(rng, 2000, 12, info.n_eta))
+    theta = info.unflatten(info.unconstrained(importance.posterior_median(theo_fit)))
+    whole = objective.Objective(built, 2000)
+    assert whole.value is None                                      # 2,000 x 132 cells: one call
+    value, grads = whole(theta, (z, log_ratio), 1.0)
+    monkeypatch.setattr(objective, "OBJECTIVE_CELLS", 132 * 300)    # 300 samples a block: 7 blocks, one short
+    blocked = objective.Objective(built, 2000)
+    assert blocked.block == 300
+    value_b, grads_b = blocked(theta, (z, log_ratio), 1.0)
+    assert value_b == pytest.approx(value, rel=1e-12, abs=1e-9)
+    for g, gb in zip(grads, grads_b):
+        np.testing.assert_allclose(gb, g, rtol=1e-9, atol=1e-10)
+    value_0, _ = blocked(theta, (z, log_ratio), 0.0)                # without the prior: the likelihood alone
+    assert value_0 == pytest.approx(whole(theta, (z, log_ratio), 0.0)[0], rel=1e-12) and value_0 != value
+    draws = importance.z_to_draws(built, z[:700], {k: np.repeat(np.asarray(v)[None], 700, axis=0)
+                                                   for k, v in importance.posterior_median(theo_fit).items()})
+    full = importance.subject_loglik(built, draws)
+    monkeypatch.setattr(predict, "CELLS", 132 * 64)                 # 64 draws a block
+    np.testing.assert_array_equal(importance.subject_loglik(built, draws), full)

@@ -17,7 +17,7 @@ from scipy.special import gammaln
 
 from bayesnlme.build import occasions
 from bayesnlme.errors import BayesNLMEInputError
-from bayesnlme.evaluate.predict import cached, evaluate_draws
+from bayesnlme.evaluate.predict import cached, draw_block, evaluate_draws
 
 #: Degrees of freedom of the Student-t importance proposal.
 PROPOSAL_DF = 5.0
@@ -193,12 +193,18 @@ def subject_loglik(built, draws: dict) -> np.ndarray:
     density in the fit: every observation model, censored records included) over each subject's records.
     """
     data = built.data
-    ll = evaluate_draws(built, draws, ("loglik",))["loglik"]
-    ll = np.where(np.isnan(ll), -np.inf, ll)
-    k, n_sub = ll.shape[0], data.n_subjects
-    idx = (data.obs_subject[None, :] + n_sub * np.arange(k)[:, None]).ravel()
-    with np.errstate(invalid="ignore"):
-        return np.bincount(idx, weights=ll.ravel(), minlength=k * n_sub).reshape(k, n_sub)
+    n, n_sub = len(next(iter(draws.values()))), data.n_subjects
+    step = draw_block(built)   # draws per block: (draws x records) arrays stay small for a large population
+    out = np.empty((n, n_sub))
+    for start in range(0, n, step):
+        block = {name: v[start:start + step] for name, v in draws.items()}
+        ll = evaluate_draws(built, block, ("loglik",))["loglik"]
+        ll = np.where(np.isnan(ll), -np.inf, ll)
+        k = ll.shape[0]
+        idx = (data.obs_subject[None, :] + n_sub * np.arange(k)[:, None]).ravel()
+        with np.errstate(invalid="ignore"):
+            out[start:start + k] = np.bincount(idx, weights=ll.ravel(), minlength=k * n_sub).reshape(k, n_sub)
+    return out
 
 
 @dataclass

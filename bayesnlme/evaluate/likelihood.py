@@ -57,9 +57,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import pytensor
-import pytensor.tensor as pt
-from pytensor.graph.replace import vectorize_graph
 from scipy import optimize
 
 from bayesnlme.errors import BayesNLMEInputError
@@ -75,13 +72,11 @@ from bayesnlme.evaluate.importance import (
     subject_loglik,
     z_to_draws,
 )
-from bayesnlme.evaluate.predict import cached
-from bayesnlme.structural import static_shapes
+from bayesnlme.evaluate.objective import Objective
 
 __all__ = ["MarginalLik", "marginal_loglik", "population_mode"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
-_CHECK_TO_NINF = "local_check_parameter_to_ninf_switch"   # a density check (sigma > 0) gives -inf, not an error
 
 
 # ---------------------------------------------------------------------- result
@@ -181,70 +176,6 @@ def _summarise(log_w: np.ndarray):
     return loglik, se, ess
 
 
-def _objective_function(built):
-    """Compiled ``f(*unconstrained, z, log_ratio, use_prior) -> [objective, *gradients]``.
-
-    ``objective = sum_i logsumexp_k(log p(y_i | theta, z_ik) + log_ratio_ik) + use_prior * log p(theta)``
-    (without the ``- n_sub log K``), differentiated by pytensor with respect to the
-    unconstrained population parameters.  Without random effects ``z`` is absent
-    and ``log_ratio`` has shape (1, n_sub).  The per-record densities are the model's
-    own (:attr:`BuiltModel.loglik`), as in :func:`subject_loglik`.
-    """
-    return cached(built, "objective", lambda: _compile_objective(built))
-
-
-def _compile_objective(built):
-    model, data = built.model, built.data
-    random, centred = random_effect_names(built)
-    pop = [rv for rv in model.free_RVs if rv.name not in random]
-    by_name = {rv.name: rv for rv in model.free_RVs}
-    values = [model.rvs_to_values[rv] for rv in pop]
-    replace = {}
-    for rv, value in zip(pop, values):
-        tr = model.rvs_to_transforms.get(rv)
-        replace[rv] = value if tr is None else tr.backward(value, *rv.owner.inputs)
-    log_ratio = pt.matrix("log_ratio")
-    inputs = list(values)
-    if random:
-        info = random_effects(built)
-        z = pt.tensor("z", shape=(None, data.n_subjects, info.n_re), dtype="float64")
-        n_nc = info.n_eta - len(centred)
-        if n_nc:
-            replace[by_name["eta_z"]] = z[:, :, :n_nc]
-        for j, p in enumerate(centred):
-            fixed = built.spec.parameters[p].omega_fixed
-            omega = replace[by_name[f"omega_{p}"]] if fixed is None else pt.as_tensor_variable(float(fixed))
-            replace[by_name[f"eta_{p}"]] = z[:, :, n_nc + j] * omega
-        if info.n_iov:   # each occasion's KAPPA z from its subject's slot (see importance.RandomEffects)
-            slots = z[:, :, info.n_eta:].reshape((z.shape[0], data.n_subjects, info.n_slots, info.n_iov))
-            replace[by_name["kappa_z"]] = slots[:, info.occ_subject, info.occ_slot, :]
-        inputs.append(z)
-    ll = vectorize_graph(static_shapes([built.loglik])[0], replace=replace)
-    if not random:
-        ll = ll[None, :]
-    per_subject = pt.inc_subtensor(pt.zeros((data.n_subjects, ll.shape[0]))[data.obs_subject], ll.T).T
-    objective = pt.logsumexp(per_subject + log_ratio, axis=0).sum()
-    use_prior = pt.scalar("use_prior")
-    if pop:
-        lp = model.logp(vars=pop, jacobian=False, sum=True)
-        objective = objective + use_prior * lp
-        grads = pt.grad(objective, values)
-    else:
-        grads = []
-    fn = None
-    try:   # numba: compiles (and caches on disk) much faster than the C backend for this gradient graph
-        import numba  # noqa: F401
-
-        fn = pytensor.function(inputs + [log_ratio, use_prior], [objective, *grads], on_unused_input="ignore",
-                               mode=pytensor.compile.get_mode("NUMBA").including(_CHECK_TO_NINF))
-    except Exception:   # numba missing or an op it cannot compile: the default C backend
-        fn = None
-    if fn is None:
-        fn = pytensor.function(inputs + [log_ratio, use_prior], [objective, *grads], on_unused_input="ignore",
-                               mode=pytensor.compile.get_mode("FAST_RUN").including(_CHECK_TO_NINF))
-    return fn
-
-
 def _posterior_proposal(result) -> Proposal | None:
     """Proposals from the posterior of the standardised random effects; None for a model without them."""
     if not population(result.built).has_eta:
@@ -341,7 +272,7 @@ def population_mode(result, *, prior: bool = True, n_samples: int = 2000, seed: 
     sd = _variance_components(info, theta0)
     bounds = [(OMEGA_FLOOR, math.exp(x + 20.0)) if v else (x - 20.0, x + 20.0) for x, v in zip(u, sd)]
     u = np.where(sd, np.exp(u), u)   # the optimiser's coordinates from here on
-    fn = _objective_function(built)
+    objective = Objective(built, n_samples if proposal is not None else 1)
     log_k = math.log(n_samples) if proposal is not None else 0.0
     res = None
     for _ in range(max_rounds):
@@ -355,9 +286,9 @@ def population_mode(result, *, prior: bool = True, n_samples: int = 2000, seed: 
 
         def fun_and_grad(x, args=args, values=values):
             v = _log_sd(x, sd)
-            out = fn(*info.unflatten(v), *args, float(prior))
-            val = -(float(out[0]) - n_sub * log_k)
-            grad = -np.concatenate([np.asarray(g, float).ravel() for g in out[1:]])
+            value, grads = objective(info.unflatten(v), args, float(prior))
+            val = -(value - n_sub * log_k)
+            grad = -np.concatenate([np.asarray(g, float).ravel() for g in grads])
             grad = np.where(sd, grad / np.where(sd, x, 1.0), grad)   # d/d omega = d/d log(omega) / omega
             if not (np.isfinite(val) and np.isfinite(grad).all()):
                 val, grad = 1e10, np.zeros_like(x)

@@ -35,6 +35,8 @@ from bayesnlme.errors import BayesNLMEInputError
 from bayesnlme.structural import static_shapes
 
 _CHUNK = 500
+#: Draws x records evaluated in one call at most (a large population: 100,000 records, 20 draws a call).
+CELLS = 2_000_000
 #: Simulation modes: new subjects (ETAs drawn from OMEGA) or the fitted subjects (their posterior ETAs).
 MODES = ("new_subjects", "individual")
 # A density's parameter checks (sigma > 0 ...) are removed, not turned into PyMC's -inf switch: after
@@ -116,15 +118,21 @@ def evaluate_draws(built, draws: dict, outputs=("ipred", "pred", "residual_sd"))
     """
     names, fn = _compiled(built, tuple(outputs))
     n = len(next(iter(draws.values())))
+    step = draw_block(built)
     pieces = []
-    for start in range(0, n, _CHUNK):
-        m = min(_CHUNK, n - start)
-        out = fn(*[np.asarray(draws[k][start:start + _CHUNK]) for k in names])
+    for start in range(0, n, step):
+        m = min(step, n - start)
+        out = fn(*[np.asarray(draws[k][start:start + step]) for k in names])
         # an output that depends on no random variable (e.g. the unit SD of non-continuous records)
         # comes back without the draw dimension
         pieces.append([v if np.ndim(v) > output_tensor(built, o).ndim else np.broadcast_to(v, (m, *np.shape(v)))
                        for o, v in zip(outputs, out)])
     return {o: np.concatenate([p[i] for p in pieces]) for i, o in enumerate(outputs)}
+
+
+def draw_block(built) -> int:
+    """Draws evaluated in one call: 500, fewer where that would exceed :data:`CELLS` draw-records."""
+    return max(1, min(_CHUNK, CELLS // max(built.data.n_obs, 1)))
 
 
 def posterior_membership(built, draws: dict) -> np.ndarray:
