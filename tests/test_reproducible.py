@@ -43,6 +43,19 @@ def _run(out, home, sampler="nutpie", time_scale=1.0, **env):
         return {name: post[name].values.copy() for name in post.data_vars}
 
 
+def _cache_files(home, compiledir: bool = True) -> dict:
+    """What a compile would change in the caches under ``home/.pytensor``: each file's modification time,
+    and for the graph cache its inode and size (a hit refreshes the file's time to mark it used; a store
+    replaces the file, a new inode)."""
+    out = {}
+    for p in (home / ".pytensor").rglob("*"):
+        if not p.is_file() or (not compiledir and any(part.startswith("compiledir_") for part in p.parts)):
+            continue
+        st = p.stat()
+        out[p] = (st.st_ino, st.st_size) if p.parent.name == "bayesnlme_graphs" else st.st_mtime_ns
+    return out
+
+
 def test_draws_identical_across_processes_cold_and_warm_cache(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
@@ -61,9 +74,9 @@ def test_draws_identical_across_processes_cold_and_warm_cache(tmp_path):
     assert np.std(cold["CL"]) > 0
     # another data set of the same shape (every TIME x 1.1): the design is an input of the compiled
     # functions (bayesnlme.inference.lift), so nothing is compiled again, and the data did change the draws
-    pytensor_files = {p: p.stat().st_mtime_ns for p in (home / ".pytensor").rglob("*") if p.is_file()}
+    pytensor_files = _cache_files(home)
     other = _run(tmp_path / "other.nc", home, time_scale=1.1)
-    assert {p: p.stat().st_mtime_ns for p in (home / ".pytensor").rglob("*") if p.is_file()} == pytensor_files
+    assert _cache_files(home) == pytensor_files
     assert not np.array_equal(other["CL"], cold["CL"])
 
 
@@ -126,8 +139,7 @@ def test_ode_integrator_is_compiled_once_across_processes(tmp_path):
     def _written(home):
         # numba's cache and the graph cache; PyTensor's C module cache (compiledir_*, where the C backend
         # rewrites its cutils_ext/__init__.py in every process) is not what this test is about
-        return {p: p.stat().st_mtime_ns for p in (home / ".pytensor").rglob("*")
-                if p.is_file() and not any(part.startswith("compiledir_") for part in p.parts)}
+        return _cache_files(home, compiledir=False)
 
     def run(time_scale=1.0):
         proc = subprocess.run([sys.executable, "-c", ODE_SCRIPT, str(time_scale)], env=env, capture_output=True,
