@@ -1,6 +1,7 @@
 """Model comparison: subject-level log-likelihood, PSIS-LOO/WAIC, Pareto k verdicts, compare(), CLI helpers."""
 
 import dataclasses
+import json
 import warnings
 
 import arviz as az
@@ -266,8 +267,7 @@ def test_large_fits_keep_the_log_likelihood_per_subject(fits, sim_data, tmp_path
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         small = fit_model(_spec("pk_1cmt_iv"), sim_data, **kw)
-        none = fit_model(_spec("pk_1cmt_iv"), sim_data, log_likelihood="none", **kw)
-    assert small.settings["log_likelihood"] == "subject" and none.settings["log_likelihood"] == "none"
+    assert small.settings["log_likelihood"] == "subject"
     ll = small.idata.log_likelihood["DV"]
     assert ll.dims == ("chain", "draw", "ID") and list(ll["ID"].values) == [str(i) for i in range(1, 21)]
     np.testing.assert_allclose(ll.values, subject_log_likelihood(full.idata).values, rtol=1e-12)
@@ -278,7 +278,12 @@ def test_large_fits_keep_the_log_likelihood_per_subject(fits, sim_data, tmp_path
     assert list(table.index) == ["two", "one"]
     with pytest.raises(BayesNLMEInputError, match="kept it per subject .*--log-likelihood observation"):
         loo(loaded, level="observation")
-    assert "log_likelihood" not in none.idata.groups()
+    # a fit that kept none (log_likelihood="none": no group, the setting recorded in the file's metadata)
+    idata = small.idata.copy()
+    del idata.log_likelihood
+    meta = {**small.metadata, "settings": {**small.settings, "log_likelihood": "none"}}
+    idata.posterior.attrs["bayesnlme_metadata"] = json.dumps(meta)
+    none = dataclasses.replace(small, idata=idata, metadata=meta)
     with pytest.raises(BayesNLMEInputError, match="kept no log-likelihood .*log_likelihood='none'"):
         compare({"none": none, "two": fits["pk_2cmt_iv"]})
     with pytest.raises(BayesNLMEInputError, match="unknown log_likelihood 'obs'; choose one of auto, observation"):
