@@ -72,6 +72,8 @@ class Objective:
 
 
 def compile_objective(built, gradient: bool = True):
+    """The function :func:`objective_function` caches: the model's per-record log-likelihood vectorised over
+    the importance samples ``z`` (numba; PyTensor's C backend where numba cannot compile it)."""
     model, data = built.model, built.data
     random, centred = random_effect_names(built)
     pop = [rv for rv in model.free_RVs if rv.name not in random]
