@@ -6,7 +6,10 @@ V 40 L, KA 1.2 /h, OMEGA 0.3 on each, combined error 0.05 mg/L + 10%) and each e
 
 ``bayesnlme``
     :func:`bayesnlme.build.build_model` + :func:`bayesnlme.inference.engines.sample` (what
-    ``bayesnlme fit --sampler ENGINE`` runs, without the pointwise log-likelihood and the save).
+    ``bayesnlme fit --sampler ENGINE`` runs, without the pointwise log-likelihood and the save): the
+    ETAs in the population parameterisation NUTS samples by default (:mod:`bayesnlme.build.random_effects`).
+``bayesnlme-subject`` (with ``--variants``)
+    the same in the subject parameterisation (``--eta-parameterisation subject``).
 ``handwritten``
     ``benchmarks/theophylline.handwritten_model`` (the same model written directly in PyMC, same
     priors, start and jittered variables) through the same engine.
@@ -154,8 +157,9 @@ def run_one(variant: str, engine: str, device: str, data: str, chains: int, draw
         t1 = time.perf_counter()
         idata = numpyro_native(df, chains, draws, tune, seed)
     else:
-        if variant == "bayesnlme":
-            built = build_model(load_spec("pk_1cmt_oral"), read_nonmem(df))
+        if variant.startswith("bayesnlme"):
+            parameterisation = "subject" if variant == "bayesnlme-subject" else "population"
+            built = build_model(load_spec("pk_1cmt_oral"), read_nonmem(df), eta_parameterisation=parameterisation)
             model, start = built.model, built.initial_point
         else:
             model, start = handwritten_model(df)
@@ -210,7 +214,7 @@ def main(argv=None) -> None:
     p.add_argument("--phases", nargs="+", choices=["cold", "warm"], default=["cold", "warm"],
                    help="cold: empty compile caches; warm: a second process on the filled caches")
     p.add_argument("--no-reference", action="store_true", help="only the bayesnlme model, no hand-written ones")
-    p.add_argument("--variants", nargs="+", choices=["bayesnlme", "handwritten", "numpyro-native"],
+    p.add_argument("--variants", nargs="+", choices=["bayesnlme", "bayesnlme-subject", "handwritten", "numpyro-native"],
                    help="run only these models (default: all that apply)")
     p.add_argument("--quick", action="store_true", help="smoke test: N = 50, 2 chains x 100 draws after 100")
     p.add_argument("--json", help="write every run's figures to this file")
@@ -228,7 +232,7 @@ def main(argv=None) -> None:
     print(f"pk_1cmt_oral, simulated 1-compartment oral populations ({len(TIMES)} samples per subject); "
           f"{args.chains} chains x {args.draws} draws after {args.tune}; device {args.device}; "
           f"{os.cpu_count()} CPU cores; each run in its own process, cold cache then warm")
-    head = (f"{'N':>7} {'engine':<9}{'model':<15}{'cache':<6}{'wall s':>8}{'build':>7}{'compile':>8}{'sample':>8}"
+    head = (f"{'N':>7} {'engine':<9}{'model':<18}{'cache':<6}{'wall s':>8}{'build':>7}{'compile':>8}{'sample':>8}"
             f"{'minESS':>8}{'ESS/s':>8}{'Rhat':>6}{'depth':>6}{'div':>5}{'MB':>7}{'CL':>7}{'V':>7}{'KA':>6}")
     print(head)
     rows = []
@@ -238,6 +242,8 @@ def main(argv=None) -> None:
             simulate(n).to_csv(data, index=False)
             for engine in args.engines:
                 variants = ["bayesnlme"]
+                if "bayesnlme-subject" in (args.variants or ()):
+                    variants.append("bayesnlme-subject")
                 if not args.no_reference:
                     variants += ["handwritten"] + (["numpyro-native"] if engine == "numpyro" else [])
                 for variant in [v for v in variants if not args.variants or v in args.variants]:
@@ -253,10 +259,10 @@ def main(argv=None) -> None:
                         cold["compile_s"] = max(cold["sample_s"] - warm["sample_s"], 0.0)   # JAX: cache hit
                     for phase, r in runs.items():
                         if "error" in r:
-                            print(f"{n:>7} {engine:<9}{variant:<15}{phase:<6} failed: {r['error']}")
+                            print(f"{n:>7} {engine:<9}{variant:<18}{phase:<6} failed: {r['error']}")
                             continue
                         m = r["medians"]
-                        print(f"{n:>7} {engine:<9}{variant:<15}{phase:<6}{_f(r['wall_s'], 8)}{_f(r['build_s'], 7)}"
+                        print(f"{n:>7} {engine:<9}{variant:<18}{phase:<6}{_f(r['wall_s'], 8)}{_f(r['build_s'], 7)}"
                               f"{_f(r['compile_s'], 8)}{_f(r['sample_s'] - (r['compile_s'] or 0.0), 8)}{_f(r['min_ess_bulk'], 8, 0)}"
                               f"{_f(r['ess_per_s'], 8)}{_f(r['max_rhat'], 6, 3)}{_f(r['mean_tree_depth'], 6)}"
                               f"{r['divergences']:>5}{_f(r.get('gpu_peak_mb', r['peak_mb']), 7, 0)}"

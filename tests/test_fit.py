@@ -63,7 +63,8 @@ def test_save_load_round_trip(theo, tmp_path):
     meta = again.metadata
     assert meta["data_sha256"] == hashlib.sha256(dataset_path("theophylline").read_bytes()).hexdigest()
     assert meta["settings"] == {"method": "nuts", "sampler": "nutpie", "device": "cpu", "chains": 4, "draws": 1000,
-                                "tune": 1000, "seed": 1, "log_likelihood": "observation"}
+                                "tune": 1000, "seed": 1, "log_likelihood": "observation",
+                                "eta_parameterisation": "population"}
     assert {"pymc", "pytensor", "arviz", "nutpie", "bayesnlme"} <= set(meta["versions"])
     assert again.data.n_obs == 132 and list(again.data.covariate_names) == ["WT", "DOSE_MGKG"]
     assert json.loads(again.idata.posterior.attrs["bayesnlme_spec"])["structural"] == "1cmt_oral"

@@ -1,6 +1,7 @@
 """Turn a :class:`~bayesnlme.spec.ModelSpec` and data into one PyMC model.
 
-This is the only module that creates PyMC random variables.  The model has
+This module (with :mod:`~bayesnlme.build.random_effects` and the other modules of
+:mod:`bayesnlme.build`) is the only place that creates PyMC random variables.  The model has
 
 * coords ``ID`` (subjects), ``obs`` (observation records, labelled by their
   1-based record number) and ``eta_parameter`` (parameters with an ETA);
@@ -11,7 +12,9 @@ This is the only module that creates PyMC random variables.  The model has
   ``sigma_exp``;
 * non-centred random effects ``eta_z`` (standard normal, dims ID x
   eta_parameter) and the deterministic ``ETA`` = z scaled by OMEGA (and its
-  Cholesky factor for blocks);
+  Cholesky factor for blocks); NUTS samples the same distribution written
+  through each ETA's population mean and spread, ``eta_z`` then a
+  deterministic (:mod:`~bayesnlme.build.random_effects`);
 * the observed variable ``DV`` (dims ``obs``), whose pointwise log-likelihood
   ArviZ uses for LOO.
 
@@ -39,7 +42,8 @@ from bayesnlme.build.observations import (
     observation_parameters,
     pointwise_loglik,
 )
-from bayesnlme.build.priors import estimate, prior_dist, prior_rv
+from bayesnlme.build.priors import estimate, prior_rv
+from bayesnlme.build.random_effects import PARAMETERISATIONS, random_effects
 from bayesnlme.data import NMData, read_nonmem
 from bayesnlme.errors import DataError, SpecError
 from bayesnlme.spec import ModelSpec
@@ -79,70 +83,6 @@ class BuiltModel:
     excluded: object = None   # ROW numbers dropped from the likelihood (BLQ M1)
     loglik: object = None     # per-record log-likelihood (n_obs,): the very graph behind DV's density
     mixture: dict = None      # [mixture]: per-component tensors (bayesnlme.build.mixture.build_mixture)
-
-
-def _omega(p: str, par, init: dict):
-    if par.omega_fixed is not None:
-        return pt.as_tensor_variable(par.omega_fixed)
-    init[f"omega_{p}"] = min(par.omega.median(), 0.3)
-    return prior_rv(f"omega_{p}", par.omega)
-
-
-def _random_effects(spec: ModelSpec, n_sub: int, init: dict):
-    """ETA per parameter, shape (n_subjects,): diagonal or block OMEGA.
-
-    Non-centred by default: ``ETA = z * omega`` for a diagonal element; for a
-    block, ``ETA = z @ L.T`` with ``L`` the Cholesky factor of OMEGA (LKJ prior
-    on the correlations, the members' omega priors on the SDs, via
-    ``pm.LKJCholeskyCov``).  A ``centered`` parameter samples
-    ``eta_<P> ~ Normal(0, omega)`` directly.
-    """
-    names = spec.eta_parameters
-    if not names:
-        return {}
-    z_names = [p for p in names if not spec.parameters[p].centered]
-    col = {}
-    if z_names:
-        z_dim = "eta_parameter" if z_names == names else "eta_z_parameter"
-        # a static shape beside the dims: the sampler's compile needs no shape-inference function
-        z = pm.Normal("eta_z", 0.0, 1.0, dims=("ID", z_dim), shape=(n_sub, len(z_names)))
-        init["eta_z"] = np.zeros((n_sub, len(z_names)))
-        col = {p: z[:, i] for i, p in enumerate(z_names)}
-    eta = {}
-    in_block = {p for block in spec.omega_blocks for p in block}
-    in_block |= {p for block in spec.fixed_omega_blocks for p in block.parameters}
-    for p in names:
-        if p in in_block:
-            continue
-        par = spec.parameters[p]
-        omega = _omega(p, par, init)
-        if par.centered:
-            eta[p] = pm.Normal(f"eta_{p}", 0.0, omega, dims="ID", shape=(n_sub,))
-            init[f"eta_{p}"] = np.zeros(n_sub)
-        else:
-            eta[p] = col[p] * omega
-    for block in spec.omega_blocks:
-        k = len(block)
-        packed = np.zeros(k * (k + 1) // 2)   # start at OMEGA = diag(omega0^2), no correlation
-        packed[[i * (i + 1) // 2 + i for i in range(k)]] = [
-            min(spec.parameters[p].omega.median(), 0.3) for p in block]
-        init[f"chol_{'_'.join(block)}"] = packed
-        chol, corr, sds = pm.LKJCholeskyCov(
-            f"chol_{'_'.join(block)}", n=len(block), eta=spec.lkj_eta, compute_corr=True,
-            sd_dist=prior_dist([spec.parameters[p].omega for p in block]))
-        correlated = pt.stack([col[p] for p in block], axis=1) @ chol.T   # rows ~ N(0, OMEGA)
-        for i, p in enumerate(block):
-            pm.Deterministic(f"omega_{p}", sds[i])
-            eta[p] = correlated[:, i]
-            for j in range(i + 1, len(block)):
-                pm.Deterministic(f"corr_{p}_{block[j]}", corr[i, j])
-    for block in spec.fixed_omega_blocks:   # OMEGA known: a constant Cholesky factor, nothing sampled
-        chol = block.cholesky([spec.parameters[p].omega_fixed for p in block.parameters])
-        correlated = pt.stack([col[p] for p in block.parameters], axis=1) @ chol.T
-        for i, p in enumerate(block.parameters):
-            eta[p] = correlated[:, i]
-    pm.Deterministic("ETA", pt.stack([eta[p] for p in names], axis=1), dims=("ID", "eta_parameter"))
-    return eta
 
 
 def occasions(data: NMData) -> tuple[np.ndarray, list[str]]:
@@ -188,9 +128,9 @@ def _occasion_effects(spec: ModelSpec, occ_index, init: dict) -> dict:
     return {p: kappa[occ_index, i] for i, p in enumerate(names)}
 
 
-def individual_parameters(spec: ModelSpec, data: NMData, init: dict,
-                          occ_index=None, switches: dict | None = None) -> tuple[dict, dict, dict, dict]:
-    """Individual and typical-subject parameters.
+def individual_parameters(spec: ModelSpec, data: NMData, init: dict, occ_index=None, switches: dict | None = None,
+                          parameterisation: str = "subject") -> tuple[dict, dict, dict, dict]:
+    """Individual and typical-subject parameters (ETAs in ``parameterisation``, :mod:`~bayesnlme.build.random_effects`).
 
     Returns
     -------
@@ -214,12 +154,12 @@ def individual_parameters(spec: ModelSpec, data: NMData, init: dict,
     piecewise constant in time instead, which is exact (:mod:`bayesnlme.structural.ode`).
     """
     cov_sub, cov_obs = covariate_log_factors(spec, data, init, switches)
-    eta = _random_effects(spec, data.n_subjects, init)
+    eta, tvs = random_effects(spec, data.n_subjects, init, parameterisation)
     kappa = _occasion_effects(spec, occ_index, init) if occ_index is not None else {}
     ones = np.ones(data.n_subjects)
     individual, typical = {}, {}
     for p, par in spec.parameters.items():
-        tv = estimate(p, par.prior, par.fixed, init)
+        tv = tvs[p] if p in tvs else estimate(p, par.prior, par.fixed, init)
         for out, e in ((individual, eta.get(p, 0.0)), (typical, 0.0)):
             if par.iiv == "lognormal" or (par.iiv == "none" and (p in cov_sub or p in cov_obs)):
                 out[p] = pt.exp(pt.log(tv) + cov_sub.get(p, 0.0) + e) * ones
@@ -297,7 +237,8 @@ def _build_mixture(model, spec, data, doses, init, parts, dv_data) -> BuiltModel
 
 
 def build_model(spec: ModelSpec, data, *, check_residual: bool = True, dv_data: bool = False,
-                cens_data: bool = False, switches: dict | None = None) -> BuiltModel:
+                cens_data: bool = False, switches: dict | None = None,
+                eta_parameterisation: str = "subject") -> BuiltModel:
     """Build the PyMC model for ``spec`` on ``data``.
 
     Parameters
@@ -323,6 +264,10 @@ def build_model(spec: ModelSpec, data, *, check_residual: bool = True, dv_data: 
         ``switch_<COV>_on_<P>`` with that value.  A switched-off effect's thetas stay in the model (sampled
         from their priors, no influence on the likelihood), so models that differ only in which effects
         are on have one graph: :mod:`bayesnlme.covsearch` compiles its candidates once.
+    eta_parameterisation : {"subject", "population"}
+        How the ETAs are written (:mod:`bayesnlme.build.random_effects`): each subject's ``eta_z`` as a
+        free variable (every evaluation's model), or through the population's mean and spread of each
+        ETA with ``eta_z`` a deterministic (the same distribution; what NUTS samples).
 
     Returns
     -------
@@ -334,6 +279,8 @@ def build_model(spec: ModelSpec, data, *, check_residual: bool = True, dv_data: 
         When the spec and data do not fit together (missing covariates,
         doses into compartments the model lacks, DV <= 0 with exponential error...).
     """
+    if eta_parameterisation not in PARAMETERISATIONS:
+        raise ValueError(f"eta_parameterisation must be one of {PARAMETERISATIONS}, got {eta_parameterisation!r}")
     data = read_nonmem(data)
     spec = spec.bind(data)
     # with observation types, DVID (not CMT) says what an observation record is
@@ -356,7 +303,8 @@ def build_model(spec: ModelSpec, data, *, check_residual: bool = True, dv_data: 
         coords["iov_parameter"] = iov
     init: dict = {}
     with pm.Model(coords=coords) as model:
-        individual, typical, obs_ind, obs_typ = individual_parameters(spec, data, init, occ_index, switches)
+        individual, typical, obs_ind, obs_typ = individual_parameters(spec, data, init, occ_index, switches,
+                                                                       eta_parameterisation)
         if spec.mixture is not None:
             return _build_mixture(model, spec, data, doses, init, (individual, typical, obs_ind, obs_typ), dv_data)
         return _build_observations(model, spec, data, doses, init, (individual, typical, obs_ind, obs_typ),

@@ -41,3 +41,10 @@ def estimate(name, prior, fixed, init):
         return pt.as_tensor_variable(float(fixed))
     init[name] = prior.median()
     return prior_rv(name, prior)
+
+
+def prior_logp(prior: Prior, value):
+    """The prior's log-density at ``value`` (a tensor): for a parameter derived from others (the typical
+    values and OMEGAs of :mod:`bayesnlme.build.random_effects`' population parameterisation)."""
+    cls, args = DIST_ARGS[prior.dist]
+    return pm.logp(cls.dist(**args(prior.args)), value)

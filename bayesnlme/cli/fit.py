@@ -22,7 +22,7 @@ def run_fit(args) -> int:
     result = fit_model(spec, args.data, chains=args.chains, draws=args.draws, tune=args.tune,
                        seed=args.seed, sampler=args.sampler, progress=not args.no_progress,
                        method=args.method, init=args.init, device=args.device,
-                       log_likelihood=args.log_likelihood)
+                       log_likelihood=args.log_likelihood, eta_parameterisation=args.eta_parameterisation)
     result.metadata["command"] = " ".join(["bayesnlme"] + sys.argv[1:])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -78,6 +78,10 @@ def parser() -> argparse.ArgumentParser:
                    help="what fit.nc keeps for LOO/WAIC: every observation's log-likelihood, its sum per "
                    "subject (subject-level comparison only), or none; auto: per observation up to 512 MiB, "
                    "per subject above (default: %(default)s)")
+    f.add_argument("--eta-parameterisation", choices=["population", "subject"], default="population",
+                   help="how NUTS samples the ETAs: through each ETA's population mean and spread (the same "
+                   "posterior, faster mixing of typical values and OMEGAs), or each subject's eta_z "
+                   "(default: %(default)s)")
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     d = sub.add_parser("diagnose", help="convergence report, goodness-of-fit and ETA plots and tables",
                        description="Read DIR/fit.nc and write into DIR/diagnostics/: convergence.txt and "

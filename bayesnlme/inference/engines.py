@@ -33,6 +33,7 @@ from pymc.initial_point import make_initial_point_fn
 from pymc.model.fgraph import fgraph_from_model, model_from_fgraph
 from pytensor.graph.traversal import ancestors
 
+from bayesnlme.build.random_effects import SAMPLER_ONLY
 from bayesnlme.errors import BayesNLMEInputError
 from bayesnlme.inference import nutpie_cache, startpoint
 from bayesnlme.structural import ode_jax, static_form
@@ -96,11 +97,14 @@ def _persistent_cache(jax) -> None:
 def jitter_names(model, flat=()) -> set[str]:
     """Free variables whose start is jittered per chain.
 
-    Random effects and SDs start jittered; typical values at their prior medians (keeps oral models
-    out of the flip-flop mode), except those whose gradient is exactly 0 there (``flat``): nutpie
-    scales its initial mass matrix by the gradient and cannot start from a zero component.
+    Random effects and SDs start jittered (in the population parameterisation the ETAs' direction,
+    mean and sum of squares, :mod:`bayesnlme.build.random_effects`); typical values at their prior
+    medians (keeps oral models out of the flip-flop mode), except those whose gradient is exactly 0
+    there (``flat``): nutpie scales its initial mass matrix by the gradient and cannot start from a
+    zero component.
     """
-    return {v.name for v in model.free_RVs if v.name in ("eta_z", "kappa_z") or v.name in flat
+    return {v.name for v in model.free_RVs if v.name in ("eta_z", "kappa_z", "eta_dir", "eta_w", "eta_ss")
+            or v.name in flat
             or v.name.startswith(("omega_", "sigma_"))}
 
 
@@ -186,11 +190,13 @@ def harmonise(idata):
     """The same posterior variables and sampler statistics whatever the engine.
 
     ``posterior``: natural-scale parameters and deterministics (nutpie also returns the unconstrained
-    ``*_log__`` copies: dropped).  ``sample_stats`` always has ``diverging``, ``tree_depth`` (number of
-    trajectory doublings), ``maxdepth_reached`` and ``n_steps`` (leapfrog steps).
+    ``*_log__`` copies: dropped; so are the population parameterisation's own coordinates,
+    :data:`bayesnlme.build.random_effects.SAMPLER_ONLY`, whose ``eta_z`` is kept).  ``sample_stats``
+    always has ``diverging``, ``tree_depth`` (number of trajectory doublings), ``maxdepth_reached`` and
+    ``n_steps`` (leapfrog steps).
     """
     post = idata.posterior
-    idata.posterior = post.drop_vars([v for v in post.data_vars if str(v).endswith("__")])
+    idata.posterior = post.drop_vars([v for v in post.data_vars if str(v).endswith("__") or v in SAMPLER_ONLY])
     ss = idata.sample_stats
     if "tree_depth" not in ss and "depth" in ss:                      # nutpie
         ss["tree_depth"] = ss["depth"]
@@ -200,6 +206,13 @@ def harmonise(idata):
         elif "tree_depth" in ss:                                       # numpyro, blackjax
             ss["maxdepth_reached"] = ss["tree_depth"] >= MAX_TREE_DEPTH
     return idata
+
+
+def in_model_order(posterior, model):
+    """``posterior`` with ``model``'s free variables, then its deterministics, in the model's order (a
+    posterior sampled in the population parameterisation holds the same variables in another order)."""
+    order = [v.name for v in model.free_RVs + model.deterministics if v.name in posterior]
+    return posterior[order + [v for v in posterior.data_vars if v not in order]]
 
 
 def _sample_jax(model, start, sampler, device, chains, draws, tune, seed, progress, target_accept, jitter, keep):

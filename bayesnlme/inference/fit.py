@@ -24,6 +24,7 @@ import xarray as xr
 
 from bayesnlme.atomic import write_atomic
 from bayesnlme.build import build_model
+from bayesnlme.build.random_effects import PARAMETERISATIONS, uses_population
 from bayesnlme.data import NMData, read_nonmem
 from bayesnlme.errors import BayesNLMEInputError, ConvergenceWarning, SamplingError
 from bayesnlme.inference import engines, lift, quick
@@ -216,7 +217,7 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
               seed: int = 1, sampler: str = "nutpie", progress: bool = True,
               target_accept: float = 0.8, method: str = "nuts", init: str = "auto",
               device: str = "cpu", cores: int | None = None, switches: dict | None = None,
-              log_likelihood: str = "auto") -> FitResult:
+              log_likelihood: str = "auto", eta_parameterisation: str = "population") -> FitResult:
     """Fit an NLME model with NUTS, or approximately (MAP + Laplace, ADVI).
 
     Parameters
@@ -263,6 +264,13 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
         ``"auto"``: per observation up to :data:`POINTWISE_MAX_BYTES` (512 MiB: 16,000 observations
         at 4 x 1000 draws), per subject above (a population of 10,000 subjects with 10 samples each
         would otherwise hold 3.2 GB).  ``settings["log_likelihood"]`` records the level kept.
+    eta_parameterisation : {"population", "subject"}
+        How NUTS samples the ETAs (:mod:`bayesnlme.build.random_effects`): through each ETA's population
+        mean and spread (the default: the same posterior, typical values and OMEGAs of data-rich
+        populations mix several times faster), or each subject's ``eta_z`` directly.  Either way the
+        posterior holds ``eta_z``, ``ETA`` and the other variables of the model.  ``"population"`` falls
+        back to ``"subject"`` for ``[mixture]`` specs, models whose ETAs are all centred and populations
+        of fewer than 8 subjects; ``settings["eta_parameterisation"]`` records the one used.
 
     Returns
     -------
@@ -276,6 +284,9 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
     if log_likelihood not in LOG_LIKELIHOOD_LEVELS:
         raise BayesNLMEInputError(f"unknown log_likelihood {log_likelihood!r}; choose one of "
                                   f"{', '.join(LOG_LIKELIHOOD_LEVELS)}")
+    if eta_parameterisation not in PARAMETERISATIONS:
+        raise BayesNLMEInputError(f"unknown eta_parameterisation {eta_parameterisation!r}; choose one of "
+                                  f"{', '.join(PARAMETERISATIONS)}")
     if init == "auto":
         init = "map" if getattr(spec, "mixture", None) is not None else "prior"
     for name, value, low in (("chains", chains, 1), ("draws", draws, 1), ("tune", tune, 0)):
@@ -285,28 +296,36 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
     # DV in a data container where the model allows one: the graph the refitter compiles once and samples
     # for new DV (inference.refit), so that a refit and a fit of the same data give the same draws
     built = build_model(spec, data, dv_data=True, switches=switches)
-    model, start = built.model, built.initial_point
+    model = built.model
+    # what NUTS samples: the same model with the ETAs written through their population mean and spread
+    sampled = built
+    if method == "nuts" and eta_parameterisation == "population" and uses_population(built.spec, data.n_subjects):
+        sampled = build_model(spec, data, dv_data=True, switches=switches, eta_parameterisation="population")
+    start = sampled.initial_point
     settings = {"method": method, "sampler": sampler if method == "nuts" else method, "chains": chains,
                 "device": device,
                 "draws": draws, "tune": tune, "seed": seed}
+    if method == "nuts":
+        settings["eta_parameterisation"] = "population" if sampled is not built else "subject"
     if switches:
         settings["switches"] = {k: int(bool(v)) for k, v in switches.items()}
     problems = []
     # a non-finite start gets one line naming its cause, not a sampler backtrace; nutpie's start is checked
     # with its own compiled log-density (None here), which costs nothing more when loaded from the cache
     compiled_check = method == "nuts" and sampler == "nutpie"
-    flat = None if compiled_check and init != "map" else check_start(built)
+    flat = None if compiled_check and init != "map" else check_start(sampled)
     if method != "nuts":
         idata, problems = _approximate(built, method, draws, seed, progress)
         settings.update(chains=1, tune=0)
     else:
         if init == "map":
-            mode = quick.find_map(built)
+            mode = quick.find_map(sampled)
             start = {k: np.asarray(mode[k]) for k in start}
             settings["init"] = "map"
-            flat = None if compiled_check else check_start(built, start)
-        idata = _nuts(model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat, device, cores,
-                      built)
+            flat = None if compiled_check else check_start(sampled, start)
+        idata = _nuts(sampled.model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat,
+                      device, cores, sampled)
+        idata.posterior = engines.in_model_order(idata.posterior, model)
     # numba, not C (the C backend first scans PyTensor's whole C module cache: seconds), design lifted
     settings["log_likelihood"] = level = _log_likelihood_level(log_likelihood, model, built.data, idata)
     if level != "none":

@@ -66,7 +66,9 @@ class Refitter:
                  cores: int = 1, masked: bool = False, censored: bool = False):
         self.spec, self.design = spec, design
         self.chains, self.draws, self.tune, self.cores = chains, draws, tune, cores
-        built = build_model(spec, design, check_residual=False, dv_data=True, cens_data=censored)
+        # the ETAs written as fit_model's NUTS samples them (bayesnlme.build.random_effects)
+        built = build_model(spec, design, check_residual=False, dv_data=True, cens_data=censored,
+                            eta_parameterisation="population")
         self.swappable = "DV_data" in built.model.named_vars
         self.censorable = "DV_cens" in built.model.named_vars
         self.masked = masked and self.swappable and "DV" in built.model.named_vars
