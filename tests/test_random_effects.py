@@ -11,6 +11,7 @@ from bayesnlme.build import build_model
 from bayesnlme.build.random_effects import POPULATION_MIN, SAMPLER_ONLY
 from bayesnlme.datasets import load_theophylline
 from bayesnlme.inference.fit import fit_model
+from bayesnlme.inference.startpoint import transformed_start
 from bayesnlme.spec import ModelSpec
 
 POPULATION = ["CL", "V", "KA", "omega_CL", "omega_V", "omega_KA", "sigma_add", "sigma_prop"]
@@ -107,3 +108,37 @@ def test_where_the_subject_parameterisation_stays():
     assert "eta_z" in {v.name for v in mixture.free_RVs}
     with pytest.raises(ValueError, match="eta_parameterisation must be one of"):
         build_model(spec, theo, eta_parameterisation="centred")
+
+
+def _other_scales_spec():
+    """Typical values on each ETA scale and each kind of prior support: V fixed with an ETA, KA's OMEGA with a
+    uniform prior (bounded above: its own variable), CL with a uniform prior (bounded: its own variable)."""
+    d = load_spec("pk_1cmt_oral").to_dict()
+    d["parameters"]["CL"]["prior"] = {"dist": "uniform", "lower": 0.5, "upper": 20.0}
+    d["parameters"]["V"].pop("prior")
+    d["parameters"]["V"]["fixed"] = 32.0
+    d["parameters"]["KA"]["omega"] = {"dist": "uniform", "lower": 0.0, "upper": 2.0}
+    return ModelSpec.from_dict(d, source="other.toml")
+
+
+def test_bounded_priors_and_fixed_values_keep_their_own_variables():
+    spec = _other_scales_spec()
+    built = build_model(spec, load_theophylline(), eta_parameterisation="population")
+    free = {v.name for v in built.model.free_RVs}
+    assert {"CL", "omega_KA"} <= free and "V" not in free and "KA" not in free    # KA derived from eta_mean
+    assert free >= {"eta_mean", "eta_w", "eta_ss", "eta_rho", "eta_dir"}
+    assert built.model["eta_mean"].type.shape == (1,) and built.model["eta_rho"].type.shape == (2,)
+    # the log-density is finite at the start and at a jittered point, with a finite gradient
+    fn = built.model.logp_dlogp_function(ravel_inputs=True)
+    fn.set_extra_values({})
+    point = transformed_start(built)
+    flat = np.concatenate([np.ravel(point[built.model.rvs_to_values[v].name]) for v in built.model.free_RVs])
+    for x in (flat, flat + np.random.default_rng(1).uniform(-0.5, 0.5, flat.size)):
+        lp, grad = fn(x)
+        assert np.isfinite(lp) and np.isfinite(grad).all()
+
+
+@pytest.mark.slow
+def test_bounded_priors_and_fixed_values_give_the_subject_posterior():
+    _agree(_fits(_other_scales_spec(), draws=500, tune=500), ["CL", "KA", "omega_CL", "omega_V", "omega_KA",
+                                                              "sigma_add", "sigma_prop"])

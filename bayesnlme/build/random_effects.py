@@ -29,8 +29,10 @@ independent of the uniform direction ``d``; the map ``(a, omega) -> (eta_mean, e
 sqrt(n), omega^2 rho)`` at fixed ``(w, rho)`` has Jacobian ``2 omega rho``.  When the data inform a
 parameter well, eta_mean and eta_ss are pinned and eta_w and eta_rho are nearly their own standard
 distributions (no long diagonal ridge); when they inform it poorly, nothing's scale depends on OMEGA
-(no funnel as OMEGA goes to 0).  A fixed typical value makes ``eta_mean = a + omega eta_w / sqrt(n)``; a
-fixed OMEGA makes ``eta_ss ~ Gamma((n - 1) / 2, rate 1 / (2 omega^2))``; an OMEGA block's members take
+(no funnel as OMEGA goes to 0).  A typical value that is fixed, or whose prior does not cover its
+whole scale (a uniform prior on a log-normal parameter), keeps its own variable, with the ETAs' mean
+``a + omega eta_w / sqrt(n)``; an OMEGA that is fixed, or whose prior is bounded above, keeps its own
+variable, with ``eta_ss ~ Gamma((n - 1) / 2, rate 1 / (2 omega^2))``; an OMEGA block's members take
 ``eta_mean`` and ``eta_w`` (``a = eta_mean - L eta_w / sqrt(n)``) with ``ETA_i - mean = L v_i``, L
 sampled as in the subject parameterisation.  ``eta_z = ETA / omega`` (``L^-1 ETA``) is a deterministic,
 so a fit's posterior holds the subject parameterisation's variables and every evaluation reads them; the
@@ -48,7 +50,7 @@ import pymc as pm
 import pytensor.tensor as pt
 from scipy.special import ndtri
 
-from bayesnlme.build.priors import prior_dist, prior_logp, prior_rv
+from bayesnlme.build.priors import estimate, prior_dist, prior_logp, prior_rv
 from bayesnlme.spec import ModelSpec
 
 PARAMETERISATIONS = ("subject", "population")
@@ -146,12 +148,21 @@ def _dim(model, name: str, labels: list, full: list, full_dim: str) -> str:
     return name
 
 
-def _estimated_tv(par) -> bool:
-    return par.fixed is None and not par.prior.is_fixed
+# priors whose support is the whole image of the ETA's scale (TV > 0, 0 < TV < 1, any TV), and OMEGA priors
+# on (0, inf): a typical value or OMEGA derived from the population's coordinates can take any such value
+_SUPPORT = {"lognormal": {"lognormal", "halfnormal", "halfcauchy", "halfstudentt", "exponential"},
+            "logit": {"beta"}, "normal": {"normal"}}
+_OMEGA_SUPPORT = {"halfnormal", "halfcauchy", "halfstudentt", "exponential", "lognormal"}
 
 
-def _fixed_tv(par) -> float:
-    return float(par.fixed) if par.fixed is not None else float(par.prior.args["value"])
+def _derived_tv(par) -> bool:
+    """Whether the typical value is derived from ``eta_mean`` (else a constant, or a free variable of its own
+    with the ETAs' mean non-centred)."""
+    return par.fixed is None and not par.prior.is_fixed and par.prior.dist in _SUPPORT.get(par.iiv, ())
+
+
+def _derived_omega(par) -> bool:
+    return par.omega_fixed is None and par.omega.dist in _OMEGA_SUPPORT
 
 
 def _population(spec: ModelSpec, n: int, init: dict) -> tuple[dict, dict]:
@@ -161,13 +172,13 @@ def _population(spec: ModelSpec, n: int, init: dict) -> tuple[dict, dict]:
     z_dim = "eta_parameter" if z_names == names else "eta_z_parameter"
     in_block = _block_members(spec)
     diag = [p for p in z_names if p not in in_block]
-    free_om = [p for p in diag if spec.parameters[p].omega_fixed is None]
+    free_om = [p for p in diag if _derived_omega(spec.parameters[p])]
     omega, potential = {}, []
     if diag:   # the scale of each diagonal ETA: its sum of squares and a chi-square
         ss = pm.HalfFlat("eta_ss", dims=_dim(model, "eta_ss_parameter", diag, names, "eta_parameter"),
                          shape=(len(diag),))
-        om0 = np.array([spec.parameters[p].omega_fixed or min(spec.parameters[p].omega.median(), 0.3)
-                        for p in diag])
+        om0 = np.array([spec.parameters[p].omega_fixed if spec.parameters[p].omega_fixed is not None
+                        else min(spec.parameters[p].omega.median(), 0.3) for p in diag])
         init["eta_ss"] = (n - 1) * om0**2 / 3      # ETA SD omega0 / sqrt(3), as the subject start's jitter
     if free_om:
         rho = pm.ChiSquared("eta_rho", nu=n - 1, dims=_dim(model, "eta_rho_parameter", free_om, names,
@@ -175,18 +186,18 @@ def _population(spec: ModelSpec, n: int, init: dict) -> tuple[dict, dict]:
         init["eta_rho"] = np.full(len(free_om), n - 1.0)
     for i, p in enumerate(diag):
         par = spec.parameters[p]
-        if par.omega_fixed is None:
+        if p in free_om:
             omega[p] = pm.Deterministic(f"omega_{p}", pt.sqrt(ss[i] / rho[free_om.index(p)]))
             # omega's prior, and the Jacobian of (omega) -> (eta_ss) at fixed eta_rho: omega / (2 eta_ss)
             potential.append(prior_logp(par.omega, omega[p]) + pt.log(omega[p]) - pt.log(ss[i]))
-        else:
-            omega[p] = pt.as_tensor_variable(par.omega_fixed)
-            potential.append(pm.logp(pm.Gamma.dist(alpha=(n - 1) / 2, beta=1 / (2 * par.omega_fixed**2)), ss[i]))
+        else:   # a fixed OMEGA, or one whose prior is bounded above: its own variable, eta_ss given it
+            omega[p] = omega_rv(p, par, init)
+            potential.append(pm.logp(pm.Gamma.dist(alpha=(n - 1) / 2, beta=1 / (2 * omega[p] ** 2)), ss[i]))
     for p in names:
         if spec.parameters[p].centered:
             omega[p] = omega_rv(p, spec.parameters[p], init)
     blocks = _block_factors(spec, init)
-    est = [p for p in z_names if _estimated_tv(spec.parameters[p])]
+    est = [p for p in z_names if _derived_tv(spec.parameters[p])]
     if est:
         mean_free = pm.Flat("eta_mean", dims=_dim(model, "eta_mean_parameter", est, names, "eta_parameter"),
                             shape=(len(est),))
@@ -206,8 +217,8 @@ def _population(spec: ModelSpec, n: int, init: dict) -> tuple[dict, dict]:
             a = mean_free[est.index(p)] - shift[p]
             typical[p] = pm.Deterministic(p, _from_eta_scale(par.iiv, a))
             potential.append(prior_logp(par.prior, typical[p]) + _log_jacobian(par.iiv, a, typical[p]))
-        else:
-            typical[p] = pt.as_tensor_variable(_fixed_tv(par))
+        else:   # fixed, or a prior with bounded support: its own variable (or constant), the mean non-centred
+            typical[p] = estimate(p, par.prior, par.fixed, init)
     eta, z = {}, {}
     for p in diag:
         k = z_names.index(p)
@@ -245,7 +256,7 @@ def _log_jacobian(iiv: str, a, tv):
 
 def _start_value(spec: ModelSpec, p: str, init: dict) -> float:
     par = spec.parameters[p]
-    tv = _fixed_tv(par) if not _estimated_tv(par) else float(par.prior.median())
+    tv = float(par.prior.median())
     if par.iiv == "lognormal":
         return float(np.log(tv))
     return float(np.log(tv) - np.log1p(-tv)) if par.iiv == "logit" else tv
