@@ -33,7 +33,6 @@ from pymc.initial_point import make_initial_point_fn
 from pymc.model.fgraph import fgraph_from_model, model_from_fgraph
 from pytensor.graph.traversal import ancestors
 
-from bayesnlme.build.random_effects import SAMPLER_ONLY
 from bayesnlme.errors import BayesNLMEInputError
 from bayesnlme.inference import nutpie_cache, startpoint
 from bayesnlme.structural import ode_jax, static_form
@@ -190,13 +189,14 @@ def harmonise(idata):
     """The same posterior variables and sampler statistics whatever the engine.
 
     ``posterior``: natural-scale parameters and deterministics (nutpie also returns the unconstrained
-    ``*_log__`` copies: dropped; so are the population parameterisation's own coordinates,
-    :data:`bayesnlme.build.random_effects.SAMPLER_ONLY`, whose ``eta_z`` is kept).  ``sample_stats``
+    ``*_log__`` copies: dropped; the population parameterisation's own coordinates,
+    :data:`bayesnlme.build.random_effects.SAMPLER_ONLY`, are kept for the log-likelihood, and dropped by
+    :func:`~bayesnlme.inference.fit.fit_model` after it).  ``sample_stats``
     always has ``diverging``, ``tree_depth`` (number of trajectory doublings), ``maxdepth_reached`` and
     ``n_steps`` (leapfrog steps).
     """
     post = idata.posterior
-    idata.posterior = post.drop_vars([v for v in post.data_vars if str(v).endswith("__") or v in SAMPLER_ONLY])
+    idata.posterior = post.drop_vars([v for v in post.data_vars if str(v).endswith("__")])
     ss = idata.sample_stats
     if "tree_depth" not in ss and "depth" in ss:                      # nutpie
         ss["tree_depth"] = ss["depth"]
@@ -206,13 +206,6 @@ def harmonise(idata):
         elif "tree_depth" in ss:                                       # numpyro, blackjax
             ss["maxdepth_reached"] = ss["tree_depth"] >= MAX_TREE_DEPTH
     return idata
-
-
-def in_model_order(posterior, model):
-    """``posterior`` with ``model``'s free variables, then its deterministics, in the model's order (a
-    posterior sampled in the population parameterisation holds the same variables in another order)."""
-    order = [v.name for v in model.free_RVs + model.deterministics if v.name in posterior]
-    return posterior[order + [v for v in posterior.data_vars if v not in order]]
 
 
 def _sample_jax(model, start, sampler, device, chains, draws, tune, seed, progress, target_accept, jitter, keep):

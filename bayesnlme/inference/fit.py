@@ -24,7 +24,7 @@ import xarray as xr
 
 from bayesnlme.atomic import write_atomic
 from bayesnlme.build import build_model
-from bayesnlme.build.random_effects import PARAMETERISATIONS, uses_population
+from bayesnlme.build.random_effects import PARAMETERISATIONS, SAMPLER_ONLY, uses_population
 from bayesnlme.data import NMData, read_nonmem
 from bayesnlme.errors import BayesNLMEInputError, ConvergenceWarning, SamplingError
 from bayesnlme.inference import engines, lift, quick
@@ -83,9 +83,11 @@ class FitResult:
 
     @property
     def built(self):
-        """The PyMC model of this fit: the one sampled, or for a fit read from disk rebuilt on first use."""
+        """The PyMC model of this fit (its ETAs in the subject parameterisation, whichever NUTS sampled): the
+        one sampled, or, for a fit read from disk or sampled in the population parameterisation, built on
+        first use (with the fit's covariate switches)."""
         if "_built" not in self.__dict__:
-            self.__dict__["_built"] = build_model(self.spec, self.data)
+            self.__dict__["_built"] = build_model(self.spec, self.data, switches=self.settings.get("switches"))
         return self.__dict__["_built"]
 
     @property
@@ -293,39 +295,37 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
         if not isinstance(value, (int, np.integer)) or value < low:
             raise BayesNLMEInputError(f"{name} must be an integer >= {low}, got {value!r}")
     data = read_nonmem(data)
+    # what NUTS samples: the same model with the ETAs written through their population mean and spread
+    parameterisation = "subject"
+    if method == "nuts" and eta_parameterisation == "population" and uses_population(spec, data.n_subjects):
+        parameterisation = "population"
     # DV in a data container where the model allows one: the graph the refitter compiles once and samples
     # for new DV (inference.refit), so that a refit and a fit of the same data give the same draws
-    built = build_model(spec, data, dv_data=True, switches=switches)
-    model = built.model
-    # what NUTS samples: the same model with the ETAs written through their population mean and spread
-    sampled = built
-    if method == "nuts" and eta_parameterisation == "population" and uses_population(built.spec, data.n_subjects):
-        sampled = build_model(spec, data, dv_data=True, switches=switches, eta_parameterisation="population")
-    start = sampled.initial_point
+    built = build_model(spec, data, dv_data=True, switches=switches, eta_parameterisation=parameterisation)
+    model, start = built.model, built.initial_point
     settings = {"method": method, "sampler": sampler if method == "nuts" else method, "chains": chains,
                 "device": device,
                 "draws": draws, "tune": tune, "seed": seed}
     if method == "nuts":
-        settings["eta_parameterisation"] = "population" if sampled is not built else "subject"
+        settings["eta_parameterisation"] = parameterisation
     if switches:
         settings["switches"] = {k: int(bool(v)) for k, v in switches.items()}
     problems = []
     # a non-finite start gets one line naming its cause, not a sampler backtrace; nutpie's start is checked
     # with its own compiled log-density (None here), which costs nothing more when loaded from the cache
     compiled_check = method == "nuts" and sampler == "nutpie"
-    flat = None if compiled_check and init != "map" else check_start(sampled)
+    flat = None if compiled_check and init != "map" else check_start(built)
     if method != "nuts":
         idata, problems = _approximate(built, method, draws, seed, progress)
         settings.update(chains=1, tune=0)
     else:
         if init == "map":
-            mode = quick.find_map(sampled)
+            mode = quick.find_map(built)
             start = {k: np.asarray(mode[k]) for k in start}
             settings["init"] = "map"
-            flat = None if compiled_check else check_start(sampled, start)
-        idata = _nuts(sampled.model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat,
-                      device, cores, sampled)
-        idata.posterior = engines.in_model_order(idata.posterior, model)
+            flat = None if compiled_check else check_start(built, start)
+        idata = _nuts(model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat, device, cores,
+                      built)
     # numba, not C (the C backend first scans PyTensor's whole C module cache: seconds), design lifted
     settings["log_likelihood"] = level = _log_likelihood_level(log_likelihood, model, built.data, idata)
     if level != "none":
@@ -334,9 +334,13 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
             codes, first = pd.factorize(built.data.obs_subject)   # subjects with observations, in order
             subjects = (codes, [str(built.data.ids[i]) for i in first])
         lift.add_log_likelihood(idata, model, built.loglik, subjects=subjects)
+    # the population parameterisation's own coordinates, now that the log-likelihood is evaluated: the
+    # posterior holds the model's variables (eta_z, ETA, typical values, OMEGAs ...) whichever was sampled
+    idata.posterior = idata.posterior.drop_vars([v for v in SAMPLER_ONLY if v in idata.posterior])
     _add_data_groups(idata, built.data)
     result = FitResult(idata=idata, spec=built.spec, data=built.data, settings=settings)
-    result.__dict__["_built"] = built   # the graph that was sampled: predictions and diagnostics reuse it
+    if parameterisation == "subject":   # the graph that was sampled: predictions and diagnostics reuse it
+        result.__dict__["_built"] = built
     result.problems = problems if method != "nuts" else convergence_problems(result)
     for p in result.problems:
         warnings.warn(p, ConvergenceWarning, stacklevel=2)

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from bayesnlme.build import build_model
+from bayesnlme.build.random_effects import SAMPLER_ONLY
 from bayesnlme.data import NMData, read_nonmem
 from bayesnlme.inference import engines
 from bayesnlme.inference.fit import fit_model
@@ -124,7 +125,9 @@ class Refitter:
         compiled = self.compiled.with_data(**data)
         idata = nutpie.sample(compiled, draws=self.draws, tune=self.tune, chains=self.chains, seed=seed,
                               progress_bar=False, save_warmup=False, cores=self.cores)
-        return engines.harmonise(idata)
+        idata = engines.harmonise(idata)
+        idata.posterior = idata.posterior.drop_vars([v for v in SAMPLER_ONLY if v in idata.posterior])
+        return idata
 
 
 def _add_mask(model) -> None:
