@@ -36,7 +36,7 @@ def diagonal():
     return _fits(load_spec("pk_1cmt_oral"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module")   # two fits of a model no other test compiles: make validate
 def block():
     return _fits(_block_spec(), draws=500, tune=500)
 
@@ -82,6 +82,8 @@ def test_the_posterior_holds_the_subject_variables(diagonal):
     assert diagonal["population"].idata.log_likelihood["DV"].shape[-1] == diagonal["population"].data.n_obs
 
 
+@pytest.mark.slow
+@pytest.mark.validation
 def test_an_omega_block_and_a_fixed_omega_give_the_subject_posterior(block):
     _agree(block, ["CL", "V", "KA", "omega_CL", "omega_V", "corr_CL_V", "sigma_add", "sigma_prop"])
     pop = block["population"].idata.posterior
@@ -139,6 +141,22 @@ def test_bounded_priors_and_fixed_values_keep_their_own_variables():
 
 
 @pytest.mark.slow
+@pytest.mark.validation
 def test_bounded_priors_and_fixed_values_give_the_subject_posterior():
     _agree(_fits(_other_scales_spec(), draws=500, tune=500), ["CL", "KA", "omega_CL", "omega_V", "omega_KA",
                                                               "sigma_add", "sigma_prop"])
+
+
+def test_a_block_of_every_eta_with_fixed_typical_values_builds():
+    """Nothing derived (every OMEGA in the block, every typical value fixed or bounded): no potential at all."""
+    d = load_spec("pk_1cmt_oral").to_dict()
+    for p, value in (("CL", 2.8), ("V", 32.0)):
+        d["parameters"][p].pop("prior")
+        d["parameters"][p]["fixed"] = value
+    d["parameters"]["KA"]["prior"] = {"dist": "uniform", "lower": 0.1, "upper": 10.0}
+    d["random_effects"] = {"blocks": [["CL", "V", "KA"]], "lkj_eta": 2.0}
+    built = build_model(ModelSpec.from_dict(d), load_theophylline(), eta_parameterisation="population")
+    m = built.model
+    assert "eta_priors" not in m.named_vars and "eta_mean" not in m.named_vars
+    assert {"eta_w", "eta_dir", "KA"} <= {v.name for v in m.free_RVs}
+    assert np.isfinite(m.compile_logp(mode="FAST_COMPILE")(transformed_start(built)))

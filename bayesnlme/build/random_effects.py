@@ -235,7 +235,8 @@ def _population(spec: ModelSpec, n: int, init: dict) -> tuple[dict, dict]:
         if spec.parameters[p].centered:
             eta[p] = pm.Normal(f"eta_{p}", 0.0, omega[p], dims="ID", shape=(n,))
             init[f"eta_{p}"] = np.zeros(n)
-    pm.Potential("eta_priors", pt.sum(pt.stack([pt.sum(t) for t in potential])))
+    if potential:   # none where every typical value is its own variable and every OMEGA is in a block
+        pm.Potential("eta_priors", pt.sum(pt.stack([pt.sum(t) for t in potential])))
     pm.Deterministic("eta_z", pt.stack([z[p] for p in z_names], axis=1), dims=("ID", z_dim))
     pm.Deterministic("ETA", pt.stack([eta[p] for p in names], axis=1), dims=("ID", "eta_parameter"))
     return eta, typical
