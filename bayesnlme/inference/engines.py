@@ -33,6 +33,7 @@ from pymc.initial_point import make_initial_point_fn
 from pymc.model.fgraph import fgraph_from_model, model_from_fgraph
 from pytensor.graph.traversal import ancestors
 
+from bayesnlme.build.random_effects import SAMPLER_ONLY
 from bayesnlme.errors import BayesNLMEInputError
 from bayesnlme.inference import nutpie_cache, startpoint
 from bayesnlme.structural import ode_jax, static_form
@@ -206,6 +207,15 @@ def harmonise(idata):
         elif "tree_depth" in ss:                                       # numpyro, blackjax
             ss["maxdepth_reached"] = ss["tree_depth"] >= MAX_TREE_DEPTH
     return idata
+
+
+def without_sampler_coordinates(posterior):
+    """``posterior`` without the population parameterisation's own coordinates
+    (:data:`bayesnlme.build.random_effects.SAMPLER_ONLY`) and the dimensions only they used: the variables
+    of the model whichever parameterisation was sampled."""
+    out = posterior.drop_vars([v for v in SAMPLER_ONLY if v in posterior])
+    used = {d for v in out.data_vars.values() for d in v.dims}
+    return out.drop_vars([c for c in out.coords if c not in used and c in posterior.dims])
 
 
 def _sample_jax(model, start, sampler, device, chains, draws, tune, seed, progress, target_accept, jitter, keep):

@@ -24,7 +24,7 @@ import xarray as xr
 
 from bayesnlme.atomic import write_atomic
 from bayesnlme.build import build_model
-from bayesnlme.build.random_effects import PARAMETERISATIONS, SAMPLER_ONLY, uses_population
+from bayesnlme.build.random_effects import PARAMETERISATIONS, uses_population
 from bayesnlme.data import NMData, read_nonmem
 from bayesnlme.errors import BayesNLMEInputError, ConvergenceWarning, SamplingError
 from bayesnlme.inference import engines, lift, quick
@@ -336,7 +336,7 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
         lift.add_log_likelihood(idata, model, built.loglik, subjects=subjects)
     # the population parameterisation's own coordinates, now that the log-likelihood is evaluated: the
     # posterior holds the model's variables (eta_z, ETA, typical values, OMEGAs ...) whichever was sampled
-    idata.posterior = idata.posterior.drop_vars([v for v in SAMPLER_ONLY if v in idata.posterior])
+    idata.posterior = engines.without_sampler_coordinates(idata.posterior)
     _add_data_groups(idata, built.data)
     result = FitResult(idata=idata, spec=built.spec, data=built.data, settings=settings)
     if parameterisation == "subject":   # the graph that was sampled: predictions and diagnostics reuse it

@@ -31,7 +31,6 @@ import numpy as np
 import pandas as pd
 
 from bayesnlme.build import build_model
-from bayesnlme.build.random_effects import SAMPLER_ONLY
 from bayesnlme.data import NMData, read_nonmem
 from bayesnlme.inference import engines
 from bayesnlme.inference.fit import fit_model
@@ -126,7 +125,7 @@ class Refitter:
         idata = nutpie.sample(compiled, draws=self.draws, tune=self.tune, chains=self.chains, seed=seed,
                               progress_bar=False, save_warmup=False, cores=self.cores)
         idata = engines.harmonise(idata)
-        idata.posterior = idata.posterior.drop_vars([v for v in SAMPLER_ONLY if v in idata.posterior])
+        idata.posterior = engines.without_sampler_coordinates(idata.posterior)
         return idata
 
 
