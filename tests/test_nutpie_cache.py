@@ -4,7 +4,8 @@ The callbacks are generated source with nutpie's C signatures and user-data reco
 check they read the data containers where nutpie puts them (two containers, swapped with
 ``with_data``, and the design arrays lifted out of the graph) and give nutpie's own log-density.
 That a second process loads them from the cache instead of compiling is checked in
-tests/test_reproducible.py.
+tests/test_reproducible.py; that a model compiled before is loaded without deriving its log-density
+again (its record), here.
 """
 
 import numpy as np
@@ -78,6 +79,72 @@ def test_cached_callbacks_give_nutpies_log_density_and_read_swapped_data():
     swapped = draws(ours, DV_data=dv, DV_drop=drop)
     # doubling every concentration halves V (the data changed, not only the seed's path)
     assert np.median(swapped["V"]) == pytest.approx(np.median(first["V"]) / 2, rel=0.25)
+
+
+def _theophylline_model(time_scale=1.0):
+    data = read_nonmem(datasets.dataset_path("theophylline"))
+    if time_scale != 1.0:
+        frame = data.frame.drop(columns="ROW").copy()
+        frame["TIME"] *= time_scale
+        data = read_nonmem(frame)
+    return build_model(load_spec("pk_1cmt_oral"), data, dv_data=True, eta_parameterisation="population")
+
+
+@pytest.mark.slow
+def test_a_model_compiled_before_loads_both_callbacks_from_the_cache_alone(monkeypatch, tmp_path):
+    """The second compile of the same model (built again: other Python objects) reads its record and numba's
+    cache and derives, rewrites and links nothing; it gives the same callbacks: the same log-density,
+    gradient and expanded draw to the bit, the same draws, and reads swapped DV like the first."""
+    first, again = _theophylline_model(), _theophylline_model()
+    keep = [v.name for v in first.model.free_RVs + first.model.deterministics]
+    key = nutpie_cache.model_key(first.model, keep)
+    assert key is not None and key == nutpie_cache.model_key(again.model, keep)
+    assert nutpie_cache.model_key(again.model, keep[:-1]) != key           # other stored variables
+
+    def jitter(built):   # the fit's jittered variables (nutpie cannot start where a gradient is 0)
+        return {v for v in built.model.free_RVs if v.name in engines.jitter_names(built.model, ())}
+
+    long_way = nutpie_cache.compile_model(first.model, first.initial_point, jitter(first), keep, reuse=False)
+
+    def derive(*args, **kwargs):
+        raise AssertionError("the log-density was derived, rewritten and linked again")
+
+    with monkeypatch.context() as m:
+        m.setattr(nutpie_cache, "_make_functions", derive)
+        loaded = nutpie_cache.compile_model(again.model, again.initial_point, jitter(again), keep)
+    assert (loaded.n_dim, loaded.n_expanded, loaded.shapes) == (long_way.n_dim, long_way.n_expanded, long_way.shapes)
+    assert loaded.shared_data.keys() == long_way.shared_data.keys()
+    for name, value in long_way.shared_data.items():
+        np.testing.assert_array_equal(loaded.shared_data[name], value)
+    rng = np.random.default_rng(5)
+    dv = 1.5 * np.asarray(long_way.shared_data["DV_data"])
+    swapped_models = [c.with_data(DV_data=dv) for c in (long_way, loaded)]
+    for seed in range(3):
+        x = long_way.initial_point_func(seed) + 0.2 * rng.normal(size=long_way.n_dim)
+        np.testing.assert_array_equal(loaded.initial_point_func(seed), long_way.initial_point_func(seed))
+        (lp_a, g_a), (lp_b, g_b) = long_way.logp_func(x), loaded.logp_func(x)
+        assert np.isfinite(lp_a) and lp_a == lp_b
+        np.testing.assert_array_equal(g_a, g_b)
+        np.testing.assert_array_equal(long_way.expand_func(x)[0], loaded.expand_func(x)[0])
+        swapped = [nutpie_cache._logp_and_grad(c.compiled_logp_func, c.user_data, c.shared_data, c.n_dim)(x)[0]
+                   for c in swapped_models]
+        assert swapped[0] == swapped[1] != lp_a                        # the new DV reached both
+    draws = [nutpie.sample(c, draws=30, tune=30, chains=2, seed=3, progress_bar=False, cores=1).posterior
+             for c in (long_way, loaded)]
+    for name in ("CL", "V", "omega_KA", "eta_z"):
+        np.testing.assert_array_equal(draws[0][name].values, draws[1][name].values)
+
+    # other data of the same shape: another key, compiled the long way (its own record), its own density
+    other = _theophylline_model(time_scale=1.01)
+    assert nutpie_cache.model_key(other.model, keep) != key
+    compiled_other = nutpie_cache.compile_model(other.model, other.initial_point, None, keep)
+    x = long_way.initial_point_func(0)
+    assert compiled_other.logp_func(x)[0] != long_way.logp_func(x)[0]
+    # a damaged record is compiled the long way, with the same result
+    nutpie_cache._record_path(key).write_bytes(b"not a record")
+    repaired = nutpie_cache.compile_model(again.model, again.initial_point, None, keep)
+    assert repaired.logp_func(x)[0] == long_way.logp_func(x)[0]
+    assert nutpie_cache._read_record(key)["n_dim"] == long_way.n_dim      # and written again
 
 
 def _shape_cases():

@@ -26,11 +26,13 @@ observations in the graph.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 import pymc as pm
+import pytensor
 import pytensor.tensor as pt
 
 from bayesnlme.build.covariates import covariate_log_factors
@@ -236,6 +238,19 @@ def _build_mixture(model, spec, data, doses, init, parts, dv_data) -> BuiltModel
                       excluded=data.obs_row[dropped].tolist() if dropped.any() else None, **out)
 
 
+def without_traces(function):
+    """``function`` run without PyTensor recording the caller's stack on every variable it creates
+    (``config.traceback__limit``, for PyTensor's own error messages): ~20% of building a model and of
+    deriving its log-density, ~0.1 s on theophylline.  The builder's errors name the spec and data instead."""
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        with pytensor.config.change_flags(traceback__limit=0):   # a new context each call: re-entrant
+            return function(*args, **kwargs)
+
+    return run
+
+
+@without_traces
 def build_model(spec: ModelSpec, data, *, check_residual: bool = True, dv_data: bool = False,
                 cens_data: bool = False, switches: dict | None = None,
                 eta_parameterisation: str = "subject") -> BuiltModel:

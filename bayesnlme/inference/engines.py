@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import pymc as pm
-from pymc.initial_point import make_initial_point_fn
 from pymc.model.fgraph import fgraph_from_model, model_from_fgraph
 from pytensor.graph.traversal import ancestors
 
@@ -112,7 +111,7 @@ def chain_starts(model, start: dict, jitter: set[str], chains: int, seed: int) -
     """One start per chain on the natural scale: ``start``, jittered by U(-1, 1) on the unconstrained
     scale for the variables in ``jitter`` (PyMC's jitter), from a generator seeded by ``seed``."""
     rvs = {v for v in model.free_RVs if v.name in jitter}
-    fn = make_initial_point_fn(model=model, overrides=start, jitter_rvs=rvs, return_transformed=False)
+    fn = startpoint.initial_point_fn(model, start, rvs, return_transformed=False)
     seeds = np.random.SeedSequence([seed, 7]).generate_state(chains)
     return [{name: np.asarray(value) for name, value in fn(int(s)).items()} for s in seeds]
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import json
 import os
 import pickle
 import sys
@@ -144,11 +145,16 @@ def _source_hash() -> str:
     return digest.hexdigest()
 
 
-def graph_key(inputs, outputs, check_bounds: bool, mode: str) -> str | None:
-    """The key of compiling ``outputs`` from ``inputs`` in ``mode``; None where the graph cannot be pickled."""
+def graph_key(inputs, outputs, check_bounds: bool, mode: str, extra: tuple = ()) -> str | None:
+    """The key of compiling ``outputs`` from ``inputs`` in ``mode``; None where the graph cannot be pickled.
+
+    ``extra``: what else the compiled result depends on, as JSON values (hashed with the graph; not pickled
+    with it: a pickle's bytes depend on which of its strings are the same object)."""
     buffer = io.BytesIO()
     try:
         _KeyPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump((list(inputs), list(outputs)))
+        if extra:
+            buffer.write(b"\0" + json.dumps(list(extra)).encode())
     except (pickle.PicklingError, TypeError, AttributeError, RecursionError, ValueError):
         return None
     versions = [f"{name}={metadata.version(name)}" for name in _PACKAGES]
@@ -279,7 +285,8 @@ def logp_factors(model) -> list:
              *model.rvs_to_transforms.values())
     known = _FACTORS.get(model)
     if known is None or len(known[0]) != len(parts) or any(a is not b for a, b in zip(known[0], parts)):
-        known = _FACTORS[model] = (parts, tuple(model.logp(sum=False)))
+        with pytensor.config.change_flags(traceback__limit=0):   # as build.model.without_traces
+            known = _FACTORS[model] = (parts, tuple(model.logp(sum=False)))
     return list(known[1])
 
 

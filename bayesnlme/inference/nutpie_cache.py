@@ -14,25 +14,43 @@ them from the cache in ~0.1 s.  The C signatures and the user-data record are nu
 ``CompiledPyMCModel.with_data`` (DV swapped for refits) works unchanged, and the draws are those
 of nutpie's own wrappers bit for bit (``tests/test_nutpie_cache.py``).
 
+Even with every compiled function cached, a process still derived the log-density (PyMC), rewrote it,
+took its gradient, lifted the design out and linked PyTensor's numba function node by node before it
+could ask for the callbacks: 1.2 s (subject parameterisation) to 2.0 s (population) on theophylline.  So
+each compiled model also leaves a small record (``<key>.nutpie.pkl`` beside the stored graphs, pruned
+with them), under :func:`model_key`: the hash of the model's log-density as PyMC derives it, before
+anything else, with the data it was built on.  It holds what the callbacks need besides their code: the
+order and values of the lifted design arrays, the shapes, and PyTensor's keys of the two inner
+functions, from which the callbacks' own cache keys follow.  A model with a record is loaded from it
+and numba's cache alone (~0.1-0.4 s), and gives the same callbacks, bit for bit; its data containers (DV,
+covariate switches) are read from the model as usual.  Other data of the same shape has another key and
+takes the long way once, loading the cached functions as before.
+
 Where PyTensor does not cache the callee (a graph with an op numba cannot cache), the callbacks are
-compiled as before, without a cache.  :func:`compile_model` returns ``None`` when this nutpie lacks
+compiled as before, without a cache, and no record is written.  :func:`compile_model` returns ``None`` when this nutpie lacks
 the internals used here; the caller then uses ``nutpie.compile_pymc_model``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import pickle
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
 
-from bayesnlme.inference.graph_cache import compile_function, model_logp
+from bayesnlme.atomic import OutputError, write_atomic
+from bayesnlme.inference.graph_cache import cache_dir, compile_function, graph_key, model_logp
 from bayesnlme.inference.lift import Lifter
+from bayesnlme.inference.startpoint import initial_point_fn
 
 #: Bump when the generated source changes in a way its text does not show.
 _VERSION = "1"
+#: Bump when what a compiled model's record holds, or how the model is rebuilt from it, changes.
+_RECORD = "1"
 
 _LOGP = '''
 def nutpie_logp(dim, x_, out_, logp_, user_data_):
@@ -94,24 +112,52 @@ def _unpack(user_data: np.ndarray, names: list[str], shared: dict) -> tuple[str,
     return "\n".join(lines) or "    pass", "".join(f", s{i}" for i in range(len(names)))
 
 
-def _callback(template: str, name: str, signature, inner, shared_names, user_data, shared, **sizes):
-    """Compile one C callback around ``inner``, cached when PyTensor caches ``inner`` itself."""
+def _callback(template: str, name: str, signature, inner, inner_key, shared_names, user_data, shared,
+              *, cached_only: bool = False, **sizes):
+    """Compile one C callback around ``inner``, cached when PyTensor caches ``inner`` itself (``inner_key``:
+    PyTensor's key of it).  ``cached_only``: load it from the cache or return None, compiling nothing
+    (``inner`` is then never called: the cached machine code holds it)."""
     import numba
     import nutpie
     from nutpie.compile_pymc import address_as_void_pointer
-    from pytensor.link.numba.cache import CACHED_SRC_FUNCTIONS, compile_numba_function_src
+    from pytensor.link.numba.cache import compile_numba_function_src
 
     unpack, args = _unpack(user_data, shared_names, shared)
     src = template.format(n_words=user_data.nbytes // 8, unpack=unpack, args=args, **sizes)
-    inner_key = CACHED_SRC_FUNCTIONS.get(inner.py_func)
     key = None if inner_key is None else hashlib.sha256(
         "\0".join([src, inner_key, nutpie.__version__, _VERSION]).encode()).hexdigest()
+    if key is None and cached_only:
+        return None
     env = {"__name__": __name__, "numba": numba, "np": np, "inner": inner,
            "address_as_void_pointer": address_as_void_pointer}
     fn = compile_numba_function_src(src, name, env, cache_key=key)
+    if cached_only:
+        return _load_cfunc(fn, signature)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Cannot cache compiled function", category=numba.NumbaWarning)
         return numba.cfunc(signature, cache=key is not None)(fn)
+
+
+class _NotCached(Exception):
+    pass
+
+
+def _load_cfunc(fn, signature):
+    """``numba.cfunc(signature, cache=True)(fn)`` when numba's cache holds it; None instead of compiling."""
+    from numba.core import sigutils
+    from numba.core.ccallback import CFunc
+
+    class CachedOnly(CFunc):
+        def _compile_uncached(self):
+            raise _NotCached
+
+    callback = CachedOnly(fn, sigutils.normalize_signature(signature), locals={}, options={})
+    callback.enable_caching()
+    try:
+        callback.compile()
+    except _NotCached:
+        return None
+    return callback
 
 
 def _shapes(model) -> dict:
@@ -126,6 +172,13 @@ def _shapes(model) -> dict:
     from nutpie.compile_pymc import _compute_shapes
 
     return _compute_shapes(model)
+
+
+def _remaining(model, var_names) -> list:
+    """The stored variables other than the free variables' values (deterministics, natural scales)."""
+    names = {model.rvs_to_values[v].name for v in model.free_RVs}
+    return [v for v in model.unobserved_value_vars if v.name not in names
+            and (var_names is None or v.name in set(var_names))]
 
 
 def _make_functions(model, var_names):
@@ -147,8 +200,7 @@ def _make_functions(model, var_names):
                     for i, (rv, value) in enumerate(zip(model.free_RVs, value_vars))}
     lift = Lifter()
     logp, grad = lift(pytensor.clone_replace([logp, grad], replacements))
-    remaining = [v for v in model.unobserved_value_vars if v.name not in names
-                 and (var_names is None or v.name in set(var_names))]
+    remaining = _remaining(model, var_names)
     expanded = pt.concatenate([joined, *[pt.as_tensor(v).ravel() for v in remaining]])
     (expanded,) = lift(pytensor.clone_replace([expanded], replacements))
     logp_fn = compile_function((joined,), (logp, grad), model=model)      # rewritten once per machine
@@ -185,7 +237,8 @@ def _internals():
         make_user_data
 
 
-def compile_model(model, start: dict, jitter_rvs: set | None, var_names: list[str], check=None):
+def compile_model(model, start: dict, jitter_rvs: set | None, var_names: list[str], check=None, *,
+                  reuse: bool = True):
     """What ``nutpie.compile_pymc_model(model, initial_points=start, jitter_rvs=jitter_rvs,
     var_names=var_names)`` returns, with cached C callbacks; ``None`` where this nutpie lacks the
     internals used (the caller falls back to nutpie's own compile).
@@ -195,35 +248,27 @@ def compile_model(model, start: dict, jitter_rvs: set | None, var_names: list[st
     returns the jittered random variables, in place of ``jitter_rvs``
     (:func:`~bayesnlme.inference.startpoint.check_start_compiled`).  Calling the callback itself, not
     the PyTensor function inside it, compiles nothing more: from Python, numba compiled that function a
-    second time (seconds per model structure on an empty cache)."""
+    second time (seconds per model structure on an empty cache).
+
+    ``reuse``: load both callbacks straight from the cache when this model (its graph, data and
+    ``var_names``) was compiled before in any process (:func:`model_key`), without deriving, rewriting
+    or linking its log-density again; ``False`` compiles (or loads) them the long way.  The returned
+    model's ``logp_func`` and ``expand_func`` call the C callbacks (with the data it was compiled with).
+    """
     internals = _internals()
     if internals is None:
         return None
-    import numba
-    from pymc.initial_point import make_initial_point_fn
-
     CompiledPyMCModel, _prepare_dims_and_coords, _rv_dict_to_flat_array_wrapper, _wrap_with_lock, \
         make_user_data = internals
-    n_dim, n_expanded, logp_fn, expand_fn, shape_info = _make_functions(model, var_names)
-    shared, containers = {}, {}
-    for var in [*logp_fn.get_shared(), *expand_fn.get_shared()]:
-        if var.name in shared and containers[var.name] is not var:
-            raise ValueError(f"two data containers are named {var.name!r}")
-        shared[var.name] = np.array(var.get_value(), order="C", copy=True)
-        shared[var.name].flags.writeable = False
-        containers[var.name] = var
-    user_data = make_user_data(containers, shared)
-    t = numba.types
-    ptr = t.CPointer(t.double)
-    logp_c = _callback(_LOGP, "nutpie_logp", t.int64(t.uint64, ptr, ptr, ptr, t.voidptr), logp_fn.vm.jit_fn,
-                       [v.name for v in logp_fn.get_shared()], user_data, shared, n_dim=n_dim)
-    expand_c = _callback(_EXPAND, "nutpie_expand", t.int64(t.uint64, t.uint64, ptr, ptr, t.voidptr),
-                         expand_fn.vm.jit_fn, [v.name for v in expand_fn.get_shared()], user_data, shared,
-                         n_dim=n_dim, n_expanded=n_expanded)
+    key = model_key(model, var_names)
+    record = _read_record(key) if reuse and key is not None else None
+    parts = _from_record(model, record, make_user_data) if record is not None else None
+    if parts is None:
+        parts = _compile_callbacks(model, var_names, make_user_data, key)
+    n_dim, n_expanded, shape_info, shared, user_data, logp_c, expand_c = parts
     if check is not None:
         jitter_rvs = check(_logp_and_grad(logp_c, user_data, shared, n_dim))
-    initial = _wrap_with_lock(make_initial_point_fn(model=model, overrides=start, default_strategy="support_point",
-                                                    jitter_rvs=jitter_rvs, return_transformed=True))
+    initial = _wrap_with_lock(initial_point_fn(model, start, jitter_rvs or ()))
     n_free = len(model.free_RVs)
     initial_fn = _rv_dict_to_flat_array_wrapper(initial, names=shape_info[0][:n_free],
                                                 shapes=shape_info[2][:n_free])
@@ -233,7 +278,76 @@ def compile_model(model, start: dict, jitter_rvs: set | None, var_names: list[st
         _shapes={name: tuple(shape) for name, _, shape in zip(*shape_info)},
         compiled_logp_func=logp_c, compiled_expand_func=expand_c, initial_point_func=initial_fn,
         shared_data=shared, user_data=user_data, n_expanded=n_expanded, shape_info=shape_info,
-        logp_func=logp_fn, expand_func=expand_fn)
+        logp_func=_logp_and_grad(logp_c, user_data, shared, n_dim),
+        expand_func=_expand(expand_c, user_data, shared, n_dim, n_expanded))
+
+
+def _signatures():
+    import numba
+
+    t = numba.types
+    ptr = t.CPointer(t.double)
+    return t.int64(t.uint64, ptr, ptr, ptr, t.voidptr), t.int64(t.uint64, t.uint64, ptr, ptr, t.voidptr)
+
+
+def _compile_callbacks(model, var_names, make_user_data, key):
+    """The compiled model's parts the long way (:func:`_make_functions`, then the callbacks); its record
+    stored under ``key`` for the next process."""
+    from pytensor.link.numba.cache import CACHED_SRC_FUNCTIONS
+
+    with pytensor.config.change_flags(traceback__limit=0):   # as build.model.without_traces
+        n_dim, n_expanded, logp_fn, expand_fn, shape_info = _make_functions(model, var_names)
+    shared, containers = {}, {}
+    for var in [*logp_fn.get_shared(), *expand_fn.get_shared()]:
+        if var.name in shared and containers[var.name] is not var:
+            raise ValueError(f"two data containers are named {var.name!r}")
+        shared[var.name] = np.array(var.get_value(), order="C", copy=True)
+        shared[var.name].flags.writeable = False
+        containers[var.name] = var
+    user_data = make_user_data(containers, shared)
+    names = {"logp": [v.name for v in logp_fn.get_shared()], "expand": [v.name for v in expand_fn.get_shared()]}
+    inner = {"logp": CACHED_SRC_FUNCTIONS.get(logp_fn.vm.jit_fn.py_func),
+             "expand": CACHED_SRC_FUNCTIONS.get(expand_fn.vm.jit_fn.py_func)}
+    sig_logp, sig_expand = _signatures()
+    logp_c = _callback(_LOGP, "nutpie_logp", sig_logp, logp_fn.vm.jit_fn, inner["logp"], names["logp"], user_data,
+                       shared, n_dim=n_dim)
+    expand_c = _callback(_EXPAND, "nutpie_expand", sig_expand, expand_fn.vm.jit_fn, inner["expand"],
+                         names["expand"], user_data, shared, n_dim=n_dim, n_expanded=n_expanded)
+    if key is not None and None not in inner.values():
+        own = _model_containers(model)
+        _write_record(key, {"record": _RECORD, "n_dim": n_dim, "n_expanded": n_expanded, "shape_info": shape_info,
+                            "order": list(shared), "names": names, "inner": inner,
+                            "lifted": {k: v for k, v in shared.items() if k not in own}})
+    return n_dim, n_expanded, shape_info, shared, user_data, logp_c, expand_c
+
+
+def _from_record(model, record: dict, make_user_data):
+    """The compiled model's parts from a stored record and numba's cache, or None where either lacks them."""
+    try:
+        own = _model_containers(model)
+        shared = {}
+        for name in record["order"]:
+            value = record["lifted"][name] if name in record["lifted"] else own[name].get_value()
+            shared[name] = np.array(value, order="C", copy=True)
+            shared[name].flags.writeable = False
+        user_data = make_user_data(shared, shared)
+        n_dim, n_expanded, names, inner = record["n_dim"], record["n_expanded"], record["names"], record["inner"]
+        sig_logp, sig_expand = _signatures()
+        logp_c = _callback(_LOGP, "nutpie_logp", sig_logp, _never_called, inner["logp"], names["logp"], user_data,
+                           shared, cached_only=True, n_dim=n_dim)
+        expand_c = _callback(_EXPAND, "nutpie_expand", sig_expand, _never_called, inner["expand"],
+                             names["expand"], user_data, shared, cached_only=True, n_dim=n_dim,
+                             n_expanded=n_expanded)
+    except Exception:  # noqa: BLE001 - a stale or unreadable record: compiled the long way instead
+        return None
+    if logp_c is None or expand_c is None:
+        return None
+    return n_dim, n_expanded, record["shape_info"], shared, user_data, logp_c, expand_c
+
+
+def _never_called(*args):
+    """Stands for the compiled function inside a callback loaded from the cache (its code is inside)."""
+    raise RuntimeError("a cached nutpie callback called its placeholder")
 
 
 def _logp_and_grad(callback, user_data: np.ndarray, shared: dict, n_dim: int):
@@ -256,3 +370,74 @@ def _logp_and_grad(callback, user_data: np.ndarray, shared: dict, n_dim: int):
         return float(logp), grad
 
     return logp_and_grad
+
+
+def _expand(callback, user_data: np.ndarray, shared: dict, n_dim: int, n_expanded: int):
+    """The expand callback as a Python function of the flat point: ``[values]`` (NaN where it failed)."""
+    import ctypes
+
+    call = callback.ctypes
+    as_double = ctypes.POINTER(ctypes.c_double)
+
+    def expand(x, _keep=(user_data, shared)):
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        out = np.full(n_expanded, np.nan)
+        if call(n_dim, n_expanded, x.ctypes.data_as(as_double), out.ctypes.data_as(as_double),
+                user_data.ctypes.data) != 0:
+            out[:] = np.nan
+        return [out]
+
+    return expand
+
+
+def _model_containers(model) -> dict:
+    """The data containers of the model's log-density by name (DV and the builder's switches, not the
+    design arrays lifted out of the compiled graph)."""
+    from pytensor.compile.sharedvalue import SharedVariable
+    from pytensor.graph.traversal import graph_inputs
+
+    return {v.name: v for v in graph_inputs([model_logp(model), *_remaining(model, None)])
+            if isinstance(v, SharedVariable) and v.name is not None}
+
+
+def model_key(model, var_names) -> str | None:
+    """The key of the model nutpie samples: :func:`~bayesnlme.inference.graph_cache.graph_key` of its
+    log-density as PyMC derives it (before rewriting, differentiation or lifting: constants, the data
+    among them, by value; data containers by name and type) and of the stored variables ``var_names``
+    on the unconstrained point, with this module's and nutpie's versions.  The gradient, the lifted design
+    and both callbacks are functions of these, so a model with the same key compiles to the same
+    callbacks.  None where the graph cannot be pickled."""
+    import nutpie
+
+    values = [model.rvs_to_values[v] for v in model.free_RVs]
+    extra = (None if var_names is None else list(var_names), _VERSION, _RECORD, nutpie.__version__)
+    return graph_key(values, [model_logp(model), *_remaining(model, var_names)], model.check_bounds,
+                     "nutpie-model", extra=extra)
+
+
+def _record_path(key: str) -> Path:
+    return cache_dir() / f"{key}.nutpie.pkl"   # pruned with the stored graphs (graph_cache.prune)
+
+
+def _read_record(key: str) -> dict | None:
+    path = _record_path(key)
+    try:
+        with open(path, "rb") as file:
+            record = pickle.load(file)
+    except Exception:  # noqa: BLE001 - missing or unreadable: compiled the long way
+        return None
+    if not isinstance(record, dict) or record.get("record") != _RECORD:
+        return None
+    try:
+        path.touch()   # used: kept by the pruning for its age limit more
+    except OSError:
+        pass
+    return record
+
+
+def _write_record(key: str, record: dict) -> None:
+    try:
+        data = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
+        write_atomic(_record_path(key), lambda tmp: Path(tmp).write_bytes(data))
+    except (OSError, OutputError, pickle.PicklingError, TypeError, AttributeError):
+        return   # a read-only or full cache folder costs the next process time, never a result
