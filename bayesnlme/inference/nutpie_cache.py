@@ -27,8 +27,8 @@ covariate switches) are read from the model as usual.  Other data of the same sh
 takes the long way once, loading the cached functions as before.
 
 Where PyTensor does not cache the callee (a graph with an op numba cannot cache), the callbacks are
-compiled as before, without a cache, and no record is written.  :func:`compile_model` returns ``None`` when this nutpie lacks
-the internals used here; the caller then uses ``nutpie.compile_pymc_model``.
+compiled as before, without a cache, and no record is written.  :func:`compile_model` returns ``None``
+when this nutpie lacks the internals used here; the caller then uses ``nutpie.compile_pymc_model``.
 """
 
 from __future__ import annotations
