@@ -162,3 +162,70 @@ def test_a_block_of_every_eta_with_fixed_typical_values_builds():
     assert "eta_priors" not in m.named_vars and "eta_mean" not in m.named_vars
     assert {"eta_w", "eta_dir", "KA"} <= {v.name for v in m.free_RVs}
     assert np.isfinite(m.compile_logp(mode="FAST_COMPILE")(transformed_start(built)))
+
+
+def _covariate_model(linear: bool = False):
+    """Phenobarbital (59 neonates) with WT (power) on CL and V and a two-level APGAR covariate on V: each
+    parameter's typical value and thetas sampled as one regression; a linear effect (not linear in its theta
+    on the log scale) keeps its own variable."""
+    from bayesnlme import read_nonmem
+    from bayesnlme.datasets import load_phenobarbital
+
+    df = load_phenobarbital()
+    df["APGLOW"] = (df["APGR"] < 5).astype(int)
+    data = read_nonmem(df, name="phenobarbital")
+    d = load_spec("pk_1cmt_iv").to_dict()
+    d["covariates"] = [
+        {"parameter": "CL", "covariate": "WT", "type": "power", "reference": 1.3},
+        {"parameter": "V", "covariate": "WT", "type": "power", "reference": 1.3},
+        {"parameter": "V", "covariate": "APGLOW", "type": "categorical", "reference": 0},
+    ] + ([{"parameter": "CL", "covariate": "APGR", "type": "linear", "reference": 7}] if linear else [])
+    return ModelSpec.from_dict(d).bind(data), data
+
+
+def test_covariate_thetas_are_one_regression_with_the_typical_value():
+    import pytensor
+
+    from bayesnlme.build.random_effects import covariate_designs
+
+    spec, data = _covariate_model(linear=True)
+    designs = covariate_designs(spec, data)
+    assert designs["CL"][0] == ["WT_on_CL"] and designs["V"][0] == ["WT_on_V", "APGLOW_1_on_V"]
+    switched = covariate_designs(spec, data, switches={"WT_on_CL": 1})   # a covariate search's switch: a free theta
+    assert "CL" not in switched and switched["V"][0] == designs["V"][0]
+    built = build_model(spec, data, eta_parameterisation="population")
+    m = built.model
+    free = {v.name for v in m.free_RVs}
+    assert {"eta_beta_CL", "eta_wb_CL", "eta_u_CL", "eta_beta_V", "eta_u_V", "APGR_on_CL"} <= free
+    assert not {"WT_on_CL", "WT_on_V", "APGLOW_1_on_V", "eta_mean", "eta_dir"} & free
+    assert m["eta_u_V"].type.shape == (data.n_subjects - 3,)
+    # the change of variables at a random point: ETA's least-squares coefficients on the design [1, x] are
+    # eta_beta - (log TV, thetas), the residual's sum of squares is eta_ss
+    point = transformed_start(built)
+    rng = np.random.default_rng(2)
+    values = [m.rvs_to_values[v] for v in m.free_RVs]
+    args = [np.asarray(point[v.name]) + rng.uniform(-0.5, 0.5, np.shape(point[v.name])) for v in values]
+    outs = m.replace_rvs_by_values([m["ETA"], m["CL"], m["V"], m["WT_on_CL"], m["WT_on_V"], m["APGLOW_1_on_V"],
+                                    m["eta_ss"], m["eta_beta_CL"], m["eta_beta_V"]])
+    eta, cl, v, t_cl, t_v, t_apg, ss, b_cl, b_v = pytensor.function(values, outs, mode="FAST_COMPILE",
+                                                                   on_unused_input="ignore")(*args)
+    base = data.baseline_covariates(["WT", "APGLOW"])
+    logwt = np.log(base["WT"].to_numpy(float) / 1.3)
+    for k, (x, beta, theta) in enumerate((
+            (np.column_stack([np.ones(data.n_subjects), logwt]), b_cl, [np.log(cl), t_cl]),
+            (np.column_stack([np.ones(data.n_subjects), logwt, base["APGLOW"] == 1]), b_v, [np.log(v), t_v, t_apg]))):
+        coef, *_ = np.linalg.lstsq(x.astype(float), eta[:, k], rcond=None)
+        np.testing.assert_allclose(coef, beta - np.array(theta), rtol=1e-9, atol=1e-11)
+        assert np.sum((eta[:, k] - x.astype(float) @ coef) ** 2) == pytest.approx(ss[k], rel=1e-9)
+
+
+@pytest.mark.slow
+@pytest.mark.validation
+def test_covariate_regressions_give_the_subject_posterior():
+    spec, data = _covariate_model()
+    fits = {par: fit_model(spec, data, progress=False, seed=3, eta_parameterisation=par, draws=500, tune=500)
+            for par in ("subject", "population")}
+    _agree(fits, ["CL", "V", "WT_on_CL", "WT_on_V", "APGLOW_1_on_V", "omega_CL", "omega_V", "sigma_add",
+                  "sigma_prop"])
+    sub, pop = (fits[k].idata.posterior for k in ("subject", "population"))
+    assert set(pop.data_vars) == set(sub.data_vars) and set(pop.dims) == set(sub.dims)

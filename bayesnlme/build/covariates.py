@@ -62,12 +62,14 @@ def log_factor(effect, x, thetas, xp=np):
 
 
 def covariate_log_factors(spec: ModelSpec, data: NMData, init: dict,
-                          switches: dict | None = None) -> tuple[dict, dict]:
+                          switches: dict | None = None, given: dict | None = None) -> tuple[dict, dict]:
     """Sums of log covariate factors per parameter.
 
     ``switches`` (``{"<COV>_on_<P>": 0 or 1}``) multiplies the named effects' thetas by a data container
     ``switch_<COV>_on_<P>``: ``s * theta`` in every kind's factor, so an effect switched off has factor 1
-    exactly, with a finite gradient (see :func:`bayesnlme.build.build_model`).
+    exactly, with a finite gradient (see :func:`bayesnlme.build.build_model`).  ``given``: thetas made
+    elsewhere, by name (the population parameterisation's regression,
+    :func:`bayesnlme.build.random_effects.covariate_designs`); the others are made here.
 
     Returns
     -------
@@ -86,6 +88,9 @@ def covariate_log_factors(spec: ModelSpec, data: NMData, init: dict,
     for eff in sorted(spec.covariates, key=lambda e: e.shared_with is not None):
         if eff.shared_with is None:
             for n, f in zip(eff.effect_names(), eff.fixed_values()):
+                if given and n in given:
+                    made[n] = given[n]
+                    continue
                 made[n] = ((shrink.effect(n, eff.prior) if shrink is not None else estimate(n, eff.prior, f, init))
                            if f is None else pt.as_tensor_variable(float(f)))
         thetas = [made[n] for n in eff.effect_names()]

@@ -45,7 +45,7 @@ from bayesnlme.build.observations import (
     pointwise_loglik,
 )
 from bayesnlme.build.priors import estimate, prior_rv
-from bayesnlme.build.random_effects import PARAMETERISATIONS, random_effects
+from bayesnlme.build.random_effects import PARAMETERISATIONS, covariate_designs, random_effects, uses_population
 from bayesnlme.data import NMData, read_nonmem
 from bayesnlme.errors import DataError, SpecError
 from bayesnlme.spec import ModelSpec
@@ -155,8 +155,14 @@ def individual_parameters(spec: ModelSpec, data: NMData, init: dict, occ_index=N
     changing covariates) and an approximation otherwise.  ODE models make the parameters
     piecewise constant in time instead, which is exact (:mod:`bayesnlme.structural.ode`).
     """
-    cov_sub, cov_obs = covariate_log_factors(spec, data, init, switches)
-    eta, tvs = random_effects(spec, data.n_subjects, init, parameterisation)
+    designs = (covariate_designs(spec, data, switches)
+               if parameterisation == "population" and uses_population(spec, data.n_subjects) else {})
+    if designs:   # typical values and thetas as one regression: its thetas made with the ETAs
+        eta, tvs = random_effects(spec, data.n_subjects, init, parameterisation, designs)
+        cov_sub, cov_obs = covariate_log_factors(spec, data, init, switches, given=tvs)
+    else:
+        cov_sub, cov_obs = covariate_log_factors(spec, data, init, switches)
+        eta, tvs = random_effects(spec, data.n_subjects, init, parameterisation)
     kappa = _occasion_effects(spec, occ_index, init) if occ_index is not None else {}
     ones = np.ones(data.n_subjects)
     individual, typical = {}, {}

@@ -32,7 +32,7 @@ import pymc as pm
 from pymc.model.fgraph import fgraph_from_model, model_from_fgraph
 from pytensor.graph.traversal import ancestors
 
-from bayesnlme.build.random_effects import SAMPLER_ONLY
+from bayesnlme.build.random_effects import sampler_only
 from bayesnlme.errors import BayesNLMEInputError
 from bayesnlme.inference import nutpie_cache, startpoint
 from bayesnlme.structural import ode_jax, static_form
@@ -103,7 +103,7 @@ def jitter_names(model, flat=()) -> set[str]:
     zero component.
     """
     return {v.name for v in model.free_RVs if v.name in ("eta_z", "kappa_z", "eta_dir", "eta_w", "eta_ss")
-            or v.name in flat
+            or v.name.startswith(("eta_wb_", "eta_u_")) or v.name in flat
             or v.name.startswith(("omega_", "sigma_"))}
 
 
@@ -212,7 +212,7 @@ def without_sampler_coordinates(posterior):
     """``posterior`` without the population parameterisation's own coordinates
     (:data:`bayesnlme.build.random_effects.SAMPLER_ONLY`) and the dimensions only they used: the variables
     of the model whichever parameterisation was sampled."""
-    out = posterior.drop_vars([v for v in SAMPLER_ONLY if v in posterior])
+    out = posterior.drop_vars([v for v in posterior.data_vars if sampler_only(v)])
     used = {d for v in out.data_vars.values() for d in v.dims}
     return out.drop_vars([c for c in out.coords if c not in used and c in posterior.dims])
 
