@@ -270,7 +270,8 @@ def _population(spec: ModelSpec, n: int, init: dict, designs: dict) -> tuple[dic
             omega[p] = omega_rv(p, spec.parameters[p], init)
     blocks = _block_factors(spec, init)
     plain = [p for p in z_names if p not in designs]   # one mean each (and the block members)
-    plain_dim = z_dim if plain == z_names else _dim(model, "eta_w_parameter", plain, names, "eta_parameter")
+    plain_dim = z_dim if plain == z_names or not plain else _dim(model, "eta_w_parameter", plain, names,
+                                                                "eta_parameter")
     est = [p for p in plain if _derived_tv(spec.parameters[p])]
     if est:
         mean_free = pm.Flat("eta_mean", dims=_dim(model, "eta_mean_parameter", est, names, "eta_parameter"),
