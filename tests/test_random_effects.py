@@ -229,3 +229,16 @@ def test_covariate_regressions_give_the_subject_posterior():
                   "sigma_prop"])
     sub, pop = (fits[k].idata.posterior for k in ("subject", "population"))
     assert set(pop.data_vars) == set(sub.data_vars) and set(pop.dims) == set(sub.dims)
+
+
+def test_every_eta_a_regression_builds_without_a_shared_direction():
+    """WT on CL and on V (pk_1cmt_iv: every ETA parameter a regression): no eta_mean, eta_w or eta_dir, no
+    empty coordinate, a finite log-density at the start."""
+    spec, data = _covariate_model()
+    d = spec.to_dict()
+    d["covariates"] = [c for c in d["covariates"] if c["covariate"] == "WT"]
+    built = build_model(ModelSpec.from_dict(d).bind(data), data, eta_parameterisation="population")
+    m = built.model
+    assert not {"eta_mean", "eta_w", "eta_dir"} & set(m.named_vars)
+    assert set(m.coords) == {"ID", "obs", "eta_parameter"}
+    assert np.isfinite(m.compile_logp(mode="FAST_COMPILE")(transformed_start(built)))
