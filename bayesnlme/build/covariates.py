@@ -61,6 +61,14 @@ def log_factor(effect, x, thetas, xp=np):
     raise ValueError(f"unknown covariate effect kind {kind!r}")
 
 
+def covariate_values(eff, data: NMData):
+    """The covariate of ``eff`` as its factor reads it: at each observation (time-varying) or per subject
+    (baseline), as floats except for a categorical covariate's raw levels."""
+    frame = (data.observation_covariates if eff.time_varying else data.baseline_covariates)([eff.covariate])
+    x = frame[eff.covariate].to_numpy()
+    return x if eff.kind == "categorical" else x.astype(float)
+
+
 def covariate_log_factors(spec: ModelSpec, data: NMData, init: dict,
                           switches: dict | None = None, given: dict | None = None) -> tuple[dict, dict]:
     """Sums of log covariate factors per parameter.
@@ -97,12 +105,7 @@ def covariate_log_factors(spec: ModelSpec, data: NMData, init: dict,
         if switches is not None and eff.label in switches:
             switch = pm.Data(f"switch_{eff.label}", np.float64(switches[eff.label]))
             thetas = [switch * t for t in thetas]
-        if eff.time_varying:
-            x, out = data.observation_covariates([eff.covariate])[eff.covariate].to_numpy(), by_obs
-        else:
-            x, out = data.baseline_covariates([eff.covariate])[eff.covariate].to_numpy(), by_subject
-        if eff.kind != "categorical":
-            x = x.astype(float)
+        x, out = covariate_values(eff, data), (by_obs if eff.time_varying else by_subject)
         out[eff.parameter] = out.get(eff.parameter, 0.0) + log_factor(eff, x, thetas, pt)
     return by_subject, by_obs
 

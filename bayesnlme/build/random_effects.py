@@ -60,7 +60,7 @@ import pymc as pm
 import pytensor.tensor as pt
 from scipy.special import ndtri
 
-from bayesnlme.build.covariates import log_factor
+from bayesnlme.build.covariates import covariate_values, log_factor
 from bayesnlme.build.priors import estimate, prior_dist, prior_logp, prior_rv
 from bayesnlme.data import NMData
 from bayesnlme.spec import ModelSpec
@@ -111,8 +111,7 @@ def covariate_designs(spec: ModelSpec, data: NMData, switches: dict | None = Non
                     or (switches and eff.label in switches) or eff.prior is None or eff.prior.dist != "normal"
                     or eff.prior.is_fixed or any(f is not None for f in eff.fixed_values())):
                 continue
-            x = data.baseline_covariates([eff.covariate])[eff.covariate].to_numpy()
-            x = x if eff.kind == "categorical" else x.astype(float)
+            x = covariate_values(eff, data)   # baseline: time-varying effects are left out above
             k = len(eff.effect_names())
             for j, name in enumerate(eff.effect_names()):
                 names.append(name)
