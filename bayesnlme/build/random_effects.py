@@ -346,10 +346,12 @@ def _regression(spec: ModelSpec, p: str, design: tuple, omega, ss, init: dict, t
     init[f"eta_wb_{p}"] = np.zeros(m)
     u = pm.Normal(f"eta_u_{p}", 0.0, 1.0, shape=(n - m,))
     init[f"eta_u_{p}"] = _spread(1, n - m + 1)[0, : n - m] + 1e-3   # any direction off 0 will do
-    beta = coef - omega * pt.dot(np.linalg.inv(r), wb)
+    # products with the constant design as sums of elementwise products, not dot: the gradient's Gemv nodes
+    # compile numba's generic np.dot (a NumbaPerformanceWarning to the user) and gain nothing at m <= a few
+    beta = coef - omega * pt.sum(np.linalg.inv(r) * wb[None, :], axis=1)
     eta = pt.concatenate([omega * wb, pt.sqrt(ss) * u / pt.sqrt(pt.sum(u ** 2))])
     for j in reversed(range(m)):   # Q y = H_0 (H_1 (... H_{m-1} y))
-        eta = eta - scales[j] * vectors[j] * pt.dot(vectors[j], eta)
+        eta = eta - scales[j] * vectors[j] * pt.sum(vectors[j] * eta)
     typical[p] = pm.Deterministic(p, pt.exp(beta[0]))
     potential.append(prior_logp(par.prior, typical[p]) + beta[0])
     for j, (name, prior) in enumerate(zip(names, priors), start=1):

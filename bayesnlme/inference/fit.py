@@ -314,7 +314,9 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
     # a non-finite start gets one line naming its cause, not a sampler backtrace; nutpie's start is checked
     # with its own compiled log-density (None here), which costs nothing more when loaded from the cache
     compiled_check = method == "nuts" and sampler == "nutpie"
-    flat = None if compiled_check and init != "map" else check_start(built)
+    # the mode is found with the compiled model, which checks the start the same way (quick.compiled_model)
+    by_mode = method == "map" or (method == "nuts" and init == "map")
+    flat = None if compiled_check or by_mode else check_start(built)
     if method != "nuts":
         idata, problems = _approximate(built, method, draws, seed, progress)
         settings.update(chains=1, tune=0)
