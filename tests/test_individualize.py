@@ -281,6 +281,7 @@ def test_cli_writes_its_files(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.validation
 @pytest.mark.slow
 def test_full_bayes_matches_nuts_refit_with_the_patient():
     """Theophylline: the individual posterior of subject 12 (3 levels) from a fit of subjects 1-11 agrees with

@@ -387,6 +387,7 @@ def posteriordb_fit():
                      progress=False, target_accept=0.9)
 
 
+@pytest.mark.validation
 @pytest.mark.slow
 def test_posteriordb_quantiles_within_monte_carlo_error(posteriordb_fit):
     """Our quantiles, placed on the reference CDF, differ from their level by < 4 MC standard errors.
@@ -408,6 +409,7 @@ def test_posteriordb_quantiles_within_monte_carlo_error(posteriordb_fit):
             assert abs(level - q) < 4 * se, (ours, q, level, se)
 
 
+@pytest.mark.validation
 @pytest.mark.slow
 def test_posteriordb_fit_converged(posteriordb_fit):
     s = posteriordb_fit.summary()

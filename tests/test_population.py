@@ -185,6 +185,7 @@ def pop_fit():
     return fit_model(spec, df, chains=2, draws=500, tune=500, seed=5, progress=False), truth
 
 
+@pytest.mark.validation
 def test_allometry_block_omega_and_iov_recovered_within_3_posterior_sd(pop_fit):
     res, truth = pop_fit
     summ = res.summary()
@@ -260,6 +261,7 @@ def test_documented_prior_example_parses_to_the_stated_values():
     assert spec.covariates[0].prior.args["sigma"] == pytest.approx(0.105)
 
 
+@pytest.mark.validation
 def test_diagnose_cli_on_an_iov_fit_writes_forest_and_likelihood(pop_fit, tmp_path, capsys):
     from bayesnlme.cli import main
 
