@@ -14,7 +14,8 @@ def run(args) -> int:
                        screen_p=None if args.screen_p >= 1 else args.screen_p, rule=args.rule, alpha=args.alpha,
                        full_model=not args.no_full_model,
                        chains=args.chains, draws=args.draws, tune=args.tune, seed=args.seed,
-                       scheduler=scheduler_of(args), n_workers=args.workers, memory_limit=args.memory_limit, retry_failed=args.retry_failed,
+                       scheduler=scheduler_of(args), n_workers=args.workers, memory_limit=args.memory_limit,
+                       retry_failed=args.retry_failed,
                        progress=not args.no_progress)
     with pd.option_context("display.width", 140, "display.max_columns", 20, "display.precision", 3):
         print(result.steps.to_string(index=False))

@@ -85,7 +85,8 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     d = sub.add_parser("diagnose", help="convergence report, goodness-of-fit and ETA plots and tables",
                        description="Read DIR/fit.nc and write into DIR/diagnostics/: convergence.txt and "
-                       "convergence.csv, likelihood.csv (-2LL, AIC, BIC by importance sampling), gof.csv (DV, PRED, IPRED, IWRES, CWRES, NPDE per observation), "
+                       "convergence.csv, likelihood.csv (-2LL, AIC, BIC by importance sampling), gof.csv (DV, PRED, "
+                       "IPRED, IWRES, CWRES, NPDE per observation), "
                        "eta.csv, shrinkage.csv, eta_correlation.csv and PNG plots.",
                        epilog="example:\n  bayesnlme diagnose fits/theo",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -162,7 +163,8 @@ def _add_simulate(subparsers) -> None:
         "OUT/regimen_metrics.csv (per simulated subject and draw) and OUT/regimens.png.",
         epilog="example:\n  bayesnlme simulate fits/theo --regimens regimens.toml --out fits/theo/simulation\n\n"
                "regimens.toml:\n  doses = [200, 300, 400]      # AMT units\n  intervals = [12, 24]         # h\n"
-               "  n_subjects = 200\n  n_draws = 200\n  [[targets]]\n  metric = \"CTROUGH\"   # AUCTAU, CMAX, CMIN, CTROUGH\n"
+               "  n_subjects = 200\n  n_draws = 200\n  [[targets]]\n"
+               "  metric = \"CTROUGH\"   # AUCTAU, CMAX, CMIN, CTROUGH\n"
                "  above = 5.0",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dir", help="fit folder (containing fit.nc)")
@@ -194,7 +196,8 @@ def individualize_out(args) -> Path:
 def _add_individualize(subparsers) -> None:
     """Register ``bayesnlme individualize``."""
     p = subparsers.add_parser(
-        "individualize", help="one patient's individual posterior from measured levels and the dose that reaches a target",
+        "individualize",
+        help="one patient's individual posterior from measured levels and the dose that reaches a target",
         description="Individualise a dose for one patient (therapeutic drug monitoring): the full-Bayes posterior "
         "of the patient's parameters given their measured levels, with the population's uncertainty carried "
         "through (importance resampling over population draws), the MAP-Bayes estimate, the predicted "

@@ -103,7 +103,8 @@ def last_dose(data) -> dict:
     doses = data.frame[data.frame["EVID"].isin([1, 4]) & (data.frame["AMT"] > 0)]
     row = doses.iloc[-1]
     rate = float(row["RATE"]) if "RATE" in doses.columns else 0.0
-    dur = float(row["DUR"]) if float(row.get("DUR", 0.0) or 0.0) > 0 else (float(row["AMT"]) / rate if rate > 0 else 0.0)
+    dur = (float(row["DUR"]) if float(row.get("DUR", 0.0) or 0.0) > 0
+           else (float(row["AMT"]) / rate if rate > 0 else 0.0))
     times = data.dose_time[0][data.dose_valid[0]]
     given = float(times.max()) if len(times) else float(row["TIME"])
     ii = float(row.get("II", 0.0) or 0.0)

@@ -370,7 +370,8 @@ def load_regimens(path) -> dict:
             raise bad(f"{where}.metric", f"must be one of {', '.join(METRICS)}")
         extra = set(t) - {"metric", "above", "below"}
         if extra or not ({"above", "below"} & set(t)):
-            raise bad(where, f"needs 'above' and/or 'below' (numbers) and nothing else{'' if not extra else ', got ' + ', '.join(sorted(extra))}")
+            got = "" if not extra else ", got " + ", ".join(sorted(extra))
+            raise bad(where, f"needs 'above' and/or 'below' (numbers) and nothing else{got}")
         for k in ("above", "below"):
             if k in t and (not isinstance(t[k], (int, float)) or isinstance(t[k], bool)):
                 raise bad(f"{where}.{k}", f"must be a number, got {t[k]!r}")

@@ -149,8 +149,8 @@ def regimen_data(dose: float, ii: float, n_doses: int = 1, *, dur: float = 0.0, 
     dose_row = {"TIME": 0.0, "DV": 0.0, "AMT": float(dose), "EVID": 1, "MDV": 1, "CMT": cmt,
                 "DUR": float(dur), "II": float(ii), "ADDL": 0 if steady_state else n_doses - 1,
                 "SS": int(steady_state)}
-    one = pd.DataFrame([dose_row] + [{"TIME": t, "DV": 0.0, "AMT": 0.0, "EVID": 0, "MDV": 0, "CMT": 0, "DUR": 0.0, "II": 0.0, "ADDL": 0, "SS": 0}
-                                     for t in np.sort(times)])
+    one = pd.DataFrame([dose_row] + [{"TIME": t, "DV": 0.0, "AMT": 0.0, "EVID": 0, "MDV": 0, "CMT": 0, "DUR": 0.0,
+                                      "II": 0.0, "ADDL": 0, "SS": 0} for t in np.sort(times)])
     frame = pd.concat([one.assign(ID=i + 1) for i in range(n_subjects)], ignore_index=True)
     if covariates is not None:
         table = pd.DataFrame([covariates] * n_subjects) if isinstance(covariates, dict) else \

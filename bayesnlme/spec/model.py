@@ -73,7 +73,8 @@ class ModelSpec:
         self.observation_models()   # validates outputs and DVIDs
 
     def observation_models(self) -> tuple:
-        """The observation models (:mod:`bayesnlme.spec.observation`): ``[[observations]]`` or the ``[residual]`` one."""
+        """The observation models (:mod:`bayesnlme.spec.observation`): ``[[observations]]`` or the ``[residual]``
+        one."""
         return resolve(self.observations, self.residual, self.structural)
 
     def observation_model_of(self, output: str, *, continuous: bool = False):
