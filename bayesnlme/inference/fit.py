@@ -398,8 +398,9 @@ def sampling_failure(exc: Exception, sampler: str) -> str:
 def _approximate(built, method, draws, seed, progress):
     """Draws of an approximate fit (one chain) and its problems in plain words."""
     if method == "map":
-        mode = quick.find_map(built, progress=progress)
-        return quick.laplace_draws(built, mode, draws, seed)
+        compiled = quick.compiled_model(built)   # once, for the mode and the Laplace step
+        mode = quick.find_map(built, compiled=compiled)
+        return quick.laplace_draws(built, mode, draws, seed, compiled=compiled)
     return quick.advi_draws(built, draws=draws, seed=seed, method=method, progress=progress)
 
 
