@@ -7,7 +7,8 @@
 # make validate : the statistical validation runs (covariate search, mixture recovery, trial PoS, SBC,
 #                 one capability cell, ODE compile-once check, the ETA parameterisations' posteriors
 #                 with an OMEGA block, bounded priors and covariate regressions, allometry/IOV recovery
-#                 and its diagnose run, posteriordb ODE, TDM against a NUTS refit; ~9 min on 2 cores)
+#                 and its diagnose run, posteriordb ODE, TDM against a NUTS refit, init="map" on sparse
+#                 data; ~9 min on 2 cores)
 # make fuzz : 10,000 random cases per fuzz target (data reader, spec parser, regimen files); docs/reliability.md
 # make capabilities : every model_library entry through fit, diagnose, -2LL, subject LOO, VPC and
 #                      regimens (~70 min on 2 cores); writes docs/capabilities.md

@@ -260,6 +260,7 @@ def test_default_init_starts_a_mixture_at_the_mode(monkeypatch):
         raise RuntimeError("stop here")
 
     monkeypatch.setattr(fitmod.quick, "find_map", fake_map)
+    monkeypatch.setattr(fitmod.quick, "compiled_model", lambda built: None)   # the mode's compile: not needed
     df, _ = study()
     with pytest.raises(RuntimeError, match="stop here"):
         fit_model(mixture_spec(), df, chains=1, draws=5, tune=5, progress=False)

@@ -243,10 +243,12 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
         ``"advi"`` / ``"fullrank_advi"``: variational approximation.  Both give
         ``draws`` draws in one chain, with no R-hat or ESS (approximate fits).
     init : {"auto", "prior", "map"}
-        NUTS start: prior medians (ETA = 0), or the posterior mode.  ``"auto"``: the posterior mode
-        for a ``[mixture]`` spec (from the prior medians its chains settle in a wrong mode: a subject
-        whose ETA lands in the other component's range early in warm-up stays there), the prior
-        medians otherwise.
+        NUTS start: prior medians (ETA = 0), or the posterior mode with each OMEGA at the spread of the
+        mode's ETAs (the joint mode's OMEGAs are inflated where the data say little of each subject:
+        :func:`bayesnlme.inference.quick.nuts_start`).  ``"auto"``: the posterior mode for a
+        ``[mixture]`` spec (from the prior medians its chains settle in a wrong mode: a subject whose
+        ETA lands in the other component's range early in warm-up stays there), the prior medians
+        otherwise.
     device : {"cpu", "gpu"}
         Where a JAX engine runs; nutpie and PyMC run on the CPU only.
     cores : int, optional
@@ -322,8 +324,9 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
         settings.update(chains=1, tune=0)
     else:
         if init == "map":
-            mode = quick.find_map(built)
-            start = {k: np.asarray(mode[k]) for k in start}
+            compiled = quick.compiled_model(built)
+            # the mode's ETAs, with OMEGAs at their spread (the joint mode inflates them: quick.nuts_start)
+            start = quick.nuts_start(built, quick.find_map(built, compiled=compiled), compiled)
             settings["init"] = "map"
             flat = None if compiled_check else check_start(built, start)
         idata = _nuts(model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat, device, cores,
