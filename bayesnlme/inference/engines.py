@@ -116,7 +116,7 @@ def chain_starts(model, start: dict, jitter: set[str], chains: int, seed: int) -
     return [{name: np.asarray(value) for name, value in fn(int(s)).items()} for s in seeds]
 
 
-def compile_nutpie(model, start: dict, flat=(), built=None):
+def compile_nutpie(model, start: dict, flat=(), built=None, compiled=None):
     """nutpie's compiled model: chains start at ``start``, :func:`jitter_names` jittered per chain, and the
     natural-scale free variables and deterministics kept (:func:`harmonise` drops nutpie's ``*__``).
     Its C callbacks come from PyTensor's numba cache when this model structure and data shape were
@@ -125,6 +125,8 @@ def compile_nutpie(model, start: dict, flat=(), built=None):
     ``flat=None`` with ``built`` (the :class:`~bayesnlme.build.BuiltModel` of ``model``): the start is
     checked here with the compiled log-density callback itself
     (:func:`~bayesnlme.inference.startpoint.check_start_compiled`), which also gives ``flat``.
+    ``compiled``: this function's result for ``model`` at another start (``init="map"``'s mode), restarted
+    at ``start`` with the same callbacks.
     """
     import nutpie  # numba bindings: loaded only where a model is compiled
 
@@ -133,6 +135,12 @@ def compile_nutpie(model, start: dict, flat=(), built=None):
     def jittered(names):
         return {v for v in model.free_RVs if v.name in jitter_names(model, names)}
 
+    if compiled is not None:
+        if flat is None:
+            flat = startpoint.check_start_compiled(built, compiled.logp_func, start)
+        again = nutpie_cache.restarted(compiled, model, start, jittered(flat))
+        if again is not None:
+            return again
     if flat is None:
         compiled = nutpie_cache.compile_model(   # its C callbacks cached on disk
             model, start, None, keep, check=lambda logp: jittered(startpoint.check_start_compiled(built, logp, start)))
@@ -147,7 +155,7 @@ def compile_nutpie(model, start: dict, flat=(), built=None):
 
 def sample(model, start: dict, sampler: str, *, device: str = "cpu", chains: int, draws: int, tune: int,
            seed: int, progress: bool, target_accept: float = 0.8, flat=(), timings: dict | None = None,
-           cores: int | None = None, built=None):
+           cores: int | None = None, built=None, compiled=None):
     """Draw from ``model`` with one engine; returns :class:`arviz.InferenceData` (posterior, sample_stats).
 
     ``timings``, when given, receives ``compile_s`` where the engine compiles apart from sampling
@@ -156,6 +164,7 @@ def sample(model, start: dict, sampler: str, *, device: str = "cpu", chains: int
     by side).  The draws do not depend on it.  ``flat``: free variables with gradient 0 at the start
     (:func:`~bayesnlme.inference.startpoint.check_start`); ``None`` (nutpie only, with ``built``, the
     model's :class:`~bayesnlme.build.BuiltModel`): the start is checked with the compiled log-density.
+    ``compiled`` (nutpie only): :func:`compile_nutpie`'s model of ``model`` at another start, reused.
     """
     t0 = time.perf_counter()
     if flat is None and sampler != "nutpie":
@@ -166,7 +175,7 @@ def sample(model, start: dict, sampler: str, *, device: str = "cpu", chains: int
     if sampler == "nutpie":
         import nutpie
 
-        compiled = compile_nutpie(model, start, flat, built)
+        compiled = compile_nutpie(model, start, flat, built, compiled)
         if timings is not None:
             timings["compile_s"] = time.perf_counter() - t0
         idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,

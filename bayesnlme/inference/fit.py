@@ -319,6 +319,7 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
     # the mode is found with the compiled model, which checks the start the same way (quick.compiled_model)
     by_mode = method == "map" or (method == "nuts" and init == "map")
     flat = None if compiled_check or by_mode else check_start(built)
+    compiled = None   # init="map" with nutpie: the mode's compiled model samples
     if method != "nuts":
         idata, problems = _approximate(built, method, draws, seed, progress)
         settings.update(chains=1, tune=0)
@@ -329,8 +330,9 @@ def fit_model(spec: ModelSpec, data, *, chains: int = 4, draws: int = 1000, tune
             start = quick.nuts_start(built, quick.find_map(built, compiled=compiled), compiled)
             settings["init"] = "map"
             flat = None if compiled_check else check_start(built, start)
+            compiled = compiled if sampler == "nutpie" else None
         idata = _nuts(model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat, device, cores,
-                      built)
+                      built, compiled)
     # numba, not C (the C backend first scans PyTensor's whole C module cache: seconds), design lifted
     settings["log_likelihood"] = level = _log_likelihood_level(log_likelihood, model, built.data, idata)
     if level != "none":
@@ -375,11 +377,11 @@ def _log_likelihood_level(requested: str, model, data: NMData, idata) -> str:
 
 
 def _nuts(model, start, sampler, chains, draws, tune, seed, progress, target_accept, flat=(), device="cpu",
-          cores=None, built=None):
+          cores=None, built=None, compiled=None):
     try:
         return engines.sample(model, start, sampler, device=device, chains=chains, draws=draws, tune=tune,
                               seed=seed, progress=progress, target_accept=target_accept, flat=flat, cores=cores,
-                              built=built)
+                              built=built, compiled=compiled)
     except (KeyboardInterrupt, MemoryError, BayesNLMEInputError):   # StartPointError too
         raise
     except Exception as exc:   # nutpie's Rust errors, PyMC's SamplingError: one line, what to try

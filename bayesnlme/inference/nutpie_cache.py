@@ -33,6 +33,7 @@ when this nutpie lacks the internals used here; the caller then uses ``nutpie.co
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import pickle
 import warnings
@@ -268,10 +269,7 @@ def compile_model(model, start: dict, jitter_rvs: set | None, var_names: list[st
     n_dim, n_expanded, shape_info, shared, user_data, logp_c, expand_c = parts
     if check is not None:
         jitter_rvs = check(_logp_and_grad(logp_c, user_data, shared, n_dim))
-    initial = _wrap_with_lock(initial_point_fn(model, start, jitter_rvs or ()))
-    n_free = len(model.free_RVs)
-    initial_fn = _rv_dict_to_flat_array_wrapper(initial, names=shape_info[0][:n_free],
-                                                shapes=shape_info[2][:n_free])
+    initial_fn = _initial_fn(model, start, jitter_rvs, shape_info, internals)
     dims, coords = _prepare_dims_and_coords(model, shape_info)
     return CompiledPyMCModel(
         _n_dim=n_dim, dims=dims, _coords=coords,
@@ -280,6 +278,25 @@ def compile_model(model, start: dict, jitter_rvs: set | None, var_names: list[st
         shared_data=shared, user_data=user_data, n_expanded=n_expanded, shape_info=shape_info,
         logp_func=_logp_and_grad(logp_c, user_data, shared, n_dim),
         expand_func=_expand(expand_c, user_data, shared, n_dim, n_expanded))
+
+
+def restarted(compiled, model, start: dict, jitter_rvs: set | None):
+    """``compiled`` (:func:`compile_model`'s, of ``model``) with its chains started at ``start``: the same
+    callbacks, no key derived and no record read (``init="map"``: the mode's compiled model samples).
+    ``None`` where this nutpie lacks the internals used."""
+    internals = _internals()
+    if internals is None:
+        return None
+    fn = _initial_fn(model, start, jitter_rvs, compiled.shape_info, internals)
+    return dataclasses.replace(compiled, initial_point_func=fn)
+
+
+def _initial_fn(model, start: dict, jitter_rvs, shape_info, internals):
+    """nutpie's per-chain start function: ``start`` with ``jitter_rvs`` jittered, as its flat vector."""
+    _, _, rv_dict_to_flat, wrap_with_lock, _ = internals
+    initial = wrap_with_lock(initial_point_fn(model, start, jitter_rvs or ()))
+    n_free = len(model.free_RVs)
+    return rv_dict_to_flat(initial, names=shape_info[0][:n_free], shapes=shape_info[2][:n_free])
 
 
 def _signatures():
