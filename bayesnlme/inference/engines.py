@@ -116,6 +116,12 @@ def chain_starts(model, start: dict, jitter: set[str], chains: int, seed: int) -
     return [{name: np.asarray(value) for name, value in fn(int(s)).items()} for s in seeds]
 
 
+def kept_names(model) -> list[str]:
+    """The variables a fit's posterior keeps: the natural-scale free variables and the deterministics
+    (whatever the engine; :func:`harmonise` drops nutpie's unconstrained ``*__`` copies)."""
+    return [v.name for v in model.free_RVs + model.deterministics]
+
+
 def compile_nutpie(model, start: dict, flat=(), built=None, compiled=None):
     """nutpie's compiled model: chains start at ``start``, :func:`jitter_names` jittered per chain, and the
     natural-scale free variables and deterministics kept (:func:`harmonise` drops nutpie's ``*__``).
@@ -130,7 +136,7 @@ def compile_nutpie(model, start: dict, flat=(), built=None, compiled=None):
     """
     import nutpie  # numba bindings: loaded only where a model is compiled
 
-    keep = [v.name for v in model.free_RVs + model.deterministics]
+    keep = kept_names(model)
 
     def jittered(names):
         return {v for v in model.free_RVs if v.name in jitter_names(model, names)}
@@ -170,7 +176,7 @@ def sample(model, start: dict, sampler: str, *, device: str = "cpu", chains: int
     if flat is None and sampler != "nutpie":
         raise ValueError("flat=None (the start checked by the compiled log-density) is for nutpie only")
     jitter = jitter_names(model, flat or ())
-    keep = [v.name for v in model.free_RVs + model.deterministics]   # natural scale (harmonise drops nutpie's *__)
+    keep = kept_names(model)
     cores = cores or min(chains, os.cpu_count() or 1)
     if sampler == "nutpie":
         import nutpie

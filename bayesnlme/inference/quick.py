@@ -220,7 +220,7 @@ def laplace_draws(built, mode: dict, draws: int, seed: int, *, compiled=None) ->
 
 def _to_idata(model, values: dict) -> az.InferenceData:
     """One chain of the natural-scale free variables and deterministics (as a NUTS fit's posterior)."""
-    keep = [v.name for v in model.free_RVs + model.deterministics]
+    keep = engines.kept_names(model)
     posterior = {k: values[k][None] for k in keep}
     dims = {k: list(v) for k, v in model.named_vars_to_dims.items() if k in posterior}
     return az.from_dict(posterior=posterior, coords={k: list(v) for k, v in model.coords.items()}, dims=dims)
