@@ -160,3 +160,26 @@ def test_pointwise_log_likelihood_from_the_builders_graph_is_pymcs_and_is_stored
     assert ll.shape == (2, 3, built.data.n_obs) and np.isfinite(ll).all()
     np.testing.assert_array_equal(ll, derived.log_likelihood["DV"].values)
     np.testing.assert_array_equal(ll, again.log_likelihood["DV"].values)
+
+
+
+def test_a_miss_returns_the_stored_graph_linked_as_later_processes_link_it(store, monkeypatch):
+    """numba's cache key of a compiled function follows its graph's node order, and a graph unpickled in
+    another process need not keep the order rewriting left: the likelihood's objective on theophylline got
+    one key in the process that rewrote it and another in every process that loaded it, so numba compiled
+    it twice.  A miss therefore returns the stored graph, linked as every later process links it."""
+    loaded = []
+    real_load = graph_cache._load
+
+    def recording(*args, **kwargs):
+        loaded.append(real_load(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(graph_cache, "_load", recording)
+    model, inputs, outputs = _graph(np.array([0.5, 1.0, 2.0, 4.0]))
+    fn = graph_cache.compile_function(inputs, outputs, model=model)
+    assert len(list(store.glob("*.pkl"))) == 1
+    assert len(loaded) == 1 and fn is loaded[0]
+    with model:
+        fresh = pm.pytensorf.compile(inputs, outputs, mode="NUMBA")
+    np.testing.assert_array_equal(fn(np.array(0.3))[1], fresh(np.array(0.3))[1])

@@ -13,6 +13,7 @@ from pytensor.graph.replace import vectorize_graph
 
 from bayesnlme.evaluate.importance import random_effect_names, random_effects
 from bayesnlme.evaluate.predict import cached
+from bayesnlme.inference.graph_cache import compile_function
 from bayesnlme.structural import static_shapes
 
 CHECK_TO_NINF = "local_check_parameter_to_ninf_switch"   # a density check (sigma > 0) gives -inf, not an error
@@ -118,8 +119,9 @@ def compile_objective(built, gradient: bool = True):
     try:   # numba: compiles (and caches on disk) much faster than the C backend for this gradient graph
         import numba  # noqa: F401
 
-        fn = pytensor.function(ins, outs, on_unused_input="ignore",
-                               mode=pytensor.compile.get_mode("NUMBA").including(CHECK_TO_NINF))
+        # its rewritten graph kept on disk too (the model's check_bounds: CHECK_TO_NINF included), so a
+        # later process links it without rewriting it (~2 s of a warm `bayesnlme diagnose` on theophylline)
+        fn = compile_function(ins, outs, model=model, mode="NUMBA", on_unused_input="ignore")
     except Exception:   # numba missing or an op it cannot compile: the default C backend
         fn = None
     if fn is None:

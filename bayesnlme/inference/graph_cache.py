@@ -195,12 +195,18 @@ def compile_function(inputs, outputs, *, model, mode: str = "NUMBA", on_unused_i
             return fn
     with model:
         fn = compile_pymc(inputs, outputs, mode=mode, on_unused_input=on_unused_input)
-    if path is not None:
-        _store(path, fn)
+    if path is not None and _store(path, fn):
+        # the stored graph, linked as every later process will link it: numba's cache key of a function
+        # follows its graph's node order, which an unpickled graph need not share with the one rewriting
+        # left (the likelihood's objective: two keys, so each process after the first compiled it again)
+        stored = _load(path, len(inputs), shared, on_unused_input)
+        if stored is not None:
+            return stored
     return fn
 
 
-def _store(path: Path, fn) -> None:
+def _store(path: Path, fn) -> bool:
+    """Write ``fn``'s rewritten graph to ``path``; whether it was written."""
     buffer = io.BytesIO()
     try:
         # without the rewriting's features (shape inference, merge tables: 8x the graph's size on disk);
@@ -208,14 +214,15 @@ def _store(path: Path, fn) -> None:
         fgraph = fn.maker.fgraph.clone_get_equiv(check_integrity=True, attach_feature=False)[0]
         _GraphPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump((fgraph, fn.maker.mode))
     except (pickle.PicklingError, TypeError, AttributeError, RecursionError, ValueError):
-        return
+        return False
     try:
         write_atomic(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))   # makes the folder too
     except (OSError, OutputError):   # a read-only or full cache folder costs time, never a result
-        return
+        return False
     if path.parent not in _PRUNED:
         _PRUNED.add(path.parent)
         prune(path.parent)
+    return True
 
 
 def prune(folder: Path | None = None, *, max_age_days: float | None = None, max_bytes: int | None = None) -> list:
