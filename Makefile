@@ -18,6 +18,7 @@
 # make benchmark-ode-jax : an ODE model under numpyro with the JAX integrator against the host's numba one
 # make sbc-check : simulation-based calibration of pk_1cmt_oral, 100 replicates on Dask (~2 min); sbc_check/
 # make benchmark-many : 8 fits serially against a 2-worker LocalCluster (benchmarks/many_fits.py)
+# make benchmark-evaluate : the phases of `bayesnlme diagnose` on a theophylline fit, timed (benchmarks/evaluate.py)
 # make qualify : reference problems against published answers (nlme, NONMEM, posteriordb, R loo, BLQ);
 #                writes qualification/qualification.{csv,md} (1-4 min; not part of make test)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -25,7 +26,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test validate install benchmark benchmark-scale benchmark-gpu benchmark-ode-jax benchmark-many sbc-check clean case-studies case-studies-check docs fuzz qualify capabilities
+.PHONY: demo test validate install benchmark benchmark-scale benchmark-gpu benchmark-ode-jax benchmark-many benchmark-evaluate sbc-check clean case-studies case-studies-check docs fuzz qualify capabilities
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -93,6 +94,9 @@ benchmark: $(STAMP)
 
 benchmark-many: $(STAMP)
 	$(BIN)/python benchmarks/many_fits.py
+
+benchmark-evaluate: $(STAMP)
+	$(BIN)/python benchmarks/evaluate.py
 
 # SBC of pk_1cmt_oral at 100 replicates on the theophylline design (~2 min on 2 cores); writes sbc_check/
 sbc-check: $(STAMP)
