@@ -20,7 +20,7 @@ import numpy as np
 import pymc as pm
 import pytensor
 
-from bayesnlme.errors import SamplingError
+from bayesnlme.errors import SamplingError, StartPointError
 from bayesnlme.inference import engines, startpoint
 
 METHODS = ("nuts", "map", "advi")
@@ -62,7 +62,9 @@ def find_map(built, *, progress: bool = False, compiled=None) -> dict:
     from scipy.optimize import minimize
 
     compiled = compiled if compiled is not None else compiled_model(built)
-    x0 = _flat(built, compiled)
+    point = startpoint.transformed_start(built)
+    names = compiled.shape_info[0][:len(built.model.free_RVs)]
+    x0 = np.concatenate([np.asarray(point[n], dtype=float).ravel() for n in names])
 
     def cost(x):
         logp, grad = compiled.logp_func(x)
@@ -72,13 +74,6 @@ def find_map(built, *, progress: bool = False, compiled=None) -> dict:
 
     found = minimize(cost, x0, jac=True, method="L-BFGS-B", options={"maxfun": 5000})
     return _expanded(compiled, found.x[None, :], squeeze=True)
-
-
-def _flat(built, compiled, start: dict | None = None) -> np.ndarray:
-    """``start`` (natural scale; default the builder's) as the compiled model's unconstrained vector."""
-    point = startpoint.transformed_start(built, start)
-    names = compiled.shape_info[0][:len(built.model.free_RVs)]
-    return np.concatenate([np.asarray(point[n], dtype=float).ravel() for n in names])
 
 
 def nuts_start(built, mode: dict, compiled=None) -> dict:
@@ -136,8 +131,9 @@ def nuts_start(built, mode: dict, compiled=None) -> dict:
     if not changed:
         return start
     compiled = compiled if compiled is not None else compiled_model(built)
-    logp, grad = compiled.logp_func(_flat(built, compiled, start))
-    if not (np.isfinite(logp) and np.isfinite(grad).all()):
+    try:
+        startpoint.check_start_compiled(built, compiled.logp_func, start)
+    except StartPointError:
         return {k: np.array(mode[k], dtype=float) for k in built.initial_point}
     return start
 
