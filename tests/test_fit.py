@@ -8,6 +8,7 @@ import arviz as az
 import numpy as np
 import pandas as pd
 import pytest
+from _pheno import pheno_study
 
 from bayesnlme.atomic import OutputError
 from bayesnlme.datasets import dataset_path, load_indometacin
@@ -189,21 +190,7 @@ def test_phenobarbital_repeated_doses_match_published_nonmem():
     Published NONMEM FOCE-I estimates for this model (the `pheno` example): CL 0.0047 L/h/kg,
     V 0.98 L/kg, Apgar < 5 raising V by about 16%.
     """
-    from bayesnlme.datasets import load_phenobarbital
-
-    df = load_phenobarbital()
-    df["APGRLOW"] = (df["APGR"] < 5).astype(int)
-    spec = ModelSpec.from_dict({
-        "structural": "1cmt_iv",
-        "parameters": {
-            "CL": {"prior": {"dist": "lognormal", "median": 0.005, "sigma": 1.0}, "unit": "L/h/kg"},
-            "V": {"prior": {"dist": "lognormal", "median": 1.0, "sigma": 1.0}, "unit": "L/kg"}},
-        "covariates": [
-            {"parameter": "CL", "covariate": "WT", "type": "power", "reference": 1.0, "fixed": 1.0},
-            {"parameter": "V", "covariate": "WT", "type": "power", "reference": 1.0, "fixed": 1.0},
-            {"parameter": "V", "covariate": "APGRLOW", "type": "categorical", "reference": 0,
-             "prior": {"dist": "normal", "mu": 0.0, "sigma": 0.5}}],
-        "residual": {"type": "proportional"}})
+    spec, df = pheno_study()
     res = fit_model(spec, df, chains=2, draws=500, tune=500, seed=2, progress=False)
     s = res.summary()
     assert abs(s.loc["CL", "q50"] - 0.0047) < 2 * s.loc["CL", "sd"], s.loc["CL"]

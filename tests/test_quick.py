@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
+from _pheno import pheno_study
 
 from bayesnlme.datasets import dataset_path
 from bayesnlme.errors import BayesNLMEInputError, ConvergenceWarning
@@ -179,23 +180,9 @@ def test_nuts_start_of_an_omega_block_and_a_centred_eta():
 def test_init_map_converges_on_sparse_data_in_the_subject_parameterisation(monkeypatch):
     """Phenobarbital (1-3 levels per neonate): NUTS started at the joint mode stays where the mode's
     inflated OMEGAs put it (R-hat ~2.2); started at :func:`quick.nuts_start` it converges."""
-    from bayesnlme.datasets import load_phenobarbital
     from bayesnlme.inference import quick
-    from bayesnlme.spec import ModelSpec
 
-    df = load_phenobarbital()
-    df["APGRLOW"] = (df["APGR"] < 5).astype(int)
-    spec = ModelSpec.from_dict({
-        "structural": "1cmt_iv",
-        "parameters": {
-            "CL": {"prior": {"dist": "lognormal", "median": 0.005, "sigma": 1.0}, "unit": "L/h/kg"},
-            "V": {"prior": {"dist": "lognormal", "median": 1.0, "sigma": 1.0}, "unit": "L/kg"}},
-        "covariates": [
-            {"parameter": "CL", "covariate": "WT", "type": "power", "reference": 1.0, "fixed": 1.0},
-            {"parameter": "V", "covariate": "WT", "type": "power", "reference": 1.0, "fixed": 1.0},
-            {"parameter": "V", "covariate": "APGRLOW", "type": "categorical", "reference": 0,
-             "prior": {"dist": "normal", "mu": 0.0, "sigma": 0.5}}],
-        "residual": {"type": "proportional"}})
+    spec, df = pheno_study()
     population = ["CL", "V", "APGRLOW_1_on_V", "omega_CL", "omega_V", "sigma_prop"]
 
     def fit():
