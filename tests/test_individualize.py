@@ -14,8 +14,14 @@ from bayesnlme.cli import main
 from bayesnlme.cli.parsers import parser
 from bayesnlme.data import read_nonmem
 from bayesnlme.errors import BayesNLMEInputError
-from bayesnlme.evaluate.individual_dosing import (dose_table, parse_target, parse_targets, predict_profile,
-                                                  recommend, recommendation_text)
+from bayesnlme.evaluate.individual_dosing import (
+    dose_table,
+    parse_target,
+    parse_targets,
+    predict_profile,
+    recommend,
+    recommendation_text,
+)
 from bayesnlme.evaluate.individual_model import patient_model, read_patient
 from bayesnlme.evaluate.individualize import individualize
 from bayesnlme.spec import ModelSpec

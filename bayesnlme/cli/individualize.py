@@ -10,8 +10,14 @@ import pandas as pd
 from bayesnlme.atomic import write_atomic, write_text_atomic
 from bayesnlme.cli.parsers import individualize_out
 from bayesnlme.errors import BayesNLMEInputError
-from bayesnlme.evaluate.individual_dosing import (dose_table, parse_targets, plot_profile, predict_profile, recommend,
-                                                  recommendation_text)
+from bayesnlme.evaluate.individual_dosing import (
+    dose_table,
+    parse_targets,
+    plot_profile,
+    predict_profile,
+    recommend,
+    recommendation_text,
+)
 from bayesnlme.evaluate.individualize import individualize
 from bayesnlme.inference import FitResult
 from bayesnlme.spec import load_spec

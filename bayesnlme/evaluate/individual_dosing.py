@@ -239,7 +239,7 @@ def plot_profile(profile: pd.DataFrame, targets=(), *, log: bool = False):
     (matplotlib.figure.Figure, pandas.DataFrame)
         The figure and the table it draws (``profile``).
     """
-    import matplotlib.pyplot as plt   # plotting only when asked: matplotlib loads slowly
+    import matplotlib.pyplot as plt  # plotting only when asked: matplotlib loads slowly
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     t = profile["TIME"].to_numpy()

@@ -61,8 +61,17 @@ from scipy.special import gammaln, logsumexp
 
 from bayesnlme.errors import BayesNLMEInputError
 from bayesnlme.evaluate.importance import random_effects
-from bayesnlme.evaluate.individual_model import (MapEstimate, design_draws, loglik_at, map_estimate, patient_eta,
-                                                 patient_kappa, patient_model, population_draws, read_patient)
+from bayesnlme.evaluate.individual_model import (
+    MapEstimate,
+    design_draws,
+    loglik_at,
+    map_estimate,
+    patient_eta,
+    patient_kappa,
+    patient_model,
+    population_draws,
+    read_patient,
+)
 from bayesnlme.evaluate.predict import evaluate_draws
 from bayesnlme.spec import ModelSpec
 

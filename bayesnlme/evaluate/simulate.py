@@ -29,8 +29,14 @@ from bayesnlme.build.cache import cached_build
 from bayesnlme.data import NMData, read_nonmem
 from bayesnlme.errors import BayesNLMEInputError, DataError
 from bayesnlme.evaluate.outcomes import observation_draw, record_lloq
-from bayesnlme.evaluate.predict import (MODES, new_subject_draws, posterior_membership, residual_draw,
-                                        simulation_outputs, thinned_draws)
+from bayesnlme.evaluate.predict import (
+    MODES,
+    new_subject_draws,
+    posterior_membership,
+    residual_draw,
+    simulation_outputs,
+    thinned_draws,
+)
 
 _STANDARD = ("ID", "TIME", "DV", "AMT", "EVID", "MDV", "CMT", "RATE", "DUR", "II", "ADDL", "SS")
 
