@@ -21,9 +21,9 @@ Each variant runs ``cold`` (an empty private compile cache: PyTensor's compiledi
 persistent caches) and then ``warm`` (a second process on the cache the first filled).  Printed per run:
 wall time from reading the data to the last draw (s), build (s), compile (nutpie: the numba
 compilation, measured; JAX engines: cold minus warm sampler time, where the persistent cache removes
-XLA compilation), sampling (s, without the compilation), min bulk ESS over the eight population parameters, ESS/s (min bulk ESS
-/ wall), max R-hat, mean tree depth, peak memory (host RSS in MB; on a GPU also the device's peak), and
-the medians of CL, V and KA.
+XLA compilation), sampling (s, without the compilation), min bulk ESS over the eight population parameters,
+ESS/s (min bulk ESS / wall), max R-hat, mean tree depth, peak memory (host RSS in MB; on a GPU also the
+device's peak), and the medians of CL, V and KA.
 
 Run::
 
@@ -70,7 +70,8 @@ def simulate(n: int, seed: int = 2026) -> pd.DataFrame:
     evid = np.tile(np.r_[1, np.zeros(len(TIMES), int)], n)
     dvs = np.column_stack([np.zeros(n), dv]).ravel()
     return pd.DataFrame({"ID": ids, "TIME": time_, "DV": np.where(evid == 1, 0.0, dvs),
-                         "AMT": np.where(evid == 1, 100.0, 0.0), "EVID": evid, "MDV": evid, "CMT": np.where(evid == 1, 1, 2)})
+                         "AMT": np.where(evid == 1, 100.0, 0.0), "EVID": evid, "MDV": evid,
+                         "CMT": np.where(evid == 1, 1, 2)})
 
 
 def numpyro_model(df: pd.DataFrame):
@@ -263,7 +264,8 @@ def main(argv=None) -> None:
                             continue
                         m = r["medians"]
                         print(f"{n:>7} {engine:<9}{variant:<18}{phase:<6}{_f(r['wall_s'], 8)}{_f(r['build_s'], 7)}"
-                              f"{_f(r['compile_s'], 8)}{_f(r['sample_s'] - (r['compile_s'] or 0.0), 8)}{_f(r['min_ess_bulk'], 8, 0)}"
+                              f"{_f(r['compile_s'], 8)}{_f(r['sample_s'] - (r['compile_s'] or 0.0), 8)}"
+                              f"{_f(r['min_ess_bulk'], 8, 0)}"
                               f"{_f(r['ess_per_s'], 8)}{_f(r['max_rhat'], 6, 3)}{_f(r['mean_tree_depth'], 6)}"
                               f"{r['divergences']:>5}{_f(r.get('gpu_peak_mb', r['peak_mb']), 7, 0)}"
                               f"{m['CL']:>7.3f}{m['V']:>7.2f}{m['KA']:>6.3f}", flush=True)

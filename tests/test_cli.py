@@ -38,13 +38,15 @@ def _edit(row, column, value):
 
 BAD_DATA = [
     ("nonnumeric_time", lambda: _edit(5, "TIME", "1.2h"), r"bad\.csv, row 5, column TIME: non-numeric value '1\.2h'"),
-    ("time_decreasing", lambda: _edit(5, "TIME", "0.1"), r"row 5, column TIME: TIME decreases within ID 1 \(0.57 then 0.1\)"),
+    ("time_decreasing", lambda: _edit(5, "TIME", "0.1"),
+     r"row 5, column TIME: TIME decreases within ID 1 \(0.57 then 0.1\)"),
     ("negative_amt", lambda: _edit(1, "AMT", "-320"), r"row 1, column AMT: negative dose amount"),
     ("evid_9", lambda: _edit(3, "EVID", "9"), r"row 3, column EVID: EVID must be 0, 1, 2, 3 or 4"),
     ("obs_without_dv", lambda: _edit(4, "DV", "."), r"row 4, column DV: observation record .* without a DV"),
     ("missing_column", lambda: [",".join(c for c in line.split(",")[:2] + line.split(",")[3:]) for line in GOOD],
      r"required column DV is missing"),
-    ("addl_no_ii", lambda: [GOOD[0] + ",ADDL"] + [line + (",3" if i == 1 else ",0") for i, line in enumerate(GOOD[1:], 1)],
+    ("addl_no_ii",
+     lambda: [GOOD[0] + ",ADDL"] + [line + (",3" if i == 1 else ",0") for i, line in enumerate(GOOD[1:], 1)],
      r"row 1, column II: ADDL > 0 needs a positive II"),
     ("dose_into_cmt3", lambda: _edit(1, "CMT", "3"), r"row 1, column CMT: dose into CMT 3"),
 ]
@@ -61,9 +63,11 @@ def test_bad_data_exits_1_with_one_line(tmp_path, capsys, case, lines, message):
 
 
 BAD_SPECS = [
-    ("unknown_param", 'structural = "1cmt_oral"\n[parameters.CLX]\nprior = { dist = "lognormal", median = 1.0, sigma = 1.0 }\n',
+    ("unknown_param",
+     'structural = "1cmt_oral"\n[parameters.CLX]\nprior = { dist = "lognormal", median = 1.0, sigma = 1.0 }\n',
      r"unknown parameter 'CLX'"),
-    ("impossible_prior", 'structural = "1cmt_oral"\n[parameters.CL]\nprior = { dist = "normal", mu = 1.0, sigma = 1.0 }\n',
+    ("impossible_prior",
+     'structural = "1cmt_oral"\n[parameters.CL]\nprior = { dist = "normal", mu = 1.0, sigma = 1.0 }\n',
      r"parameter CL: impossible prior"),
     ("bad_toml", 'structural = \n', r"not valid TOML"),
     ("absent_covariate", (Path(__file__).parents[1] / "model_library" / "pk_1cmt_oral.toml").read_text()

@@ -40,7 +40,8 @@ def test_ipred_and_pred_equal_the_closed_form_at_a_draw(saved):
     ind = {p: tv[p] * np.exp(eta[:, i]) for i, p in enumerate(("CL", "V", "KA"))}
     np.testing.assert_allclose(pp["IPRED"].values[c, d], evaluate(res.spec.structural, ind, res.data), rtol=1e-10)
     np.testing.assert_allclose(pp["PRED"].values[c, d], evaluate(res.spec.structural, tv, res.data), rtol=1e-10)
-    sd = np.sqrt(post["sigma_add"].values[c, d] ** 2 + (post["sigma_prop"].values[c, d] * pp["IPRED"].values[c, d]) ** 2)
+    sd = np.sqrt(post["sigma_add"].values[c, d] ** 2
+                 + (post["sigma_prop"].values[c, d] * pp["IPRED"].values[c, d]) ** 2)
     np.testing.assert_allclose(pp["RES_SD"].values[c, d], sd, rtol=1e-10)
 
 

@@ -129,7 +129,8 @@ SPECS = [load_spec(n).to_dict() for n in library_names()]
 VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=True, allow_infinity=True),
                    st.text(max_size=8), st.sampled_from(["lognormal", "halfnormal", "normal", "combined",
                                                          "additive", "1cmt_oral", "CL", "m3", "power"]),
-                   st.lists(st.integers(0, 3), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
+                   st.lists(st.integers(0, 3), max_size=3),
+                   st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
 
 
 def _paths(d, prefix=()):

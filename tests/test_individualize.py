@@ -77,8 +77,10 @@ def _patient(dv, pid=1):
 
 def _true_patient(rng):
     """Population values from the priors, an ETA from OMEGA, levels with residual error."""
-    cl = 4.0 * np.exp(0.05 * rng.standard_normal()) * np.exp(0.3 * np.exp(0.05 * rng.standard_normal()) * rng.standard_normal())
-    v = 60.0 * np.exp(0.05 * rng.standard_normal()) * np.exp(0.25 * np.exp(0.05 * rng.standard_normal()) * rng.standard_normal())
+    cl = 4.0 * np.exp(0.05 * rng.standard_normal()) * np.exp(
+        0.3 * np.exp(0.05 * rng.standard_normal()) * rng.standard_normal())
+    v = 60.0 * np.exp(0.05 * rng.standard_normal()) * np.exp(
+        0.25 * np.exp(0.05 * rng.standard_normal()) * rng.standard_normal())
     f = _conc(LEVEL_TIMES + (LATER,), cl, v)
     y = f + _sd(f) * rng.standard_normal(3)
     return cl, v, f, y
@@ -94,7 +96,8 @@ def test_predictive_band_is_calibrated():
     pit = []
     for _ in range(n):
         cl, _, f, y = _true_patient(rng)
-        post = individualize(SPEC, _patient(y[:2]), n_draws=100, n_proposals=100, n_samples=1000, seed=int(rng.integers(1e6)))
+        post = individualize(SPEC, _patient(y[:2]), n_draws=100, n_proposals=100, n_samples=1000,
+                             seed=int(rng.integers(1e6)))
         row = predict_profile(post, times=[LATER]).query(f"TIME == {LATER}").iloc[0]
         inside_conc += row["IPRED_q5"] <= f[2] <= row["IPRED_q95"]
         inside_level += row["DV_q5"] <= y[2] <= row["DV_q95"]

@@ -18,7 +18,8 @@ def res():
 
 def test_new_subjects_log_parameter_spread_matches_posterior_omega(res):
     design = regimen_data(100, 12, n_subjects=300, times=[1.0])
-    (data, idx, out), = iter_simulations(res, design, n_draws=100, seed=2, extra_outputs=("individual.CL", "individual.V"))
+    (data, idx, out), = iter_simulations(res, design, n_draws=100, seed=2,
+                                         extra_outputs=("individual.CL", "individual.V"))
     assert out["individual.CL"].shape == (100, 300) and out["dv"].shape == (100, 300)
     for p in ("CL", "V"):
         eta = np.log(out[f"individual.{p}"]) - np.log(res.posterior_draws(p)[idx])[:, None]
